@@ -1,0 +1,3 @@
+from claude_hooks.cli import main
+
+raise SystemExit(main())

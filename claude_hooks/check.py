@@ -1,0 +1,98 @@
+"""`claude-hooks check`: is this config usable, and is everything it names reachable?
+
+Each check is one line an operator can act on: what was checked, OK or FAIL,
+and why. The config itself is validated before this runs (load_config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from claude_hooks.config import Config, read_secret
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'OK  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+async def run_checks(config: Config, *, offline: bool = False) -> list[CheckResult]:
+    results = [CheckResult("config", True, f"{config.path} is valid")]
+    results += [CheckResult("config", True, f"warning: {w}") for w in config.warnings]
+    if offline:
+        return results
+    results += await check_forgejo(config)
+    results += await check_docker(config)
+    return results
+
+
+async def _guard(name: str, probe: Callable[[], Awaitable[str]], limit: float) -> CheckResult:
+    try:
+        async with asyncio.timeout(limit):
+            return CheckResult(name, True, await probe())
+    except TimeoutError:
+        return CheckResult(name, False, f"no answer within {limit:g}s")
+    except Exception as exc:  # every failure is a FAIL line, never a traceback
+        return CheckResult(name, False, str(exc) or type(exc).__name__)
+
+
+async def check_forgejo(config: Config) -> list[CheckResult]:
+    from claude_hooks.forgejo.client import ForgejoClient
+
+    results = []
+    for agent in config.agents:
+
+        async def whoami(agent=agent) -> str:
+            token = read_secret(agent.token_file)
+            async with ForgejoClient(
+                config.forgejo.url, token, timeout=config.forgejo.request_timeout, max_attempts=1
+            ) as client:
+                user = await client.current_user()
+            if user.login.lower() != agent.name.lower():
+                raise ValueError(
+                    f"token in {agent.token_file} belongs to {user.login!r}, not {agent.name!r}"
+                )
+            return f"{config.forgejo.url} answers; token is {user.login}'s"
+
+        name = f"forgejo token of agent {agent.name}"
+        results.append(await _guard(name, whoami, config.forgejo.request_timeout + 5))
+    return results
+
+
+async def check_docker(config: Config) -> list[CheckResult]:
+    import aiodocker
+
+    from claude_hooks.runner.containers import ContainerManager
+
+    try:
+        docker = aiodocker.Docker()
+    except Exception as exc:
+        return [CheckResult("docker engine", False, f"cannot connect: {exc}")]
+    try:
+        manager = ContainerManager(docker)
+
+        async def engine() -> str:
+            version = await docker.version()
+            return f"engine {version.get('Version')} (API {version.get('ApiVersion')}) answers"
+
+        results = [await _guard("docker engine", engine, 10)]
+        if not results[0].ok:
+            return results
+        for image in sorted({a.image for a in config.agents}):
+
+            async def present(image: str = image) -> str:
+                if not await manager.image_present(image):
+                    raise ValueError(f"image {image} is not present (build it: just image)")
+                return "present"
+
+            results.append(await _guard(f"docker image {image}", present, 10))
+        return results
+    finally:
+        await docker.close()

@@ -1,0 +1,93 @@
+"""The `claude-hooks` command: argparse subcommands, each a thin call into a module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from claude_hooks import __version__
+from claude_hooks.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"claude-hooks {__version__}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from claude_hooks.check import run_checks
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"FAIL config: {exc}")
+        return EXIT_FAIL
+    results = asyncio.run(run_checks(config, offline=args.offline))
+    for result in results:
+        print(result.line())
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from claude_hooks.daemon import run_daemon
+    from claude_hooks.log import setup_logging
+
+    setup_logging(config.daemon.log_format, args.log_level or config.daemon.log_level)
+    return asyncio.run(run_daemon(config))
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="claude-hooks",
+        description="Mention an AI agent on Forgejo and get real work back.",
+    )
+    parser.add_argument("--version", action="version", version=f"claude-hooks {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $XDG_CONFIG_HOME/claude-hooks/config.toml)",
+    )
+    common.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=None,
+        help="override daemon.log_level",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("run", cmd_run, "run the daemon (polling, webhooks, API, tasks) until SIGTERM")
+    check = add("check", cmd_check, "validate the config and reach Forgejo, tokens and Docker")
+    check.add_argument("--offline", action="store_true", help="validate the config only")
+    add("version", cmd_version, "print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"claude-hooks: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

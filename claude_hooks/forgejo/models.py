@@ -1,0 +1,282 @@
+"""Typed views of the Forgejo JSON we use (swagger.v1.json definitions).
+
+`from_json` takes what Forgejo sent and keeps only what the daemon reads; a
+missing optional field gets a neutral default, a missing required one raises
+ForgejoDataError, so a bad payload is refused at the edge instead of deep inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class ForgejoDataError(ValueError):
+    """Forgejo (or a webhook sender) sent JSON that lacks what we need."""
+
+
+def _req(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(data, Mapping):
+        raise ForgejoDataError(f"expected an object, got {type(data).__name__}")
+    value = data.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ForgejoDataError(f"field {key!r}: expected {kind}, got {value!r:.80}")
+    return value
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    login: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> User:
+        return cls(id=_req(data, "id", int), login=_req(data, "login", str))
+
+
+@dataclass(frozen=True)
+class Repository:
+    id: int
+    full_name: str  # "owner/name"
+    default_branch: str
+    clone_url: str
+    html_url: str
+
+    @property
+    def owner(self) -> str:
+        return self.full_name.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.full_name.split("/", 1)[1]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Repository:
+        return cls(
+            id=_req(data, "id", int),
+            full_name=_req(data, "full_name", str),
+            default_branch=_opt_str(data, "default_branch") or "main",
+            clone_url=_opt_str(data, "clone_url"),
+            html_url=_opt_str(data, "html_url"),
+        )
+
+
+@dataclass(frozen=True)
+class Issue:
+    """An issue or a pull request seen through the issues API."""
+
+    number: int
+    title: str
+    body: str
+    state: str  # open | closed
+    user: User
+    is_pull: bool
+    html_url: str
+    assignees: tuple[str, ...] = ()
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Issue:
+        assignees = data.get("assignees") or []
+        return cls(
+            number=_req(data, "number", int),
+            title=_opt_str(data, "title"),
+            body=_opt_str(data, "body"),
+            state=_opt_str(data, "state") or "open",
+            user=User.from_json(_req(data, "user", Mapping)),
+            is_pull=bool(data.get("pull_request")),
+            html_url=_opt_str(data, "html_url"),
+            assignees=tuple(
+                a["login"]
+                for a in assignees
+                if isinstance(a, Mapping) and isinstance(a.get("login"), str)
+            ),
+            created_at=parse_time(data.get("created_at")),
+            updated_at=parse_time(data.get("updated_at")),
+        )
+
+
+@dataclass(frozen=True)
+class Comment:
+    id: int
+    body: str
+    user: User
+    html_url: str
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Comment:
+        return cls(
+            id=_req(data, "id", int),
+            body=_opt_str(data, "body"),
+            user=User.from_json(_req(data, "user", Mapping)),
+            html_url=_opt_str(data, "html_url"),
+            created_at=parse_time(data.get("created_at")),
+            updated_at=parse_time(data.get("updated_at")),
+        )
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    number: int
+    title: str
+    body: str
+    state: str  # open | closed
+    merged: bool
+    user: User
+    head_sha: str
+    head_ref: str
+    base_ref: str
+    html_url: str
+    requested_reviewers: tuple[str, ...] = ()
+    draft: bool = False
+    mergeable: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PullRequest:
+        head = _req(data, "head", Mapping)
+        base = _req(data, "base", Mapping)
+        reviewers = data.get("requested_reviewers") or []
+        return cls(
+            number=_req(data, "number", int),
+            title=_opt_str(data, "title"),
+            body=_opt_str(data, "body"),
+            state=_opt_str(data, "state") or "open",
+            merged=bool(data.get("merged")),
+            user=User.from_json(_req(data, "user", Mapping)),
+            head_sha=_opt_str(head, "sha"),
+            head_ref=_opt_str(head, "ref"),
+            base_ref=_opt_str(base, "ref"),
+            html_url=_opt_str(data, "html_url"),
+            requested_reviewers=tuple(
+                r["login"]
+                for r in reviewers
+                if isinstance(r, Mapping) and isinstance(r.get("login"), str)
+            ),
+            draft=bool(data.get("draft")),
+            mergeable=bool(data.get("mergeable")),
+        )
+
+
+@dataclass(frozen=True)
+class Review:
+    id: int
+    state: str  # APPROVED | REQUEST_CHANGES | COMMENT | PENDING | REQUEST_REVIEW
+    body: str
+    user: User | None
+    commit_id: str
+    comments_count: int = 0
+    submitted_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Review:
+        user = data.get("user")
+        return cls(
+            id=_req(data, "id", int),
+            state=_opt_str(data, "state"),
+            body=_opt_str(data, "body"),
+            user=User.from_json(user) if isinstance(user, Mapping) else None,
+            commit_id=_opt_str(data, "commit_id"),
+            comments_count=data.get("comments_count") or 0,
+            submitted_at=parse_time(data.get("submitted_at")),
+        )
+
+
+@dataclass(frozen=True)
+class ReviewComment:
+    id: int
+    body: str
+    user: User
+    path: str
+    position: int  # new-side line
+    original_position: int  # old-side line
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReviewComment:
+        return cls(
+            id=_req(data, "id", int),
+            body=_opt_str(data, "body"),
+            user=User.from_json(_req(data, "user", Mapping)),
+            path=_opt_str(data, "path"),
+            position=data.get("position") or 0,
+            original_position=data.get("original_position") or 0,
+            created_at=parse_time(data.get("created_at")),
+        )
+
+
+@dataclass(frozen=True)
+class InlineComment:
+    """One inline comment of a review we create (Forgejo: absolute file lines)."""
+
+    path: str
+    body: str
+    new_position: int = 0
+    old_position: int = 0
+
+
+@dataclass(frozen=True)
+class NotificationSubject:
+    type: str  # Issue | Pull | Repository | Commit
+    title: str
+    url: str  # API URL of the issue or PR
+    html_url: str
+    state: str
+    latest_comment_url: str
+
+    @property
+    def number(self) -> int | None:
+        tail = self.url.rstrip("/").rsplit("/", 1)[-1]
+        return int(tail) if tail.isdigit() else None
+
+
+@dataclass(frozen=True)
+class NotificationThread:
+    id: int
+    repo: str  # full name
+    subject: NotificationSubject
+    unread: bool
+    pinned: bool
+    updated_at: datetime | None
+
+    @property
+    def is_pull(self) -> bool:
+        return self.subject.type == "Pull"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NotificationThread:
+        subject = _req(data, "subject", Mapping)
+        repo = _req(data, "repository", Mapping)
+        return cls(
+            id=_req(data, "id", int),
+            repo=_req(repo, "full_name", str),
+            subject=NotificationSubject(
+                type=_opt_str(subject, "type"),
+                title=_opt_str(subject, "title"),
+                url=_opt_str(subject, "url"),
+                html_url=_opt_str(subject, "html_url"),
+                state=_opt_str(subject, "state"),
+                latest_comment_url=_opt_str(subject, "latest_comment_url"),
+            ),
+            unread=bool(data.get("unread")),
+            pinned=bool(data.get("pinned")),
+            updated_at=parse_time(data.get("updated_at")),
+        )

@@ -1,0 +1,136 @@
+"""The typed values that flow between modules: what was asked, what is stored, how it ended.
+
+Every arrow in DESIGN.md's flow passes one of these. They are frozen so that no
+module can change what another one holds; a new state is a new value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class TaskKind(StrEnum):
+    MENTION = "mention"  # @agent in an issue/PR body, a comment or a review
+    REVIEW = "review"  # a review of a pull request was requested from the agent
+    ASSIGNMENT = "assignment"  # the issue or PR was assigned to the agent
+    API = "api"  # submitted through the HTTP API or `claude-hooks submit`
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # was running at shutdown or crash; re-queued once
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class TriggerSource(StrEnum):
+    POLL = "poll"
+    WEBHOOK = "webhook"
+    API = "api"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a trigger asks of one agent; the store turns it into a Task."""
+
+    agent: str
+    kind: TaskKind
+    repo: str  # "owner/name"
+    number: int | None  # issue or PR number; None for an API task without a thread
+    idempotency_key: str  # the same event seen twice (poll + webhook, restart) is one task
+    requested_by: str  # Forgejo login (or "api") of whoever asked
+    request: str  # the text that asked: the comment body, review request note, API prompt
+    source: TriggerSource
+    is_pull: bool = False
+    comment_id: int | None = None  # the triggering comment, for the 👀 reaction and re-checks
+    review_id: int | None = None
+    head_sha: str | None = None  # PR head when a review was requested
+    hop: int = 0  # agent-to-agent chain depth on this thread (0 = a human asked)
+
+    @property
+    def thread(self) -> str:
+        return f"{self.repo}#{self.number}" if self.number is not None else self.repo
+
+
+class ControlAction(StrEnum):
+    STOP = "stop"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class ControlCommand:
+    """`@agent stop` / `@agent retry` from a user with write access."""
+
+    agent: str
+    action: ControlAction
+    repo: str
+    number: int
+    requested_by: str
+    idempotency_key: str
+    comment_id: int | None = None
+
+
+Trigger = TaskSpec | ControlCommand
+
+
+@dataclass(frozen=True)
+class Task:
+    """A stored task: the spec plus everything the store knows about its life."""
+
+    id: int
+    spec: TaskSpec
+    state: TaskState
+    attempts: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    session_id: str | None = None  # Claude Code session, for --resume on follow-ups
+    result: str | None = None  # final text from Claude
+    error: str | None = None  # why it failed / was cancelled / interrupted, in words
+    cost_usd: float | None = None
+    num_turns: int | None = None
+    duration_ms: int | None = None
+    tracking_comment_id: int | None = None
+    links: tuple[str, ...] = ()  # branch / PR / review URLs produced by the task
+
+    def with_(self, **changes: object) -> Task:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One stored line of a task's event log (mostly what the runner streamed)."""
+
+    task_id: int
+    seq: int  # 1-based, dense per task: SSE resume uses it as Last-Event-ID
+    ts: float
+    type: str  # init, text, tool_use, tool_result, api_retry, result, state, stderr, unknown, …
+    summary: str  # one human line: what the log and the progress comment show
+    data: str | None = None  # the raw JSON line, when there was one
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended, as the runner saw it; the scheduler records it."""
+
+    state: TaskState
+    reason: str | None = None  # in words: "timeout after 60 min", "max turns reached", …
+    result: str | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    num_turns: int | None = None
+    duration_ms: int | None = None
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+    links: tuple[str, ...] = ()

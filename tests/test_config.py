@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from claude_hooks.config import (
+    SECTIONS,
+    AgentConfig,
+    ConfigError,
+    Role,
+    load_config,
+    parse_duration,
+)
+from tests.conftest import REPO_ROOT
+from tests.fakes.configs import ConfigFactory
+
+EXAMPLE = REPO_ROOT / "deploy" / "config.example.toml"
+
+
+def test_minimal_config_loads_with_documented_defaults(config_factory: ConfigFactory) -> None:
+    config = config_factory.load()
+    assert config.daemon.poll_interval == 15
+    assert config.daemon.max_concurrency == 4
+    assert config.daemon.drain_timeout == 240
+    assert config.api.listen == "127.0.0.1:8765"
+    assert config.agents[0].name == "dev"
+    assert config.agents[0].role is Role.DEV
+    assert config.agents[0].timeout == 3600
+    assert config.forgejo.api_url == "http://127.0.0.1:3000/api/v1"
+
+
+def test_durations_accept_seconds_and_unit_strings(config_factory: ConfigFactory) -> None:
+    config = config_factory.load(
+        daemon={"poll_interval": "90s", "drain_timeout": "2m"},
+        agents=[config_factory.agent(timeout="1h")],
+    )
+    assert config.daemon.poll_interval == 90
+    assert config.daemon.drain_timeout == 120
+    assert config.agents[0].timeout == 3600
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration(1.5) == 1.5
+
+
+def test_bad_duration_names_file_and_key(config_factory: ConfigFactory) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_factory.load(daemon={"drain_timeout": "four minutes"})
+    assert err.value.key == "daemon.drain_timeout"
+    assert str(config_factory.root / "config.toml") in str(err.value)
+    assert "four minutes" in str(err.value)
+
+
+def test_misspelt_key_suggests_the_nearest_valid_key(config_factory: ConfigFactory) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_factory.load(daemon={"pol_interval": 5})
+    assert err.value.key == "daemon.pol_interval"
+    assert "did you mean 'poll_interval'" in str(err.value)
+
+
+def test_misspelt_agent_key_is_named_with_its_agent_index(config_factory: ConfigFactory) -> None:
+    agent = config_factory.agent()
+    agent["max_turn"] = 3
+    with pytest.raises(ConfigError) as err:
+        config_factory.load(agents=[agent])
+    assert err.value.key == "agents[0].max_turn"
+    assert "max_turns" in str(err.value)
+
+
+def test_missing_token_file_is_an_error_naming_the_agent(config_factory: ConfigFactory) -> None:
+    agent = config_factory.agent("reviewer", token_file=str(config_factory.root / "nope"))
+    with pytest.raises(ConfigError) as err:
+        config_factory.load(agents=[agent])
+    assert err.value.key == "agents[0].token_file"
+    assert "'reviewer'" in str(err.value)
+    assert "does not exist" in str(err.value)
+
+
+def test_group_readable_secret_file_gives_a_warning(config_factory: ConfigFactory) -> None:
+    token = config_factory.secret("loose-token", "forgejo-token-loose-123456", mode=0o644)
+    config = config_factory.load(agents=[config_factory.agent(token_file=str(token))])
+    assert any("chmod 600" in w and str(token) in w for w in config.warnings)
+
+
+def test_drain_timeout_at_or_above_systemd_stop_timeout_is_refused(
+    config_factory: ConfigFactory,
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_factory.load(daemon={"drain_timeout": 300})
+    assert err.value.key == "daemon.drain_timeout"
+    assert "TimeoutStopSec" in str(err.value)
+
+
+def test_wrong_type_and_bad_enum_are_explained(config_factory: ConfigFactory) -> None:
+    with pytest.raises(ConfigError, match=r"daemon.max_concurrency: must be an integer"):
+        config_factory.load(daemon={"max_concurrency": "four"})
+    with pytest.raises(ConfigError, match=r"agents\[0\].role: 'coder' is not one of dev"):
+        config_factory.load(agents=[config_factory.agent(role="coder")])
+
+
+def test_duplicate_agent_and_unknown_review_by_are_refused(config_factory: ConfigFactory) -> None:
+    with pytest.raises(ConfigError, match="configured twice"):
+        config_factory.load(agents=[config_factory.agent("dev"), config_factory.agent("DEV")])
+    with pytest.raises(ConfigError, match=r"review_by: 'nobody' is not a configured agent"):
+        config_factory.load(agents=[config_factory.agent(review_by="nobody")])
+
+
+def test_invalid_toml_and_missing_file_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[forgejo\nurl=")
+    with pytest.raises(ConfigError, match=r"bad.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"absent.toml: no such file"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_paths_expand_home_and_variables(
+    config_factory: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOKS_STATE", str(config_factory.root / "from-var"))
+    config = config_factory.load(daemon={"state_dir": "$HOOKS_STATE/x"})
+    assert config.daemon.state_dir == config_factory.root / "from-var" / "x"
+
+
+def test_agent_env_is_read_only(config_factory: ConfigFactory) -> None:
+    config = config_factory.load(agents=[config_factory.agent(env={"FOO": "bar"})])
+    assert config.agents[0].env["FOO"] == "bar"
+    with pytest.raises(TypeError):
+        config.agents[0].env["FOO"] = "changed"  # type: ignore[index]
+
+
+def _example_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the example's ~/.config/claude-hooks/… secret files a home to exist in."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = EXAMPLE.read_text()
+    for rel in re.findall(r'"~/(\.config/claude-hooks/[^"]+)"', text):
+        file = tmp_path / rel
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("example-secret-value\n")
+        os.chmod(file, 0o600)
+
+
+def test_example_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _example_home(tmp_path, monkeypatch)
+    config = load_config(EXAMPLE)
+    assert config.agent_names == ("dev", "reviewer")
+    assert config.agents[0].review_by == "reviewer"
+    assert config.warnings == ()
+
+
+def test_example_config_documents_every_key() -> None:
+    """The commented example is the documentation: it must name every key there is."""
+    raw = tomllib.loads(EXAMPLE.read_text())
+    text = EXAMPLE.read_text()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name in raw[section], f"[{section}] {f.name} is not in {EXAMPLE.name}"
+    for f in dataclasses.fields(AgentConfig):
+        assert re.search(rf"^#? ?{f.name} = ", text, re.M), f"agents.{f.name} undocumented"
