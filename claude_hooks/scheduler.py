@@ -1,0 +1,432 @@
+"""The bounded scheduler: which queued task runs next, and how each run ends in the store.
+
+Slots: a global limit and a per-agent limit (an agent missing from `agent_limits`
+gets DEFAULT_AGENT_LIMIT). Order: FIFO within an agent; across agents,
+round-robin over the agents with work waiting, least recently served first, so a
+busy agent cannot starve another.
+
+Each run is an asyncio task wrapping `execute(task)` under the agent's timeout.
+The runner stops its process when that task is cancelled (it catches
+CancelledError, stops the process in a shielded block, re-raises), so the
+scheduler stops runs through asyncio alone and records the state from *why* it
+stopped one:
+
+- user cancel → cancelled, "cancelled by @login"
+- timeout → failed, "timeout after N min"
+- drain (shutdown) → interrupted, "interrupted by shutdown — will resume"
+- precheck says the task no longer makes sense → cancelled, "skipped: <reason>"
+- execute raised → failed with the exception text
+
+Recording (store.finish, then on_change) runs in its own task, shielded from the
+run's cancellation, and the run's slot is freed only once the record is written:
+a follow-up on the same thread always sees its predecessor's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+
+from claude_hooks.store import DRAIN_INTERRUPTION, RecoveryReport, Store, TaskNotFound
+from claude_hooks.tasks import FINAL_STATES, Outcome, Task, TaskSpec, TaskState
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_AGENT_LIMIT = 1
+
+
+@dataclass(frozen=True)
+class Precheck:
+    """Whether a queued task still makes sense just before it starts."""
+
+    skip_reason: str | None = None  # set: do not run it, and say why
+    spec: TaskSpec | None = None  # set: run this updated spec (e.g. the PR's new head)
+
+    @classmethod
+    def proceed(cls, spec: TaskSpec | None = None) -> Precheck:
+        return cls(spec=spec)
+
+    @classmethod
+    def skip(cls, reason: str) -> Precheck:
+        return cls(skip_reason=reason)
+
+
+PROCEED = Precheck()
+
+Execute = Callable[[Task], Awaitable[Outcome]]
+PrecheckFn = Callable[[Task], Awaitable[Precheck]]
+OnChange = Callable[[Task], Awaitable[None]]
+
+
+class SchedulerError(Exception):
+    """A request the scheduler cannot honour in the task's current state."""
+
+
+class StopReason(StrEnum):
+    USER = "user"
+    DRAIN = "drain"
+
+
+def pick_agent(
+    turns: Sequence[str],
+    waiting: Mapping[str, int],
+    running: Mapping[str, int],
+    limits: Mapping[str, int],
+) -> str | None:
+    """The first agent in turn order with a task waiting and a free agent slot."""
+    for agent in turns:
+        limit = limits.get(agent, DEFAULT_AGENT_LIMIT)
+        if waiting.get(agent, 0) > 0 and running.get(agent, 0) < limit:
+            return agent
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def checked_outcome(outcome: object) -> Outcome:
+    """The runner's outcome if it is a way a run can end; a failure saying why otherwise."""
+    if not isinstance(outcome, Outcome):
+        return Outcome(TaskState.FAILED, reason=f"runner returned {type(outcome).__name__}")
+    if outcome.state not in FINAL_STATES:
+        return Outcome(TaskState.FAILED, reason=f"runner ended the run as {outcome.state}")
+    return outcome
+
+
+@dataclass(eq=False)
+class _Run:
+    """One task holding a slot, from precheck until its outcome is recorded."""
+
+    task: Task
+    released: asyncio.Future[None]  # done when the slot is free again
+    job: asyncio.Task[None] | None = None
+    stop: StopReason | None = None
+    stopped_by: str | None = None
+    started: bool = False  # marked running in the store
+    completion: asyncio.Task[None] | None = None
+
+    @property
+    def agent(self) -> str:
+        return self.task.spec.agent
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_concurrency: int,
+        agent_limits: Mapping[str, int],
+        execute: Execute,
+        precheck: PrecheckFn | None = None,
+        timeouts: Mapping[str, float] | None = None,
+        on_change: OnChange | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        self._store = store
+        self._max_concurrency = max_concurrency
+        self._agent_limits = dict(agent_limits)
+        self._execute = execute
+        self._precheck = precheck
+        self._timeouts = dict(timeouts or {})
+        self._on_change = on_change
+        self._queues: dict[str, deque[Task]] = {}
+        self._queued_agent: dict[int, str] = {}  # queued task id → its agent's queue
+        self._turns: list[str] = []  # agents, least recently served first
+        self._running: dict[int, _Run] = {}
+        self._running_by_agent: Counter[str] = Counter()
+        self._started = False
+        self._draining = False
+
+    # --- lifecycle ---
+
+    async def start(self) -> RecoveryReport:
+        """Recover what a previous process left, load the queue and start dispatching."""
+        if self._started:
+            raise SchedulerError("the scheduler is already started")
+        report = await self._store.recover()
+        self._started = True  # from here, submit() feeds the in-memory queue too
+        for task in await self._store.queued():
+            self._add_queued(task)
+        log.info(
+            "scheduler_started",
+            queued=self.queue_depth(),
+            requeued=[t.id for t in report.requeued],
+            failed=[t.id for t in report.failed],
+        )
+        for task in report.requeued + report.failed:
+            await self._notify(task)
+        self._dispatch()
+        return report
+
+    async def drain(self, drain_timeout: float, *, skip: asyncio.Event | None = None) -> bool:
+        """Stop dispatching; let running tasks end until the timeout (or `skip`), then
+        interrupt the rest. True if nothing had to be interrupted."""
+        self._draining = True
+        runs = list(self._running.values())
+        if await _wait_released(runs, drain_timeout, skip):
+            return True
+        left = [run for run in runs if not run.released.done()]
+        for run in left:
+            if run.stop is None and run.job is not None:
+                run.stop = StopReason.DRAIN
+                run.job.cancel("drain")
+        if left:
+            await asyncio.wait([run.released for run in left])
+        log.warning("drain_interrupted", tasks=[run.task.id for run in left])
+        return not left
+
+    # --- requests ---
+
+    async def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
+        """Store the task (idempotent on its key) and run it when a slot is free."""
+        task, created = await self._store.enqueue(spec)
+        if created:
+            log.info("task_queued", task_id=task.id, agent=spec.agent, thread=spec.thread)
+            if self._started:
+                self._add_queued(task)
+            await self._notify(task)
+            self._dispatch()
+        return task, created
+
+    async def cancel(self, task_id: int, by: str) -> Task:
+        """A queued task is cancelled at once; a running one is stopped, then recorded."""
+        reason = f"cancelled by @{by}"
+        run = self._running.get(task_id)
+        if run is not None:
+            if run.stop is None and run.job is not None:
+                run.stop, run.stopped_by = StopReason.USER, by
+                run.job.cancel(reason)
+            await asyncio.shield(run.released)
+            return await self._get(task_id)
+        if self._take_queued(task_id) is None:
+            task = await self._get(task_id)
+            if task.state is not TaskState.QUEUED:
+                return task  # already over: nothing to cancel
+        task = await self._store.finish(task_id, Outcome(TaskState.CANCELLED, reason=reason))
+        log.info("task_cancelled", task_id=task_id, by=by)
+        await self._notify(task)
+        return task
+
+    async def retry(self, task_id: int, by: str | None = None) -> Task:
+        """Queue a finished (or interrupted) task again."""
+        task = await self._get(task_id)
+        busy = task_id in self._running or task_id in self._queued_agent
+        if busy or not (task.state.is_final or task.state is TaskState.INTERRUPTED):
+            raise SchedulerError(f"task {task_id} is {task.state}; only an ended task can retry")
+        reason = f"retry requested by @{by}" if by else "retry requested"
+        task = await self._store.requeue(task_id, reason)
+        log.info("task_retried", task_id=task_id, by=by)
+        if self._started:
+            self._add_queued(task)
+        await self._notify(task)
+        self._dispatch()
+        return task
+
+    # --- views ---
+
+    def position(self, task_id: int) -> int | None:
+        """1-based place of a queued task in its agent's queue (None if not queued here)."""
+        agent = self._queued_agent.get(task_id)
+        if agent is None:
+            return None
+        ids = [task.id for task in self._queues[agent]]
+        return ids.index(task_id) + 1
+
+    def running_ids(self) -> set[int]:
+        return set(self._running)
+
+    def running_by_agent(self) -> dict[str, int]:
+        return {agent: n for agent, n in self._running_by_agent.items() if n}
+
+    def queue_depth(self) -> int:
+        return len(self._queued_agent)
+
+    # --- the queue ---
+
+    def _add_queued(self, task: Task) -> None:
+        if task.id in self._queued_agent or task.id in self._running:
+            return
+        agent = task.spec.agent
+        queue = self._queues.setdefault(agent, deque())
+        if agent not in self._turns:
+            self._turns.insert(0, agent)  # never served yet: the least recently served
+        queue.append(task)
+        if len(queue) > 1 and queue[-2].id > task.id:  # an older task reached us late
+            self._queues[agent] = deque(sorted(queue, key=lambda t: t.id))
+        self._queued_agent[task.id] = agent
+
+    def _take_queued(self, task_id: int) -> Task | None:
+        agent = self._queued_agent.pop(task_id, None)
+        if agent is None:
+            return None
+        queue = self._queues[agent]
+        task = next(t for t in queue if t.id == task_id)
+        queue.remove(task)
+        return task
+
+    def _dispatch(self) -> None:
+        if not self._started or self._draining:
+            return
+        while len(self._running) < self._max_concurrency:
+            waiting = {agent: len(queue) for agent, queue in self._queues.items()}
+            agent = pick_agent(self._turns, waiting, self._running_by_agent, self._agent_limits)
+            if agent is None:
+                return
+            self._turns.remove(agent)
+            self._turns.append(agent)
+            task = self._queues[agent].popleft()
+            del self._queued_agent[task.id]
+            self._launch(task)
+
+    def _launch(self, task: Task) -> None:
+        run = _Run(task=task, released=asyncio.get_running_loop().create_future())
+        self._running[task.id] = run
+        self._running_by_agent[run.agent] += 1
+        run.job = asyncio.create_task(self._run(run), name=f"claude-hooks-task-{task.id}")
+        run.job.add_done_callback(functools.partial(self._job_ended, run))
+
+    def _release(self, run: _Run) -> None:
+        if run.released.done():
+            return
+        del self._running[run.task.id]
+        self._running_by_agent[run.agent] -= 1
+        run.released.set_result(None)
+        self._dispatch()
+
+    def _job_ended(self, run: _Run, job: asyncio.Task[None]) -> None:
+        if not job.cancelled() and (exc := job.exception()) is not None:
+            log.error("task_job_crashed", task_id=run.task.id, error=repr(exc), exc_info=exc)
+        if run.completion is None:  # nothing to record: the completion would free the slot
+            self._release(run)
+
+    # --- one run ---
+
+    async def _run(self, run: _Run) -> None:
+        with structlog.contextvars.bound_contextvars(task_id=run.task.id, agent=run.agent):
+            outcome = await self._attempt(run)
+            if outcome is None:
+                return
+            run.completion = asyncio.create_task(self._complete(run, outcome))
+            await asyncio.shield(run.completion)
+
+    async def _attempt(self, run: _Run) -> Outcome | None:
+        """Precheck, start and execute; the outcome to record, None for nothing to record."""
+        try:
+            verdict = await self._checked(run.task)
+            if verdict.skip_reason is not None:
+                return Outcome(TaskState.CANCELLED, reason=f"skipped: {verdict.skip_reason}")
+            if verdict.spec is not None and verdict.spec != run.task.spec:
+                run.task = await self._store.update_spec(run.task.id, verdict.spec)
+            run.task = await self._store.mark_running(run.task.id)
+            run.started = True
+            log.info("task_started", attempt=run.task.attempts)
+            await self._notify(run.task)
+            outcome = await self._execute_within_timeout(run.task)
+        except asyncio.CancelledError:
+            if run.stop is None:
+                raise  # not ours (loop shutdown): the record stays running; recover() re-runs it
+            return self._stop_outcome(run)
+        except Exception as exc:
+            log.exception("task_crashed")
+            return Outcome(TaskState.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        return self._stop_outcome(run) if run.stop is not None else outcome
+
+    async def _checked(self, task: Task) -> Precheck:
+        if self._precheck is None:
+            return PROCEED
+        try:
+            return await self._precheck(task)
+        except Exception as exc:
+            # Forgejo being briefly unreachable should not drop work; the run will find out.
+            log.warning("precheck_failed", error=f"{type(exc).__name__}: {exc}")
+            return PROCEED
+
+    async def _execute_within_timeout(self, task: Task) -> Outcome:
+        limit = self._timeouts.get(task.spec.agent)
+        timed_out = Outcome(TaskState.FAILED, reason=f"timeout after {format_duration(limit or 0)}")
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                outcome = await self._execute(task)
+        except TimeoutError:
+            if deadline.expired():
+                return timed_out
+            raise  # the runner's own TimeoutError: a failure with its text
+        return timed_out if deadline.expired() else checked_outcome(outcome)
+
+    def _stop_outcome(self, run: _Run) -> Outcome | None:
+        if run.stop is StopReason.USER:
+            return Outcome(TaskState.CANCELLED, reason=f"cancelled by @{run.stopped_by}")
+        if run.started:
+            return Outcome(TaskState.INTERRUPTED, reason=DRAIN_INTERRUPTION)
+        return None  # drained before it started: it stays queued for the next start
+
+    async def _complete(self, run: _Run, outcome: Outcome) -> None:
+        """Record the outcome, then free the slot; runs shielded from the run's cancellation."""
+        try:
+            run.task = await self._store.finish(run.task.id, outcome)
+            log.info(
+                "task_finished",
+                task_id=run.task.id,
+                agent=run.agent,
+                state=str(outcome.state),
+                reason=outcome.reason,
+                cost_usd=outcome.cost_usd,
+                duration_ms=outcome.duration_ms,
+            )
+            await self._notify(run.task)
+        except Exception:
+            log.exception("task_record_failed", task_id=run.task.id, state=str(outcome.state))
+        finally:
+            self._release(run)
+
+    async def _notify(self, task: Task) -> None:
+        if self._on_change is None:
+            return
+        try:
+            await self._on_change(task)
+        except Exception:
+            log.exception("on_change_failed", task_id=task.id, state=str(task.state))
+
+    async def _get(self, task_id: int) -> Task:
+        task = await self._store.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+
+async def _wait_released(runs: Sequence[_Run], limit: float, skip: asyncio.Event | None) -> bool:
+    """Wait until every run has freed its slot: True; False at the time limit or on `skip`."""
+    pending: set[asyncio.Future[object]] = {r.released for r in runs if not r.released.done()}
+    if not pending:
+        return True
+    skipping = asyncio.ensure_future(skip.wait()) if skip is not None else None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    try:
+        while pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            watched = pending | ({skipping} if skipping is not None else set())
+            done, _ = await asyncio.wait(
+                watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if skipping is not None and skipping in done:
+                return False
+            pending -= done
+        return True
+    finally:
+        if skipping is not None:
+            skipping.cancel()

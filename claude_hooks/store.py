@@ -1,0 +1,909 @@
+"""The durable task store: SQLite (WAL) task table, append-only event log, cursors.
+
+The only module with SQL. One connection, owned by one worker thread: every call
+is a job on a single-thread executor, so writes are serialised without locks and
+the event loop never blocks on disk. Each public call is one transaction, so a
+failure (read-only directory, full disk) leaves nothing half-written and surfaces
+as a StoreError naming the database file.
+
+The event log is what the runner streams. An EventSink batches it (one
+transaction per ~100 ms or 500 events) and the log is capped per task: past the
+cap, detail events are dropped behind one `truncated` marker, while `state` and
+`result` events are always kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sqlite3
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from claude_hooks.tasks import (
+    FINAL_STATES,
+    Outcome,
+    Task,
+    TaskEvent,
+    TaskKind,
+    TaskSpec,
+    TaskState,
+    TriggerSource,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+
+# Forward migrations, applied in order; PRAGMA user_version is how many have run.
+# Append, never edit: a released migration is part of somebody's database.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: tasks and their event log
+    (
+        """CREATE TABLE tasks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            agent TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            source TEXT NOT NULL,
+            repo TEXT NOT NULL,
+            number INTEGER,
+            is_pull INTEGER NOT NULL DEFAULT 0,
+            requested_by TEXT NOT NULL,
+            request TEXT NOT NULL,
+            comment_id INTEGER,
+            review_id INTEGER,
+            head_sha TEXT,
+            hop INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            session_id TEXT,
+            result TEXT,
+            error TEXT,
+            cost_usd REAL,
+            num_turns INTEGER,
+            duration_ms INTEGER
+        )""",
+        "CREATE INDEX tasks_by_state ON tasks (state, id)",
+        "CREATE INDEX tasks_by_thread ON tasks (agent, repo, number, id)",
+        """CREATE TABLE task_events (
+            task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            type TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            data TEXT,
+            PRIMARY KEY (task_id, seq)
+        ) WITHOUT ROWID""",
+    ),
+    # 2: reporting and recovery bookkeeping, poller watermarks
+    (
+        "ALTER TABLE tasks ADD COLUMN tracking_comment_id INTEGER",
+        "ALTER TABLE tasks ADD COLUMN links TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE tasks ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE cursors (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Always stored, even past the cap: the stream's end and the answer must never be lost.
+ALWAYS_KEPT = frozenset({"state", "result", "truncated"})
+# A task interrupted this many times is failed instead of re-queued again.
+MAX_INTERRUPTIONS = 2
+DRAIN_INTERRUPTION = "interrupted by shutdown — will resume"
+CRASH_INTERRUPTION = "interrupted: the daemon stopped while it ran (crash or kill)"
+
+
+class StoreError(Exception):
+    """The database file cannot be opened, read or written; says which file and why."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
+
+
+class TaskNotFound(LookupError):
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+        super().__init__(f"no task {task_id}")
+
+
+class InvalidTransition(Exception):
+    """A state change the task's current state does not allow (e.g. finishing it twice)."""
+
+    def __init__(self, task_id: int, state: TaskState, wanted: str) -> None:
+        self.task_id = task_id
+        self.state = state
+        super().__init__(f"task {task_id} is {state}; cannot {wanted}")
+
+
+@dataclass(frozen=True)
+class EventCap:
+    """How much event log one task may keep."""
+
+    max_events: int = 5000
+    max_chars: int = 16_000_000  # summaries + raw lines, in characters
+    max_data_chars: int = 256_000  # one raw line larger than this keeps only its summary
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What start-up recovery did with tasks a previous process left behind."""
+
+    requeued: tuple[Task, ...] = ()  # interrupted once: queued again
+    failed: tuple[Task, ...] = ()  # interrupted twice: given up
+    queued: int = 0  # tasks waiting to run after recovery, re-queued ones included
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    ts: float
+    type: str
+    summary: str
+    data: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.summary) + len(self.data or "")
+
+
+@dataclass
+class _EventUsage:
+    """What a task's event log already holds; cached in the worker thread."""
+
+    last_seq: int
+    count: int
+    chars: int
+    truncated: bool
+
+
+def admit_events(usage: _EventUsage, events: Sequence[NewEvent], cap: EventCap) -> list[NewEvent]:
+    """The events to store under the cap, in order; updates `usage` as it goes."""
+    kept: list[NewEvent] = []
+    for event in events:
+        if event.data is not None and len(event.data) > cap.max_data_chars:
+            note = f" [raw line of {len(event.data)} chars not stored]"
+            event = replace(event, summary=event.summary + note, data=None)
+        fits = usage.count < cap.max_events and usage.chars + event.size <= cap.max_chars
+        if not fits and event.type not in ALWAYS_KEPT:
+            if not usage.truncated:
+                usage.truncated = True
+                kept.append(_truncation_marker(event.ts, cap))
+            continue
+        kept.append(event)
+        usage.count += 1
+        usage.chars += event.size
+    return kept
+
+
+def _truncation_marker(ts: float, cap: EventCap) -> NewEvent:
+    return NewEvent(
+        ts=ts,
+        type="truncated",
+        summary=(
+            f"event log cap reached ({cap.max_events} events or {cap.max_chars} chars): "
+            "later detail events are not stored"
+        ),
+    )
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migrations up to `target`, each in its own transaction."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {current} is newer than this claude-hooks knows "
+            f"({SCHEMA_VERSION}); upgrade claude-hooks"
+        )
+    for version in range(current + 1, target + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("store_migrated", version=version)
+    return max(current, target)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, foreign keys on."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        log.warning("store_not_wal", path=str(path), journal_mode=mode)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _spec_columns(spec: TaskSpec) -> dict[str, Any]:
+    return {
+        "idempotency_key": spec.idempotency_key,
+        "agent": spec.agent,
+        "kind": str(spec.kind),
+        "source": str(spec.source),
+        "repo": spec.repo,
+        "number": spec.number,
+        "is_pull": int(spec.is_pull),
+        "requested_by": spec.requested_by,
+        "request": spec.request,
+        "comment_id": spec.comment_id,
+        "review_id": spec.review_id,
+        "head_sha": spec.head_sha,
+        "hop": spec.hop,
+    }
+
+
+def _task_from_row(row: sqlite3.Row) -> Task:
+    spec = TaskSpec(
+        agent=row["agent"],
+        kind=TaskKind(row["kind"]),
+        repo=row["repo"],
+        number=row["number"],
+        idempotency_key=row["idempotency_key"],
+        requested_by=row["requested_by"],
+        request=row["request"],
+        source=TriggerSource(row["source"]),
+        is_pull=bool(row["is_pull"]),
+        comment_id=row["comment_id"],
+        review_id=row["review_id"],
+        head_sha=row["head_sha"],
+        hop=row["hop"],
+    )
+    return Task(
+        id=row["id"],
+        spec=spec,
+        state=TaskState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        session_id=row["session_id"],
+        result=row["result"],
+        error=row["error"],
+        cost_usd=row["cost_usd"],
+        num_turns=row["num_turns"],
+        duration_ms=row["duration_ms"],
+        tracking_comment_id=row["tracking_comment_id"],
+        links=tuple(json.loads(row["links"])),
+    )
+
+
+def _event_from_row(row: sqlite3.Row) -> TaskEvent:
+    return TaskEvent(
+        task_id=row["task_id"],
+        seq=row["seq"],
+        ts=row["ts"],
+        type=row["type"],
+        summary=row["summary"],
+        data=row["data"],
+    )
+
+
+def _state_event(ts: float, state: TaskState, summary: str, reason: str | None = None) -> NewEvent:
+    data = json.dumps({"state": str(state), "reason": reason})
+    return NewEvent(ts=ts, type="state", summary=summary, data=data)
+
+
+class _Db:
+    """The synchronous side: every method runs in the store's one worker thread."""
+
+    def __init__(self, conn: sqlite3.Connection, cap: EventCap, clock: Callable[[], float]):
+        self.conn = conn
+        self.cap = cap
+        self.clock = clock
+        self.transactions = 0
+        self._usage: dict[int, _EventUsage] = {}
+
+    @classmethod
+    def open(cls, path: Path, cap: EventCap, clock: Callable[[], float]) -> _Db:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(path, f"cannot create the state directory: {exc.strerror}") from exc
+        try:
+            conn = connect(path)
+        except sqlite3.Error as exc:
+            raise StoreError(path, f"cannot open the task store: {exc}{_hint(path)}") from exc
+        try:
+            migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(path, f"cannot migrate the task store: {exc}{_hint(path)}") from exc
+        return cls(conn, cap, clock)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.transactions += 1
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self._usage.clear()  # the cached counts may include rolled-back events
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @staticmethod
+    def run(path: Path, what: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise StoreError(path, f"{what} failed: {exc}{_hint(path)}") from exc
+
+    # --- tasks ---
+
+    def row(self, task_id: int) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+
+    def get(self, task_id: int) -> Task | None:
+        row = self.row(task_id)
+        return _task_from_row(row) if row is not None else None
+
+    def enqueue(self, spec: TaskSpec) -> tuple[Task, bool]:
+        columns = _spec_columns(spec) | {"state": str(TaskState.QUEUED), "created_at": self.clock()}
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO tasks ({names}) VALUES ({marks})"
+                " ON CONFLICT (idempotency_key) DO NOTHING",
+                tuple(columns.values()),
+            )
+            created = cursor.rowcount == 1
+            if created:
+                task_id = cursor.lastrowid
+                assert task_id is not None
+                event = _state_event(columns["created_at"], TaskState.QUEUED, "queued")
+                self.append_events(task_id, [event])
+            else:
+                query = "SELECT id FROM tasks WHERE idempotency_key = ?"
+                task_id = conn.execute(query, (spec.idempotency_key,)).fetchone()[0]
+        task = self.get(task_id)
+        assert task is not None
+        return task, created
+
+    def transition(
+        self,
+        task_id: int,
+        allowed: frozenset[TaskState],
+        state: TaskState,
+        changes: dict[str, Any],
+        summary: str,
+        reason: str | None = None,
+    ) -> Task:
+        """Move a task to `state` within the caller's transaction, with a `state` event."""
+        row = self.row(task_id)
+        if row is None:
+            raise TaskNotFound(task_id)
+        current = TaskState(row["state"])
+        if current not in allowed:
+            raise InvalidTransition(task_id, current, f"become {state}")
+        changes = {"state": str(state), **changes}
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        self.conn.execute(
+            f"UPDATE tasks SET {assignments} WHERE id = ?", (*changes.values(), task_id)
+        )
+        self.append_events(task_id, [_state_event(self.clock(), state, summary, reason)])
+        task = self.get(task_id)
+        assert task is not None
+        return task
+
+    def mark_running(self, task_id: int) -> Task:
+        with self.transaction():
+            row = self.row(task_id)
+            attempt = (row["attempts"] + 1) if row is not None else 1
+            changes = {
+                "attempts": attempt,
+                "started_at": self.clock(),
+                "finished_at": None,
+                "error": None,
+            }
+            return self.transition(
+                task_id,
+                frozenset({TaskState.QUEUED}),
+                TaskState.RUNNING,
+                changes,
+                f"running (attempt {attempt})",
+            )
+
+    def finish(self, task_id: int, outcome: Outcome) -> Task:
+        if outcome.state not in FINAL_STATES | {TaskState.INTERRUPTED}:
+            raise ValueError(f"task {task_id}: {outcome.state} is not how a run ends")
+        changes: dict[str, Any] = {
+            "finished_at": self.clock(),
+            "error": outcome.reason,
+            "result": outcome.result,
+            "session_id": outcome.session_id,
+            "cost_usd": outcome.cost_usd,
+            "num_turns": outcome.num_turns,
+            "duration_ms": outcome.duration_ms,
+            "links": json.dumps(list(outcome.links)),
+        }
+        allowed = frozenset({TaskState.RUNNING})
+        if outcome.state in (TaskState.CANCELLED, TaskState.FAILED):
+            allowed |= {TaskState.QUEUED}  # cancelled, skipped or failed before it started
+        summary = str(outcome.state) + (f": {outcome.reason}" if outcome.reason else "")
+        with self.transaction():
+            if outcome.state is TaskState.INTERRUPTED:
+                row = self.row(task_id)
+                changes["interruptions"] = (row["interruptions"] + 1) if row is not None else 1
+            return self.transition(
+                task_id, allowed, outcome.state, changes, summary, outcome.reason
+            )
+
+    def requeue(self, task_id: int, reason: str) -> Task:
+        """Queue a finished or interrupted task again, as a fresh chance (retry)."""
+        changes = {
+            "finished_at": None,
+            "error": None,
+            "result": None,
+            "cost_usd": None,
+            "num_turns": None,
+            "duration_ms": None,
+            "links": "[]",
+            "interruptions": 0,
+        }
+        allowed = FINAL_STATES | {TaskState.INTERRUPTED}
+        with self.transaction():
+            return self.transition(
+                task_id, allowed, TaskState.QUEUED, changes, f"re-queued: {reason}", reason
+            )
+
+    def update_spec(self, task_id: int, spec: TaskSpec) -> Task:
+        """Replace what a queued task will do (e.g. a moved PR head); same key, same agent."""
+        with self.transaction() as conn:
+            old = self.get(task_id)
+            if old is None:
+                raise TaskNotFound(task_id)
+            if old.state is not TaskState.QUEUED:
+                raise InvalidTransition(task_id, old.state, "change what it will do")
+            if (spec.agent, spec.idempotency_key) != (old.spec.agent, old.spec.idempotency_key):
+                raise ValueError(f"task {task_id}: agent and idempotency key cannot change")
+            columns = _spec_columns(spec)
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            conn.execute(
+                f"UPDATE tasks SET {assignments} WHERE id = ?", (*columns.values(), task_id)
+            )
+            changed = _changed_fields(old.spec, spec)
+            summary = "updated before start: " + (", ".join(changed) or "nothing changed")
+            self.append_events(task_id, [NewEvent(ts=self.clock(), type="update", summary=summary)])
+        task = self.get(task_id)
+        assert task is not None
+        return task
+
+    def recover(self) -> RecoveryReport:
+        """running → interrupted; interrupted once → queued; interrupted twice → failed."""
+        with self.transaction() as conn:
+            now = self.clock()
+            running = "SELECT id, interruptions FROM tasks WHERE state = 'running'"
+            for row in conn.execute(running).fetchall():
+                interrupted = {
+                    "error": CRASH_INTERRUPTION,
+                    "finished_at": now,
+                    "interruptions": row["interruptions"] + 1,
+                }
+                self.transition(
+                    row["id"],
+                    frozenset({TaskState.RUNNING}),
+                    TaskState.INTERRUPTED,
+                    interrupted,
+                    f"interrupted: {CRASH_INTERRUPTION}",
+                    CRASH_INTERRUPTION,
+                )
+            query = "SELECT id, interruptions, error FROM tasks WHERE state = 'interrupted'"
+            requeued, failed = [], []
+            for row in conn.execute(query).fetchall():
+                if row["interruptions"] >= MAX_INTERRUPTIONS:
+                    failed.append(self._give_up(row["id"], row["error"], row["interruptions"]))
+                else:
+                    requeued.append(self._resume(row["id"]))
+            queued = conn.execute("SELECT COUNT(*) FROM tasks WHERE state = 'queued'").fetchone()
+        return RecoveryReport(tuple(requeued), tuple(failed), queued[0])
+
+    def _give_up(self, task_id: int, last_reason: str | None, times: int) -> Task:
+        reason = (
+            f"interrupted {'twice' if times == 2 else f'{times} times'} "
+            f"(last: {last_reason or 'unknown'}); not re-queued again — retry it by hand"
+        )
+        changes = {"error": reason, "finished_at": self.clock()}
+        interrupted = frozenset({TaskState.INTERRUPTED})
+        return self.transition(
+            task_id, interrupted, TaskState.FAILED, changes, f"failed: {reason}", reason
+        )
+
+    def _resume(self, task_id: int) -> Task:
+        changes = {"finished_at": None}
+        interrupted = frozenset({TaskState.INTERRUPTED})
+        summary = "re-queued after an interruption"
+        return self.transition(task_id, interrupted, TaskState.QUEUED, changes, summary)
+
+    def set_tracking_comment(self, task_id: int, comment_id: int) -> None:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE tasks SET tracking_comment_id = ? WHERE id = ?", (comment_id, task_id)
+            )
+            if cursor.rowcount == 0:
+                raise TaskNotFound(task_id)
+
+    def list_tasks(
+        self, state: TaskState | None, agent: str | None, limit: int, before_id: int | None
+    ) -> list[Task]:
+        rows = self.conn.execute(
+            "SELECT * FROM tasks WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR state = ?2)"
+            " AND (?3 IS NULL OR agent = ?3) ORDER BY id DESC LIMIT ?4",
+            (before_id, None if state is None else str(state), agent, max(limit, 0)),
+        ).fetchall()
+        return [_task_from_row(row) for row in rows]
+
+    def queued(self) -> list[Task]:
+        rows = self.conn.execute("SELECT * FROM tasks WHERE state = 'queued' ORDER BY id")
+        return [_task_from_row(row) for row in rows.fetchall()]
+
+    def last_session(self, agent: str, repo: str, number: int | None) -> str | None:
+        if number is None:
+            return None  # an API task without a thread has nothing to follow up
+        row = self.conn.execute(
+            "SELECT session_id FROM tasks WHERE agent = ? AND repo = ? AND number = ?"
+            " AND session_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (agent, repo, number),
+        ).fetchone()
+        return row["session_id"] if row is not None else None
+
+    def latest_on_thread(self, agent: str, repo: str, number: int) -> Task | None:
+        row = self.conn.execute(
+            "SELECT * FROM tasks WHERE agent = ? AND repo = ? AND number = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (agent, repo, number),
+        ).fetchone()
+        return _task_from_row(row) if row is not None else None
+
+    def counts(self) -> dict[tuple[str, TaskState], int]:
+        rows = self.conn.execute("SELECT agent, state, COUNT(*) FROM tasks GROUP BY agent, state")
+        return {(agent, TaskState(state)): n for agent, state, n in rows.fetchall()}
+
+    # --- cursors ---
+
+    def get_cursor(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+        return row["value"] if row is not None else None
+
+    def set_cursor(self, name: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO cursors (name, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (name, value, self.clock()),
+            )
+
+    # --- events ---
+
+    def _usage_of(self, task_id: int) -> _EventUsage:
+        usage = self._usage.get(task_id)
+        if usage is None:
+            row = self.conn.execute(
+                "SELECT COALESCE(MAX(seq), 0), COUNT(*),"
+                " COALESCE(SUM(LENGTH(summary) + COALESCE(LENGTH(data), 0)), 0),"
+                " COALESCE(MAX(type = 'truncated'), 0)"
+                " FROM task_events WHERE task_id = ?",
+                (task_id,),
+            ).fetchone()
+            usage = _EventUsage(row[0], row[1], row[2], bool(row[3]))
+            self._usage[task_id] = usage
+        return usage
+
+    def append_events(self, task_id: int, events: Sequence[NewEvent]) -> None:
+        """Store events under the cap with dense seq numbers; the caller holds a transaction."""
+        usage = self._usage_of(task_id)
+        rows = []
+        for event in admit_events(usage, events, self.cap):
+            usage.last_seq += 1
+            rows.append((task_id, usage.last_seq, event.ts, event.type, event.summary, event.data))
+        self.conn.executemany(
+            "INSERT INTO task_events (task_id, seq, ts, type, summary, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def write_events(self, task_id: int, events: Sequence[NewEvent]) -> None:
+        with self.transaction():
+            if self.row(task_id) is None:
+                raise TaskNotFound(task_id)
+            self.append_events(task_id, events)
+
+    def events(self, task_id: int, after_seq: int, limit: int) -> list[TaskEvent]:
+        rows = self.conn.execute(
+            "SELECT * FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (task_id, after_seq, max(limit, 0)),
+        ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def integrity_check(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("PRAGMA integrity_check").fetchall()]
+
+
+def _changed_fields(old: TaskSpec, new: TaskSpec) -> list[str]:
+    old_columns, new_columns = _spec_columns(old), _spec_columns(new)
+    return [
+        f"{name} {old_columns[name]} → {new_columns[name]}"
+        if name in ("head_sha", "comment_id", "review_id")
+        else name
+        for name in old_columns
+        if old_columns[name] != new_columns[name]
+    ]
+
+
+def _hint(path: Path) -> str:
+    directory = path.parent
+    if directory.is_dir() and not os.access(directory, os.W_OK):
+        return f" ({directory} is not writable by this user)"
+    return ""
+
+
+class Store:
+    """Async facade over the store; every call is one job on the single worker thread."""
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: _Db) -> None:
+        self.path = path
+        self._executor = executor
+        self._db = db
+        self._closed = False
+        self._sinks: set[EventSink] = set()
+        self._signals: weakref.WeakValueDictionary[int, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        event_cap: EventCap | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Store:
+        path = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claude-hooks-store")
+        loop = asyncio.get_running_loop()
+        try:
+            db = await loop.run_in_executor(
+                executor, _Db.open, path, event_cap or EventCap(), clock
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        log.info("store_opened", path=str(path), schema_version=SCHEMA_VERSION)
+        return cls(path, executor, db)
+
+    async def close(self) -> None:
+        """Flush open event sinks, then close the connection and the worker thread."""
+        if self._closed:
+            return
+        for sink in list(self._sinks):
+            await sink.close()
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
+        self._executor.shutdown(wait=False)
+
+    @property
+    def transactions(self) -> int:
+        """Transactions begun so far (tests and benchmarks measure batching with it)."""
+        return self._db.transactions
+
+    def _submit(self, what: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue `fn` on the worker thread; sqlite errors come back as StoreError."""
+        if self._closed:
+            raise StoreError(self.path, f"{what}: the store is closed")
+        loop = asyncio.get_running_loop()
+        job = functools.partial(self._db.run, self.path, what, fn, *args)
+        return loop.run_in_executor(self._executor, job)
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        return await self._submit(what, fn, *args)
+
+    def _notify(self, task_id: int) -> None:
+        signal = self._signals.pop(task_id, None)
+        if signal is not None:
+            signal.set()
+
+    # --- tasks ---
+
+    async def enqueue(self, spec: TaskSpec) -> tuple[Task, bool]:
+        """Store a new queued task; the same idempotency key again returns the first one."""
+        task, created = await self._call("enqueue", self._db.enqueue, spec)
+        if created:
+            self._notify(task.id)
+        return task, created
+
+    async def get(self, task_id: int) -> Task | None:
+        return await self._call(f"read task {task_id}", self._db.get, task_id)
+
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[Task]:
+        """Newest first; pass the last id of a page as `before_id` for the next page."""
+        return await self._call("list tasks", self._db.list_tasks, state, agent, limit, before_id)
+
+    async def queued(self) -> list[Task]:
+        """Queued tasks, oldest first."""
+        return await self._call("list queued tasks", self._db.queued)
+
+    async def mark_running(self, task_id: int) -> Task:
+        return await self._changed(f"start task {task_id}", self._db.mark_running, task_id)
+
+    async def finish(self, task_id: int, outcome: Outcome) -> Task:
+        """Record how a run ended (a final state, or interrupted by shutdown)."""
+        return await self._changed(f"finish task {task_id}", self._db.finish, task_id, outcome)
+
+    async def requeue(self, task_id: int, reason: str) -> Task:
+        return await self._changed(f"re-queue task {task_id}", self._db.requeue, task_id, reason)
+
+    async def update_spec(self, task_id: int, spec: TaskSpec) -> Task:
+        return await self._changed(f"update task {task_id}", self._db.update_spec, task_id, spec)
+
+    async def _changed(self, what: str, fn: Callable[..., Task], *args: Any) -> Task:
+        task = await self._call(what, fn, *args)
+        self._notify(task.id)
+        return task
+
+    async def recover(self) -> RecoveryReport:
+        """Deal with tasks a crashed or drained process left running or interrupted."""
+        report = await self._call("recover interrupted tasks", self._db.recover)
+        for task in report.requeued + report.failed:
+            self._notify(task.id)
+        return report
+
+    async def last_session(self, agent: str, repo: str, number: int | None) -> str | None:
+        """The newest Claude session of `agent` on this thread, for --resume."""
+        return await self._call("find last session", self._db.last_session, agent, repo, number)
+
+    async def latest_on_thread(self, agent: str, repo: str, number: int) -> Task | None:
+        what = "find latest task on thread"
+        return await self._call(what, self._db.latest_on_thread, agent, repo, number)
+
+    async def set_tracking_comment(self, task_id: int, comment_id: int) -> None:
+        what = f"set tracking comment of task {task_id}"
+        await self._call(what, self._db.set_tracking_comment, task_id, comment_id)
+
+    async def counts(self) -> dict[tuple[str, TaskState], int]:
+        return await self._call("count tasks", self._db.counts)
+
+    async def get_cursor(self, name: str) -> str | None:
+        return await self._call(f"read cursor {name}", self._db.get_cursor, name)
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        await self._call(f"write cursor {name}", self._db.set_cursor, name, value)
+
+    async def integrity_check(self) -> bool:
+        problems = await self._call("integrity check", self._db.integrity_check)
+        if problems != ["ok"]:
+            log.error("store_integrity_check_failed", path=str(self.path), problems=problems[:10])
+        return problems == ["ok"]
+
+    # --- events ---
+
+    def event_sink(self, task_id: int, *, interval: float = 0.1, max_batch: int = 500) -> EventSink:
+        sink = EventSink(self, task_id, interval=interval, max_batch=max_batch)
+        self._sinks.add(sink)
+        return sink
+
+    async def events(self, task_id: int, after_seq: int = 0, limit: int = 1000) -> list[TaskEvent]:
+        what = f"read events of task {task_id}"
+        return await self._call(what, self._db.events, task_id, after_seq, limit)
+
+    async def wait_for_events(
+        self, task_id: int, after_seq: int, max_wait: float, limit: int = 1000
+    ) -> list[TaskEvent]:
+        """Events after `after_seq`, waiting up to `max_wait` seconds for some to be stored."""
+        signal = self._signals.get(task_id)
+        if signal is None:
+            signal = self._signals[task_id] = asyncio.Event()
+        events = await self.events(task_id, after_seq, limit)
+        if events:
+            return events
+        try:
+            async with asyncio.timeout(max_wait):
+                await signal.wait()
+        except TimeoutError:
+            return []
+        return await self.events(task_id, after_seq, limit)
+
+
+class EventSink:
+    """Buffers one task's events and writes them in batches, in order, off the event loop."""
+
+    def __init__(self, store: Store, task_id: int, *, interval: float, max_batch: int) -> None:
+        self.task_id = task_id
+        self._store = store
+        self._interval = interval
+        self._max_batch = max_batch
+        self._pending: list[NewEvent] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    def add(self, type: str, summary: str, data: str | None = None) -> None:
+        """Cheap and synchronous: the event is written with the next batch."""
+        if self._closed:
+            raise RuntimeError(f"event sink of task {self.task_id} is closed")
+        self._pending.append(NewEvent(ts=time.time(), type=type, summary=summary, data=data))
+        if len(self._pending) >= self._max_batch:
+            self._write_pending()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._interval, self._write_pending)
+
+    def _write_pending(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        what = f"write events of task {self.task_id}"
+        future = self._store._submit(what, self._store._db.write_events, self.task_id, batch)
+        self._inflight.add(future)
+        future.add_done_callback(functools.partial(self._written, len(batch)))
+
+    def _written(self, count: int, future: asyncio.Future[None]) -> None:
+        self._inflight.discard(future)
+        if future.cancelled():
+            return
+        if (exc := future.exception()) is not None:
+            # The run goes on without its detail log rather than failing over it.
+            log.error(
+                "task_events_lost",
+                task_id=self.task_id,
+                events=count,
+                path=str(self._store.path),
+                error=str(exc),
+            )
+            return
+        self._store._notify(self.task_id)
+
+    async def flush(self) -> None:
+        """Write everything added so far and wait until it is stored."""
+        self._write_pending()
+        if self._inflight:
+            await asyncio.wait(list(self._inflight))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.flush()
+        self._store._sinks.discard(self)

@@ -1,0 +1,428 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_hooks.scheduler import (
+    Precheck,
+    Scheduler,
+    SchedulerError,
+    format_duration,
+    pick_agent,
+)
+from claude_hooks.store import Store
+from claude_hooks.tasks import Outcome, Task, TaskState
+from tests.test_store import make_spec
+
+DONE = Outcome(TaskState.SUCCEEDED, result="done")
+
+
+class FakeRunner:
+    """Stands in for execute(): each run waits for its gate (or a few milliseconds in auto
+    mode) and records starts, cancellations and the concurrency it saw."""
+
+    def __init__(self, auto: random.Random | None = None) -> None:
+        self.auto = auto
+        self.gates: defaultdict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self.outcomes: dict[int, Outcome | Exception] = {}
+        self.started: list[Task] = []
+        self.cancelled: list[int] = []
+        self.running: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self.peak_total = 0
+        self.before_run: Callable[[Task], Awaitable[None]] | None = None
+        self.hold = asyncio.Event()  # auto mode: runs wait for it
+        self.hold.set()
+
+    async def __call__(self, task: Task) -> Outcome:
+        agent = task.spec.agent
+        self.started.append(task)
+        self.running[agent] += 1
+        self.peak[agent] = max(self.peak[agent], self.running[agent])
+        self.peak_total = max(self.peak_total, sum(self.running.values()))
+        try:
+            if self.before_run is not None:
+                await self.before_run(task)
+            if self.auto is not None:
+                await self.hold.wait()
+                await asyncio.sleep(self.auto.uniform(0.002, 0.02))
+            else:
+                await self.gates[task.id].wait()
+            outcome = self.outcomes.get(task.id, DONE)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        except asyncio.CancelledError:
+            self.cancelled.append(task.id)
+            raise
+        finally:
+            self.running[agent] -= 1
+
+    def release(self, task_id: int) -> None:
+        self.gates[task_id].set()
+
+    @property
+    def started_ids(self) -> list[int]:
+        return [t.id for t in self.started]
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 -- polls state the code under test owns
+            await asyncio.sleep(0.002)
+
+
+async def state_of(store: Store, task_id: int) -> TaskState:
+    task = await store.get(task_id)
+    assert task is not None
+    return task.state
+
+
+async def until_state(store: Store, task_id: int, state: TaskState) -> Task:
+    """Follows the task's event log, where every state change is a `state` event."""
+    seen = 0
+    async with asyncio.timeout(5):
+        while (task := await store.get(task_id)).state is not state:
+            events = await store.wait_for_events(task_id, seen, max_wait=1)
+            seen = events[-1].seq if events else seen
+    return task
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "tasks.sqlite3")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def runner() -> FakeRunner:
+    return FakeRunner()
+
+
+@pytest.fixture
+async def make_scheduler(
+    store: Store, runner: FakeRunner
+) -> AsyncIterator[Callable[..., Awaitable[Scheduler]]]:
+    made: list[Scheduler] = []
+
+    async def make(**options: Any) -> Scheduler:
+        options = {"max_concurrency": 2, "agent_limits": {}, "execute": runner} | options
+        scheduler = Scheduler(store, **options)
+        await scheduler.start()
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        await scheduler.drain(0)
+
+
+def test_pick_agent_takes_the_first_in_turn_with_work_and_a_free_slot() -> None:
+    limits = {"a": 1, "b": 2}
+    assert pick_agent(["a", "b"], {"a": 3, "b": 1}, {"a": 1}, limits) == "b"
+    assert pick_agent(["a", "b"], {"a": 3, "b": 1}, {}, limits) == "a"
+    assert pick_agent(["a", "b"], {"a": 0, "b": 1}, {"b": 2}, limits) is None
+    assert pick_agent(["c"], {"c": 1}, {"c": 1}, limits) is None  # unknown agent: limit 1
+
+
+def test_timeouts_are_worded_in_minutes_or_seconds() -> None:
+    assert format_duration(3600) == "60 min"
+    assert format_duration(90) == "1.5 min"
+    assert format_duration(0.05) == "0.05 s"
+
+
+async def test_submitting_the_same_trigger_twice_runs_it_once(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()
+    first, created = await scheduler.submit(make_spec(1))
+    again, created_again = await scheduler.submit(make_spec(1))
+    assert created and not created_again and again.id == first.id
+    runner.release(first.id)
+    await until_state(store, first.id, TaskState.SUCCEEDED)
+    assert runner.started_ids == [first.id]
+
+
+async def test_one_agents_tasks_start_in_submission_order(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], store: Store
+) -> None:
+    runner = FakeRunner(auto=random.Random(1))
+    scheduler = await make_scheduler(execute=runner, agent_limits={"dev": 3}, max_concurrency=3)
+    ids = [(await scheduler.submit(make_spec(n)))[0].id for n in range(30)]
+    await until(lambda: len(runner.started) == 30 and not scheduler.running_ids())
+    assert runner.started_ids == ids
+
+
+async def test_a_busy_agent_cannot_starve_the_others(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner
+) -> None:
+    scheduler = await make_scheduler(max_concurrency=1, agent_limits=dict.fromkeys("abcd", 4))
+    for agent in "abcd":  # agent a's whole backlog arrives before anyone else's
+        for n in range(10):
+            await scheduler.submit(make_spec(n, agent=agent))
+    for k in range(40):
+        await until(lambda k=k: len(runner.started) == k + 1)
+        runner.release(runner.started[k].id)
+    agents = [t.spec.agent for t in runner.started]
+    assert agents[:2] == ["a", "d"]  # a newcomer goes before the agent just served
+    for window in range(1, 37, 4):  # every round of four starts serves each agent once
+        assert sorted(agents[window : window + 4]) == ["a", "b", "c", "d"], agents
+
+
+async def test_limits_hold_under_load_of_200_tasks_over_4_agents(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], store: Store
+) -> None:
+    runner = FakeRunner(auto=random.Random(7))
+    limits = {"a": 1, "b": 2, "c": 3, "d": 4}
+    rng = random.Random(3)
+    for n in range(100):  # a backlog waiting at start ...
+        await store.enqueue(make_spec(n, agent=rng.choice("abcd")))
+    runner.hold.clear()
+    scheduler = await make_scheduler(execute=runner, max_concurrency=5, agent_limits=limits)
+    await until(lambda: sum(runner.running.values()) == 5)  # the backlog fills every slot
+    runner.hold.set()
+    for n in range(100, 200):  # ... and more arriving while it runs
+        await scheduler.submit(make_spec(n, agent=rng.choice("abcd")))
+    await until(lambda: len(runner.started) == 200 and not scheduler.running_ids(), within=30)
+    assert runner.peak_total == 5
+    for agent, limit in limits.items():
+        assert 1 <= runner.peak[agent] <= limit
+    counts = await store.counts()
+    assert sum(n for (_, state), n in counts.items() if state is TaskState.SUCCEEDED) == 200
+    for agent in limits:  # FIFO per agent held throughout
+        ids = [t.id for t in runner.started if t.spec.agent == agent]
+        assert ids == sorted(ids)
+
+
+async def test_cancelling_a_queued_task_removes_it_before_it_runs(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler(max_concurrency=1)
+    running, _ = await scheduler.submit(make_spec(1))
+    waiting, _ = await scheduler.submit(make_spec(2))
+    later, _ = await scheduler.submit(make_spec(3))
+    assert (scheduler.position(waiting.id), scheduler.position(later.id)) == (1, 2)
+
+    cancelled = await scheduler.cancel(waiting.id, by="alice")
+    assert cancelled.state is TaskState.CANCELLED and cancelled.error == "cancelled by @alice"
+    assert scheduler.position(later.id) == 1 and scheduler.queue_depth() == 1
+
+    runner.release(running.id)
+    runner.release(later.id)
+    await until_state(store, later.id, TaskState.SUCCEEDED)
+    assert runner.started_ids == [running.id, later.id]
+
+
+async def test_cancelling_a_running_task_stops_it_and_frees_the_slot(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler(max_concurrency=1)
+    running, _ = await scheduler.submit(make_spec(1))
+    queued, _ = await scheduler.submit(make_spec(2))
+    await until(lambda: runner.started_ids == [running.id])
+
+    cancelled = await scheduler.cancel(running.id, by="bob")
+    assert cancelled.state is TaskState.CANCELLED and cancelled.error == "cancelled by @bob"
+    assert runner.cancelled == [running.id]
+    await until(lambda: runner.started_ids == [running.id, queued.id])
+
+
+async def test_a_run_over_its_timeout_is_stopped_and_failed(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler(timeouts={"dev": 0.05})
+    task, _ = await scheduler.submit(make_spec(1))
+    failed = await until_state(store, task.id, TaskState.FAILED)
+    assert failed.error == "timeout after 0.05 s"
+    assert runner.cancelled == [task.id]
+
+
+async def test_a_runner_exception_fails_the_task_with_its_text(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.outcomes[task.id] = RuntimeError("container claude-hooks-dev is gone")
+    runner.release(task.id)
+    failed = await until_state(store, task.id, TaskState.FAILED)
+    assert failed.error == "RuntimeError: container claude-hooks-dev is gone"
+
+
+async def test_drain_lets_tasks_that_end_in_time_finish(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler(max_concurrency=1)
+    running, _ = await scheduler.submit(make_spec(1))
+    queued, _ = await scheduler.submit(make_spec(2))
+    await until(lambda: runner.started_ids == [running.id])
+
+    drain = asyncio.create_task(scheduler.drain(5))
+    await asyncio.sleep(0.02)
+    runner.release(running.id)
+    assert await asyncio.wait_for(drain, 2) is True
+    assert await state_of(store, running.id) is TaskState.SUCCEEDED
+    assert await state_of(store, queued.id) is TaskState.QUEUED  # resumes on the next start
+    assert runner.started_ids == [running.id]
+
+
+async def test_drain_interrupts_tasks_that_outlive_it_and_the_next_start_resumes_them(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()
+    task, _ = await scheduler.submit(make_spec(1))
+    await until(lambda: runner.started_ids == [task.id])
+
+    assert await scheduler.drain(0.05) is False
+    interrupted = await store.get(task.id)
+    assert interrupted.state is TaskState.INTERRUPTED
+    assert interrupted.error == "interrupted by shutdown — will resume"
+    assert runner.cancelled == [task.id]
+
+    resumed = FakeRunner(auto=random.Random(0))
+    await make_scheduler(execute=resumed)
+    done = await until_state(store, task.id, TaskState.SUCCEEDED)
+    assert done.attempts == 2
+
+
+async def test_a_second_signal_skips_the_rest_of_the_drain(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()
+    task, _ = await scheduler.submit(make_spec(1))
+    await until(lambda: runner.started_ids == [task.id])
+    skip = asyncio.Event()
+    drain = asyncio.create_task(scheduler.drain(60, skip=skip))
+    await asyncio.sleep(0.02)
+    skip.set()
+    assert await asyncio.wait_for(drain, 2) is False
+    assert await state_of(store, task.id) is TaskState.INTERRUPTED
+
+
+async def test_start_reruns_a_task_a_crash_left_running(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    crashed, _ = await store.enqueue(make_spec(1))
+    await store.mark_running(crashed.id)  # the previous process died here
+    twice, _ = await store.enqueue(make_spec(2))
+    await store.mark_running(twice.id)
+    await store.recover()
+    await store.mark_running(twice.id)  # ... and died again on the same task
+
+    scheduler = await make_scheduler()
+    await until(lambda: runner.started_ids == [crashed.id])
+    runner.release(crashed.id)
+    assert (await until_state(store, crashed.id, TaskState.SUCCEEDED)).attempts == 2
+    failed = await store.get(twice.id)
+    assert failed.state is TaskState.FAILED and "interrupted twice" in failed.error
+    assert scheduler.queue_depth() == 0
+
+
+async def test_a_skipped_precheck_records_why_and_never_runs(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    async def precheck(task: Task) -> Precheck:
+        return Precheck.skip("the issue was closed")
+
+    scheduler = await make_scheduler(precheck=precheck)
+    task, _ = await scheduler.submit(make_spec(1))
+    skipped = await until_state(store, task.id, TaskState.CANCELLED)
+    assert skipped.error == "skipped: the issue was closed"
+    assert runner.started == [] and skipped.attempts == 0
+
+
+async def test_a_moved_pr_head_is_reviewed_at_the_new_head(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    async def precheck(task: Task) -> Precheck:
+        return Precheck.proceed(spec=dataclasses.replace(task.spec, head_sha="new"))
+
+    scheduler = await make_scheduler(precheck=precheck)
+    task, _ = await scheduler.submit(make_spec(1, head_sha="old", is_pull=True))
+    await until(lambda: len(runner.started) == 1)
+    assert runner.started[0].spec.head_sha == "new"
+    runner.release(task.id)
+    assert (await until_state(store, task.id, TaskState.SUCCEEDED)).spec.head_sha == "new"
+
+
+async def test_a_failing_precheck_does_not_drop_the_task(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    async def precheck(task: Task) -> Precheck:
+        raise ConnectionError("forgejo unreachable")
+
+    scheduler = await make_scheduler(precheck=precheck)
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.release(task.id)
+    await until_state(store, task.id, TaskState.SUCCEEDED)
+
+
+async def test_on_change_sees_every_state_in_order_and_its_errors_are_not_fatal(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    seen: list[tuple[int, TaskState]] = []
+
+    async def on_change(task: Task) -> None:
+        seen.append((task.id, task.state))
+        raise RuntimeError("the reporter is broken")
+
+    scheduler = await make_scheduler(on_change=on_change)
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.release(task.id)
+    await until(lambda: len(seen) == 3)
+    assert seen == [
+        (task.id, TaskState.QUEUED),
+        (task.id, TaskState.RUNNING),
+        (task.id, TaskState.SUCCEEDED),
+    ]
+
+
+async def test_a_slot_is_freed_only_once_the_previous_run_is_recorded(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    sessions: dict[int, str | None] = {}
+    changes: list[tuple[int, TaskState]] = []
+
+    async def look_up_session(task: Task) -> None:
+        sessions[task.id] = await store.last_session("dev", "acme/app", 7)
+
+    async def on_change(task: Task) -> None:
+        changes.append((task.id, task.state))
+
+    runner.before_run = look_up_session
+    scheduler = await make_scheduler(agent_limits={"dev": 1}, on_change=on_change)
+    first, _ = await scheduler.submit(make_spec(1))
+    follow_up, _ = await scheduler.submit(make_spec(2))
+    runner.outcomes[first.id] = Outcome(TaskState.SUCCEEDED, session_id="sess-1")
+    runner.release(first.id)
+    runner.release(follow_up.id)
+    await until_state(store, follow_up.id, TaskState.SUCCEEDED)
+    assert sessions == {first.id: None, follow_up.id: "sess-1"}  # a follow-up can --resume
+    started = changes.index((follow_up.id, TaskState.RUNNING))
+    assert changes.index((first.id, TaskState.SUCCEEDED)) < started
+
+
+async def test_retry_queues_an_ended_task_again_but_not_a_running_one(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()
+    task, _ = await scheduler.submit(make_spec(1))
+    await until(lambda: runner.started_ids == [task.id])
+    with pytest.raises(SchedulerError, match="is running"):
+        await scheduler.retry(task.id)
+
+    runner.outcomes[task.id] = Outcome(TaskState.FAILED, reason="max turns reached")
+    runner.release(task.id)
+    await until_state(store, task.id, TaskState.FAILED)
+    runner.outcomes[task.id] = DONE
+    retried = await scheduler.retry(task.id, by="alice")
+    assert retried.state is TaskState.QUEUED and retried.error is None
+    done = await until_state(store, task.id, TaskState.SUCCEEDED)
+    assert done.attempts == 2 and runner.started_ids == [task.id, task.id]

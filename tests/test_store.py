@@ -1,0 +1,352 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from claude_hooks.store import (
+    SCHEMA_VERSION,
+    EventCap,
+    InvalidTransition,
+    Store,
+    StoreError,
+    TaskNotFound,
+    migrate,
+)
+from claude_hooks.tasks import Outcome, TaskKind, TaskSpec, TaskState, TriggerSource
+from tests.conftest import REPO_ROOT
+
+
+def make_spec(n: int = 1, *, agent: str = "dev", number: int | None = 7, **changes) -> TaskSpec:
+    fields = {
+        "agent": agent,
+        "kind": TaskKind.MENTION,
+        "repo": "acme/app",
+        "number": number,
+        "idempotency_key": f"comment-{agent}-{n}",
+        "requested_by": "alice",
+        "request": f"@{agent} please do thing {n}",
+        "source": TriggerSource.POLL,
+        "comment_id": 1000 + n,
+    }
+    return TaskSpec(**(fields | changes))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "state" / "tasks.sqlite3")
+    yield store
+    await store.close()
+
+
+async def test_enqueue_is_idempotent_on_the_key(store: Store) -> None:
+    first, created = await store.enqueue(make_spec(1))
+    again, created_again = await store.enqueue(make_spec(1, request="the same event, seen again"))
+    assert created and not created_again
+    assert again.id == first.id
+    assert again.spec.request == "@dev please do thing 1"
+    assert first.state is TaskState.QUEUED
+    assert [t.id for t in await store.list_tasks()] == [first.id]
+
+
+async def test_tasks_cursors_and_events_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.sqlite3"
+    store = await Store.open(path)
+    task, _ = await store.enqueue(make_spec(1, head_sha="abc123", is_pull=True))
+    await store.mark_running(task.id)
+    outcome = Outcome(
+        TaskState.SUCCEEDED,
+        result="Opened PR #8",
+        session_id="sess-1",
+        cost_usd=0.42,
+        num_turns=9,
+        duration_ms=61_000,
+        links=("http://forgejo/acme/app/pulls/8",),
+    )
+    finished = await store.finish(task.id, outcome)
+    await store.set_tracking_comment(task.id, 555)
+    await store.set_cursor("poll:dev", "2024-05-01T10:00:00Z")
+    await store.close()
+
+    reopened = await Store.open(path)
+    try:
+        stored = await reopened.get(task.id)
+        assert stored == finished.with_(tracking_comment_id=555)
+        assert stored.spec.head_sha == "abc123" and stored.spec.is_pull
+        assert stored.links == ("http://forgejo/acme/app/pulls/8",)
+        assert await reopened.get_cursor("poll:dev") == "2024-05-01T10:00:00Z"
+        states = [e.summary for e in await reopened.events(task.id)]
+        assert states == ["queued", "running (attempt 1)", "succeeded"]
+        assert await reopened.integrity_check()
+    finally:
+        await reopened.close()
+
+
+async def test_migrations_bring_an_older_schema_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, target=1) == 1
+    conn.execute(
+        "INSERT INTO tasks (idempotency_key, agent, kind, source, repo, number, requested_by,"
+        " request, state, created_at) VALUES ('k1', 'dev', 'mention', 'poll', 'acme/app', 3,"
+        " 'alice', 'hi', 'queued', 1.0)"
+    )
+    conn.close()
+
+    store = await Store.open(path)
+    try:
+        task = await store.get(1)
+        assert task is not None
+        assert task.spec.idempotency_key == "k1"
+        assert task.links == () and task.tracking_comment_id is None
+        await store.set_cursor("c", "v")  # the cursors table came with migration 2
+        assert await store.get_cursor("c") == "v"
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_newer_schema_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this claude-hooks") as err:
+        await Store.open(path)
+    assert str(path) in str(err.value)
+
+
+async def test_event_sink_writes_a_chatty_run_in_few_transactions(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    before = store.transactions
+    sink = store.event_sink(task.id)
+    for i in range(2000):
+        sink.add("text", f"line {i}", f'{{"n": {i}}}')
+    await sink.close()
+    assert store.transactions - before <= 5  # 2000 events / 500 per batch
+    events = await store.events(task.id, limit=5000)
+    assert [e.seq for e in events] == list(range(1, 2002))  # after the "queued" state event
+    assert events[-1].summary == "line 1999" and events[-1].data == '{"n": 1999}'
+
+
+async def test_waiting_reader_gets_events_after_the_interval_flush(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    sink = store.event_sink(task.id, interval=0.02)
+    reader = asyncio.create_task(store.wait_for_events(task.id, after_seq=1, max_wait=5))
+    await asyncio.sleep(0.01)
+    sink.add("text", "hello")
+    sink.add("tool_use", "Bash: ls")
+    events = await asyncio.wait_for(reader, 2)
+    assert [(e.seq, e.summary) for e in events] == [(2, "hello"), (3, "Bash: ls")]
+    await sink.close()
+
+
+async def test_waiting_reader_times_out_with_nothing(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    assert await store.wait_for_events(task.id, after_seq=1, max_wait=0.05) == []
+
+
+async def test_event_log_is_capped_but_keeps_state_and_result(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "t.sqlite3", event_cap=EventCap(max_events=10))
+    try:
+        task, _ = await store.enqueue(make_spec(1))  # the "queued" event is the first of 10
+        await store.mark_running(task.id)
+        sink = store.event_sink(task.id)
+        for i in range(30):
+            sink.add("text", f"line {i}")
+        sink.add("result", "all done")
+        await sink.close()
+        await store.finish(task.id, Outcome(TaskState.SUCCEEDED, result="all done"))
+        events = await store.events(task.id)
+    finally:
+        await store.close()
+    types = [e.type for e in events]
+    assert types == ["state", "state"] + ["text"] * 8 + ["truncated", "result", "state"]
+    assert [e.seq for e in events] == list(range(1, 14))
+    assert events[-1].summary == "succeeded"
+
+
+async def test_an_oversized_raw_line_keeps_only_its_summary(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "t.sqlite3", event_cap=EventCap(max_data_chars=100))
+    try:
+        task, _ = await store.enqueue(make_spec(1))
+        sink = store.event_sink(task.id)
+        sink.add("tool_result", "big output", "x" * 500)
+        await sink.close()
+        (event,) = await store.events(task.id, after_seq=1)
+    finally:
+        await store.close()
+    assert event.data is None
+    assert event.summary == "big output [raw line of 500 chars not stored]"
+
+
+async def test_recover_requeues_a_crashed_task_once_then_fails_it(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    await store.mark_running(task.id)  # ... and the daemon dies
+
+    first = await store.recover()
+    assert [t.id for t in first.requeued] == [task.id] and first.failed == ()
+    assert first.queued == 1
+    assert (await store.get(task.id)).state is TaskState.QUEUED
+
+    await store.mark_running(task.id)  # dies again
+    second = await store.recover()
+    assert second.requeued == () and [t.id for t in second.failed] == [task.id]
+    failed = await store.get(task.id)
+    assert failed.state is TaskState.FAILED
+    assert failed.error.startswith("interrupted twice (last: interrupted: the daemon stopped")
+    assert failed.attempts == 2
+
+
+async def test_recover_counts_drain_interruptions_too(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    for _ in range(2):
+        await store.mark_running(task.id)
+        interrupted = Outcome(TaskState.INTERRUPTED, reason="interrupted by shutdown — will resume")
+        await store.finish(task.id, interrupted)
+        report = await store.recover()
+    assert [t.id for t in report.failed] == [task.id]
+    assert "(last: interrupted by shutdown — will resume)" in (await store.get(task.id)).error
+
+
+async def test_retry_after_giving_up_gets_a_fresh_chance(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    for _ in range(2):
+        await store.mark_running(task.id)
+        await store.recover()
+    retried = await store.requeue(task.id, "retry requested by @alice")
+    assert retried.state is TaskState.QUEUED and retried.error is None
+    await store.mark_running(task.id)
+    report = await store.recover()
+    assert [t.id for t in report.requeued] == [task.id]
+
+
+async def test_list_tasks_pages_newest_first_by_id_cursor(store: Store) -> None:
+    ids = [
+        (await store.enqueue(make_spec(i, agent="dev" if i % 2 else "rev")))[0].id for i in range(7)
+    ]
+    first = await store.list_tasks(limit=3)
+    second = await store.list_tasks(limit=3, before_id=first[-1].id)
+    third = await store.list_tasks(limit=3, before_id=second[-1].id)
+    assert [t.id for t in first + second + third] == ids[::-1]
+    assert await store.list_tasks(limit=3, before_id=third[-1].id) == []
+    devs = await store.list_tasks(agent="dev", state=TaskState.QUEUED)
+    assert [t.id for t in devs] == [ids[5], ids[3], ids[1]]
+    assert [t.id for t in await store.queued()] == ids
+
+
+async def test_last_session_is_the_newest_of_that_agent_on_that_thread(store: Store) -> None:
+    sessions = {1: ("dev", 7, "s-old"), 2: ("dev", 7, "s-new"), 3: ("rev", 7, "s-rev")}
+    for n, (agent, number, session) in sessions.items():
+        task, _ = await store.enqueue(make_spec(n, agent=agent, number=number))
+        await store.mark_running(task.id)
+        await store.finish(task.id, Outcome(TaskState.SUCCEEDED, session_id=session))
+    await store.enqueue(make_spec(4, agent="dev", number=7))  # newest, but no session yet
+    assert await store.last_session("dev", "acme/app", 7) == "s-new"
+    assert await store.last_session("dev", "acme/app", 8) is None
+    assert await store.last_session("dev", "acme/app", None) is None
+    latest = await store.latest_on_thread("dev", "acme/app", 7)
+    assert latest.spec.idempotency_key == "comment-dev-4"
+
+
+async def test_finishing_twice_or_starting_a_finished_task_is_refused(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    await store.finish(task.id, Outcome(TaskState.CANCELLED, reason="cancelled by @alice"))
+    with pytest.raises(InvalidTransition, match="is cancelled"):
+        await store.finish(task.id, Outcome(TaskState.SUCCEEDED))
+    with pytest.raises(InvalidTransition):
+        await store.mark_running(task.id)
+    with pytest.raises(TaskNotFound):
+        await store.mark_running(999)
+
+
+async def test_update_spec_changes_a_queued_task_and_logs_what_changed(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1, head_sha="aaa"))
+    updated = await store.update_spec(task.id, make_spec(1, head_sha="bbb"))
+    assert updated.spec.head_sha == "bbb"
+    (event,) = await store.events(task.id, after_seq=1)
+    assert event.summary == "updated before start: head_sha aaa → bbb"
+
+
+async def test_counts_group_by_agent_and_state(store: Store) -> None:
+    for n in range(3):
+        await store.enqueue(make_spec(n))
+    rev, _ = await store.enqueue(make_spec(9, agent="rev"))
+    await store.mark_running(rev.id)
+    assert await store.counts() == {("dev", TaskState.QUEUED): 3, ("rev", TaskState.RUNNING): 1}
+
+
+async def test_a_full_disk_leaves_nothing_half_written(store: Store) -> None:
+    await store.enqueue(make_spec(1))
+
+    def cap_file_size() -> None:
+        pages = store._db.conn.execute("PRAGMA page_count").fetchone()[0]
+        store._db.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    await store._call("test setup", cap_file_size)
+    with pytest.raises(StoreError, match="full") as err:
+        await store.enqueue(make_spec(2, request="x" * 200_000))
+    assert str(store.path) in str(err.value)
+    assert [t.spec.idempotency_key for t in await store.list_tasks()] == ["comment-dev-1"]
+    assert await store.integrity_check()
+
+
+def test_a_state_directory_under_a_file_gives_store_error(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    path = tmp_path / "not-a-dir" / "state" / "tasks.sqlite3"
+    with pytest.raises(StoreError, match="cannot create the state directory") as err:
+        asyncio.run(Store.open(path))
+    assert str(path) in str(err.value)
+
+
+READ_ONLY_PROBE = """
+import asyncio, sys
+from pathlib import Path
+from claude_hooks.store import Store, StoreError
+
+async def main():
+    for name in sys.argv[1:]:
+        try:
+            store = await Store.open(Path(name))
+            await store.close()
+            print("opened", name)
+        except StoreError as exc:
+            print("StoreError", exc)
+
+asyncio.run(main())
+"""
+
+
+async def open_and_close(path: Path) -> None:
+    await (await Store.open(path)).close()
+
+
+def test_a_read_only_state_directory_gives_store_error(tmp_path: Path) -> None:
+    existing = tmp_path / "existing.sqlite3"
+    asyncio.run(open_and_close(existing))
+    fresh = tmp_path / "fresh.sqlite3"
+    tmp_path.chmod(0o555)
+    # root ignores file modes: drop the capabilities that let it, for the child only
+    as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    prefix = as_user if os.geteuid() == 0 else []
+    try:
+        probe = subprocess.run(
+            [*prefix, sys.executable, "-c", READ_ONLY_PROBE, str(fresh), str(existing)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+    finally:
+        tmp_path.chmod(0o755)
+    lines = probe.stdout.splitlines()
+    assert len(lines) == 2, probe.stderr
+    for line, path in zip(lines, (fresh, existing), strict=True):
+        assert line.startswith(f"StoreError {path}: cannot open the task store"), line
+        assert f"{tmp_path} is not writable by this user" in line
