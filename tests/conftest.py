@@ -8,6 +8,8 @@ import pytest
 
 from tests.fakes.configs import ConfigFactory
 
+pytest_plugins = ["tests.fakes.forgejo", "tests.fakes.docker"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

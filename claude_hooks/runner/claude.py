@@ -1,0 +1,88 @@
+"""The command line and environment of one `claude -p` exec: pure functions.
+
+Where things live inside an agent container (decided here, used by containers.py):
+everything Claude Code and git keep between tasks is under the state volume at
+/state, so a rebuilt container finds its sessions again (`--resume` needs the
+transcripts in $CLAUDE_CONFIG_DIR/projects/…). The Claude credentials are
+bind-mounted read-only at $CLAUDE_CONFIG_DIR/.credentials.json, where the CLI
+looks for them.
+
+Secrets reach the process only through the exec's environment, which `docker
+inspect` does not show; never through argv (it does show arguments) and never
+through a git remote URL (it would be written to .git/config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from claude_hooks.config import AgentConfig
+
+STATE_DIR = "/state"
+HOME_DIR = f"{STATE_DIR}/home"
+CLAUDE_CONFIG_DIR = f"{HOME_DIR}/.claude"
+CREDENTIALS_PATH = f"{CLAUDE_CONFIG_DIR}/.credentials.json"
+
+# Every process of a task carries these, so a task's processes (Bash-tool children
+# in their own session included) can be found in /proc/*/environ and killed, and
+# so can those left behind by an earlier daemon instance.
+TASK_MARKER = "CLAUDE_HOOKS_TASK"
+DAEMON_MARKER = "CLAUDE_HOOKS_DAEMON"
+
+# Defaults an agent's `env` may override (e.g. CLAUDE_CODE_MAX_RETRIES in tests).
+_DEFAULT_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no telemetry, updates, reports
+    "DISABLE_AUTOUPDATER": "1",
+    "GIT_TERMINAL_PROMPT": "0",  # a git auth failure fails instead of waiting for input
+}
+
+
+def claude_argv(agent: AgentConfig, *, session_id: str | None, system_prompt: str) -> list[str]:
+    """`claude -p` in stream-json mode; the prompt itself goes on stdin."""
+    argv = [agent.claude_command, "-p", "--output-format", "stream-json", "--verbose"]
+    # Headless: nobody can answer a permission prompt, and the agent's container is
+    # the sandbox. Works for a non-root user (root would also need IS_SANDBOX=1).
+    argv += ["--permission-mode", "bypassPermissions"]
+    if agent.model:
+        argv += ["--model", agent.model]
+    if agent.max_turns is not None:
+        argv += ["--max-turns", str(agent.max_turns)]
+    if system_prompt:
+        argv += ["--append-system-prompt", system_prompt]
+    if session_id:
+        argv += ["--resume", session_id]
+    return argv
+
+
+def exec_env(
+    agent: AgentConfig,
+    *,
+    forgejo_token: str,
+    task_id: int,
+    daemon_id: str,
+    extra: Mapping[str, str] | None = None,
+    forgejo_url: str | None = None,
+) -> list[str]:
+    """The environment of one task's exec, as Docker's `KEY=value` list.
+
+    Precedence: defaults < agent.env < extra < what the runner depends on (the
+    state layout, git auth, task markers), which nothing may override. With
+    `forgejo_url`, git sends the token only to that server, not to every remote.
+    """
+    env = {**_DEFAULT_ENV, **agent.env, **(extra or {})}
+    env.update({"HOME": HOME_DIR, "CLAUDE_CONFIG_DIR": CLAUDE_CONFIG_DIR})
+    if forgejo_token:
+        env.update(git_auth_env(forgejo_token, forgejo_url))
+    env.update({TASK_MARKER: str(task_id), DAEMON_MARKER: daemon_id})
+    return [f"{key}={value}" for key, value in env.items()]
+
+
+def git_auth_env(token: str, forgejo_url: str | None = None) -> dict[str, str]:
+    """Git config through the environment: an auth header on every HTTP request."""
+    key = f"http.{forgejo_url.rstrip('/')}/.extraHeader" if forgejo_url else "http.extraHeader"
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": key,
+        "GIT_CONFIG_VALUE_0": f"Authorization: token {token}",
+        "GIT_TERMINAL_PROMPT": "0",
+    }

@@ -1,0 +1,409 @@
+"""One long-lived container per agent, through the Docker Engine API (aiodocker).
+
+The container only sleeps; every task is a `docker exec` into it (execution.py).
+It is named `claude-hooks-<agent>`, labelled as ours with a hash of its settings,
+and recreated when those settings change — but never under a running task.
+
+Layout (see claude.py): the named volume `claude-hooks-<agent>-state` is /state and
+holds HOME and CLAUDE_CONFIG_DIR, so Claude's session transcripts and the working
+trees survive a rebuild. The credentials file is bind-mounted read-only straight
+at $CLAUDE_CONFIG_DIR/.credentials.json, inside the volume's mount: Docker mounts
+the volume first (mounts are applied shortest path first) and creates the missing
+mountpoint directories in it — owned by root, which is why `_prepare` hands the
+state directories to the agent user after every start. The mounted file keeps
+its host owner and mode: agent.user must be able to read it (match its uid).
+
+The Forgejo token never reaches the container config, a label, a command line or
+the image: it is only in each exec's environment (claude.exec_env).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiodocker
+import aiohttp
+import structlog
+from aiodocker.containers import DockerContainer
+from aiodocker.exceptions import DockerError
+
+from claude_hooks.config import AgentConfig
+from claude_hooks.runner.claude import (
+    CLAUDE_CONFIG_DIR,
+    CREDENTIALS_PATH,
+    DAEMON_MARKER,
+    HOME_DIR,
+    STATE_DIR,
+    TASK_MARKER,
+)
+
+log = structlog.get_logger(__name__)
+
+MANAGED_LABEL = "claude-hooks.managed"
+AGENT_LABEL = "claude-hooks.agent"
+CONFIG_LABEL = "claude-hooks.config"
+
+ROOT = "0"  # exec user for chown; not for reading /proc/*/environ (no CAP_SYS_PTRACE)
+STOP_TIMEOUT = 10  # seconds `docker stop` gives the container before SIGKILL
+STRAY_GRACE = 5.0  # seconds stray processes get between SIGTERM and SIGKILL
+
+# Prints (and signals) the pids whose environment has $2 set to $3 ("eq") or to
+# anything but $3 ("ne"). busybox-compatible; $1 is a signal name or "list".
+# A process that vanishes meanwhile is skipped.
+SIGNAL_SCRIPT = r"""
+for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    [ "$pid" = "$$" ] && continue
+    entry=$(tr '\0' '\n' 2>/dev/null <"$dir/environ" | grep -m1 "^$2=") || continue
+    value=${entry#*=}
+    if [ "$4" = eq ] && [ "$value" != "$3" ]; then continue; fi
+    if [ "$4" = ne ] && [ "$value" = "$3" ]; then continue; fi
+    if [ "$1" = list ] || kill -s "$1" "$pid" 2>/dev/null; then echo "$pid"; fi
+done
+"""
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+class ContainerError(Exception):
+    """A container problem, worded for the operator."""
+
+
+def memory_bytes(text: str) -> int:
+    """Bytes from a Docker size such as "4g", "512m", "1.5GiB" (binary units, like Docker)."""
+    match = _MEMORY.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a Docker memory size (e.g. 4g, 512m)")
+    return int(float(match[1]) * _MEMORY_UNITS[match[2].lower()])
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        *,
+        extra_labels: Mapping[str, str] = types.MappingProxyType({}),
+    ) -> None:
+        self._docker = docker
+        self._extra_labels = dict(extra_labels)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # --- pure: what the container should be -------------------------------------------
+
+    def container_config(self, agent: AgentConfig) -> dict[str, Any]:
+        """The body of POST /containers/create for this agent."""
+        body = self._settings(agent)
+        body["Labels"][CONFIG_LABEL] = self.config_hash(agent)
+        return body
+
+    def config_hash(self, agent: AgentConfig) -> str:
+        """Changes whenever anything the container is created with changes."""
+        canonical = json.dumps(self._settings(agent), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def _settings(self, agent: AgentConfig) -> dict[str, Any]:
+        try:
+            memory = memory_bytes(agent.memory)
+        except ValueError as exc:
+            raise ContainerError(f"agent {agent.name}: memory: {exc}") from None
+        labels = {**self._extra_labels, MANAGED_LABEL: "1", AGENT_LABEL: agent.name}
+        volume_labels = dict(labels)  # the volume outlives configs: no config hash on it
+        return {
+            "Image": agent.image,
+            # The container only hosts execs. docker-init (Init) is PID 1: it reaps the
+            # orphans of killed tasks and passes `docker stop`'s SIGTERM on.
+            "Entrypoint": ["sleep"],
+            "Cmd": ["infinity"],
+            "User": agent.user,
+            "WorkingDir": STATE_DIR,
+            "Env": [f"HOME={HOME_DIR}", f"CLAUDE_CONFIG_DIR={CLAUDE_CONFIG_DIR}"],
+            "Labels": labels,
+            "HostConfig": {
+                "NetworkMode": agent.network,
+                "Memory": memory,
+                "NanoCpus": round(agent.cpus * 1e9),
+                "PidsLimit": agent.pids_limit,
+                "Init": True,
+                # No "no-new-privileges": with a non-root container user it also strips
+                # every capability from root execs, and `_prepare` needs CAP_CHOWN.
+                "RestartPolicy": {"Name": "unless-stopped"},
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Source": agent.volume_name,
+                        "Target": STATE_DIR,
+                        "VolumeOptions": {"Labels": volume_labels},
+                    },
+                    {
+                        "Type": "bind",
+                        "Source": os.path.abspath(agent.credentials_file),
+                        "Target": CREDENTIALS_PATH,
+                        "ReadOnly": True,
+                    },
+                ],
+            },
+        }
+
+    # --- the container's life -------------------------------------------------------------
+
+    async def ensure(self, agent: AgentConfig) -> DockerContainer:
+        """The agent's container, running and current: created, started or recreated."""
+        async with self._lock(agent.name):
+            container = await self._find(agent)
+            if container is None:
+                return await self._create(agent)
+            running = container["State"]["Running"]
+            if container["Config"]["Labels"].get(CONFIG_LABEL) != self.config_hash(agent):
+                busy = await self._task_pids(container) if running else []
+                if not busy:
+                    log.info("container_recreate", agent=agent.name, reason="config changed")
+                    await container.delete(force=True)
+                    return await self._create(agent)
+                log.warning("container_recreate_deferred", agent=agent.name, tasks=len(busy))
+            if not running:
+                await container.start()
+                await self._prepare(container, agent)
+                log.info("container_started", agent=agent.name)
+            return container
+
+    async def rebuild(self, agent: AgentConfig) -> DockerContainer:
+        """A fresh container from the current image and settings; the state volume stays."""
+        async with self._lock(agent.name):
+            container = await self._find(agent)
+            if container is not None:
+                await container.delete(force=True)
+            return await self._create(agent)
+
+    async def up(self, agents: Iterable[AgentConfig]) -> list[DockerContainer]:
+        return [await self.ensure(agent) for agent in agents]
+
+    async def down(self, agents: Iterable[AgentConfig]) -> None:
+        """Stop the agents' containers; the containers and their volumes stay."""
+        for agent in agents:
+            container = await self._find(agent)
+            if container is not None and container["State"]["Running"]:
+                await container.stop(t=STOP_TIMEOUT)
+                log.info("container_stopped", agent=agent.name)
+
+    async def remove_orphans(self, configured: set[str]) -> list[str]:
+        """Remove our containers of agents no longer configured (volumes stay); their names."""
+        removed = []
+        for container in await self._list_managed():
+            agent = container["Labels"].get(AGENT_LABEL)
+            if agent in configured:
+                continue
+            await container.delete(force=True)
+            name = container["Names"][0].lstrip("/") if container["Names"] else container.id
+            removed.append(name)
+            log.info("container_orphan_removed", container=name, agent=agent)
+        return removed
+
+    async def kill_strays(
+        self, agent: AgentConfig, daemon_id: str, *, grace: float = STRAY_GRACE
+    ) -> list[int]:
+        """Stop processes an earlier daemon instance left running; their pids.
+
+        A process counts as stray when its CLAUDE_HOOKS_DAEMON differs from ours:
+        SIGTERM first, so Claude Code can stop its tools, then SIGKILL after `grace`.
+        """
+        container = await self._find(agent)
+        if container is None or not container["State"]["Running"]:
+            return []
+        match, user = strays_of(daemon_id), agent.user
+        pids = await signal_processes(container, "TERM", match, user=user)
+        if pids:
+            log.warning("stray_processes_terminated", agent=agent.name, pids=pids)
+            if not await wait_gone(container, match, user=user, grace=grace):
+                killed = await signal_processes(container, "KILL", match, user=user)
+                log.warning("stray_processes_killed", agent=agent.name, pids=killed)
+        return pids
+
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self._docker.images.inspect(image)
+        except DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def ping(self) -> bool:
+        """Whether a Docker engine answers."""
+        try:
+            await self._docker.version()
+        except (TimeoutError, DockerError, aiohttp.ClientError, OSError):
+            return False
+        return True
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _lock(self, agent: str) -> asyncio.Lock:
+        return self._locks.setdefault(agent, asyncio.Lock())
+
+    async def _find(self, agent: AgentConfig) -> DockerContainer | None:
+        try:
+            container = await self._docker.containers.get(agent.container_name)
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if container["Config"]["Labels"].get(MANAGED_LABEL) != "1":
+            raise ContainerError(
+                f"container {agent.container_name} exists but is not managed by claude-hooks "
+                f"(no label {MANAGED_LABEL}=1): remove or rename it"
+            )
+        return container
+
+    async def _create(self, agent: AgentConfig) -> DockerContainer:
+        config = self.container_config(agent)
+        try:
+            created = await self._docker.containers.create(config, name=agent.container_name)
+        except DockerError as exc:
+            if exc.status == 404:
+                raise ContainerError(
+                    f"agent {agent.name}: image {agent.image} is not present; build it first "
+                    f"(nothing is pulled): {exc.message}"
+                ) from None
+            raise ContainerError(
+                f"agent {agent.name}: cannot create container {agent.container_name}: {exc.message}"
+            ) from None
+        try:
+            await created.start()
+        except DockerError as exc:
+            raise ContainerError(
+                f"agent {agent.name}: container {agent.container_name} does not start: "
+                f"{exc.message}"
+            ) from None
+        await self._prepare(created, agent)
+        log.info(
+            "container_created",
+            agent=agent.name,
+            image=agent.image,
+            config=config["Labels"][CONFIG_LABEL],
+        )
+        return await self._docker.containers.get(created.id)
+
+    async def _prepare(self, container: DockerContainer, agent: AgentConfig) -> None:
+        """Give the agent user the state directories Docker (or an old uid) left to root."""
+        dirs = [STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR]
+        code, output = await run_exec(
+            container, ["sh", "-c", 'mkdir -p "$@" && chown "$0" "$@"', agent.user, *dirs]
+        )
+        if code != 0:
+            raise ContainerError(
+                f"agent {agent.name}: cannot prepare {STATE_DIR} in {agent.container_name}: "
+                f"{output.strip()}"
+            )
+        code, _ = await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user)
+        if code != 0:
+            log.warning(
+                "credentials_unreadable",
+                agent=agent.name,
+                user=agent.user,
+                file=str(agent.credentials_file),
+                hint="the bind mount keeps the host owner and mode: make the file readable "
+                "by the container user (chown it to that uid)",
+            )
+
+    async def _task_pids(self, container: DockerContainer) -> list[int]:
+        # As the user the container was created with: the tasks run as that uid,
+        # even when the new config names another.
+        user = container["Config"]["User"] or ROOT
+        return await signal_processes(container, "list", ANY_TASK, user=user)
+
+    async def _list_managed(self) -> list[DockerContainer]:
+        labels = {**self._extra_labels, MANAGED_LABEL: "1"}
+        selector = [f"{key}={value}" for key, value in labels.items()]
+        return await self._docker.containers.list(all=True, filters=json.dumps({"label": selector}))
+
+
+async def run_exec(
+    container: DockerContainer,
+    cmd: Sequence[str],
+    *,
+    user: str = ROOT,
+    environment: Sequence[str] | None = None,
+) -> tuple[int | None, str]:
+    """Run a short command in the container: its exit code and stdout+stderr."""
+    execution = await container.exec(
+        list(cmd), user=user, environment=environment, stdout=True, stderr=True
+    )
+    output = bytearray()
+    async with execution.start(detach=False) as stream:
+        while (message := await stream.read_out()) is not None:
+            output += message.data
+    info = await execution.inspect()
+    return info["ExitCode"], output.decode("utf-8", errors="replace")
+
+
+async def signal_processes(
+    container: DockerContainer,
+    signal: str,
+    match: ProcessMatch,
+    *,
+    user: str,
+) -> list[int]:
+    """Send `signal` ("TERM", "KILL", or "list" for none) to the processes `match`
+    selects; their pids. Runs as `user`, the uid of the processes it may see: root in
+    a container lacks CAP_SYS_PTRACE and cannot read another uid's environ."""
+    code, output = await run_exec(
+        container,
+        ["sh", "-c", SIGNAL_SCRIPT, "signal-processes", signal, *match.script_args()],
+        user=user,
+    )
+    if code != 0:
+        raise ContainerError(f"cannot scan processes in container {container.id[:12]}: {output}")
+    return [int(word) for word in output.split() if word.isdigit()]
+
+
+@dataclass(frozen=True)
+class ProcessMatch:
+    """Processes whose environment has `variable` equal to `value` (or, with
+    `equal=False`, set to anything else)."""
+
+    variable: str
+    value: str
+    equal: bool = True
+
+    def script_args(self) -> list[str]:
+        return [self.variable, self.value, "eq" if self.equal else "ne"]
+
+
+def task_processes(task_id: int) -> ProcessMatch:
+    return ProcessMatch(TASK_MARKER, str(task_id))
+
+
+ANY_TASK = ProcessMatch(TASK_MARKER, "", equal=False)
+
+
+def strays_of(daemon_id: str) -> ProcessMatch:
+    """Processes started by any daemon instance but this one."""
+    return ProcessMatch(DAEMON_MARKER, daemon_id, equal=False)
+
+
+async def wait_gone(
+    container: DockerContainer,
+    match: ProcessMatch,
+    *,
+    user: str,
+    grace: float,
+    poll: float = 0.1,
+) -> bool:
+    """Whether the matching processes ended within `grace` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while True:
+        if not await signal_processes(container, "list", match, user=user):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(poll)

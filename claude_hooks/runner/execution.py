@@ -1,0 +1,232 @@
+"""Run `claude -p` as one `docker exec`, stream its events, and stop it cleanly.
+
+The prompt goes on stdin, which is then closed (an open stdin costs Claude Code a
+3 s wait). Stdout is split into lines as frames arrive — a line can span frames,
+the last one may lack its newline — and each line is parsed and handed to
+`on_event` in order. The end of stderr is kept for the failure message.
+
+Stopping (the scheduler cancels the asyncio task on cancel, timeout and drain):
+every process of the task is found by its CLAUDE_HOOKS_TASK marker, which Bash-tool
+children in their own session carry too. They get SIGTERM (Claude Code then stops
+its tools and exits 143), `stop_grace` seconds to end, then SIGKILL. The stop runs
+to its end even when cancelled again, so that when `run_claude` raises, nothing
+of the task runs any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from aiodocker.containers import DockerContainer
+from aiodocker.execs import Exec
+from aiodocker.stream import Stream
+
+from claude_hooks.runner.containers import (
+    signal_processes,
+    task_processes,
+    wait_gone,
+)
+from claude_hooks.runner.stream import Result, StreamEvent, parse_line
+
+log = structlog.get_logger(__name__)
+
+STDERR_TAIL_BYTES = 8192
+MAX_LINE_BYTES = 64 << 20  # a longer "line" is not stream-json; it is cut and reported
+STDOUT, STDERR = 1, 2  # docker's stream ids in exec output frames
+KILL_SETTLE = 5.0  # seconds for the exec's stream to end, and the kernel to reap, after SIGKILL
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None
+    result_event: Result | None  # the stream's `result` line; None when claude was killed
+    stderr_tail: str
+    lines: int  # stdout lines parsed
+
+
+class LineSplitter:
+    """Bytes as they arrive → whole lines (without the newline)."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max_line = max_line
+        self._discarding = False  # inside an overlong line, until its newline
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        *lines, rest = self._buffer.split(b"\n")
+        if self._discarding and lines:
+            lines = lines[1:]
+            self._discarding = False
+        self._buffer = bytearray(rest)
+        if len(self._buffer) > self._max_line and not self._discarding:
+            lines.append(bytes(self._buffer[: self._max_line]))
+            self._discarding = True
+        if self._discarding:
+            self._buffer.clear()
+        return [bytes(line) for line in lines]
+
+    def flush(self) -> list[bytes]:
+        """The last line, when the output did not end with a newline."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return [rest] if rest and not self._discarding else []
+
+
+class TailBuffer:
+    """The last `limit` bytes written."""
+
+    def __init__(self, limit: int = STDERR_TAIL_BYTES) -> None:
+        self._data = bytearray()
+        self._limit = limit
+
+    def write(self, data: bytes) -> None:
+        self._data += data
+        if len(self._data) > self._limit:
+            del self._data[: -self._limit]
+
+    def text(self) -> str:
+        return self._data.decode("utf-8", errors="replace")
+
+
+class _OutputReader:
+    """Consumes an exec's output frames: events to `on_event`, stderr to a tail."""
+
+    def __init__(self, on_event: Callable[[StreamEvent], None]) -> None:
+        self._on_event = on_event
+        self._lines = LineSplitter()
+        self.stderr = TailBuffer()
+        self.result: Result | None = None
+        self.count = 0
+
+    async def pump(self, stream: Stream) -> None:
+        """Until the exec's output ends."""
+        while (message := await stream.read_out()) is not None:
+            if message.stream == STDERR:
+                self.stderr.write(message.data)
+            else:
+                self._deliver(self._lines.feed(message.data))
+        self._deliver(self._lines.flush())
+
+    def _deliver(self, lines: list[bytes]) -> None:
+        for line in lines:
+            if not line.strip():
+                continue
+            event = parse_line(line)
+            self.count += 1
+            if isinstance(event, Result):
+                self.result = event
+            self._on_event(event)
+
+
+async def run_claude(
+    container: DockerContainer,
+    *,
+    argv: Sequence[str],
+    env: Sequence[str],
+    stdin: bytes,
+    workdir: str,
+    user: str,
+    task_id: int,
+    on_event: Callable[[StreamEvent], None],
+    stop_grace: float = 10.0,
+) -> ExecResult:
+    """Run claude in the container until it exits; stop all its processes if cancelled."""
+    reader = _OutputReader(on_event)
+    execution = await container.exec(
+        list(argv), stdin=True, environment=list(env), workdir=workdir, user=user
+    )
+    stream = execution.start(detach=False)
+    try:
+        await stream.write_in(stdin)
+        _close_stdin(stream)
+        await reader.pump(stream)
+        exit_code = await _exit_code(execution)
+    except BaseException:
+        # Cancelled (cancel, timeout, drain) or the stream broke: nothing may keep running.
+        await _run_to_end(
+            _stop_task(container, stream, reader, task_id=task_id, user=user, grace=stop_grace)
+        )
+        raise
+    finally:
+        await stream.close()
+    return ExecResult(
+        exit_code=exit_code,
+        result_event=reader.result,
+        stderr_tail=reader.stderr.text(),
+        lines=reader.count,
+    )
+
+
+def _close_stdin(stream: Stream) -> None:
+    # aiodocker's Stream.close() drops the whole connection, and the output with it;
+    # a half-close of the hijacked connection makes the engine close the process's stdin.
+    connection = stream._resp.connection if stream._resp is not None else None
+    transport = connection.transport if connection is not None else None
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
+
+
+async def _exit_code(execution: Exec, settle: float = 2.0) -> int | None:
+    # The output can end a moment before the engine records the exit code.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle
+    while True:
+        info = await execution.inspect()
+        if not info.get("Running") or loop.time() >= deadline:
+            return info.get("ExitCode")
+        await asyncio.sleep(0.02)
+
+
+async def _stop_task(
+    container: DockerContainer,
+    stream: Stream,
+    reader: _OutputReader,
+    *,
+    task_id: int,
+    user: str,
+    grace: float,
+) -> None:
+    match = task_processes(task_id)
+    try:
+        terminated = await signal_processes(container, "TERM", match, user=user)
+        log.info("task_processes_terminated", task_id=task_id, pids=terminated)
+        if terminated and not await _output_ends(stream, reader, grace):
+            log.info("task_stop_grace_expired", task_id=task_id, grace=grace)
+        if killed := await signal_processes(container, "KILL", match, user=user):
+            log.warning("task_processes_killed", task_id=task_id, pids=killed)
+            await _output_ends(stream, reader, KILL_SETTLE)
+        if not await wait_gone(container, match, user=user, grace=KILL_SETTLE):
+            log.error("task_processes_survived", task_id=task_id)
+    except Exception:  # never mask why the run ended; say that the stop went wrong
+        log.exception("task_stop_failed", task_id=task_id)
+
+
+async def _output_ends(stream: Stream, reader: _OutputReader, within: float) -> bool:
+    """Whether the exec's output ended within `within` seconds. What it printed meanwhile still
+    reaches `on_event` (whole lines: Claude Code prints nothing half on SIGTERM)."""
+    if stream._resp is None:  # cancelled before the exec started
+        return True
+    try:
+        await asyncio.wait_for(reader.pump(stream), within)
+    except TimeoutError:
+        return False
+    except Exception as exc:  # a broken connection, a failing on_event: stop anyway
+        log.warning("task_output_failed_while_stopping", error=repr(exc))
+        return False
+    return True
+
+
+async def _run_to_end(work: Awaitable[None]) -> None:
+    """Await `work` to its end even if cancelled meanwhile; then re-raise that cancel."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError

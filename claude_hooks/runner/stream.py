@@ -1,0 +1,440 @@
+"""One line of `claude -p --output-format stream-json --verbose` → one typed event.
+
+The CLI prints one JSON object per line (see ../shared/claude/NOTES.md): `system/init`
+first, then `assistant` lines (one content block each), `user` lines carrying tool
+results, `system` notices (api_retry, permission_denied, …) and a `result` last —
+unless the process was killed. New line types appear between CLI versions, so
+anything unrecognised becomes `Unknown`, and anything unreadable `Malformed`:
+`parse_line` never raises.
+
+`outcome_of` turns the result line (or its absence) and the exit code into an
+`Outcome` in words, the way the task's final comment states it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from claude_hooks.tasks import Outcome, TaskState
+
+SUMMARY_LIMIT = 160  # characters of one summary line (log line, progress comment)
+_SIGNAL_EXIT_BASE = 128  # a shell's exit code for "killed by signal N" is 128 + N
+
+
+def one_line(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    """`text` with runs of whitespace (newlines included) collapsed, cut to `limit` chars."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    session_id: str | None
+    model: str | None
+    cwd: str | None
+    tools: tuple[str, ...]
+    permission_mode: str | None
+    claude_code_version: str | None
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "init"
+
+    @property
+    def summary(self) -> str:
+        return one_line(
+            f"session {self.session_id} started: model {self.model}, cwd {self.cwd}, "
+            f"{len(self.tools)} tools"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantText:
+    text: str
+    message_id: str | None
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "text"
+
+    @property
+    def summary(self) -> str:
+        return one_line(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    tool_id: str | None
+    name: str
+    input_summary: str  # the argument that says what the call does: command, path, pattern
+    message_id: str | None
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "tool_use"
+
+    @property
+    def summary(self) -> str:
+        return one_line(f"{self.name}: {self.input_summary}" if self.input_summary else self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    text: str
+    message_id: str | None
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "thinking"
+
+    @property
+    def summary(self) -> str:
+        return one_line(f"thinking: {self.text}" if self.text else "thinking")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    tool_use_id: str | None
+    is_error: bool
+    content: str
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "tool_result"
+
+    @property
+    def summary(self) -> str:
+        return one_line(f"{'error' if self.is_error else 'ok'}: {self.content}")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRetry:
+    attempt: int | None
+    max_retries: int | None
+    retry_delay_ms: int | None
+    error_status: int | None
+    error: str | None
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "api_retry"
+
+    @property
+    def summary(self) -> str:
+        status = " ".join(str(p) for p in (self.error_status, self.error) if p is not None)
+        delay = f", next in {self.retry_delay_ms / 1000:.1f}s" if self.retry_delay_ms else ""
+        return one_line(
+            f"Claude API retry {self.attempt}/{self.max_retries} after {status or 'error'}{delay}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionDenied:
+    tool_name: str | None
+    tool_use_id: str | None
+    message: str
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "permission_denied"
+
+    @property
+    def summary(self) -> str:
+        return one_line(f"permission denied for {self.tool_name}: {self.message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    subtype: str | None
+    is_error: bool
+    result: str | None
+    num_turns: int | None
+    duration_ms: int | None
+    total_cost_usd: float | None
+    session_id: str | None
+    terminal_reason: str | None
+    api_error_status: int | None
+    errors: tuple[str, ...]
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "result"
+
+    @property
+    def summary(self) -> str:
+        parts = [f"{self.num_turns} turns" if self.num_turns is not None else None]
+        if self.total_cost_usd is not None:
+            parts.append(f"${self.total_cost_usd:.4f}")
+        if self.duration_ms is not None:
+            parts.append(f"{self.duration_ms / 1000:.1f}s")
+        how = "error" if self.is_error else "done"
+        reason = self.terminal_reason or self.subtype
+        stats = ", ".join(p for p in parts if p)
+        return one_line(f"{how} ({reason}): {stats}" if stats else f"{how} ({reason})")
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    type: str  # "type" or "type/subtype" of a line this parser does not know
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "unknown"
+
+    @property
+    def summary(self) -> str:
+        return one_line(f"unrecognised line: {self.type}")
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    raw: str
+    error: str
+    kind: ClassVar[str] = "malformed"
+
+    @property
+    def summary(self) -> str:
+        return one_line(f"unreadable line ({self.error}): {self.raw}")
+
+
+StreamEvent = (
+    Init
+    | AssistantText
+    | ToolUse
+    | Thinking
+    | ToolResult
+    | ApiRetry
+    | PermissionDenied
+    | Result
+    | Unknown
+    | Malformed
+)
+
+
+def parse_line(line: str | bytes) -> StreamEvent:
+    """The event one output line stands for. Never raises."""
+    raw = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+    raw = raw.rstrip("\r\n")
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return Malformed(raw=raw, error=f"not JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Malformed(raw=raw, error=f"a JSON {type(obj).__name__}, not an object")
+    try:
+        return _event(obj, raw)
+    except Exception as exc:  # a shape no parser branch expected must not stop the run
+        return Malformed(raw=raw, error=f"unexpected shape: {type(exc).__name__}: {exc}")
+
+
+def _event(obj: dict[str, Any], raw: str) -> StreamEvent:
+    kind = obj.get("type")
+    if kind == "assistant":
+        return _assistant(obj, raw)
+    if kind == "user":
+        return _user(obj, raw)
+    if kind == "result":
+        return _result(obj, raw)
+    if kind == "system":
+        return _system(obj, raw)
+    return Unknown(type=_str(kind) or "(no type)", raw=raw)
+
+
+def _system(obj: dict[str, Any], raw: str) -> StreamEvent:
+    subtype = obj.get("subtype")
+    if subtype == "init":
+        tools = obj.get("tools")
+        return Init(
+            session_id=_str(obj.get("session_id")),
+            model=_str(obj.get("model")),
+            cwd=_str(obj.get("cwd")),
+            tools=tuple(t for t in tools if isinstance(t, str)) if isinstance(tools, list) else (),
+            permission_mode=_str(obj.get("permissionMode")),
+            claude_code_version=_str(obj.get("claude_code_version")),
+            raw=raw,
+        )
+    if subtype == "api_retry":
+        return ApiRetry(
+            attempt=_int(obj.get("attempt")),
+            max_retries=_int(obj.get("max_retries")),
+            retry_delay_ms=_int(obj.get("retry_delay_ms")),
+            error_status=_int(obj.get("error_status")),
+            error=_text(obj.get("error")) or None,
+            raw=raw,
+        )
+    if subtype == "permission_denied":
+        return PermissionDenied(
+            tool_name=_str(obj.get("tool_name")),
+            tool_use_id=_str(obj.get("tool_use_id")),
+            message=_text(obj.get("message")),
+            raw=raw,
+        )
+    return Unknown(type=f"system/{_str(subtype) or '?'}", raw=raw)
+
+
+def _blocks(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    message = obj.get("message")
+    if not isinstance(message, dict):
+        return None, []
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message, []
+    return message, [b for b in content if isinstance(b, dict)]
+
+
+def _assistant(obj: dict[str, Any], raw: str) -> StreamEvent:
+    # The CLI prints one content block per line; should a line ever carry more, the
+    # first block decides the event and the texts of all text blocks are kept.
+    message, blocks = _blocks(obj)
+    if message is None or not blocks:
+        return Unknown(type="assistant", raw=raw)
+    message_id = _str(message.get("id"))
+    first = blocks[0]
+    block_type = first.get("type")
+    if block_type == "text":
+        text = "\n".join(_text(b.get("text")) for b in blocks if b.get("type") == "text")
+        return AssistantText(text=text, message_id=message_id, raw=raw)
+    if block_type == "tool_use":
+        name = _str(first.get("name")) or "?"
+        return ToolUse(
+            tool_id=_str(first.get("id")),
+            name=name,
+            input_summary=tool_input_summary(name, first.get("input")),
+            message_id=message_id,
+            raw=raw,
+        )
+    if block_type in ("thinking", "redacted_thinking"):
+        return Thinking(text=_text(first.get("thinking")), message_id=message_id, raw=raw)
+    return Unknown(type=f"assistant/{_str(block_type) or '?'}", raw=raw)
+
+
+def _user(obj: dict[str, Any], raw: str) -> StreamEvent:
+    _, blocks = _blocks(obj)
+    results = [b for b in blocks if b.get("type") == "tool_result"]
+    if not results:
+        return Unknown(type="user", raw=raw)
+    first = results[0]
+    return ToolResult(
+        tool_use_id=_str(first.get("tool_use_id")),
+        is_error=first.get("is_error") is True,
+        content=_content_text(first.get("content")),
+        raw=raw,
+    )
+
+
+def _result(obj: dict[str, Any], raw: str) -> Result:
+    errors = obj.get("errors")
+    cost = obj.get("total_cost_usd")
+    return Result(
+        subtype=_str(obj.get("subtype")),
+        is_error=obj.get("is_error") is True,
+        result=_str(obj.get("result")),
+        num_turns=_int(obj.get("num_turns")),
+        duration_ms=_int(obj.get("duration_ms")),
+        total_cost_usd=float(cost) if _is_number(cost) else None,
+        session_id=_str(obj.get("session_id")),
+        terminal_reason=_str(obj.get("terminal_reason")),
+        api_error_status=_int(obj.get("api_error_status")),
+        errors=tuple(_text(e) for e in errors) if isinstance(errors, list) else (),
+        raw=raw,
+    )
+
+
+# The one argument that says what a call of a known tool does.
+_TOOL_KEYS: dict[str, tuple[str, ...]] = {
+    "Bash": ("command",),
+    "Edit": ("file_path",),
+    "MultiEdit": ("file_path",),
+    "Write": ("file_path",),
+    "Read": ("file_path",),
+    "NotebookEdit": ("notebook_path",),
+    "Glob": ("pattern",),
+    "Grep": ("pattern",),
+    "WebFetch": ("url",),
+    "WebSearch": ("query",),
+    "Task": ("description", "prompt"),
+}
+_FALLBACK_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description")
+
+
+def tool_input_summary(name: str, tool_input: object) -> str:
+    """One line saying what a tool call does: `git status` for Bash, the path for Edit."""
+    if not isinstance(tool_input, dict):
+        return ""
+    for key in (*_TOOL_KEYS.get(name, ()), *_FALLBACK_KEYS):
+        value = tool_input.get(key)
+        if isinstance(value, str) and value.strip():
+            return one_line(value)
+    for value in tool_input.values():
+        if isinstance(value, str) and value.strip():
+            return one_line(value)
+    return ""
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [_text(c.get("text")) for c in content if isinstance(c, dict)]
+        return "\n".join(p for p in parts if p)
+    return ""
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return "" if value is None else json.dumps(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def outcome_of(result: Result | None, exit_code: int | None, stderr_tail: str) -> Outcome:
+    """How a run ended, from its result line (if any), exit code and the end of stderr.
+
+    Decided by `is_error` and `terminal_reason`, never by `subtype`: an API failure
+    after all retries ends with subtype "success" but is_error true (NOTES.md).
+    """
+    tail = stderr_tail or None
+    if result is None:
+        return Outcome(
+            state=TaskState.FAILED,
+            reason=_no_result_reason(exit_code, stderr_tail),
+            exit_code=exit_code,
+            stderr_tail=tail,
+        )
+    return Outcome(
+        state=TaskState.FAILED if result.is_error else TaskState.SUCCEEDED,
+        reason=_error_reason(result) if result.is_error else None,
+        result=result.result,
+        session_id=result.session_id,
+        cost_usd=result.total_cost_usd,
+        num_turns=result.num_turns,
+        duration_ms=result.duration_ms,
+        exit_code=exit_code,
+        stderr_tail=tail,
+    )
+
+
+def _error_reason(result: Result) -> str:
+    reason = result.terminal_reason
+    if reason == "max_turns" or (reason is None and result.subtype == "error_max_turns"):
+        return "max turns reached"
+    if reason == "api_error":
+        status = f" {result.api_error_status}" if result.api_error_status is not None else ""
+        return f"Claude API error{status} after retries"
+    if result.subtype == "error_max_budget_usd":
+        return "budget limit reached"
+    detail = "; ".join(e for e in result.errors if e) or result.result
+    what = reason or result.subtype or "error"
+    return one_line(
+        f"Claude Code failed ({what}): {detail}" if detail else f"Claude Code failed ({what})",
+        limit=400,
+    )
+
+
+def _no_result_reason(exit_code: int | None, stderr_tail: str) -> str:
+    if exit_code is None:
+        return "claude ended without a result or an exit code"
+    if exit_code > _SIGNAL_EXIT_BASE:
+        return f"claude exited {exit_code} without a result (killed)"
+    last = next((ln for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
+    suffix = f": {one_line(last, limit=300)}" if last else ""
+    return f"claude exited {exit_code} without a result{suffix}"

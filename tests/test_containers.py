@@ -1,0 +1,354 @@
+"""Per-agent containers: what they are created with, and their life against a real engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from pathlib import Path
+
+import aiodocker
+import pytest
+from aiodocker.containers import DockerContainer
+
+from claude_hooks.config import AgentConfig
+from claude_hooks.runner.claude import CREDENTIALS_PATH, DAEMON_MARKER, TASK_MARKER
+from claude_hooks.runner.containers import (
+    AGENT_LABEL,
+    CONFIG_LABEL,
+    MANAGED_LABEL,
+    ContainerError,
+    ContainerManager,
+    memory_bytes,
+    run_exec,
+)
+from tests.fakes.docker import (  # noqa: F401  (fixtures)
+    RUN_LABEL,
+    TEST_LABEL,
+    MakeAgent,
+    agent_factory,
+    built_test_image,
+    container_manager,
+    docker_client,
+    docker_unavailable,
+    labels_removed_after_test,
+)
+
+
+class _NoDocker:
+    """Stands in for aiodocker.Docker where only the pure methods are called."""
+
+
+def pure_manager(**labels: str) -> ContainerManager:
+    return ContainerManager(_NoDocker(), extra_labels=labels)  # type: ignore[arg-type]
+
+
+def agent(**overrides: object) -> AgentConfig:
+    values: dict = {
+        "name": "dev",
+        "token_file": Path("/secrets/dev-token"),
+        "credentials_file": Path("/secrets/dev-creds.json"),
+        "image": "claude-hooks-agent:1",
+        "network": "host",
+        "memory": "2g",
+        "cpus": 1.5,
+        "pids_limit": 256,
+        "user": "1000:1000",
+    }
+    return AgentConfig(**{**values, **overrides})
+
+
+# --- the create body (pure) ------------------------------------------------------------
+
+
+def test_config_names_image_user_limits_and_network() -> None:
+    config = pure_manager().container_config(agent())
+    assert config["Image"] == "claude-hooks-agent:1"
+    assert config["User"] == "1000:1000"
+    host = config["HostConfig"]
+    assert host["NetworkMode"] == "host"
+    assert host["Memory"] == 2 * 1024**3
+    assert host["NanoCpus"] == 1_500_000_000
+    assert host["PidsLimit"] == 256
+    assert host["Init"] is True
+
+
+def test_config_labels_mark_the_container_as_ours() -> None:
+    manager = pure_manager(**{"claude-hooks.test": "1"})
+    labels = manager.container_config(agent())["Labels"]
+    assert labels == {
+        MANAGED_LABEL: "1",
+        AGENT_LABEL: "dev",
+        CONFIG_LABEL: manager.config_hash(agent()),
+        "claude-hooks.test": "1",
+    }
+
+
+def test_config_mounts_state_volume_and_read_only_credentials() -> None:
+    mounts = pure_manager().container_config(agent())["HostConfig"]["Mounts"]
+    volume, credentials = mounts
+    assert (volume["Type"], volume["Source"], volume["Target"]) == (
+        "volume", "claude-hooks-dev-state", "/state",
+    )  # fmt: skip
+    assert CONFIG_LABEL not in volume["VolumeOptions"]["Labels"]
+    assert credentials == {
+        "Type": "bind",
+        "Source": "/secrets/dev-creds.json",
+        "Target": CREDENTIALS_PATH,
+        "ReadOnly": True,
+    }
+    assert CREDENTIALS_PATH.startswith("/state/")  # Claude's config dir persists in the volume
+
+
+def test_config_holds_no_secret_file_and_no_token_variable() -> None:
+    text = json.dumps(pure_manager().container_config(agent()))
+    assert "dev-token" not in text
+    assert "GIT_CONFIG" not in text and "Authorization" not in text
+
+
+def test_config_hash_is_stable_and_follows_every_setting() -> None:
+    manager = pure_manager()
+    base = manager.config_hash(agent())
+    assert manager.config_hash(agent()) == base
+    for change in (
+        {"image": "claude-hooks-agent:2"},
+        {"memory": "3g"},
+        {"cpus": 2.0},
+        {"pids_limit": 100},
+        {"network": "none"},
+        {"user": "1001:1001"},
+        {"credentials_file": Path("/secrets/other.json")},
+    ):
+        assert manager.config_hash(agent(**change)) != base, change
+
+
+def test_config_hash_ignores_what_each_exec_gets() -> None:
+    manager = pure_manager()
+    base = manager.config_hash(agent())
+    for change in ({"token_file": Path("/elsewhere")}, {"model": "x"}, {"max_turns": 3}):
+        assert manager.config_hash(agent(**change)) == base, change
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4g", 4 << 30), ("512m", 512 << 20), ("1.5GiB", 3 << 29), ("100", 100), ("64K", 64 << 10)],
+)
+def test_memory_sizes_use_docker_units(text: str, expected: int) -> None:
+    assert memory_bytes(text) == expected
+
+
+def test_a_bad_memory_size_names_the_agent() -> None:
+    with pytest.raises(ContainerError, match=r"agent dev: memory: '4x' is not a Docker memory"):
+        pure_manager().container_config(agent(memory="4x"))
+
+
+def test_missing_docker_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no Docker engine: gone"):
+        docker_unavailable("gone")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="Docker is required under CI=true: gone"):
+        docker_unavailable("gone")
+
+
+# --- against the engine ----------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_ensure_creates_the_container_as_configured(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    info = await (await manager.ensure(a)).show()
+    assert info["Name"] == f"/claude-hooks-{a.name}"
+    assert info["State"]["Running"]
+    labels = info["Config"]["Labels"]
+    assert labels[MANAGED_LABEL] == "1" and labels[AGENT_LABEL] == a.name
+    assert labels[CONFIG_LABEL] == manager.config_hash(a)
+    host = info["HostConfig"]
+    assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (256 << 20, 500_000_000, 128)
+    assert host["NetworkMode"] == "none"
+    assert host["Init"] is True
+    assert info["Config"]["User"] == "1000:1000"
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert mounts["/state"]["Name"] == f"claude-hooks-{a.name}-state"
+    assert mounts[CREDENTIALS_PATH]["RW"] is False
+
+
+@pytest.mark.docker
+async def test_container_runs_as_non_root_with_writable_state_and_read_only_credentials(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    container = await manager.ensure(a)
+    assert await run_exec(container, ["id", "-u"], user=a.user) == (0, "1000\n")
+    code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
+    assert (code, text) == (0, a.credentials_file.read_text())
+    code, text = await run_exec(container, ["sh", "-c", f"echo x > {CREDENTIALS_PATH}"], user="0")
+    assert code != 0 and "Read-only file system" in text
+    assert a.credentials_file.read_text().startswith('{"claudeAiOauth"')
+    projects = "/state/home/.claude/projects/-state-work-task-1"
+    code, text = await run_exec(container, ["mkdir", "-p", projects], user=a.user)
+    assert (code, text) == (0, "")
+
+
+@pytest.mark.docker
+async def test_ensure_returns_the_running_container_unchanged(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    first = await manager.ensure(a)
+    assert (await manager.ensure(a)).id == first.id
+
+
+@pytest.mark.docker
+async def test_ensure_starts_a_stopped_container(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    first = await manager.ensure(a)
+    await manager.down([a])
+    assert not (await first.show())["State"]["Running"]
+    again = await manager.ensure(a)
+    assert again.id == first.id
+    assert (await again.show())["State"]["Running"]
+
+
+@pytest.mark.docker
+async def test_changed_config_recreates_the_container_and_keeps_the_volume(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    first = await manager.ensure(a)
+    await run_exec(
+        first, ["sh", "-c", "echo kept > /state/home/.claude/session.jsonl"], user=a.user
+    )
+    changed = dataclasses.replace(a, memory="300m")
+    second = await manager.ensure(changed)
+    assert second.id != first.id
+    info = await second.show()
+    assert info["HostConfig"]["Memory"] == 300 << 20
+    assert info["Config"]["Labels"][CONFIG_LABEL] == manager.config_hash(changed)
+    assert await run_exec(second, ["cat", "/state/home/.claude/session.jsonl"]) == (0, "kept\n")
+
+
+@pytest.mark.docker
+async def test_changed_config_waits_while_a_task_runs(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    first = await manager.ensure(a)
+    await _start_detached(first, a.user, {TASK_MARKER: "5", DAEMON_MARKER: "d"})
+    # Even when the new config names another user than the one the task runs as.
+    changed = dataclasses.replace(a, memory="300m", user="1001:1001")
+    assert (await manager.ensure(changed)).id == first.id
+
+
+@pytest.mark.docker
+async def test_rebuild_makes_a_new_container_on_the_same_volume_and_credentials(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    first = await manager.ensure(a)
+    await run_exec(first, ["sh", "-c", "echo kept > /state/marker"], user=a.user)
+    second = await manager.rebuild(a)
+    assert second.id != first.id
+    assert await run_exec(second, ["cat", "/state/marker"], user=a.user) == (0, "kept\n")
+    code, _ = await run_exec(second, ["test", "-r", CREDENTIALS_PATH], user=a.user)
+    assert code == 0
+
+
+@pytest.mark.docker
+async def test_up_and_down(
+    docker: aiodocker.Docker, manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    agents = [make_agent(), make_agent()]
+    started = await manager.up(agents)
+    assert [(await c.show())["State"]["Running"] for c in started] == [True, True]
+    await manager.down(agents)
+    for a in agents:
+        info = await (await docker.containers.get(a.container_name)).show()
+        assert not info["State"]["Running"]
+    names = {v["Name"] for v in (await docker.volumes.list())["Volumes"]}
+    assert {a.volume_name for a in agents} <= names
+
+
+@pytest.mark.docker
+async def test_orphans_are_removed_and_their_volumes_kept(
+    docker: aiodocker.Docker, manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    kept, gone = make_agent(), make_agent()
+    await manager.up([kept, gone])
+    removed = await manager.remove_orphans({kept.name})
+    assert removed == [gone.container_name]
+    assert (await docker.containers.get(kept.container_name))["State"]["Running"]
+    with pytest.raises(aiodocker.DockerError):
+        await docker.containers.get(gone.container_name)
+    assert (await docker.volumes.get(gone.volume_name)).name == gone.volume_name
+
+
+@pytest.mark.docker
+async def test_kill_strays_stops_only_processes_of_other_daemon_instances(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    container = await manager.ensure(a)
+    await _start_detached(container, a.user, {TASK_MARKER: "1", DAEMON_MARKER: "old"})
+    await _start_detached(container, a.user, {TASK_MARKER: "2", DAEMON_MARKER: "current"})
+    killed = await manager.kill_strays(a, "current", grace=2.0)
+    assert len(killed) == 1
+    code, ps = await run_exec(container, ["ps", "-o", "pid,args"])
+    assert code == 0
+    running = {line.split()[0] for line in ps.splitlines()[1:] if "sleep 777" in line}
+    assert str(killed[0]) not in running
+    assert len(running) == 1  # the current daemon's task runs on
+
+
+@pytest.mark.docker
+async def test_ensure_refuses_a_container_that_is_not_ours(
+    docker: aiodocker.Docker,
+    manager: ContainerManager,
+    make_agent: MakeAgent,
+    test_labels: dict[str, str],
+) -> None:
+    a = make_agent()
+    await docker.containers.create(
+        {"Image": a.image, "Cmd": ["true"], "Labels": test_labels}, name=a.container_name
+    )
+    with pytest.raises(ContainerError, match="not managed by claude-hooks"):
+        await manager.ensure(a)
+
+
+@pytest.mark.docker
+async def test_a_missing_image_is_reported_not_pulled(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent(image=f"claude-hooks-absent-{uuid.uuid4().hex[:8]}:latest")
+    with pytest.raises(ContainerError, match="is not present; build it first"):
+        await manager.ensure(a)
+
+
+@pytest.mark.docker
+async def test_image_present_and_ping(manager: ContainerManager, test_image: str) -> None:
+    assert await manager.image_present(test_image)
+    assert not await manager.image_present("claude-hooks-absent:never")
+    assert await manager.ping()
+
+
+@pytest.mark.docker
+async def test_test_resources_carry_the_cleanup_labels(
+    docker: aiodocker.Docker,
+    manager: ContainerManager,
+    make_agent: MakeAgent,
+    test_labels: dict[str, str],
+) -> None:
+    a = make_agent()
+    await manager.ensure(a)
+    volume = await (await docker.volumes.get(a.volume_name)).show()
+    assert volume["Labels"][TEST_LABEL] == "1"
+    assert volume["Labels"][RUN_LABEL] == test_labels[RUN_LABEL]
+
+
+async def _start_detached(container: DockerContainer, user: str, env: dict[str, str]) -> None:
+    execution = await container.exec(["sleep", "777"], user=user, environment=env)
+    await execution.start(detach=True)
