@@ -280,3 +280,34 @@ class NotificationThread:
             pinned=bool(data.get("pinned")),
             updated_at=parse_time(data.get("updated_at")),
         )
+
+
+def _login_of(value: Any) -> str:
+    return value.get("login", "") if isinstance(value, Mapping) else ""
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One item of /issues/{n}/timeline (Forgejo's TimelineComment), users as logins."""
+
+    id: int
+    type: str  # comment | review_request | assignees | review | merge_pull | close | …
+    user: str  # login of who did it; "" when Forgejo sent no user
+    assignee: str  # review_request: the requested reviewer; assignees: the assignee
+    removed_assignee: bool  # True when the request / assignment was withdrawn
+    created_at: datetime | None
+    body: str = ""
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TimelineEvent:
+        return cls(
+            id=_req(data, "id", int),
+            type=_req(data, "type", str),
+            user=_login_of(data.get("user")),
+            assignee=_login_of(data.get("assignee")),
+            removed_assignee=bool(data.get("removed_assignee")),
+            created_at=parse_time(data.get("created_at")),
+            body=_opt_str(data, "body"),
+            updated_at=parse_time(data.get("updated_at")),
+        )

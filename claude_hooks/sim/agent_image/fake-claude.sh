@@ -10,6 +10,8 @@
 #   delay=SECONDS   pause before each line (FAKE_CLAUDE_DELAY)
 #   hang=1          replay all but the result line, start a child in its own session
 #                   (like a Bash-tool child), then wait forever: SIGTERM → exit 143
+#   hang-once=1     hang on the task's first run only (a marker file in $HOME remembers),
+#                   replay normally on the next: a crash-and-resume in one directive
 #   ignore-term=1   ...and ignore SIGTERM, so only SIGKILL stops it
 #   lines=N         print N synthetic assistant lines as fast as possible, then a result
 #   exit=N          exit with N instead
@@ -21,6 +23,7 @@ scenario=${FAKE_CLAUDE_SCENARIO:-tool-run-success}
 delay=${FAKE_CLAUDE_DELAY:-0}
 hang=${FAKE_CLAUDE_HANG:-0}
 ignore_term=0
+hang_once=0
 lines=0
 exit_code=
 
@@ -30,6 +33,7 @@ for setting in $directive; do
         scenario=*) scenario=${setting#*=} ;;
         delay=*) delay=${setting#*=} ;;
         hang=*) hang=${setting#*=} ;;
+        hang-once=*) hang_once=${setting#*=} ;;
         ignore-term=*) ignore_term=${setting#*=} ;;
         lines=*) lines=${setting#*=} ;;
         exit=*) exit_code=${setting#*=} ;;
@@ -78,6 +82,14 @@ sample=/samples/$scenario.jsonl
 if [ "$scenario" != none ] && [ ! -f "$sample" ]; then
     echo "fake-claude: no sample named $scenario in /samples" >&2
     exit 2
+fi
+
+if [ "$hang_once" = 1 ]; then
+    marker="${HOME:-/tmp}/.fake-claude-hung-${CLAUDE_HOOKS_TASK:-0}"
+    if [ ! -e "$marker" ]; then
+        : >"$marker"
+        hang=1
+    fi
 fi
 
 if [ "$hang" = 1 ]; then

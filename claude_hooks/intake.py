@@ -1,0 +1,387 @@
+"""The I/O around triggers.py: read a thread from Forgejo, resolve write access, take webhooks.
+
+The poller and the webhook path both come through here, so they read the same facts
+the same way (and triggers.py builds the same idempotency keys from them). Nothing
+here decides anything: it fetches, hands frozen values to triggers.py, logs what it
+refused, and passes the triggers on to the intake callable (the durable store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from claude_hooks.forgejo.models import (
+    Comment,
+    Issue,
+    PullRequest,
+    Review,
+    ReviewComment,
+    TimelineEvent,
+)
+from claude_hooks.forgejo.webhook import (
+    IssueEvent,
+    ReviewEvent,
+    WebhookEvent,
+)
+from claude_hooks.tasks import TaskSpec, Trigger
+from claude_hooks.triggers import (
+    Assignment,
+    Decision,
+    Policy,
+    Post,
+    PostKind,
+    ReviewRequest,
+    ThreadContext,
+    ThreadEvent,
+    Watermark,
+    authors_to_check,
+    decide_from_webhook,
+    split_by_watermark,
+    webhook_context,
+)
+
+log = structlog.get_logger(__name__)
+
+Intake = Callable[[Sequence[Trigger]], Awaitable[None]]
+WRITE_LEVELS = frozenset({"write", "admin", "owner"})
+SUBMITTED_REVIEW_STATES = frozenset({"APPROVED", "REQUEST_CHANGES", "COMMENT"})
+
+
+class ThreadSource(Protocol):
+    """The ForgejoClient calls the intake reads with (a test may pass a stand-in)."""
+
+    async def get_issue(self, repo: str, number: int) -> Issue: ...
+    async def get_pull(self, repo: str, number: int) -> PullRequest: ...
+    async def list_comments(
+        self, repo: str, number: int, since: datetime | None = None
+    ) -> list[Comment]: ...
+    async def list_reviews(self, repo: str, number: int) -> list[Review]: ...
+    async def review_comments(
+        self, repo: str, number: int, review_id: int
+    ) -> list[ReviewComment]: ...
+    async def timeline(
+        self, repo: str, number: int, since: datetime | None = None
+    ) -> list[TimelineEvent]: ...
+    async def repo_permission(self, repo: str, login: str) -> str | None: ...
+
+
+# --- write access ---------------------------------------------------------------------------
+
+
+class PermissionCache:
+    """Who has write access to which repository, asked once per TTL.
+
+    Forgejo answers 403 to a non-admin asking about someone else: the client returns
+    None then and this counts it as "no" (fail closed). Errors (5xx, no connection)
+    propagate, so a flaky Forgejo delays a trigger instead of refusing it.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[str, str], Awaitable[str | None]],
+        *,
+        ttl: float = 300.0,
+        refused_ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._refused_ttl = refused_ttl
+        self._clock = clock
+        self._known: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    async def writers(self, repo: str, logins: Iterable[str]) -> frozenset[str]:
+        granted: set[str] = set()
+        for login in {name.lower() for name in logins}:
+            if await self.can_write(repo, login):
+                granted.add(login)
+        return frozenset(granted)
+
+    async def can_write(self, repo: str, login: str) -> bool:
+        key = (repo.lower(), login.lower())
+        cached = self._known.get(key)
+        now = self._clock()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        level = await self._lookup(repo, login)
+        allowed = level in WRITE_LEVELS
+        if level is None:
+            log.warning(
+                "permission_unknown",
+                user=login,
+                repo=repo,
+                hint="Forgejo refused the permission check; counted as no write access",
+            )
+        self._known[key] = (allowed, now + (self._ttl if allowed else self._refused_ttl))
+        return allowed
+
+
+def log_decision(decision: Decision, **context: object) -> None:
+    for refusal in decision.refusals:
+        log.warning(
+            "trigger_refused",
+            reason=refusal.reason,
+            user=refusal.user,
+            repo=refusal.repo,
+            number=refusal.number,
+            agent=refusal.agent,
+            key=refusal.idempotency_key,
+            **context,
+        )
+    for trigger in decision.triggers:
+        kind = trigger.kind if isinstance(trigger, TaskSpec) else f"control:{trigger.action}"
+        log.info(
+            "trigger_accepted",
+            agent=trigger.agent,
+            kind=str(kind),
+            repo=trigger.repo,
+            number=trigger.number,
+            user=trigger.requested_by,
+            key=trigger.idempotency_key,
+            **context,
+        )
+
+
+# --- reading a thread ----------------------------------------------------------------------
+
+
+def body_post(issue: Issue) -> Post:
+    return Post(PostKind.BODY, issue.number, issue.user.login, issue.body, issue.created_at)
+
+
+def comment_posts(comments: Iterable[Comment]) -> list[Post]:
+    return [Post(PostKind.COMMENT, c.id, c.user.login, c.body, c.created_at) for c in comments]
+
+
+def review_posts(review: Review, inline: Sequence[ReviewComment]) -> list[Post]:
+    """A review is one post with its author's inline comments; replies by others are comments.
+
+    A reply to someone's code comment belongs to the review it answers, but Forgejo
+    delivers it by webhook as an issue_comment: keyed by its comment id, it matches.
+    """
+    author = review.user.login if review.user else ""
+    own = tuple(c.body for c in inline if c.user.login.lower() == author.lower())
+    replies = [
+        Post(PostKind.COMMENT, c.id, c.user.login, c.body, c.created_at)
+        for c in inline
+        if c.user.login.lower() != author.lower()
+    ]
+    return [
+        Post(PostKind.REVIEW, review.id, author, review.body, review.submitted_at, own),
+        *replies,
+    ]
+
+
+def timeline_events(items: Iterable[TimelineEvent]) -> list[ThreadEvent]:
+    events: list[ThreadEvent] = []
+    for item in items:
+        if item.removed_assignee or not item.assignee:
+            continue
+        if item.type == "review_request":
+            events.append(ReviewRequest(item.assignee, item.user, item.created_at))
+        elif item.type == "assignees":
+            events.append(Assignment(item.assignee, item.user, item.created_at, item.id))
+    return events
+
+
+class ThreadReader:
+    """Fetches one issue or PR and what happened on it since a watermark."""
+
+    def __init__(self, client: ThreadSource, policy: Policy) -> None:
+        self._client = client
+        self._policy = policy
+
+    async def read(
+        self, repo: str, number: int, *, agent: str, since: Watermark | None
+    ) -> ThreadContext:
+        """The thread for `agent`: events created after the watermark `since` are new.
+
+        History is only fetched in full when an agent wrote something new (its hop
+        count needs the chain before it); the timeline only when the agent is assigned
+        or requested, the only case where an assignment or review request can count.
+        """
+        client, name = self._client, agent.lower()
+        issue = await client.get_issue(repo, number)
+        pull = await client.get_pull(repo, number) if issue.is_pull else None
+        requested = {r.lower() for r in pull.requested_reviewers} if pull else set()
+        wants_timeline = name in {a.lower() for a in issue.assignees} or name in requested
+        cut = since.at if since is not None else None
+        events = await self._events(repo, issue, pull, cut, wants_timeline)
+        history, new = split_by_watermark(events, since)
+        if cut is not None and any(self._policy.is_agent(e.author) for e in new):
+            events = await self._events(repo, issue, pull, None, True, inline_from=cut)
+            history, new = split_by_watermark(events, since)
+        return ThreadContext(
+            repo=repo,
+            number=number,
+            is_pull=issue.is_pull,
+            title=issue.title,
+            new=new,
+            history=history,
+            head_sha=pull.head_sha if pull else "",
+            requested_reviewers=frozenset(requested),
+            assignees=frozenset(issue.assignees),
+        )
+
+    async def history(self, repo: str, number: int) -> list[ThreadEvent]:
+        """Everything on the thread, oldest first (inline comments left out: a review's
+        own post is enough to count it in a chain)."""
+        issue = await self._client.get_issue(repo, number)
+        pull = await self._client.get_pull(repo, number) if issue.is_pull else None
+        events = await self._events(repo, issue, pull, None, True, inline=False)
+        return list(split_by_watermark(events, None)[1])
+
+    async def _events(
+        self,
+        repo: str,
+        issue: Issue,
+        pull: PullRequest | None,
+        since: datetime | None,
+        with_timeline: bool,
+        *,
+        inline: bool = True,
+        inline_from: datetime | None = None,
+    ) -> list[ThreadEvent]:
+        """Body, comments, reviews (since `since`) and, if asked, timeline items.
+
+        Inline comments cost a request per review: they are fetched only for reviews
+        submitted at or after `inline_from` (default: `since`).
+        """
+        client, number = self._client, issue.number
+        events: list[ThreadEvent] = [body_post(issue)]
+        events += comment_posts(await client.list_comments(repo, number, since=since))
+        if pull is not None:
+            inline_cut = inline_from or since
+            for review in await client.list_reviews(repo, number):
+                if review.state not in SUBMITTED_REVIEW_STATES or not _at_or_after(
+                    review.submitted_at, since
+                ):
+                    continue
+                fresh = (
+                    inline
+                    and review.comments_count
+                    and _at_or_after(review.submitted_at, inline_cut)
+                )
+                comments = await client.review_comments(repo, number, review.id) if fresh else []
+                events += review_posts(review, comments)
+        if with_timeline:
+            events += timeline_events(await client.timeline(repo, number, since=since))
+        return events
+
+
+def _at_or_after(moment: datetime | None, since: datetime | None) -> bool:
+    if moment is None or since is None:
+        return True  # unknown time: better looked at twice than missed
+    if (moment.tzinfo is None) != (since.tzinfo is None):
+        moment, since = moment.replace(tzinfo=None), since.replace(tzinfo=None)
+    return moment >= since
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+class WebhookIntake:
+    """Turns one verified, parsed webhook delivery into stored triggers.
+
+    Comments, new issues and review requests carry all they need; a submitted review
+    (no id, no inline comments) and an assignment (no timeline id) are looked up, the
+    same lookups the poller makes, so both paths build the same keys.
+    """
+
+    def __init__(
+        self, client: ThreadSource, policy: Policy, permissions: PermissionCache, intake: Intake
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._permissions = permissions
+        self._intake = intake
+        self._reader = ThreadReader(client, policy)
+
+    async def handle(self, event: WebhookEvent) -> Decision:
+        resolved = await self._resolve(event)
+        ctx = webhook_context(event, resolved=resolved)
+        if ctx is None or not ctx.new:
+            return Decision()
+        history = await self._history(event, ctx.new)
+        ctx = replace(ctx, history=tuple(history))
+        hopeful = frozenset().union(
+            *(authors_to_check(agent, ctx, self._policy) for agent in self._policy.agents)
+        )
+        writers = await self._permissions.writers(event.repo, hopeful)
+        decision = decide_from_webhook(
+            event, self._policy, writers=writers, history=history, resolved=resolved
+        )
+        log_decision(decision, source="webhook", delivery=event.delivery)
+        if decision.triggers:
+            await self._intake(decision.triggers)
+        return decision
+
+    async def _resolve(self, event: WebhookEvent) -> list[ThreadEvent]:
+        if isinstance(event, ReviewEvent):
+            return await self._submitted_review(event)
+        if isinstance(event, IssueEvent) and event.action == "assigned":
+            return await self._assignments(event)
+        return []
+
+    async def _submitted_review(self, event: ReviewEvent) -> list[ThreadEvent]:
+        sender = event.sender.lower()
+        reviews = [
+            r
+            for r in await self._client.list_reviews(event.repo, event.number)
+            if r.user is not None
+            and r.user.login.lower() == sender
+            and r.state in SUBMITTED_REVIEW_STATES
+        ]
+        if not reviews:
+            log.info(
+                "webhook_review_not_found", repo=event.repo, number=event.number, user=event.sender
+            )
+            return []
+        review = max(reviews, key=lambda r: r.id)
+        inline = await self._client.review_comments(event.repo, event.number, review.id)
+        return [p for p in review_posts(review, inline) if p.kind is PostKind.REVIEW]
+
+    async def _assignments(self, event: IssueEvent) -> list[ThreadEvent]:
+        assigned = {a.lower() for a in event.issue.assignees if self._policy.is_agent(a)}
+        if not assigned:
+            return []
+        latest: dict[str, ThreadEvent] = {}
+        for item in timeline_events(await self._client.timeline(event.repo, event.number)):
+            if isinstance(item, Assignment) and item.assignee.lower() in assigned:
+                latest[item.assignee.lower()] = item  # the timeline is oldest first
+        return list(latest.values())
+
+    async def _history(self, event: WebhookEvent, new: Sequence[ThreadEvent]) -> list[ThreadEvent]:
+        if not self._policy.is_agent(event.sender):
+            return []  # a person's event is hop 0 whatever came before
+        earlier = await self._reader.history(event.repo, event.number)
+        for event_now in new:  # the delivered event is already in Forgejo's history
+            match = next((e for e in reversed(earlier) if _same(e, event_now)), None)
+            if match is not None:
+                earlier.remove(match)
+        return earlier
+
+
+def _same(a: ThreadEvent, b: ThreadEvent) -> bool:
+    if isinstance(a, Post) and isinstance(b, Post):
+        return (a.kind, a.id) == (b.kind, b.id)
+    if isinstance(a, Assignment) and isinstance(b, Assignment):
+        return a.id == b.id
+    if isinstance(a, ReviewRequest) and isinstance(b, ReviewRequest):
+        return (a.reviewer.lower(), a.author.lower()) == (b.reviewer.lower(), b.author.lower())
+    return False
+
+
+__all__ = [
+    "Intake",
+    "PermissionCache",
+    "ThreadReader",
+    "WebhookIntake",
+    "log_decision",
+]

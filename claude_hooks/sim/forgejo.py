@@ -1,0 +1,663 @@
+"""A Forgejo simulator: a real aiohttp server on 127.0.0.1 with Forgejo's semantics, in memory.
+
+Tests and `claude-hooks demo` drive it two ways: as the users of a team, by
+direct Python calls (`sim.add_comment(repo, 1, "alice", "@dev please")`), and
+as an agent, through the same REST API a real Forgejo serves (claude_hooks/sim/api.py).
+Both paths go through the same actions below, so a comment posted over HTTP
+notifies, mentions and fires webhooks exactly like one posted from a test.
+
+Semantics follow ../shared/forgejo/API-NOTES.md: notification threads
+(claude_hooks/sim/notifications.py), mentions (mentions.py), JSON shapes
+(render.py), webhooks (webhooks.py). Every API request is recorded in
+`sim.requests` with the response it got, so tests/contract.py can check both
+against Forgejo's OpenAPI description.
+
+Extension point (git over HTTP): `sim.app` is a plain aiohttp Application;
+add routes to it before `start()` (e.g. `/{owner}/{repo}.git/{tail:.*}` served by
+`git http-backend`) and call `sim.set_branch(repo, ref, sha)` after a push so pull
+requests see the new head. Only /api/v1 requests are authenticated, recorded and
+subject to fault injection; other routes pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Self
+
+import structlog
+from aiohttp import web
+
+from claude_hooks.sim import notifications as notes
+from claude_hooks.sim.gateway import ApiGateway, RecordedRequest
+from claude_hooks.sim.mentions import find_mentions
+from claude_hooks.sim.render import Renderer
+from claude_hooks.sim.state import (
+    ALLOWED_REACTIONS,
+    COLLABORATOR_LEVELS,
+    SimClock,
+    SimComment,
+    SimError,
+    SimIssue,
+    SimPull,
+    SimReaction,
+    SimRepo,
+    SimReview,
+    SimReviewComment,
+    SimState,
+    SimThread,
+    SimUser,
+    fake_sha,
+)
+from claude_hooks.sim.webhooks import Delivery, HookEvent, WebhookDispatcher
+
+__all__ = ["ForgejoSim", "RecordedRequest", "SimClock", "SimError"]
+
+log = structlog.get_logger(__name__)
+
+SUBMIT_EVENTS = ("APPROVED", "REQUEST_CHANGES", "COMMENT")
+MERGE_STYLES = ("merge", "rebase", "rebase-merge", "squash", "fast-forward-only", "manually-merged")
+
+
+class ForgejoSim:
+    """State, actions and the HTTP server of one simulated Forgejo instance."""
+
+    def __init__(self, *, clock: SimClock | None = None) -> None:
+        self.state = SimState()
+        self.clock = clock or SimClock()
+        self.gateway = ApiGateway(self.state, lambda: self._base_url)
+        self.requests = self.gateway.requests  # every API request; tests may clear it
+        self.app = web.Application(middlewares=[self.gateway.middleware])
+        self._webhooks = WebhookDispatcher()
+        self._runner: web.AppRunner | None = None
+        self._base_url = "http://127.0.0.1:0"
+        self._routes_added = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on host:port (0: an ephemeral port); returns the base URL."""
+        from claude_hooks.sim.api import api_routes
+
+        if not self._routes_added:
+            self.app.add_routes(api_routes(self))
+            self._routes_added = True
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+        self._base_url = f"http://{host}:{bound[1]}"
+        await self._webhooks.start()
+        log.info("sim_forgejo_started", url=self._base_url)
+        return self._base_url
+
+    async def stop(self) -> None:
+        await self._webhooks.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def render(self) -> Renderer:
+        return Renderer(self._base_url, self.state)
+
+    def advance(self, seconds: float) -> None:
+        """Move the simulated clock forward (Forgejo times have 1 s resolution)."""
+        self.clock.advance(seconds)
+
+    # -- users, repositories, hooks ------------------------------------------------------
+
+    def add_user(self, login: str, token: str | None = None, admin: bool = False) -> SimUser:
+        if login.lower() in self.state.users:
+            raise SimError(422, f"user {login!r} already exists")
+        user = SimUser(self.state.next_id("user"), login, self.clock.now(), admin=admin)
+        self.state.users[user.key] = user
+        if token:
+            self.add_token(login, token)
+        return user
+
+    def add_token(self, login: str, token: str) -> None:
+        self.state.tokens[token] = self.state.user(login).key
+
+    def revoke_token(self, token: str) -> None:
+        self.state.tokens.pop(token, None)
+
+    def add_repo(
+        self,
+        full_name: str,
+        collaborators: Mapping[str, str] | None = None,
+        default_branch: str = "main",
+        private: bool = False,
+    ) -> SimRepo:
+        owner, _, name = full_name.partition("/")
+        if not owner or not name:
+            raise ValueError(f"repository must be 'owner/name', got {full_name!r}")
+        if owner.lower() not in self.state.users:
+            self.add_user(owner)
+        levels = {login.lower(): level for login, level in (collaborators or {}).items()}
+        for login, level in levels.items():
+            self.state.user(login)
+            if level not in COLLABORATOR_LEVELS:
+                raise ValueError(f"{login}: level must be one of {COLLABORATOR_LEVELS}")
+        repo = SimRepo(
+            self.state.next_id("repo"),
+            self.state.user(owner).login,
+            name,
+            default_branch,
+            self.clock.now(),
+            private=private,
+            collaborators=levels,
+        )
+        repo.branches[default_branch] = fake_sha(repo.full_name, default_branch)
+        self.state.repos[repo.key] = repo
+        return repo
+
+    def watch(self, repo: str, login: str) -> None:
+        self.state.repo(repo).watchers.add(self.state.user(login).key)
+
+    def set_branch(self, repo: str, ref: str, sha: str) -> None:
+        """A push happened: move `ref` to `sha`; open pull requests from it follow."""
+        target = self.state.repo(repo)
+        target.branches[ref] = sha
+        for issue in self.state.issues.values():
+            pull = issue.pull
+            if issue.repo == target.key and pull and issue.state == "open" and pull.head_ref == ref:
+                pull.head_sha = sha
+
+    def add_webhook(self, url: str, secret: str = "", events: Iterable[str] | None = None) -> int:
+        return self._webhooks.add(url, secret, None if events is None else frozenset(events)).id
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return self._webhooks.deliveries
+
+    async def webhooks_idle(self) -> None:
+        """Wait until every webhook emitted so far has been delivered or has failed."""
+        await self._webhooks.idle()
+
+    # -- fault injection -----------------------------------------------------------------
+
+    def fail_next(self, n: int, status: int = 502, retry_after: float | None = None) -> None:
+        """The next n API requests get `status` (with Retry-After when given)."""
+        self.gateway.faults.fail.extend([(status, retry_after)] * n)
+
+    def drop_next(self, n: int) -> None:
+        """The next n API requests get their connection closed without a response."""
+        self.gateway.faults.drop += n
+
+    def delay(self, seconds: float) -> None:
+        """Every API request waits this long before being answered (0 turns it off)."""
+        self.gateway.faults.delay = seconds
+
+    # -- issues and comments -------------------------------------------------------------
+
+    def create_issue(
+        self,
+        repo: str,
+        author: str,
+        title: str,
+        body: str = "",
+        is_pull: bool = False,
+        assignees: Sequence[str] = (),
+    ) -> int:
+        if is_pull:
+            number = self.state.repo(repo).next_number
+            return self.create_pull(repo, author, title, body, head=f"pull-{number}")
+        issue = self._new_issue(repo, author, title, body, pull=None)
+        audience = self.state.repos[issue.repo].watchers | set(find_mentions(body))
+        self._deliver(issue, author, audience)
+        self._emit_issue("issues", "opened", issue, author)
+        for login in assignees:
+            self.assign(repo, issue.number, author, login)
+        return issue.number
+
+    def add_comment(self, repo: str, number: int, author: str, body: str) -> int:
+        issue = self.state.issue(repo, number)
+        comment = self._timeline_item(issue, "comment", author, body=body)
+        self._deliver(
+            issue,
+            author,
+            notes.broadcast_audience(self.state, issue) | set(find_mentions(body)),
+            comment.id,
+        )
+        self._emit_comment("created", comment, author)
+        return comment.id
+
+    def edit_comment(
+        self, repo: str, comment_id: int, body: str, editor: str | None = None
+    ) -> None:
+        """Edits never notify, even when they add a mention (as in Forgejo)."""
+        comment = self.comment(repo, comment_id)
+        before, comment.body, comment.updated_at = comment.body, body, self.clock.now()
+        self._emit_comment("edited", comment, editor or comment.user, before)
+
+    def react(self, target: tuple[str, int | str], user: str, content: str) -> bool:
+        """Add a reaction; True when it is new (201), False when it existed (200)."""
+        if content not in ALLOWED_REACTIONS:
+            raise SimError(403, f"'{content}' is not an allowed reaction")
+        login = self.state.user(user).key
+        existing = self.state.reactions.setdefault(target, [])
+        if any(r.user == login and r.content == content for r in existing):
+            return False
+        existing.append(SimReaction(login, content, self.clock.now()))
+        return True
+
+    def react_to_issue(self, repo: str, number: int, user: str, content: str) -> bool:
+        issue = self.state.issue(repo, number)
+        return self.react((issue.repo, issue.number), user, content)
+
+    def react_to_comment(self, repo: str, comment_id: int, user: str, content: str) -> bool:
+        return self.react(("comment", self.comment(repo, comment_id).id), user, content)
+
+    def assign(self, repo: str, number: int, actor: str, assignee: str) -> None:
+        issue = self.state.issue(repo, number)
+        login = self.state.user(assignee).key
+        if login in issue.assignees:
+            return
+        issue.assignees.append(login)
+        item = self._timeline_item(issue, "assignees", actor, assignee=login)
+        self._deliver(issue, actor, {login}, item.id)
+        if issue.is_pull:
+            self._emit_pull("pull_request_assign", "assigned", issue, actor)
+        else:
+            self._emit_issue("issue_assign", "assigned", issue, actor)
+
+    # -- pull requests and reviews -------------------------------------------------------
+
+    def create_pull(
+        self,
+        repo: str,
+        author: str,
+        title: str,
+        body: str = "",
+        head: str = "feature",
+        base: str | None = None,
+        head_sha: str | None = None,
+        diff: str | None = None,
+        reviewers: Sequence[str] = (),
+        assignees: Sequence[str] = (),
+    ) -> int:
+        target = self.state.repo(repo)
+        base = base or target.default_branch
+        self._check_new_pull(target, head, base)
+        head_sha = head_sha or target.branches.get(head) or fake_sha(target.full_name, head)
+        target.branches[head] = head_sha
+        pull = SimPull(head, head_sha, base, target.branches[base], diff or _synthetic_diff(head))
+        issue = self._new_issue(repo, author, title, body, pull=pull)
+        audience = notes.broadcast_audience(self.state, issue) | set(find_mentions(body))
+        self._deliver(issue, author, audience)
+        self._emit_pull("pull_request", "opened", issue, author)
+        for login in reviewers:
+            self.request_review(repo, issue.number, author, login)
+        for login in assignees:
+            self.assign(repo, issue.number, author, login)
+        return issue.number
+
+    def edit_issue(
+        self, repo: str, number: int, title: str | None = None, body: str | None = None
+    ) -> SimIssue:
+        issue = self.state.issue(repo, number)
+        issue.title = issue.title if title is None else title
+        issue.body = issue.body if body is None else body
+        issue.updated_at = self.clock.now()
+        return issue
+
+    def request_review(self, repo: str, number: int, requester: str, reviewer: str) -> int:
+        issue, _ = self.state.pull(repo, number)
+        login = self._existing_login(reviewer)
+        if login == issue.user:
+            raise SimError(422, f"{reviewer} is the author of the pull request")
+        for review in self.state.pr_reviews(issue.repo, number):
+            if review.user == login and review.state == "REQUEST_REVIEW":
+                return review.id  # already requested: Forgejo changes nothing
+        review = self._new_review(issue, login, "REQUEST_REVIEW", "", "")
+        item = self._timeline_item(issue, "review_request", requester, assignee=login)
+        self._deliver(issue, requester, {login}, item.id)
+        self._emit_pull(
+            "pull_request_review_request",
+            "review_requested",
+            issue,
+            requester,
+            requested_reviewer=self.render.user(login),
+        )
+        return review.id
+
+    def submit_review(
+        self,
+        repo: str,
+        number: int,
+        reviewer: str,
+        event: str,
+        body: str = "",
+        comments: Sequence[Mapping[str, Any]] = (),
+        commit_id: str | None = None,
+    ) -> int:
+        """POST /pulls/{n}/reviews semantics; `comments` as CreatePullReviewComment dicts."""
+        issue, pull = self.state.pull(repo, number)
+        login = self.state.user(reviewer).key
+        state = event.upper() if event.upper() in SUBMIT_EVENTS else "PENDING"
+        _check_review(state, body, comments, own_pull=login == issue.user)
+        review = self._pending_review(issue, login) or self._new_review(
+            issue, login, "PENDING", body, commit_id or pull.head_sha
+        )
+        for comment in comments:
+            self._add_review_comment(issue, review, comment)
+        if state != "PENDING":
+            self._submit(issue, review, state, body, commit_id or pull.head_sha)
+        return review.id
+
+    def delete_review(self, repo: str, number: int, review_id: int) -> None:
+        review = self.review(repo, number, review_id)
+        for comment_id in review.comment_ids:
+            self.state.review_comments.pop(comment_id, None)
+        del self.state.reviews[review.id]
+
+    def merge(
+        self,
+        repo: str,
+        number: int,
+        actor: str,
+        style: str = "merge",
+        head_commit_id: str | None = None,
+        delete_branch: bool = False,
+    ) -> None:
+        issue, pull = self.state.pull(repo, number)
+        _check_mergeable(issue, pull, style, head_commit_id)
+        target = self.state.repos[issue.repo]
+        now = self.clock.now()
+        pull.merged, pull.merged_at, pull.merged_by = True, now, self.state.user(actor).key
+        pull.merge_commit_sha = fake_sha(target.full_name, number, "merge", pull.head_sha)
+        issue.state, issue.closed_at, issue.updated_at = "closed", now, now
+        target.branches[pull.base_ref] = pull.merge_commit_sha
+        if delete_branch:
+            target.branches.pop(pull.head_ref, None)
+        item = self._timeline_item(issue, "merge_pull", actor)
+        self._deliver(issue, actor, notes.broadcast_audience(self.state, issue), item.id)
+        self._mark_read_for(actor, issue)
+        self._emit_pull("pull_request", "closed", issue, actor)
+
+    # -- inspection ----------------------------------------------------------------------
+
+    def user(self, login: str) -> SimUser:
+        return self.state.user(login)
+
+    def issue(self, repo: str, number: int) -> SimIssue:
+        return self.state.issue(repo, number)
+
+    def comments(self, repo: str, number: int) -> list[SimComment]:
+        return self.state.plain_comments(repo, number)
+
+    def comment(self, repo: str, comment_id: int) -> SimComment:
+        comment = self.state.comments.get(comment_id)
+        if comment is None or comment.repo != repo.lower() or comment.type != "comment":
+            raise SimError(404, f"comment {comment_id} does not exist in {repo}")
+        return comment
+
+    def timeline(self, repo: str, number: int) -> list[SimComment]:
+        return self.state.timeline(repo, number)
+
+    def reactions(
+        self, repo: str, number: int | None = None, comment_id: int | None = None
+    ) -> list[SimReaction]:
+        """Reactions on an issue (number) or on a comment (comment_id)."""
+        if comment_id is not None:
+            return list(self.state.reactions.get(("comment", comment_id), []))
+        if number is None:
+            raise ValueError("reactions() needs a number or a comment_id")
+        return list(self.state.reactions.get((repo.lower(), number), []))
+
+    def reviews(self, repo: str, number: int) -> list[SimReview]:
+        return self.state.pr_reviews(repo, number)
+
+    def review(self, repo: str, number: int, review_id: int) -> SimReview:
+        review = self.state.reviews.get(review_id)
+        if review is None or review.repo != repo.lower() or review.number != number:
+            raise SimError(404, f"review {review_id} does not exist on {repo}#{number}")
+        return review
+
+    def review_comments(self, review_id: int) -> list[SimReviewComment]:
+        review = self.state.reviews.get(review_id)
+        ids = review.comment_ids if review else []
+        return [self.state.review_comments[i] for i in ids if i in self.state.review_comments]
+
+    def threads(self, login: str) -> list[SimThread]:
+        """All of a user's notification threads, newest update first."""
+        query = notes.thread_query((), (), show_all=True, default_statuses=())
+        return notes.select_threads(self.state, login, query)
+
+    @property
+    def all_requests(self) -> tuple[RecordedRequest, ...]:
+        """Every API request since start, whatever a test did to `requests`."""
+        return tuple(self.gateway.all_requests)
+
+    def api_requests(
+        self, method: str | None = None, path: str | None = None
+    ) -> list[RecordedRequest]:
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and (path is None or r.path == path)
+        ]
+
+    # -- internals: records --------------------------------------------------------------
+
+    def _existing_login(self, login: str) -> str:
+        try:
+            return self.state.user(login).key
+        except SimError:
+            raise SimError(422, f"user {login!r} does not exist") from None
+
+    def _new_issue(
+        self, repo: str, author: str, title: str, body: str, pull: SimPull | None
+    ) -> SimIssue:
+        target = self.state.repo(repo)
+        now = self.clock.now()
+        number, target.next_number = target.next_number, target.next_number + 1
+        issue = SimIssue(
+            self.state.next_id("issue"),
+            target.key,
+            number,
+            self.state.user(author).key,
+            title,
+            body,
+            now,
+            now,
+            pull=pull,
+        )
+        self.state.issues[(target.key, number)] = issue
+        return issue
+
+    def _timeline_item(
+        self, issue: SimIssue, kind: str, actor: str, body: str = "", **extra: Any
+    ) -> SimComment:
+        now = self.clock.now()
+        item = SimComment(
+            self.state.next_id("comment"),
+            issue.repo,
+            issue.number,
+            kind,
+            self.state.user(actor).key,
+            body,
+            now,
+            now,
+            **extra,
+        )
+        self.state.comments[item.id] = item
+        issue.updated_at = now
+        return item
+
+    def _new_review(
+        self, issue: SimIssue, login: str, state: str, body: str, commit_id: str
+    ) -> SimReview:
+        now = self.clock.now()
+        review = SimReview(
+            self.state.next_id("review"),
+            issue.repo,
+            issue.number,
+            login,
+            state,
+            body,
+            commit_id,
+            now,
+            now,
+        )
+        self.state.reviews[review.id] = review
+        return review
+
+    def _pending_review(self, issue: SimIssue, login: str) -> SimReview | None:
+        """A pending review left behind absorbs new inline comments (as in Forgejo)."""
+        for review in self.state.pr_reviews(issue.repo, issue.number):
+            if review.user == login and review.state == "PENDING":
+                return review
+        return None
+
+    def _add_review_comment(
+        self, issue: SimIssue, review: SimReview, comment: Mapping[str, Any]
+    ) -> None:
+        now = self.clock.now()
+        record = SimReviewComment(
+            self.state.next_id("comment"),
+            review.id,
+            issue.repo,
+            issue.number,
+            review.user,
+            str(comment.get("path", "")),
+            str(comment.get("body", "")),
+            int(comment.get("new_position") or 0),
+            int(comment.get("old_position") or 0),
+            review.commit_id,
+            now,
+            now,
+        )
+        self.state.review_comments[record.id] = record
+        review.comment_ids.append(record.id)
+
+    def _submit(
+        self, issue: SimIssue, review: SimReview, state: str, body: str, commit_id: str
+    ) -> None:
+        now = self.clock.now()
+        review.state, review.body, review.commit_id = state, body, commit_id
+        review.submitted_at = review.updated_at = now
+        if state != "COMMENT" or not review.comment_ids:
+            self._clear_review_request(issue, review.user)
+        item = self._timeline_item(issue, "review", review.user, body=body, review_id=review.id)
+        texts = [body, *(c.body for c in self.review_comments(review.id))]
+        mentioned = {login for text in texts for login in find_mentions(text)}
+        audience = notes.broadcast_audience(self.state, issue) | mentioned
+        self._deliver(issue, review.user, audience, item.id)
+        event = {"APPROVED": "approved", "REQUEST_CHANGES": "rejected", "COMMENT": "comment"}[state]
+        self._emit_pull(
+            f"pull_request_review_{event}",
+            "reviewed",
+            issue,
+            review.user,
+            event=f"pull_request_{event}",
+            review={"type": f"pull_request_review_{event}", "content": body},
+            requested_reviewer=self.render.user(review.user),
+        )
+
+    def _clear_review_request(self, issue: SimIssue, login: str) -> None:
+        for review in self.state.pr_reviews(issue.repo, issue.number):
+            if review.user == login and review.state == "REQUEST_REVIEW":
+                del self.state.reviews[review.id]
+
+    def _check_new_pull(self, repo: SimRepo, head: str, base: str) -> None:
+        if head == base:
+            raise SimError(422, "head and base are the same branch")
+        if base not in repo.branches:
+            raise SimError(404, f"base branch {base!r} does not exist")
+        for issue in self.state.issues.values():
+            pull = issue.pull
+            same_targets = pull is not None and (pull.head_ref, pull.base_ref) == (head, base)
+            if issue.repo == repo.key and same_targets and issue.state == "open":
+                raise SimError(
+                    409, f"pull request already exists for these targets: #{issue.number}"
+                )
+
+    # -- internals: notifications and webhooks -------------------------------------------
+
+    def _deliver(
+        self, issue: SimIssue, actor: str, recipients: Iterable[str], comment_id: int = 0
+    ) -> None:
+        notes.deliver(self.state, issue, actor, recipients, comment_id, self.clock.now())
+
+    def _mark_read_for(self, login: str, issue: SimIssue) -> None:
+        for thread in self.state.threads.values():
+            key = (thread.user, thread.repo, thread.number)
+            if key == (login.lower(), issue.repo, issue.number):
+                notes.set_status(thread, "read", self.clock.now())
+
+    def _emit_issue(self, event_type: str, action: str, issue: SimIssue, sender: str) -> None:
+        payload = self.render.issue_payload(action, issue, sender)
+        self._webhooks.emit(HookEvent("issues", event_type, payload))
+
+    def _emit_pull(
+        self,
+        event_type: str,
+        action: str,
+        issue: SimIssue,
+        sender: str,
+        event: str = "pull_request",
+        **extra: Any,
+    ) -> None:
+        payload = self.render.pull_payload(action, issue, sender) | extra
+        self._webhooks.emit(HookEvent(event, event_type, payload))
+
+    def _emit_comment(
+        self, action: str, comment: SimComment, sender: str, body_before: str | None = None
+    ) -> None:
+        payload = self.render.comment_payload(action, comment, sender, body_before)
+        event_type = "pull_request_comment" if payload["is_pull"] else "issue_comment"
+        self._webhooks.emit(HookEvent("issue_comment", event_type, payload))
+
+
+def _check_review(
+    state: str, body: str, comments: Sequence[Mapping[str, Any]], own_pull: bool
+) -> None:
+    if state == "REQUEST_CHANGES" and not body.strip():
+        raise SimError(422, "review event REQUEST_CHANGES needs a body")
+    if state == "COMMENT" and not body.strip() and not comments:
+        raise SimError(422, "review event COMMENT needs a body or comments")
+    if own_pull and state in ("APPROVED", "REQUEST_CHANGES"):
+        verb = "approve" if state == "APPROVED" else "reject"
+        raise SimError(422, f"{verb} your own pull is not allowed")
+
+
+def _check_mergeable(
+    issue: SimIssue, pull: SimPull, style: str, head_commit_id: str | None
+) -> None:
+    if style not in MERGE_STYLES:
+        raise SimError(422, f"unknown merge style {style!r}")
+    if pull.merged:
+        raise SimError(405, "the pull request is already merged")
+    if issue.state != "open":
+        raise SimError(405, "the pull request is closed")
+    if issue.draft:
+        raise SimError(405, "work in progress pull requests cannot be merged")
+    if not pull.mergeable:
+        raise SimError(405, "the pull request cannot be merged: it conflicts with the base")
+    if head_commit_id and head_commit_id != pull.head_sha:
+        raise SimError(409, "head out of date: the pull request was updated since")
+
+
+def _synthetic_diff(head: str) -> str:
+    return (
+        f"diff --git a/{head}.txt b/{head}.txt\n"
+        "new file mode 100644\n"
+        "index 0000000..e69de29\n"
+        "--- /dev/null\n"
+        f"+++ b/{head}.txt\n"
+        "@@ -0,0 +1 @@\n"
+        f"+work on {head}\n"
+    )

@@ -1,0 +1,474 @@
+"""The poller and the webhook intake against the Forgejo simulator and a real Store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from claude_hooks.config import AgentConfig
+from claude_hooks.forgejo.client import ForgejoClient
+from claude_hooks.forgejo.webhook import delivery_id, event_name, parse_webhook, verify_signature
+from claude_hooks.intake import PermissionCache, WebhookIntake
+from claude_hooks.poller import Poller, SharedBackoff
+from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.store import Store
+from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, Trigger
+from claude_hooks.triggers import Policy
+
+REPO = "acme/app"
+AGENTS = ("dev", "reviewer")
+TOKENS = {"dev": "token-of-dev-0123456789", "reviewer": "token-of-reviewer-0123456789"}
+SECRET = "webhook-secret-0123456789"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ForgejoSim]:
+    sim = ForgejoSim()
+    await sim.start()
+    for login in ("alice", "mallory"):
+        sim.add_user(login)
+    for agent in AGENTS:
+        sim.add_user(agent, token=TOKENS[agent])
+    # Agents are repository admins: only then may they ask Forgejo who has write access.
+    sim.add_repo(REPO, collaborators={"alice": "write", "dev": "admin", "reviewer": "admin"})
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "tasks.sqlite3")
+    yield store
+    await store.close()
+
+
+class Recorder:
+    """The intake: stores TaskSpecs durably, keeps control commands for inspection."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.controls: list[ControlCommand] = []
+        self.created: list[bool] = []
+        self.stored = asyncio.Event()
+
+    async def __call__(self, triggers: Sequence[Trigger]) -> None:
+        for trigger in triggers:
+            if isinstance(trigger, TaskSpec):
+                self.created.append((await self.store.enqueue(trigger))[1])
+                self.stored.set()
+            else:
+                self.controls.append(trigger)
+
+    async def tasks(self) -> list[TaskSpec]:
+        return [t.spec for t in reversed(await self.store.list_tasks())]
+
+
+@pytest.fixture
+async def clients(sim: ForgejoSim) -> AsyncIterator[dict[str, ForgejoClient]]:
+    made = {
+        agent: ForgejoClient(
+            sim.base_url, TOKENS[agent], max_attempts=2, initial_backoff=0.01, max_backoff=0.02
+        )
+        for agent in AGENTS
+    }
+    yield made
+    for client in made.values():
+        await client.close()
+
+
+def agent_config(name: str) -> AgentConfig:
+    return AgentConfig(
+        name=name,
+        token_file=Path("/nonexistent/token"),
+        credentials_file=Path("/nonexistent/creds.json"),
+    )
+
+
+def make_poller(
+    agent: str,
+    clients: dict[str, ForgejoClient],
+    intake: Recorder,
+    *,
+    hop_limit: int = 3,
+    outage: SharedBackoff | None = None,
+) -> Poller:
+    return Poller(
+        agent_config(agent),
+        clients[agent],
+        intake,
+        intake.store,
+        interval=0.05,
+        agents=AGENTS,
+        hop_limit=hop_limit,
+        outage=outage,
+    )
+
+
+async def delivered(sim: ForgejoSim) -> None:
+    """Every webhook so far delivered and handled (bounded: a stuck sim fails, not hangs)."""
+    async with asyncio.timeout(5):
+        await sim.webhooks_idle()
+
+
+def requests_since(sim: ForgejoSim, start: int) -> list[str]:
+    return [f"{r.method} {r.path}" for r in sim.requests[start:]]
+
+
+async def test_a_mention_comment_yields_exactly_one_task(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash", "It crashes on empty input.")
+    comment_id = sim.add_comment(REPO, number, "alice", "@dev please fix this")
+    poller = make_poller("dev", clients, intake)
+    assert await poller.poll_once() == 1
+    [spec] = await intake.tasks()
+    assert (spec.agent, spec.kind, spec.comment_id) == ("dev", TaskKind.MENTION, comment_id)
+    assert spec.idempotency_key == f"{REPO}#{number}/comment/{comment_id}/dev"
+    assert [t.status for t in sim.threads("dev")] == ["read"]
+    assert await poller.poll_once() == 0 and len(await intake.tasks()) == 1
+
+
+async def test_an_idle_poll_is_exactly_one_request(sim, clients, store) -> None:
+    poller = make_poller("dev", clients, Recorder(store))
+    start = len(sim.requests)
+    assert await poller.poll_once() == 0
+    assert requests_since(sim, start) == ["GET /api/v1/notifications/new"]
+
+
+async def test_a_new_issue_mentioning_the_agent_is_a_task(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Add --verbose", "@dev add a verbose flag")
+    assert await make_poller("dev", clients, intake).poll_once() == 1
+    [spec] = await intake.tasks()
+    assert spec.idempotency_key == f"{REPO}#{number}/body/dev"
+
+
+async def test_an_unauthorised_mention_yields_no_task_and_is_logged(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "mallory", "@dev delete the repository")
+    with capture_logs() as logs:
+        assert await make_poller("dev", clients, intake).poll_once() == 0
+    assert await intake.tasks() == []
+    refused = [e for e in logs if e["event"] == "trigger_refused"]
+    assert [(e["reason"], e["user"], e["repo"]) for e in refused] == [
+        ("not_a_writer", "mallory", REPO)
+    ]
+    assert [t.status for t in sim.threads("dev")] == ["read"]
+
+
+async def test_a_refused_permission_check_fails_closed(sim, clients, store) -> None:
+    sim.state.repo(REPO).collaborators["dev"] = "write"  # no longer allowed to ask
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev please")
+    with capture_logs() as logs:
+        assert await make_poller("dev", clients, intake).poll_once() == 0
+    assert await intake.tasks() == []
+    assert {"permission_unknown", "trigger_refused"} <= {e["event"] for e in logs}
+
+
+async def test_an_edit_adding_a_mention_does_not_trigger(sim, clients, store) -> None:
+    intake = Recorder(store)
+    poller = make_poller("dev", clients, intake)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev look")
+    await poller.poll_once()
+    sim.advance(5)
+    quiet = sim.add_comment(REPO, number, "alice", "thanks for looking")
+    await poller.poll_once()  # dev is a participant now: a plain broadcast, no task
+    sim.advance(5)
+    sim.edit_comment(REPO, quiet, "@dev and also rewrite the lexer")
+    sim.advance(5)
+    sim.add_comment(REPO, number, "alice", "any news?")
+    assert await poller.poll_once() == 0
+    assert len(await intake.tasks()) == 1
+
+
+async def test_stop_is_a_control_command(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    comment_id = sim.add_comment(REPO, number, "alice", "@dev stop")
+    assert await make_poller("dev", clients, intake).poll_once() == 1
+    assert await intake.tasks() == []
+    [command] = intake.controls
+    assert (command.action, command.comment_id, command.number) == (
+        ControlAction.STOP,
+        comment_id,
+        number,
+    )
+
+
+async def test_a_review_request_yields_a_review_task(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_pull(REPO, "alice", "Fix parser", head="fix", head_sha="f00d" * 10)
+    sim.request_review(REPO, number, "alice", "reviewer")
+    assert await make_poller("reviewer", clients, intake).poll_once() == 1
+    [spec] = await intake.tasks()
+    assert (spec.kind, spec.head_sha, spec.requested_by) == (TaskKind.REVIEW, "f00d" * 10, "alice")
+    assert spec.idempotency_key == f"{REPO}#{number}/review-request/{'f00d' * 10}/reviewer"
+
+
+async def test_an_assignment_yields_an_assignment_task(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.assign(REPO, number, "alice", "dev")
+    assert await make_poller("dev", clients, intake).poll_once() == 1
+    [spec] = await intake.tasks()
+    assert spec.kind is TaskKind.ASSIGNMENT and spec.requested_by == "alice"
+
+
+async def test_an_agent_to_agent_chain_stops_at_the_hop_limit(sim, clients, store) -> None:
+    intake = Recorder(store)
+    pollers = {a: make_poller(a, clients, intake, hop_limit=2) for a in AGENTS}
+    number = sim.create_issue(REPO, "alice", "Ping pong", "@dev start")
+    await pollers["dev"].poll_once()
+    for i, (author, target) in enumerate(
+        [("dev", "reviewer"), ("reviewer", "dev"), ("dev", "reviewer"), ("reviewer", "dev")]
+    ):
+        sim.advance(2)
+        sim.add_comment(REPO, number, author, f"@{target} round {i}")
+        await pollers[target].poll_once()
+    assert [(s.agent, s.hop) for s in await intake.tasks()] == [
+        ("dev", 0),
+        ("reviewer", 1),
+        ("dev", 2),
+    ]
+
+
+async def test_a_restart_neither_loses_nor_replays_a_window(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev one")
+    await make_poller("dev", clients, intake).poll_once()
+    sim.advance(3)
+    sim.add_comment(REPO, number, "alice", "@dev two")
+    restarted = make_poller("dev", clients, intake)
+    assert await restarted.poll_once() == 1
+    assert [s.request for s in await intake.tasks()] == ["@dev one", "@dev two"]
+    assert all(intake.created)
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+async def test_five_502s_then_recovery_lose_no_trigger(sim, clients, store) -> None:
+    intake = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev please")
+    sim.fail_next(5, status=502)
+    outage = SharedBackoff(initial=0.01, maximum=0.05)
+    poller = make_poller("dev", clients, intake, outage=outage)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        running = asyncio.create_task(poller.run(stop))
+        async with asyncio.timeout(10):
+            await intake.stored.wait()
+        stop.set()
+        await running
+    assert len(await intake.tasks()) == 1
+    events = [e["event"] for e in logs]
+    assert events.count("forgejo_unreachable") == 1
+    assert events.count("forgejo_recovered") == 1
+    assert not outage.down
+
+
+async def test_a_crash_between_enqueue_and_mark_read_makes_no_duplicate(
+    sim, clients, store
+) -> None:
+    intake = Recorder(store)
+
+    async def enqueue_then_crash(triggers: Sequence[Trigger]) -> None:
+        await intake(triggers)
+        raise RuntimeError("killed right after the commit")
+
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev please")
+    crashing = Poller(
+        agent_config("dev"), clients["dev"], enqueue_then_crash, store, interval=0.05, agents=AGENTS
+    )
+    with pytest.raises(RuntimeError):
+        await crashing.poll_once()
+    assert [t.status for t in sim.threads("dev")] == ["unread"]
+    restarted = make_poller("dev", clients, intake)
+    assert await restarted.poll_once() == 1  # read again…
+    assert len(await intake.tasks()) == 1  # …but stored once
+    assert intake.created == [True, False]
+    assert [t.status for t in sim.threads("dev")] == ["read"]
+
+
+async def test_run_stops_promptly_when_asked(sim, clients, store) -> None:
+    poller = Poller(
+        agent_config("dev"), clients["dev"], Recorder(store), store, interval=3600, agents=AGENTS
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(poller.run(stop))
+    await asyncio.sleep(0.1)
+    stop.set()
+    async with asyncio.timeout(1):
+        await running
+
+
+# --- webhooks and polling together --------------------------------------------------------------
+
+
+@pytest.fixture
+async def hook(sim, clients, store) -> AsyncIterator[tuple[WebhookIntake, Recorder]]:
+    """A webhook endpoint like the daemon's: verify, parse, hand to the intake."""
+    intake = Recorder(store)
+    client = clients["dev"]
+    policy = Policy(AGENTS)
+    receiver = WebhookIntake(client, policy, PermissionCache(client.repo_permission), intake)
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify_signature(SECRET.encode(), body, request.headers):
+            return web.Response(status=401)
+        event = parse_webhook(
+            event_name(request.headers), json.loads(body), delivery_id(request.headers)
+        )
+        if event is not None:
+            await receiver.handle(event)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hooks/forgejo", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sim.add_webhook(f"http://127.0.0.1:{port}/hooks/forgejo", SECRET)
+    yield receiver, intake
+    await runner.cleanup()
+
+
+async def test_the_same_comment_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
+    _, intake = hook
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev please fix")
+    await delivered(sim)
+    assert len(await intake.tasks()) == 1
+    assert await make_poller("dev", clients, intake).poll_once() == 1
+    assert len(await intake.tasks()) == 1
+    assert intake.created == [True, False]
+
+
+async def test_an_agents_own_comment_by_webhook_yields_none(sim, hook) -> None:
+    _, intake = hook
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "dev", "Working on it, @dev-bot style notes aside")
+    sim.add_comment(REPO, number, "dev", "note to self: @dev check CI")
+    await delivered(sim)
+    assert await intake.tasks() == []
+
+
+async def test_a_review_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
+    _, intake = hook
+    number = sim.create_pull(REPO, "dev", "Fix parser", head="fix")
+    sim.advance(2)
+    sim.submit_review(
+        REPO,
+        number,
+        "alice",
+        "REQUEST_CHANGES",
+        body="Needs work",
+        comments=[{"path": "a.py", "body": "@dev rename this", "new_position": 3}],
+    )
+    await delivered(sim)
+    [spec] = await intake.tasks()
+    assert spec.review_id is not None and "rename this" in spec.request
+    assert await make_poller("dev", clients, intake).poll_once() == 1
+    assert len(await intake.tasks()) == 1 and intake.created == [True, False]
+
+
+async def test_an_assignment_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
+    _, intake = hook
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.assign(REPO, number, "alice", "dev")
+    await delivered(sim)
+    assert len(await intake.tasks()) == 1
+    await make_poller("dev", clients, intake).poll_once()
+    assert len(await intake.tasks()) == 1 and intake.created == [True, False]
+
+
+async def test_a_review_request_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
+    _, intake = hook
+    number = sim.create_pull(REPO, "alice", "Fix parser", head="fix")
+    sim.request_review(REPO, number, "alice", "reviewer")
+    await delivered(sim)
+    assert [s.kind for s in await intake.tasks()] == [TaskKind.REVIEW]
+    await make_poller("reviewer", clients, intake).poll_once()
+    assert len(await intake.tasks()) == 1 and intake.created == [True, False]
+
+
+# --- pure parts: shared backoff, permission cache ---------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_shared_backoff_doubles_caps_and_logs_once_each_way() -> None:
+    clock = FakeClock()
+    outage = SharedBackoff(initial=1.0, maximum=4.0, clock=clock, jitter=lambda: 1.0)
+    with capture_logs() as logs:
+        waits = [outage.failure(RuntimeError("502")) for _ in range(4)]
+        assert outage.down and outage.remaining() == 4.0  # one wait, seen by every poller
+        clock.now += 10
+        outage.success()
+        outage.success()
+    assert waits == [1.0, 2.0, 4.0, 4.0]
+    assert [(e["event"], e.get("after")) for e in logs] == [
+        ("forgejo_unreachable", None),
+        ("forgejo_recovered", "10.0s"),
+    ]
+    assert not outage.down and outage.remaining() == 0.0
+
+
+def test_the_shared_backoff_jitter_never_halves_more_than_once() -> None:
+    outage = SharedBackoff(initial=8.0, clock=FakeClock(), jitter=lambda: 0.0)
+    assert outage.failure(RuntimeError("down")) == 4.0
+
+
+async def test_permissions_are_cached_and_a_refusal_counts_as_no() -> None:
+    clock = FakeClock()
+    asked: list[str] = []
+    levels = {"alice": "write", "olga": "owner", "rita": "read"}
+
+    async def lookup(repo: str, login: str) -> str | None:
+        asked.append(login)
+        return levels.get(login)
+
+    cache = PermissionCache(lookup, ttl=60, refused_ttl=10, clock=clock)
+    assert await cache.writers(REPO, ["Alice", "olga", "rita", "mallory"]) == {"alice", "olga"}
+    assert await cache.writers(REPO, ["alice", "mallory"]) == {"alice"}
+    assert sorted(asked) == ["alice", "mallory", "olga", "rita"]
+    clock.now += 11  # refusals are asked again sooner than grants
+    await cache.writers(REPO, ["alice", "mallory"])
+    assert sorted(asked) == ["alice", "mallory", "mallory", "olga", "rita"]
+
+
+async def test_a_failing_permission_lookup_is_not_cached_as_a_refusal() -> None:
+    calls = 0
+
+    async def flaky(repo: str, login: str) -> str | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("502 from Forgejo")
+        return "write"
+
+    cache = PermissionCache(flaky)
+    with pytest.raises(RuntimeError):
+        await cache.can_write(REPO, "alice")
+    assert await cache.can_write(REPO, "alice")
