@@ -158,6 +158,10 @@ class AgentConfig:
     merge_style: MergeStyle = field(
         default=MergeStyle.MERGE, metadata=_doc("lead role: how approved PRs are merged")
     )
+    checkout: bool = field(
+        default=True,
+        metadata=_doc("Clone the repository for each task (false: an empty directory)"),
+    )
     prompt_file: Path | None = field(
         default=None, metadata=_doc("A prompt template replacing the built-in one for the role")
     )

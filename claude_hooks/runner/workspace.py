@@ -1,0 +1,148 @@
+"""The working tree of a task, inside the agent's container, managed with git.
+
+One tree per thread, /state/work/<owner>/<repo>/<number>, kept for follow-ups.
+git runs as the agent user (the one that runs claude: git refuses a tree owned by
+another uid) and authenticates with a header from the exec's environment
+(claude.git_auth_env), so the token is never written into .git/config.
+
+The decisions (which directory, which ref, which branch) are pure functions;
+`prepare` and `publish` only run the scripts they choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aiodocker.containers import DockerContainer
+
+from claude_hooks.runner.claude import STATE_DIR
+from claude_hooks.runner.containers import run_exec
+
+WORK_ROOT = f"{STATE_DIR}/work"
+
+
+class WorkspaceError(Exception):
+    """The working tree could not be prepared or pushed; the message says why."""
+
+
+class Checkout(StrEnum):
+    BRANCH = "branch"  # dev: branch <agent>/<number> from the default branch, reused later
+    PULL_HEAD = "pull-head"  # reviewer/lead: the PR's head, at the sha the task was queued for
+    DEFAULT = "default"  # anything else: the default branch, detached
+    NONE = "none"  # no repository: an empty directory
+
+
+@dataclass(frozen=True)
+class WorkspacePlan:
+    path: str
+    checkout: Checkout
+    clone_url: str = ""
+    base: str = "main"  # default branch
+    branch: str = ""  # dev branch name
+    pull_number: int | None = None
+    head_sha: str = ""
+
+
+def task_directory(repo: str, number: int | None, task_id: int) -> str:
+    if number is None:
+        return f"{WORK_ROOT}/_tasks/{task_id}"
+    return f"{WORK_ROOT}/{repo}/{number}"
+
+
+def dev_branch(agent: str, number: int | None, task_id: int) -> str:
+    return f"{agent}/{number}" if number is not None else f"{agent}/task-{task_id}"
+
+
+# Positional arguments: $1 dir, $2 url, $3 checkout, $4 base, $5 branch, $6 pull, $7 sha.
+PREPARE_SCRIPT = r"""
+set -eu
+dir=$1 url=$2 mode=$3 base=$4 branch=$5 pull=$6 sha=$7
+mkdir -p "$dir"
+[ "$mode" = none ] && exit 0
+command -v git >/dev/null 2>&1 || { echo "git is not installed in this image" >&2; exit 127; }
+if [ -d "$dir/.git" ]; then
+    git -C "$dir" fetch --quiet --prune origin
+else
+    git clone --quiet --no-checkout "$url" "$dir"
+fi
+cd "$dir"
+case $mode in
+branch)
+    if git rev-parse --verify --quiet "refs/heads/$branch" >/dev/null; then
+        git checkout --quiet "$branch"
+    elif git rev-parse --verify --quiet "refs/remotes/origin/$branch" >/dev/null; then
+        git checkout --quiet -b "$branch" "origin/$branch"
+    else
+        git checkout --quiet -b "$branch" "origin/$base"
+    fi ;;
+pull-head)
+    git fetch --quiet origin "+refs/pull/$pull/head:refs/remotes/origin/pull/$pull"
+    if [ -n "$sha" ] && git cat-file -e "$sha^{commit}" 2>/dev/null; then
+        git checkout --quiet --detach "$sha"
+    else
+        git checkout --quiet --detach "origin/pull/$pull"
+    fi ;;
+*)
+    git checkout --quiet --detach "origin/$base" ;;
+esac
+git rev-parse HEAD
+"""
+
+# $1 dir, $2 base, $3 branch. Prints the commits the branch has over the base, then
+# pushes the branch when there are any.
+PUBLISH_SCRIPT = r"""
+set -eu
+cd "$1"
+commits=$(git rev-list --count "origin/$2..HEAD")
+echo "commits=$commits"
+[ "$commits" -gt 0 ] || exit 0
+git log --format='%h %s' "origin/$2..HEAD"
+git push --quiet --force-with-lease origin "HEAD:refs/heads/$3"
+"""
+
+
+def prepare_args(plan: WorkspacePlan) -> list[str]:
+    return [
+        "sh", "-c", PREPARE_SCRIPT, "prepare-workspace", plan.path, plan.clone_url,
+        plan.checkout.value, plan.base, plan.branch,
+        str(plan.pull_number or ""), plan.head_sha,
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Published:
+    commits: int
+    log: tuple[str, ...]  # "abc1234 subject" lines
+
+
+def parse_publish_output(output: str) -> Published:
+    lines = [line for line in output.splitlines() if line.strip()]
+    count = 0
+    for line in lines:
+        if line.startswith("commits="):
+            count = int(line.removeprefix("commits=") or 0)
+    subjects = tuple(line for line in lines if not line.startswith("commits="))
+    return Published(commits=count, log=subjects[:count])
+
+
+async def prepare(
+    container: DockerContainer, plan: WorkspacePlan, *, user: str, env: Sequence[str]
+) -> str:
+    """Clone or fetch, check out what the plan says; the HEAD sha ("" without git)."""
+    code, output = await run_exec(container, prepare_args(plan), user=user, environment=env)
+    if code != 0:
+        raise WorkspaceError(f"preparing {plan.path} failed (exit {code}): {output.strip()}")
+    return output.strip().splitlines()[-1] if output.strip() else ""
+
+
+async def publish(
+    container: DockerContainer, plan: WorkspacePlan, *, user: str, env: Sequence[str]
+) -> Published:
+    """Push the dev branch when Claude committed to it."""
+    args = ["sh", "-c", PUBLISH_SCRIPT, "publish-workspace", plan.path, plan.base, plan.branch]
+    code, output = await run_exec(container, args, user=user, environment=env)
+    if code != 0:
+        raise WorkspaceError(f"pushing {plan.branch} failed (exit {code}): {output.strip()}")
+    return parse_publish_output(output)

@@ -1,0 +1,331 @@
+"""What a reviewer or lead agent decided, read from Claude's final text.
+
+The reviewer ends its answer with a fenced ```json block `{"event":
+"APPROVED|REQUEST_CHANGES|COMMENT", "body": "…", "comments": [{"path", "line", "body"}]}`;
+the lead may end with `{"action": "merge"}`. Claude does not always comply, so
+parsing is tolerant (the last JSON object wins, spellings of the event are
+normalised) and anything unusable falls back to a COMMENT review carrying the
+whole text: the work is never lost because the structure was off.
+
+Inline comments are checked against the pull request's unified diff before they
+are posted: Forgejo places them on absolute new-side file lines, and a line
+outside the diff's hunks is refused (or lands nowhere useful), so such a comment
+is moved into the review body as "(on path:line) …" instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from claude_hooks.forgejo.models import InlineComment, Review
+
+
+class ReviewEvent(StrEnum):
+    APPROVED = "APPROVED"
+    REQUEST_CHANGES = "REQUEST_CHANGES"
+    COMMENT = "COMMENT"
+
+
+# Spellings Claude has been seen to use (GitHub's among them), squeezed to letters.
+_EVENT_SPELLINGS = {
+    "approved": ReviewEvent.APPROVED,
+    "approve": ReviewEvent.APPROVED,
+    "approval": ReviewEvent.APPROVED,
+    "lgtm": ReviewEvent.APPROVED,
+    "requestchanges": ReviewEvent.REQUEST_CHANGES,
+    "requestedchanges": ReviewEvent.REQUEST_CHANGES,
+    "changesrequested": ReviewEvent.REQUEST_CHANGES,
+    "reject": ReviewEvent.REQUEST_CHANGES,
+    "rejected": ReviewEvent.REQUEST_CHANGES,
+    "comment": ReviewEvent.COMMENT,
+    "commented": ReviewEvent.COMMENT,
+}
+
+DEFAULT_BODIES = {
+    ReviewEvent.REQUEST_CHANGES: "Changes requested; see the inline comments.",
+    ReviewEvent.COMMENT: "Review comments are inline.",
+}
+
+
+@dataclass(frozen=True)
+class VerdictComment:
+    """An inline comment as Claude proposed it: a new-side line of a file in the diff."""
+
+    path: str
+    line: int
+    body: str
+
+
+@dataclass(frozen=True)
+class ReviewVerdict:
+    event: ReviewEvent
+    body: str
+    comments: tuple[VerdictComment, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidatedVerdict:
+    """A review ready to post: every inline comment sits on a line the diff shows."""
+
+    event: ReviewEvent
+    body: str
+    comments: tuple[InlineComment, ...] = ()
+    moved: tuple[VerdictComment, ...] = ()  # comments outside the diff, now in the body
+    fallback: bool = False  # True when Claude gave no usable verdict structure
+
+
+class LeadAction(StrEnum):
+    MERGE = "merge"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class LeadVerdict:
+    action: LeadAction
+    body: str = ""
+
+
+# ---------------------------------------------------------------- finding JSON
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*([^\n`]*)\n(.*?)^ {0,3}\1[ \t]*$", re.M | re.S)
+
+
+@dataclass(frozen=True)
+class _Found:
+    data: dict[str, Any]
+    start: int  # where the block (fence included) begins in the text
+    end: int
+
+
+def _fenced_objects(text: str) -> Iterator[_Found]:
+    for match in _FENCE.finditer(text):
+        info = match[2].strip().lower()
+        if info not in ("", "json", "jsonc", "json5"):
+            continue
+        try:
+            data = json.loads(match[3])
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            yield _Found(data, match.start(), match.end())
+
+
+def _bare_objects(text: str) -> Iterator[_Found]:
+    """Top-level JSON objects anywhere in prose, left to right."""
+    decoder = json.JSONDecoder()
+    i = text.find("{")
+    while i != -1:
+        try:
+            data, end = decoder.raw_decode(text, i)
+        except ValueError:
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(data, dict):
+            yield _Found(data, i, end)
+        i = text.find("{", end)
+
+
+def _last_object_with(text: str, key: str) -> _Found | None:
+    """The last fenced JSON object holding `key`, else the last bare one."""
+    for finder in (_fenced_objects, _bare_objects):
+        found = [f for f in finder(text) if key in f.data]
+        if found:
+            return found[-1]
+    return None
+
+
+# ---------------------------------------------------------------- review verdict
+
+
+def normalise_event(value: object) -> ReviewEvent | None:
+    if not isinstance(value, str):
+        return None
+    return _EVENT_SPELLINGS.get(re.sub(r"[^a-z]", "", value.lower()))
+
+
+def _as_line(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip()) or None
+    return None
+
+
+def _verdict_comments(raw: object) -> tuple[VerdictComment, ...]:
+    if not isinstance(raw, list):
+        return ()
+    comments: list[VerdictComment] = []
+    for item in raw:
+        if not isinstance(item, Mapping):
+            continue
+        path, body = item.get("path"), item.get("body")
+        line = _as_line(item.get("line", item.get("new_position", item.get("new_line"))))
+        if isinstance(path, str) and path.strip() and isinstance(body, str) and body.strip():
+            comments.append(VerdictComment(path.strip(), line or 0, body.strip()))
+    return tuple(comments)
+
+
+def parse_review_verdict(result_text: str) -> ReviewVerdict | None:
+    """The reviewer's verdict from its final text, or None when there is no usable one.
+
+    An empty "body" is filled with the prose before the JSON block, which is
+    usually where Claude wrote its review.
+    """
+    found = _last_object_with(result_text, "event")
+    if found is None:
+        return None
+    event = normalise_event(found.data.get("event"))
+    if event is None:
+        return None
+    body = found.data.get("body")
+    body = body.strip() if isinstance(body, str) else ""
+    if not body:
+        body = result_text[: found.start].strip()
+    return ReviewVerdict(event, body, _verdict_comments(found.data.get("comments")))
+
+
+def fallback_verdict(result_text: str) -> ValidatedVerdict:
+    body = result_text.strip() or "The review produced no text."
+    return ValidatedVerdict(ReviewEvent.COMMENT, body, fallback=True)
+
+
+# ---------------------------------------------------------------- the diff
+
+
+def _unquote_git_path(text: str) -> str:
+    """git quotes paths holding unusual bytes: "b/caf\\303\\251.txt"."""
+    text = text.strip()
+    if not (text.startswith('"') and text.endswith('"')):
+        return text.split("\t", 1)[0]
+    raw = text[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
+    return raw.encode("latin-1").decode("utf-8", "replace")
+
+
+def _new_side_path(header: str) -> str | None:
+    path = _unquote_git_path(header)
+    if path == "/dev/null":
+        return None
+    return path[2:] if path.startswith(("b/", "a/")) else path
+
+
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def diff_new_lines(diff_text: str) -> dict[str, frozenset[int]]:
+    """{path: new-side line numbers shown in the diff's hunks (added or context)}.
+
+    Hunk bodies are consumed by the counts in their headers, so a removed line
+    that reads "--- x" is never taken for a file header.
+    """
+    lines: dict[str, set[int]] = {}
+    path: str | None = None
+    old_left = new_left = 0
+    new_line = 0
+    for row in diff_text.splitlines():
+        if old_left > 0 or new_left > 0:
+            tag = row[:1]
+            if tag in (" ", ""):
+                old_left, new_left = old_left - 1, new_left - 1
+            elif tag == "-":
+                old_left -= 1
+                continue
+            elif tag == "+":
+                new_left -= 1
+            else:  # "\ No newline at end of file" and the like
+                continue
+            if path is not None:
+                lines.setdefault(path, set()).add(new_line)
+            new_line += 1
+            continue
+        if row.startswith("+++ "):
+            path = _new_side_path(row[4:])
+        elif row.startswith("diff --git "):
+            path = None
+        elif match := _HUNK.match(row):
+            old_left = int(match[1]) if match[1] is not None else 1
+            new_line = int(match[2])
+            new_left = int(match[3]) if match[3] is not None else 1
+    return {p: frozenset(ls) for p, ls in lines.items()}
+
+
+def _match_path(path: str, known: Mapping[str, frozenset[int]]) -> str | None:
+    candidates = [path, path.removeprefix("./"), path.lstrip("/")]
+    if path.startswith(("a/", "b/")):
+        candidates.append(path[2:])
+    return next((c for c in candidates if c in known), None)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_against_diff(verdict: ReviewVerdict, diff_text: str) -> ValidatedVerdict:
+    """Keep inline comments the diff can hold; move the rest into the body as text."""
+    shown = diff_new_lines(diff_text)
+    inline: list[InlineComment] = []
+    moved: list[VerdictComment] = []
+    for comment in verdict.comments:
+        path = _match_path(comment.path, shown)
+        if path is not None and comment.line in shown[path]:
+            inline.append(InlineComment(path=path, body=comment.body, new_position=comment.line))
+        else:
+            moved.append(comment)
+    body = verdict.body.strip()
+    if moved:
+        body = "\n\n".join([body, *(_moved_text(c) for c in moved)]).strip()
+    if not body and verdict.event is not ReviewEvent.APPROVED:
+        body = DEFAULT_BODIES[verdict.event]
+    return ValidatedVerdict(verdict.event, body, tuple(inline), tuple(moved))
+
+
+def _moved_text(comment: VerdictComment) -> str:
+    where = f"{comment.path}:{comment.line}" if comment.line else comment.path
+    return f"(on {where}) {comment.body}"
+
+
+def review_from_result(result_text: str | None, diff_text: str) -> ValidatedVerdict:
+    """Claude's final text → the review to post; COMMENT with the whole text if unstructured."""
+    verdict = parse_review_verdict(result_text or "")
+    if verdict is None:
+        return fallback_verdict(result_text or "")
+    return validate_against_diff(verdict, diff_text)
+
+
+# ---------------------------------------------------------------- lead verdict
+
+
+def parse_lead_verdict(result_text: str) -> LeadVerdict:
+    """{"action": "merge"} → MERGE; anything else, or nothing, → NONE (never merge by accident)."""
+    found = _last_object_with(result_text, "action")
+    if found is None:
+        return LeadVerdict(LeadAction.NONE, result_text.strip())
+    action = found.data.get("action")
+    is_merge = isinstance(action, str) and action.strip().lower() == "merge"
+    body = found.data.get("body")
+    text = body.strip() if isinstance(body, str) and body.strip() else result_text[: found.start]
+    return LeadVerdict(LeadAction.MERGE if is_merge else LeadAction.NONE, text.strip())
+
+
+def is_approved(reviews: Sequence[Review], head_sha: str) -> bool:
+    """Approved at this head: someone's latest review approves it and nobody's requests changes.
+
+    An approval given on an earlier commit does not count: the code changed since.
+    """
+    latest: dict[str, Review] = {}
+    for review in reviews:
+        if review.user is None or review.state not in ("APPROVED", "REQUEST_CHANGES"):
+            continue
+        latest[review.user.login.lower()] = review  # Forgejo lists reviews oldest first
+    states = [r.state for r in latest.values()]
+    approved_here = any(
+        r.state == "APPROVED" and (not r.commit_id or r.commit_id == head_sha)
+        for r in latest.values()
+    )
+    return approved_here and "REQUEST_CHANGES" not in states
