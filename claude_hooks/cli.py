@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import structlog
 
 from claude_hooks import __version__
 from claude_hooks.config import Config, ConfigError, load_config
@@ -41,12 +44,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     from claude_hooks.daemon import run_daemon
     from claude_hooks.log import setup_logging
+    from claude_hooks.store import StoreError
 
     setup_logging(config.daemon.log_format, args.log_level or config.daemon.log_level)
-    return asyncio.run(run_daemon(config))
+    try:
+        return asyncio.run(run_daemon(config))
+    except StoreError as exc:  # a broken state dir is the operator's to fix: say so, no traceback
+        structlog.get_logger(__name__).error("daemon_start_failed", path=exc.path, error=str(exc))
+        return EXIT_FAIL
 
 
 Handler = Callable[[argparse.Namespace], int]
+AddCommand = Callable[[str, Handler, str], argparse.ArgumentParser]
+
+# Each module adds its subcommands through register(add): the API client commands
+# (submit, tasks, show, logs, cancel), `containers …` and `demo`.
+_COMMAND_MODULES = ("claude_hooks.cli_client", "claude_hooks.cli_containers", "claude_hooks.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = add("check", cmd_check, "validate the config and reach Forgejo, tokens and Docker")
     check.add_argument("--offline", action="store_true", help="validate the config only")
     add("version", cmd_version, "print the version")
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(add)
     return parser
 
 

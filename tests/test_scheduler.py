@@ -75,7 +75,7 @@ class FakeRunner:
 
 async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
     async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 -- polls state the code under test owns
+        while not condition():
             await asyncio.sleep(0.002)
 
 

@@ -96,6 +96,7 @@ class ContainerManager:
         self._docker = docker
         self._extra_labels = dict(extra_labels)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._prepared: set[str] = set()  # container ids whose /state this process handed over
 
     # --- pure: what the container should be -------------------------------------------
 
@@ -171,8 +172,11 @@ class ContainerManager:
                 log.warning("container_recreate_deferred", agent=agent.name, tasks=len(busy))
             if not running:
                 await container.start()
-                await self._prepare(container, agent)
                 log.info("container_started", agent=agent.name)
+            if container.id not in self._prepared:
+                # Once per daemon process: a crash between start and _prepare (or a
+                # container another process created) must not leave /state to root.
+                await self._prepare(container, agent)
             return container
 
     async def rebuild(self, agent: AgentConfig) -> DockerContainer:
@@ -303,6 +307,7 @@ class ContainerManager:
                 f"agent {agent.name}: cannot prepare {STATE_DIR} in {agent.container_name}: "
                 f"{output.strip()}"
             )
+        self._prepared.add(container.id)
         code, _ = await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user)
         if code != 0:
             log.warning(

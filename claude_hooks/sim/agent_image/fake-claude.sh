@@ -78,9 +78,10 @@ if [ "$lines" -gt 0 ]; then
     exit "${exit_code:-0}"
 fi
 
-sample=/samples/$scenario.jsonl
+samples=${FAKE_CLAUDE_SAMPLES:-/samples}
+sample=$samples/$scenario.jsonl
 if [ "$scenario" != none ] && [ ! -f "$sample" ]; then
-    echo "fake-claude: no sample named $scenario in /samples" >&2
+    echo "fake-claude: no sample named $scenario in $samples" >&2
     exit 2
 fi
 

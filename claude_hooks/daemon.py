@@ -1,0 +1,144 @@
+"""`claude-hooks run`: wire config → store → scheduler → pollers → HTTP listener.
+
+Two scopes, as in Forgejo runner's poller:
+- **intake** (pollers, webhooks, API submissions) stops at the first SIGTERM/SIGINT;
+- **work** (running tasks) continues until `drain_timeout`, then is stopped and
+  recorded `interrupted`, so the next start re-runs it.
+A second SIGTERM/SIGINT skips the rest of the drain. SIGHUP is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from dataclasses import dataclass
+
+import structlog
+
+from claude_hooks.config import Config
+from claude_hooks.log import config_secret_files, redactor
+from claude_hooks.services import Services
+from claude_hooks.systemd import SystemdNotifier
+from claude_hooks.tasks import TaskState
+
+log = structlog.get_logger(__name__)
+
+EXIT_CLEAN, EXIT_INTERRUPTED = 0, 1
+
+
+@dataclass
+class ShutdownSignals:
+    """First SIGTERM/SIGINT ends intake; a second one ends the drain too."""
+
+    stop_intake: asyncio.Event
+    skip_drain: asyncio.Event
+
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> ShutdownSignals:
+        signals = cls(asyncio.Event(), asyncio.Event())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, signals._on_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, signals._on_hup)
+        return signals
+
+    def _on_stop(self, sig: signal.Signals) -> None:
+        if self.stop_intake.is_set():
+            log.warning("drain_skipped", signal=sig.name)
+            self.skip_drain.set()
+        else:
+            log.info("shutdown_requested", signal=sig.name)
+            self.stop_intake.set()
+
+    def _on_hup(self) -> None:
+        log.info(
+            "sighup_ignored",
+            hint="restart the unit to apply config changes; token files are re-read on use",
+        )
+
+    @staticmethod
+    def remove(loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def run_daemon(config: Config, *, signals: ShutdownSignals | None = None) -> int:
+    """Run until told to stop; 0 after a clean drain, 1 when work had to be interrupted."""
+    redactor.add_files(config_secret_files(config))
+    for warning in config.warnings:
+        log.warning("config_warning", detail=warning)
+    loop = asyncio.get_running_loop()
+    own_signals = signals is None
+    signals = signals or ShutdownSignals.install(loop)
+    notifier = SystemdNotifier()
+    daemon_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    services = await Services.start(config, daemon_id=daemon_id)
+    try:
+        clean = await _serve(config, services, signals, notifier)
+    finally:
+        await asyncio.shield(services.close())
+        notifier.close()
+        if own_signals:
+            ShutdownSignals.remove(loop)
+    log.info("daemon_stopped", clean=clean)
+    return EXIT_CLEAN if clean else EXIT_INTERRUPTED
+
+
+async def _serve(
+    config: Config, services: Services, signals: ShutdownSignals, notifier: SystemdNotifier
+) -> bool:
+    helpers = [
+        asyncio.create_task(notifier.watchdog(), name="watchdog"),
+        asyncio.create_task(_report_status(services, notifier), name="status"),
+    ]
+    pollers = [
+        asyncio.create_task(poller.run(signals.stop_intake), name=f"poll-{poller.agent}")
+        for poller in services.pollers
+    ]
+    for task in pollers:
+        task.add_done_callback(_log_poller_end)
+    try:
+        notifier.ready(await _status_line(services))
+        log.info(
+            "daemon_ready",
+            agents=list(config.agent_names),
+            listen=config.api.listen,
+            poll_interval=config.daemon.poll_interval,
+        )
+
+        # --- intake scope: pollers, webhooks and API submissions end at the first signal ---
+        await signals.stop_intake.wait()
+        services.stop_accepting()
+        await asyncio.gather(*pollers, return_exceptions=True)
+
+        # --- work scope: running tasks may finish until the drain deadline ---
+        running = len(services.scheduler.running_ids())
+        notifier.stopping(f"draining {running} running task(s)")
+        log.info("drain_started", running=running, drain_timeout=config.daemon.drain_timeout)
+        return await services.scheduler.drain(config.daemon.drain_timeout, skip=signals.skip_drain)
+    finally:
+        for task in helpers + pollers:
+            task.cancel()
+        await asyncio.gather(*helpers, *pollers, return_exceptions=True)
+
+
+def _log_poller_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("poller_crashed", poller=task.get_name(), error=repr(exc), exc_info=exc)
+
+
+async def _status_line(services: Services) -> str:
+    counts = await services.store.counts()
+    queued = sum(n for (_, state), n in counts.items() if state is TaskState.QUEUED)
+    return f"{len(services.scheduler.running_ids())} running, {queued} queued"
+
+
+async def _report_status(services: Services, notifier: SystemdNotifier) -> None:
+    last = ""
+    while True:
+        await asyncio.sleep(5)
+        line = await _status_line(services)
+        if line != last:
+            notifier.status(line)
+            last = line

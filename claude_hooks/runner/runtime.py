@@ -1,0 +1,83 @@
+"""Where an agent's task runs: the seam between the task pipeline and Docker.
+
+`DockerRuntime` is the product: the agent's own container, a workspace in it, and
+`claude -p` as a `docker exec`. The demo has a second runtime for machines
+without a Docker engine (claude_hooks/sim/local_runtime.py); nothing else does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from claude_hooks.config import AgentConfig
+from claude_hooks.runner import workspace
+from claude_hooks.runner.containers import ContainerManager
+from claude_hooks.runner.execution import ExecResult, run_claude
+from claude_hooks.runner.stream import StreamEvent
+
+
+class AgentRuntime(Protocol):
+    async def prepare(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
+    ) -> str:
+        """Make the agent ready and the task's working tree exist; its HEAD sha or ""."""
+        ...
+
+    async def run(
+        self,
+        agent: AgentConfig,
+        *,
+        argv: Sequence[str],
+        env: Sequence[str],
+        stdin: bytes,
+        workdir: str,
+        task_id: int,
+        on_event: Callable[[StreamEvent], None],
+        stop_grace: float,
+    ) -> ExecResult:
+        """Run claude to its end; when cancelled, stop every process of the task first."""
+        ...
+
+    async def publish(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
+    ) -> workspace.Published:
+        """Push the dev branch if Claude committed to it."""
+        ...
+
+
+class DockerRuntime:
+    """Each agent in its own long-lived container; each task one `docker exec`."""
+
+    def __init__(self, containers: ContainerManager) -> None:
+        self.containers = containers
+
+    async def prepare(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
+    ) -> str:
+        container = await self.containers.ensure(agent)
+        return await workspace.prepare(container, plan, user=agent.user, env=env)
+
+    async def run(
+        self,
+        agent: AgentConfig,
+        *,
+        argv: Sequence[str],
+        env: Sequence[str],
+        stdin: bytes,
+        workdir: str,
+        task_id: int,
+        on_event: Callable[[StreamEvent], None],
+        stop_grace: float,
+    ) -> ExecResult:
+        container = await self.containers.ensure(agent)
+        return await run_claude(
+            container, argv=argv, env=env, stdin=stdin, workdir=workdir, user=agent.user,
+            task_id=task_id, on_event=on_event, stop_grace=stop_grace,
+        )  # fmt: skip
+
+    async def publish(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
+    ) -> workspace.Published:
+        container = await self.containers.ensure(agent)
+        return await workspace.publish(container, plan, user=agent.user, env=env)

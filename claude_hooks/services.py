@@ -1,0 +1,300 @@
+"""Builds every long-lived part of the daemon from the config, and closes them again.
+
+This is the only place that knows how the parts fit: the store, the scheduler
+and its worker, the Docker containers, one Forgejo client per agent, the pollers,
+the webhook intake and the HTTP listener. daemon.py runs them; tests and the
+demo build them the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodocker
+import structlog
+from aiohttp import web
+
+from claude_hooks.config import Config, read_secret
+from claude_hooks.forgejo.client import ForgejoClient
+from claude_hooks.forgejo.webhook import parse_webhook
+from claude_hooks.intake import PermissionCache, WebhookIntake
+from claude_hooks.log import redactor
+from claude_hooks.metrics import Metrics
+from claude_hooks.poller import Poller, SharedBackoff
+from claude_hooks.report import Reporter
+from claude_hooks.runner.containers import ContainerManager
+from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
+from claude_hooks.scheduler import Scheduler, SchedulerError
+from claude_hooks.store import Store
+from claude_hooks.tasks import ControlAction, ControlCommand, Task, TaskSpec, TaskState, Trigger
+from claude_hooks.triggers import Policy
+from claude_hooks.work import TaskReports, TaskWorker
+
+log = structlog.get_logger(__name__)
+
+READY_FORGEJO_WITHIN = 300.0  # seconds: "Forgejo reachable recently" for /readyz
+
+
+@dataclass
+class Services:
+    config: Config
+    daemon_id: str
+    store: Store
+    docker: aiodocker.Docker
+    containers: ContainerManager
+    clients: Mapping[str, ForgejoClient]
+    metrics: Metrics
+    reports: TaskReports
+    scheduler: Scheduler
+    pollers: Sequence[Poller]
+    outage: SharedBackoff
+    webhooks: WebhookIntake
+    web_runner: web.AppRunner | None = None
+    accepting: bool = True
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @classmethod
+    async def start(
+        cls,
+        config: Config,
+        *,
+        daemon_id: str,
+        extra_labels: Mapping[str, str] | None = None,
+        listen: bool = True,
+        runtime: AgentRuntime | None = None,
+    ) -> Services:
+        """Open, wire and start everything; `runtime` replaces Docker (the demo only)."""
+        config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(config.daemon.db_path)
+        docker = aiodocker.Docker()
+        containers = ContainerManager(docker, extra_labels=extra_labels or {})
+        metrics = Metrics()
+        clients = {
+            agent.name: ForgejoClient(
+                config.forgejo.url,
+                lambda agent=agent: read_secret(agent.token_file),
+                timeout=config.forgejo.request_timeout,
+                on_request=metrics.forgejo_request,
+            )
+            for agent in config.agents
+        }
+        services = cls._assemble(
+            config,
+            daemon_id,
+            store,
+            docker,
+            containers,
+            clients,
+            metrics,
+            runtime or DockerRuntime(containers),
+        )
+        if runtime is None:
+            await services._housekeeping()
+        await services.scheduler.start()
+        if listen:
+            await services._listen()
+        return services
+
+    @classmethod
+    def _assemble(
+        cls,
+        config: Config,
+        daemon_id: str,
+        store: Store,
+        docker: aiodocker.Docker,
+        containers: ContainerManager,
+        clients: Mapping[str, ForgejoClient],
+        metrics: Metrics,
+        runtime: AgentRuntime,
+    ) -> Services:
+        def client_for(agent: str) -> ForgejoClient:
+            return clients[config.agent(agent).name]
+
+        holder: list[Services] = []
+        reporter = Reporter(client_for, redact=redactor)
+        reports = TaskReports(
+            reporter, store, lambda task_id: holder[0].scheduler.position(task_id)
+        )
+        worker = TaskWorker(config, store, runtime, client_for, reports, daemon_id=daemon_id)
+        scheduler = Scheduler(
+            store,
+            max_concurrency=config.daemon.max_concurrency,
+            agent_limits={a.name: a.max_concurrency for a in config.agents},
+            execute=worker.execute,
+            precheck=worker.precheck,
+            timeouts={a.name: a.timeout for a in config.agents},
+            on_change=lambda task: holder[0].on_change(task),
+        )
+        outage = SharedBackoff()
+        policy = Policy(
+            config.agent_names, frozenset(config.daemon.allowed_users), config.daemon.hop_limit
+        )
+        first = clients[config.agents[0].name]
+        services = cls(
+            config=config,
+            daemon_id=daemon_id,
+            store=store,
+            docker=docker,
+            containers=containers,
+            clients=clients,
+            metrics=metrics,
+            reports=reports,
+            scheduler=scheduler,
+            pollers=[],
+            outage=outage,
+            webhooks=WebhookIntake(
+                first,
+                policy,
+                PermissionCache(first.repo_permission),
+                intake=lambda triggers: holder[0].accept(triggers),
+            ),
+        )
+        holder.append(services)
+        services.pollers = [
+            Poller(
+                agent,
+                clients[agent.name],
+                services.accept,
+                store,
+                interval=config.daemon.poll_interval,
+                agents=config.agent_names,
+                hop_limit=config.daemon.hop_limit,
+                allowed_users=config.daemon.allowed_users,
+                outage=outage,
+            )
+            for agent in config.agents
+        ]
+        return services
+
+    async def _housekeeping(self) -> None:
+        """Containers of agents no longer configured go; processes of a dead daemon die."""
+        try:
+            removed = await self.containers.remove_orphans(set(self.config.agent_names))
+            for agent in self.config.agents:
+                await self.containers.kill_strays(agent, self.daemon_id)
+        except Exception as exc:  # Docker down must not stop Forgejo intake; tasks wait
+            log.warning("container_housekeeping_failed", error=str(exc))
+            return
+        if removed:
+            log.info("orphan_containers_removed", containers=removed)
+
+    async def _listen(self) -> None:
+        from claude_hooks.api import ApiDeps, TaskFeed, build_app
+
+        self.feed = TaskFeed()
+        config = self.config
+        deps = ApiDeps(
+            config=config,
+            store=self.store,
+            scheduler=self.scheduler,
+            submit=self.submit,
+            on_webhook=self.on_webhook,
+            webhook_secret=self._webhook_secret,
+            api_token=self._api_token,
+            readiness=self.readiness,
+            metrics=self.metrics,
+            accepting=lambda: self.accepting,
+            feed=self.feed,
+        )
+        self.web_runner = web.AppRunner(build_app(deps), access_log=None, shutdown_timeout=2.0)
+        await self.web_runner.setup()
+        site = web.TCPSite(self.web_runner, config.api.host, config.api.port)
+        await site.start()
+        log.info("api_listening", url=config.api.base_url)
+
+    # --- intake -----------------------------------------------------------------------------
+
+    async def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
+        if not self.accepting:
+            raise SchedulerError("shutting down: not accepting new tasks")
+        return await self.scheduler.submit(spec)
+
+    async def accept(self, triggers: Sequence[Trigger]) -> None:
+        """Store what triggers ask for; the caller marks its source read after this."""
+        for trigger in triggers:
+            if isinstance(trigger, ControlCommand):
+                await self._control(trigger)
+            else:
+                await self.scheduler.submit(trigger)
+
+    async def _control(self, command: ControlCommand) -> None:
+        seen = f"control:{command.idempotency_key}"
+        if await self.store.get_cursor(seen):
+            return  # the same command seen by webhook and by poll
+        await self.store.set_cursor(seen, str(time.time()))
+        task = await self.store.latest_on_thread(command.agent, command.repo, command.number)
+        if task is None:
+            log.info("control_without_task", action=str(command.action), agent=command.agent)
+            return
+        if command.action is ControlAction.STOP and task.state in (
+            TaskState.QUEUED,
+            TaskState.RUNNING,
+        ):
+            # A running task takes up to the stop grace to end: don't hold up intake.
+            self._spawn(self.scheduler.cancel(task.id, by=command.requested_by))
+        elif (
+            command.action is ControlAction.RETRY
+            and task.state is not TaskState.RUNNING
+            and task.state is not TaskState.QUEUED
+        ):
+            await self.scheduler.retry(task.id, by=command.requested_by)
+
+    async def on_webhook(self, event: str, payload: dict, delivery: str | None) -> int:
+        parsed = parse_webhook(event, payload, delivery)
+        if parsed is None:
+            return 0
+        decision = await self.webhooks.handle(parsed)
+        return len(decision.triggers)
+
+    async def on_change(self, task: Task) -> None:
+        await self.reports.on_change(task)
+        feed = getattr(self, "feed", None)
+        if feed is not None:
+            feed.publish(task)
+        if task.state.is_final:
+            self.metrics.task_finished(task)
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # --- health -----------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, bool]:
+        store_ok = True
+        try:
+            await self.store.counts()
+        except Exception:
+            store_ok = False
+        return {
+            "store": store_ok,
+            "docker": await self.containers.ping(),
+            "forgejo": not self.outage.down,
+        }
+
+    def _webhook_secret(self) -> bytes | None:
+        file = self.config.forgejo.webhook_secret_file
+        return read_secret(file).encode() if file is not None else None
+
+    def _api_token(self) -> str | None:
+        file = self.config.api.token_file
+        return read_secret(file) if file is not None else None
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    async def close(self) -> None:
+        await self.reports.close()
+        if self.background:
+            await asyncio.wait(self.background, timeout=5)
+        if self.web_runner is not None:
+            await self.web_runner.cleanup()
+        for client in self.clients.values():
+            await client.close()
+        await self.docker.close()
+        await self.store.close()

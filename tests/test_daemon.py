@@ -1,0 +1,250 @@
+"""The daemon's life cycle, as systemd drives it: a real `claude-hooks run` process.
+
+Forgejo is the simulator (in this test process), tasks run in real Docker with the
+scripted fake claude; signals are real signals to the subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiodocker
+import pytest
+
+from claude_hooks.config import Config
+from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.tasks import TaskState
+from tests.fakes.configs import ConfigFactory
+from tests.fakes.docker import AGENT_UID
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = "acme/app"
+DEV_TOKEN = "forgejo-token-of-dev-0123456789"
+# Each test has its own agent (and so its own container, removed by name afterwards):
+# the daemon under test labels its containers as production does, without test labels.
+AGENT = f"dev{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Daemon:
+    process: asyncio.subprocess.Process
+    config: Config
+    log: Path
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, limit: float = 30) -> int:
+        self.process.send_signal(sig)
+        async with asyncio.timeout(limit):
+            return await self.process.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(factory: ConfigFactory, sim: ForgejoSim, image: str, **daemon: object) -> Config:
+    sim.add_user("alice", token="forgejo-token-of-alice-0123456789")
+    sim.add_user(AGENT, token=DEV_TOKEN)
+    sim.add_repo(REPO, collaborators={"alice": "write", AGENT: "admin"})
+    creds = factory.secret("dev-creds.json", '{"claudeAiOauth": {"accessToken": "oauth-x-1"}}')
+    os.chown(creds, AGENT_UID, AGENT_UID)
+    agent = factory.agent(
+        AGENT, token_file=str(factory.secret("dev-token", DEV_TOKEN)),
+        credentials_file=str(creds), image=image, network="none", checkout=False,
+        timeout=120,
+    )  # fmt: skip
+    return factory.load(
+        forgejo={"url": sim.base_url},
+        daemon={"poll_interval": 0.3, "drain_timeout": 5, "log_format": "json", **daemon},
+        api={
+            "listen": f"127.0.0.1:{free_port()}",
+            "token_file": str(factory.secret("api-token", "api-token-0123456789")),
+        },
+        agents=[agent],
+    )
+
+
+@pytest.fixture
+async def daemons(docker: aiodocker.Docker) -> AsyncIterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process.returncode is None:
+            daemon.process.kill()
+            await daemon.process.wait()
+    for agent in started[0].config.agents if started else ():
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await docker.containers.get(agent.container_name)).delete(force=True)
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await docker.volumes.get(agent.volume_name)).delete()
+
+
+async def start_daemon(
+    config: Config, daemons: list[Daemon], env: dict[str, str] | None = None
+) -> Daemon:
+    log = config.path.parent / f"daemon-{len(daemons)}.log"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "claude_hooks", "run", "--config", str(config.path),
+        stdout=log.open("wb"), stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    daemon = Daemon(process, config, log)
+    daemons.append(daemon)
+    return daemon
+
+
+def task_rows(config: Config) -> list[tuple[int, str, int, str | None]]:
+    with sqlite3.connect(config.daemon.db_path) as db:
+        return db.execute("SELECT id, state, attempts, error FROM tasks ORDER BY id").fetchall()
+
+
+async def wait_for_state(
+    config: Config, state: TaskState, limit: float = 30, daemon: Daemon | None = None
+) -> None:
+    try:
+        async with asyncio.timeout(limit):
+            while not any(row[1] == state for row in _rows_or_empty(config)):
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        log = daemon.output()[-4000:] if daemon else ""
+        raise AssertionError(f"no task {state}: {_rows_or_empty(config)}\n{log}") from None
+
+
+async def wait_for_event(config: Config, kind: str, daemon: Daemon, limit: float = 30) -> None:
+    query = "SELECT count(*) FROM task_events WHERE type = ?"
+    try:
+        async with asyncio.timeout(limit):
+            while True:
+                with (
+                    contextlib.suppress(sqlite3.OperationalError),
+                    sqlite3.connect(config.daemon.db_path) as db,
+                ):
+                    if db.execute(query, (kind,)).fetchone()[0]:
+                        return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"no {kind} event:\n{daemon.output()[-4000:]}") from None
+
+
+def _rows_or_empty(config: Config) -> list[tuple[int, str, int, str | None]]:
+    try:
+        return task_rows(config)
+    except sqlite3.OperationalError:  # the daemon has not created the store yet
+        return []
+
+
+@pytest.fixture
+def setup(forgejo_sim: ForgejoSim, config_factory: ConfigFactory, test_image: str):
+    def make(**daemon: object) -> Config:
+        return write_config(config_factory, forgejo_sim, test_image, **daemon)
+
+    return make
+
+
+def mention(sim: ForgejoSim, directive: str) -> int:
+    number = sim.create_issue(REPO, "alice", "Work", "Please work.")
+    sim.add_comment(REPO, number, "alice", f"@{AGENT} go\n\nfake-claude: {directive}")
+    return number
+
+
+async def test_systemd_sees_ready_status_and_stopping_in_order(
+    setup,
+    daemons: list[Daemon],
+    tmp_path: Path,
+) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    daemon = await start_daemon(setup(), daemons, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    messages: list[str] = []
+
+    async def receive_until(word: str) -> None:
+        async with asyncio.timeout(20):
+            while not any(word in m for m in messages):
+                messages.append((await loop.sock_recv(sock, 4096)).decode())
+
+    await receive_until("READY=1")
+    code = await daemon.stop(signal.SIGTERM)
+    await receive_until("STOPPING=1")
+    sock.close()
+    flat = "\n".join(messages)
+    assert flat.index("READY=1") < flat.index("STATUS=") < flat.index("STOPPING=1")
+    assert "0 running, 0 queued" in flat
+    assert code == 0, daemon.output()
+
+
+async def test_sighup_is_logged_and_does_not_stop_the_daemon(
+    setup,
+    daemons: list[Daemon],
+) -> None:
+    daemon = await start_daemon(setup(), daemons)
+    await asyncio.sleep(2)
+    daemon.process.send_signal(signal.SIGHUP)
+    await asyncio.sleep(1)
+    assert daemon.process.returncode is None
+    assert await daemon.stop() == 0
+    assert "sighup_ignored" in daemon.output()
+
+
+async def test_drain_lets_a_running_task_finish_then_exits_clean(
+    setup,
+    daemons: list[Daemon],
+    forgejo_sim: ForgejoSim,
+) -> None:
+    config = setup()
+    daemon = await start_daemon(config, daemons)
+    mention(forgejo_sim, "delay=0.5")  # six lines half a second apart: a 3 s run
+    await wait_for_state(config, TaskState.RUNNING)
+    assert await daemon.stop() == 0, daemon.output()
+    assert [row[1] for row in task_rows(config)] == ["succeeded"]
+
+
+async def test_drain_deadline_interrupts_a_task_that_does_not_finish(
+    setup,
+    daemons: list[Daemon],
+    forgejo_sim: ForgejoSim,
+) -> None:
+    config = setup(drain_timeout=2)
+    daemon = await start_daemon(config, daemons)
+    mention(forgejo_sim, "hang=1")
+    await wait_for_state(config, TaskState.RUNNING)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    assert await daemon.stop(limit=20) == 1, daemon.output()
+    assert loop.time() - asked < 2 + 10 + 3  # drain_timeout + stop grace + bookkeeping
+    assert [row[1] for row in task_rows(config)] == ["interrupted"]
+
+
+async def test_restart_after_sigkill_reruns_the_interrupted_task_exactly_once(
+    setup,
+    daemons: list[Daemon],
+    forgejo_sim: ForgejoSim,
+) -> None:
+    config = setup()
+    first = await start_daemon(config, daemons)
+    mention(forgejo_sim, "hang-once=1")
+    await wait_for_event(config, "tool_use", daemon=first)  # claude is mid-run, hanging
+    await first.stop(signal.SIGKILL)
+
+    second = await start_daemon(config, daemons)
+    await wait_for_state(config, TaskState.SUCCEEDED, limit=40, daemon=second)
+    assert await second.stop() == 0, second.output()
+    rows = task_rows(config)
+    assert len(rows) == 1
+    assert rows[0][1] == "succeeded" and rows[0][2] == 2  # one crash, one re-run
