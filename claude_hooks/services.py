@@ -26,7 +26,7 @@ from claude_hooks.log import redactor
 from claude_hooks.metrics import Metrics
 from claude_hooks.poller import Poller, SharedBackoff
 from claude_hooks.report import Reporter
-from claude_hooks.runner.containers import ContainerManager
+from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.scheduler import Scheduler, SchedulerError
 from claude_hooks.store import Store
@@ -71,7 +71,8 @@ class Services:
         config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
         store = await Store.open(config.daemon.db_path)
         docker = aiodocker.Docker()
-        containers = ContainerManager(docker, extra_labels=extra_labels or {})
+        labels = {**instance_labels(config.daemon.state_dir), **(extra_labels or {})}
+        containers = ContainerManager(docker, extra_labels=labels)
         metrics = Metrics()
         clients = {
             agent.name: ForgejoClient(

@@ -352,3 +352,27 @@ async def test_test_resources_carry_the_cleanup_labels(
 async def _start_detached(container: DockerContainer, user: str, env: dict[str, str]) -> None:
     execution = await container.exec(["sleep", "777"], user=user, environment=env)
     await execution.start(detach=True)
+
+
+def test_instance_label_differs_per_state_directory(tmp_path: Path) -> None:
+    from claude_hooks.runner.containers import INSTANCE_LABEL, instance_labels
+
+    one = instance_labels(tmp_path / "a")[INSTANCE_LABEL]
+    assert one == instance_labels(tmp_path / "a")[INSTANCE_LABEL]
+    assert one != instance_labels(tmp_path / "b")[INSTANCE_LABEL]
+
+
+async def test_orphan_removal_spares_containers_of_another_daemon_instance(
+    docker: aiodocker.Docker, make_agent: MakeAgent, test_labels: dict[str, str], tmp_path: Path
+) -> None:
+    from claude_hooks.runner.containers import instance_labels
+
+    ours = ContainerManager(docker, extra_labels={**test_labels, **instance_labels(tmp_path / "a")})
+    theirs = ContainerManager(
+        docker, extra_labels={**test_labels, **instance_labels(tmp_path / "b")}
+    )
+    their_agent = make_agent()
+    await theirs.ensure(their_agent)
+    assert await ours.remove_orphans(set()) == []
+    container = await docker.containers.get(their_agent.container_name)
+    assert container["State"]["Running"]

@@ -32,7 +32,7 @@ def _opt_str(data: Mapping[str, Any], key: str) -> str:
 
 
 def parse_time(text: str | None) -> datetime | None:
-    if not text:
+    if not text or not isinstance(text, str):  # a webhook body may carry anything here
         return None
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))

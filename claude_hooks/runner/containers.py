@@ -27,6 +27,7 @@ import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -50,6 +51,7 @@ log = structlog.get_logger(__name__)
 MANAGED_LABEL = "claude-hooks.managed"
 AGENT_LABEL = "claude-hooks.agent"
 CONFIG_LABEL = "claude-hooks.config"
+INSTANCE_LABEL = "claude-hooks.instance"
 
 ROOT = "0"  # exec user for chown; not for reading /proc/*/environ (no CAP_SYS_PTRACE)
 STOP_TIMEOUT = 10  # seconds `docker stop` gives the container before SIGKILL
@@ -72,6 +74,17 @@ done
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def instance_labels(state_dir: Path) -> dict[str, str]:
+    """The label naming which daemon owns a container: its state directory.
+
+    Orphan removal only looks at containers carrying this daemon's label, so two
+    daemons (or a daemon and `claude-hooks demo`) on one Docker engine never remove
+    each other's containers.
+    """
+    where = str(state_dir.expanduser().resolve())
+    return {INSTANCE_LABEL: hashlib.sha256(where.encode()).hexdigest()[:12]}
 
 
 class ContainerError(Exception):

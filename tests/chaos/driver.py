@@ -1,0 +1,223 @@
+"""The chaos driver: a real `claude-hooks run` subprocess, SIGKILLed at seeded random moments.
+
+Forgejo is the simulator in the test process, tasks run in real Docker with the scripted
+fake claude. The driver submits mentions (Forgejo comments) and API tasks, kills the daemon,
+restarts it, and at the end lets one clean run finish everything so the record can be
+audited: what was accepted, what finished, what was duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import sqlite3
+import sys
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+
+from claude_hooks.config import Config
+from claude_hooks.report import find_marker
+from claude_hooks.sim.forgejo import ForgejoSim
+from tests.fakes.configs import ConfigFactory
+from tests.fakes.docker import AGENT_UID
+
+REPO = "acme/app"
+API_TOKEN = "chaos-api-token-0123456789"
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def chaos_config(
+    factory: ConfigFactory, sim: ForgejoSim, image: str, agent: str, **overrides: object
+) -> Config:
+    token = f"forgejo-token-of-{agent}-0123456789"
+    sim.add_user("alice", token="forgejo-token-of-alice-0123456789")
+    sim.add_user(agent, token=token)
+    sim.add_repo(REPO, collaborators={"alice": "write", agent: "admin"})
+    creds = factory.secret("creds.json", '{"claudeAiOauth": {"accessToken": "oauth-chaos-1"}}')
+    os.chown(creds, AGENT_UID, AGENT_UID)
+    values = factory.agent(
+        agent, token_file=str(factory.secret("agent-token", token)),
+        credentials_file=str(creds), image=image, network="none", checkout=False,
+        timeout=60, max_concurrency=2,
+    )  # fmt: skip
+    values.update(overrides)
+    return factory.load(
+        forgejo={"url": sim.base_url},
+        daemon={"poll_interval": 0.2, "drain_timeout": 5, "log_format": "json"},
+        api={
+            "listen": f"127.0.0.1:{free_port()}",
+            "token_file": str(factory.secret("api-token", API_TOKEN)),
+        },
+        agents=[values],
+    )
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: int
+    state: str
+    error: str | None
+    number: int | None
+    comment_id: int | None
+    source: str
+
+
+@dataclass
+class Figures:
+    cycles: int = 0
+    accepted: int = 0
+    finished: int = 0
+    duplicated: int = 0
+    lost: int = 0
+    failed_interrupted_twice: int = 0
+    tasks: int = 0
+
+    def line(self) -> str:
+        return (
+            f"chaos: cycles={self.cycles} accepted={self.accepted} finished={self.finished} "
+            f"duplicated={self.duplicated} lost={self.lost} tasks={self.tasks} "
+            f"failed_interrupted_twice={self.failed_interrupted_twice}"
+        )
+
+
+@dataclass
+class ChaosDriver:
+    sim: ForgejoSim
+    config: Config
+    agent: str
+    rng: random.Random
+    mentions: list[int] = field(default_factory=list)  # comment ids of accepted mentions
+    api_tasks: list[int] = field(default_factory=list)  # task ids the API answered 201 with
+    process: asyncio.subprocess.Process | None = None
+    starts: int = 0
+    strays: int = 0  # claude processes a killed daemon left running in the container
+    survivors: list[str] = field(default_factory=list)  # strays still alive after a restart
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.path.parent
+
+    async def start(self, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> Path:
+        """Start `claude-hooks run`; its output goes to the returned log file."""
+        log = self.log_dir / f"daemon-{self.starts}.log"
+        self.starts += 1
+        self.process = await asyncio.create_subprocess_exec(
+            *prefix, sys.executable, "-m", "claude_hooks", "run", "--config",
+            str(self.config.path), stdout=log.open("wb"), stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        return log
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+
+    async def stop(self, limit: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(limit):
+            return await self.process.wait()
+
+    def mention(self) -> None:
+        number = self.sim.create_issue(REPO, "alice", "Chaos", "Please work.")
+        delay = self.rng.choice(["0", "0.05", "0.2"])
+        body = f"@{self.agent} go\n\nfake-claude: delay={delay}"
+        self.mentions.append(self.sim.add_comment(REPO, number, "alice", body))
+
+    async def submit_api(self, session: aiohttp.ClientSession) -> None:
+        number = self.sim.create_issue(REPO, "alice", "Chaos API", "Please work.")
+        body = {"agent": self.agent, "repo": REPO, "number": number, "prompt": "fake-claude: x=1"}
+        headers = {"Authorization": f"Bearer {API_TOKEN}", "Idempotency-Key": uuid.uuid4().hex}
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.post(
+                f"{self.config.api.base_url}/tasks", json=body, headers=headers
+            ) as response:
+                if response.status == 201:
+                    self.api_tasks.append(int((await response.json())["task_id"]))
+
+    async def cycle(self, session: aiohttp.ClientSession, docker: aiodocker.Docker) -> None:
+        """Start, feed it for a random moment, SIGKILL; the last run's strays must die."""
+        left = await claude_processes(docker, self.config.agents[0].container_name)
+        self.strays += len(left)
+        await self.start()
+        await self.reap(docker, left)
+        deadline = asyncio.get_running_loop().time() + self.rng.uniform(0.8, 2.5)
+        while asyncio.get_running_loop().time() < deadline:
+            if self.rng.random() < 0.5:
+                self.mention()
+            else:
+                await self.submit_api(session)
+            await asyncio.sleep(self.rng.uniform(0.1, 0.6))
+        await self.kill()
+
+    async def reap(self, docker: aiodocker.Docker, left: dict[str, str], limit: float = 8) -> None:
+        """Wait for the restarted daemon to kill what its dead predecessor left running."""
+        name = self.config.agents[0].container_name
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        alive = left
+        while alive and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            now = await claude_processes(docker, name)
+            alive = {pid: args for pid, args in left.items() if now.get(pid) == args}
+        self.survivors += list(alive.values())
+
+    def rows(self) -> list[TaskRow]:
+        if not self.config.daemon.db_path.exists():  # the daemon has not created it yet
+            return []
+        with contextlib.closing(sqlite3.connect(self.config.daemon.db_path)) as db:
+            query = "SELECT id, state, error, number, comment_id, source FROM tasks ORDER BY id"
+            return [TaskRow(*row) for row in db.execute(query).fetchall()]
+
+    def integrity(self) -> str:
+        with contextlib.closing(sqlite3.connect(self.config.daemon.db_path)) as db:
+            return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    async def settle(self, limit: float = 90) -> list[TaskRow]:
+        """The final clean run: every mention has a task and every task has finished."""
+        await self.start()
+        async with asyncio.timeout(limit):
+            while True:
+                await asyncio.sleep(0.3)
+                rows = self.rows()
+                seen = {row.comment_id for row in rows}
+                if set(self.mentions) <= seen and all(row.state in FINISHED for row in rows):
+                    # Reports are posted after the state is final: give them a moment.
+                    await asyncio.sleep(1.5)
+                    return self.rows()
+
+    def tracking_comments(self, numbers: set[int]) -> Counter[int]:
+        """How many comments on Forgejo carry each task's marker."""
+        markers: Counter[int] = Counter()
+        for number in numbers:
+            for comment in self.sim.comments(REPO, number):
+                task_id = find_marker(comment.body)
+                if task_id is not None and comment.user == self.agent:
+                    markers[task_id] += 1
+        return markers
+
+
+async def claude_processes(docker: aiodocker.Docker, name: str) -> dict[str, str]:
+    """pid → command line of each fake claude process alive in the agent's container."""
+    try:
+        top = await (await docker.containers.get(name)).top()  # ps -ef
+    except aiodocker.DockerError:  # not created yet, or not running
+        return {}
+    pid, args = top["Titles"].index("PID"), len(top["Titles"]) - 1
+    return {p[pid]: p[args] for p in top.get("Processes") or [] if "claude" in p[args]}
