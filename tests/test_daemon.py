@@ -248,3 +248,42 @@ async def test_restart_after_sigkill_reruns_the_interrupted_task_exactly_once(
     rows = task_rows(config)
     assert len(rows) == 1
     assert rows[0][1] == "succeeded" and rows[0][2] == 2  # one crash, one re-run
+
+
+async def run_cli(config: Config, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "claude_hooks", *args, "--config", str(config.path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    return process.returncode or 0, out.decode()
+
+
+async def test_cli_submit_wait_and_logs_follow_a_task_on_a_running_daemon(
+    setup,
+    daemons: list[Daemon],
+) -> None:
+    config = setup()
+    daemon = await start_daemon(config, daemons)
+    await wait_for_ready(config, daemon)
+    code, out = await run_cli(config, "submit", "--agent", AGENT, "--repo", REPO, "--wait",
+                              "say hello")  # fmt: skip
+    assert code == 0, out + daemon.output()[-3000:]
+    task_id = next(int(word) for word in out.split() if word.isdigit())
+    code, logs = await run_cli(config, "logs", str(task_id), "-f")
+    assert code == 0, logs
+    assert "Bash" in logs and "$0.0382" in logs  # the tool call and the final cost
+    assert await daemon.stop() == 0
+
+
+async def wait_for_ready(config: Config, daemon: Daemon) -> None:
+    import aiohttp
+
+    async with asyncio.timeout(20), aiohttp.ClientSession() as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{config.api.base_url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
