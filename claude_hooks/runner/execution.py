@@ -108,6 +108,9 @@ class _OutputReader:
                 self.stderr.write(message.data)
             else:
                 self._deliver(self._lines.feed(message.data))
+            # read_out() does not yield while frames are buffered: a fast stream would
+            # hold the event loop (webhooks, the API, other tasks) until it paused.
+            await asyncio.sleep(0)
         self._deliver(self._lines.flush())
 
     def _deliver(self, lines: list[bytes]) -> None:

@@ -1,0 +1,101 @@
+"""Figures 1 and 2: how fast a mention is acknowledged and starts claude.
+
+Webhook: comment created on the simulator → webhook → 👀 on the comment (seen in the
+simulator's state, checked every 2 ms), and → the `claude` exec started (Docker's
+exec_start event, timestamped by the engine). Polling: the same without a webhook,
+poll_interval = 2 s, comments at a random phase of the poll cycle.
+
+Each run waits for its task to end before the next; the first run, which creates
+the agent's container, is a warm-up and is not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+
+from bench.harness import ExecWatcher, Lab, exec_floor, mention, task_rows, wait_until
+from bench.stats import Row, sample_row
+from claude_hooks.config import Config
+
+WEBHOOK_RUNS = int(os.environ.get("BENCH_WEBHOOK_RUNS", "30"))
+POLL_RUNS = int(os.environ.get("BENCH_POLL_RUNS", "15"))
+POLL_INTERVAL = 2.0
+
+
+def _all_ended(config: Config) -> bool:
+    return all(row.state not in ("queued", "running") for row in task_rows(config))
+
+
+async def _one_mention(
+    lab: Lab, watcher: ExecWatcher, config: Config, *, reaction: bool
+) -> tuple[float | None, float]:
+    """(ms to 👀 or None, ms to the claude exec) of one mention."""
+    repo, agent = lab.repo_of(config), config.agents[0].name
+    _, comment, asked = mention(lab.sim, repo, agent, "delay=0")
+    reacted = None
+    if reaction:
+
+        def eyes() -> bool:
+            return any(r.content == "eyes" for r in lab.sim.reactions(repo, comment_id=comment))
+
+        await wait_until(eyes, 10, "the 👀 reaction", every=0.002)
+        reacted = (time.time() - asked) * 1000
+    await wait_until(lambda: bool(watcher.starts(asked)), 15, "the claude exec")
+    started = (watcher.starts(asked)[0].at - asked) * 1000
+    await wait_until(lambda: _all_ended(config), 30, "the task's end", every=0.05)
+    return reacted, started
+
+
+async def webhook_reaction() -> list[Row]:
+    async with Lab() as lab:
+        floor = await exec_floor(lab.engine)
+        config = lab.deployment(1, webhook=True, poll_interval=600)
+        daemon = await lab.start_daemon(config)
+        watcher = lab.watcher()
+        await watcher.start()
+        reactions: list[float] = []
+        execs: list[float] = []
+        try:
+            for run in range(WEBHOOK_RUNS + 1):
+                reacted, started = await _one_mention(lab, watcher, config, reaction=True)
+                if run > 0 and reacted is not None:
+                    reactions.append(reacted)
+                    execs.append(started)
+        finally:
+            await watcher.close()
+            await daemon.stop()
+    floor_text = f"docker exec true p50 {sorted(floor)[len(floor) // 2]:.0f} ms"
+    return [
+        sample_row("1 webhook", "comment → 👀 visible", reactions, "ms",
+                   floor=floor_text, target="p50 ≤ 150 ms", limit=150),
+        sample_row("1 webhook", "comment → claude exec_start", execs, "ms",
+                   floor=floor_text, target="p50 ≤ 300 ms", limit=300),
+        sample_row("1 webhook", "floor: bare docker exec true", floor, "ms"),
+    ]  # fmt: skip
+
+
+async def polling_reaction() -> list[Row]:
+    async with Lab() as lab:
+        config = lab.deployment(1, poll_interval=POLL_INTERVAL)
+        daemon = await lab.start_daemon(config)
+        watcher = lab.watcher()
+        await watcher.start()
+        execs: list[float] = []
+        try:
+            for run in range(POLL_RUNS + 1):
+                await asyncio.sleep(random.uniform(0, POLL_INTERVAL))  # a random poll phase
+                _, started = await _one_mention(lab, watcher, config, reaction=False)
+                if run > 0:
+                    execs.append(started)
+        finally:
+            await watcher.close()
+            await daemon.stop()
+    limit = POLL_INTERVAL * 1000 + 200
+    return [
+        sample_row("2 polling", "comment → claude exec_start", execs, "ms",
+                   floor=f"poll_interval {POLL_INTERVAL * 1000:.0f} ms",
+                   target=f"p95 ≤ {limit:.0f} ms", limit=limit, at="p95"),
+    ]  # fmt: skip
