@@ -172,6 +172,10 @@ class AgentConfig:
     claude_command: str = field(
         default="claude", metadata=_doc("The Claude Code executable inside the container")
     )
+    mounts: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc('Extra bind mounts of the container, Docker "host:container[:ro]" specs'),
+    )
 
     @property
     def container_name(self) -> str:
@@ -427,6 +431,10 @@ def _validate_agent(
         raise ConfigError(
             path, f"{where}.review_by", f"{agent.review_by!r} is not a configured agent"
         )
+    for n, spec in enumerate(agent.mounts):
+        problem = bind_spec_problem(spec)
+        if problem:
+            raise ConfigError(path, f"{where}.mounts[{n}]", f"{spec!r}: {problem}")
     who = f"agent {agent.name!r}"
     check_secret_file(
         agent.token_file, path, f"{where}.token_file", f"the Forgejo token of {who}", warnings
@@ -438,6 +446,18 @@ def _validate_agent(
         f"the Claude credentials of {who}",
         warnings,
     )
+
+
+def bind_spec_problem(spec: str) -> str | None:
+    """What is wrong with a Docker bind spec "host:container[:ro|rw]", or None."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        return 'must be "host:container" or "host:container:ro"'
+    if not (parts[0].startswith("/") and parts[1].startswith("/")):
+        return "both paths must be absolute"
+    if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+        return f"mode must be ro or rw, got {parts[2]!r}"
+    return None
 
 
 def check_secret_file(file: Path, path: Path, key: str, what: str, warnings: list[str]) -> None:

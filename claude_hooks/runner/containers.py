@@ -131,7 +131,7 @@ class ContainerManager:
             raise ContainerError(f"agent {agent.name}: memory: {exc}") from None
         labels = {**self._extra_labels, MANAGED_LABEL: "1", AGENT_LABEL: agent.name}
         volume_labels = dict(labels)  # the volume outlives configs: no config hash on it
-        return {
+        settings: dict[str, Any] = {
             "Image": agent.image,
             # The container only hosts execs. docker-init (Init) is PID 1: it reaps the
             # orphans of killed tasks and passes `docker stop`'s SIGTERM on.
@@ -166,6 +166,9 @@ class ContainerManager:
                 ],
             },
         }
+        if agent.mounts:  # only then: the hash of a container without any stays the same
+            settings["HostConfig"]["Binds"] = list(agent.mounts)
+        return settings
 
     # --- the container's life -------------------------------------------------------------
 

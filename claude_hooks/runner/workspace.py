@@ -72,6 +72,16 @@ case $mode in
 branch)
     if git rev-parse --verify --quiet "refs/heads/$branch" >/dev/null; then
         git checkout --quiet "$branch"
+        # Others may have pushed to the branch since: build on that, never force over
+        # it (publish's lease is against what this fetch saw).
+        if git rev-parse --verify --quiet "refs/remotes/origin/$branch" >/dev/null &&
+            ! git merge --quiet --ff-only "origin/$branch" >/dev/null 2>&1; then
+            git rebase --quiet "origin/$branch" >&2 || {
+                git rebase --abort
+                echo "$branch has commits here that conflict with origin/$branch" >&2
+                exit 1
+            }
+        fi
     elif git rev-parse --verify --quiet "refs/remotes/origin/$branch" >/dev/null; then
         git checkout --quiet -b "$branch" "origin/$branch"
     else
@@ -111,6 +121,10 @@ def prepare_args(plan: WorkspacePlan) -> list[str]:
     ]  # fmt: skip
 
 
+def publish_args(plan: WorkspacePlan) -> list[str]:
+    return ["sh", "-c", PUBLISH_SCRIPT, "publish-workspace", plan.path, plan.base, plan.branch]
+
+
 @dataclass(frozen=True)
 class Published:
     commits: int
@@ -141,8 +155,7 @@ async def publish(
     container: DockerContainer, plan: WorkspacePlan, *, user: str, env: Sequence[str]
 ) -> Published:
     """Push the dev branch when Claude committed to it."""
-    args = ["sh", "-c", PUBLISH_SCRIPT, "publish-workspace", plan.path, plan.base, plan.branch]
-    code, output = await run_exec(container, args, user=user, environment=env)
+    code, output = await run_exec(container, publish_args(plan), user=user, environment=env)
     if code != 0:
         raise WorkspaceError(f"pushing {plan.branch} failed (exit {code}): {output.strip()}")
     return parse_publish_output(output)

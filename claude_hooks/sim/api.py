@@ -312,9 +312,9 @@ class ApiHandlers:
         return json_response(self.render.pull(issue), status=201)
 
     async def pull_diff(self, request: web.Request) -> web.Response:
-        _, issue = self._pull(request)
+        repo, issue = self._pull(request)
         assert issue.pull is not None
-        text = issue.pull.diff
+        text = self.sim.pull_diff(repo.full_name, issue.number)
         if request.match_info["diffType"] == "patch":
             text = f"From {issue.pull.head_sha} Mon Sep 17 00:00:00 2001\n" + text
         return web.Response(text=text, content_type="text/plain")

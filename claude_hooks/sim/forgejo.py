@@ -12,16 +12,17 @@ Semantics follow ../shared/forgejo/API-NOTES.md: notification threads
 `sim.requests` with the response it got, so tests/contract.py can check both
 against Forgejo's OpenAPI description.
 
-Extension point (git over HTTP): `sim.app` is a plain aiohttp Application;
-add routes to it before `start()` (e.g. `/{owner}/{repo}.git/{tail:.*}` served by
-`git http-backend`) and call `sim.set_branch(repo, ref, sha)` after a push so pull
-requests see the new head. Only /api/v1 requests are authenticated, recorded and
-subject to fault injection; other routes pass through untouched.
+Git (claude_hooks/sim/git.py): where git is installed, every repository is also a
+real bare repository (`sim.git_dir(repo)`), cloned and pushed over smart HTTP at its
+clone_url; pushes move the simulator's branches and pull-request heads, and
+`sim.commit_file` seeds content. Only /api/v1 requests are authenticated by the API
+gateway, recorded and subject to fault injection; git requests check their own tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 import structlog
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from claude_hooks.sim import notifications as notes
 from claude_hooks.sim.gateway import ApiGateway, RecordedRequest
+from claude_hooks.sim.git import SIM_IDENTITY, FileCommit, GitHttp, GitStore
 from claude_hooks.sim.mentions import find_mentions
 from claude_hooks.sim.render import Renderer
 from claude_hooks.sim.state import (
@@ -61,9 +63,11 @@ MERGE_STYLES = ("merge", "rebase", "rebase-merge", "squash", "fast-forward-only"
 class ForgejoSim:
     """State, actions and the HTTP server of one simulated Forgejo instance."""
 
-    def __init__(self, *, clock: SimClock | None = None) -> None:
+    def __init__(self, *, clock: SimClock | None = None, git: bool | None = None) -> None:
+        """`git`: back repositories with real git (default: when git is installed)."""
         self.state = SimState()
         self.clock = clock or SimClock()
+        self.git = GitStore(enabled=git)
         self.gateway = ApiGateway(self.state, lambda: self._base_url)
         self.requests = self.gateway.requests  # every API request; tests may clear it
         self.app = web.Application(middlewares=[self.gateway.middleware])
@@ -80,6 +84,8 @@ class ForgejoSim:
 
         if not self._routes_added:
             self.app.add_routes(api_routes(self))
+            if self.git.enabled:
+                self.app.add_routes(GitHttp(self).routes())
             self._routes_added = True
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -159,7 +165,11 @@ class ForgejoSim:
             private=private,
             collaborators=levels,
         )
-        repo.branches[default_branch] = fake_sha(repo.full_name, default_branch)
+        repo.branches[default_branch] = (
+            self.git.create(repo, self.clock.now())
+            if self.git.enabled
+            else fake_sha(repo.full_name, default_branch)
+        )
         self.state.repos[repo.key] = repo
         return repo
 
@@ -174,6 +184,39 @@ class ForgejoSim:
             pull = issue.pull
             if issue.repo == target.key and pull and issue.state == "open" and pull.head_ref == ref:
                 pull.head_sha = sha
+                self.git.set_ref(target.full_name, f"refs/pull/{issue.number}/head", sha)
+
+    def git_dir(self, repo: str) -> Path:
+        """The bare repository behind `repo` (git must be enabled)."""
+        target = self.state.repo(repo)
+        if not self.git.has(target.full_name):
+            raise SimError(404, f"{target.full_name} has no git repository (is git installed?)")
+        return self.git.path(target.full_name)
+
+    def commit_file(
+        self,
+        repo: str,
+        branch: str,
+        path: str,
+        content: str,
+        message: str,
+        author: str | None = None,
+    ) -> str:
+        """Commit one file to `branch` (made from the default branch if new), as a push
+        would; pull requests from the branch follow. The new sha."""
+        target = self.state.repo(repo)
+        self.git_dir(repo)  # git must back the repository
+        heads = self.git.branches(target.full_name)
+        parent = heads.get(branch) or heads[target.default_branch]
+        who = self.state.user(author) if author else None
+        identity = (who.login, f"{who.key}@forgejo.invalid") if who else SIM_IDENTITY
+        commit = FileCommit(
+            f"refs/heads/{branch}", parent, path, content.encode(), message, identity,
+            self.clock.now(),
+        )  # fmt: skip
+        sha = self.git.commit(target.full_name, commit)
+        self.set_branch(target.full_name, branch, sha)
+        return sha
 
     def add_webhook(self, url: str, secret: str = "", events: Iterable[str] | None = None) -> int:
         return self._webhooks.add(url, secret, None if events is None else frozenset(events)).id
@@ -291,10 +334,14 @@ class ForgejoSim:
         target = self.state.repo(repo)
         base = base or target.default_branch
         self._check_new_pull(target, head, base)
-        head_sha = head_sha or target.branches.get(head) or fake_sha(target.full_name, head)
+        head_sha = head_sha or target.branches.get(head) or self._unpushed_head(target, head, base)
         target.branches[head] = head_sha
-        pull = SimPull(head, head_sha, base, target.branches[base], diff or _synthetic_diff(head))
+        merge_base = self.git.merge_base(target.full_name, target.branches[base], head_sha)
+        # With git behind both commits the diff is git's (pull_diff); else a made-up one.
+        diff = diff or ("" if merge_base else _synthetic_diff(head))
+        pull = SimPull(head, head_sha, base, merge_base or target.branches[base], diff)
         issue = self._new_issue(repo, author, title, body, pull=pull)
+        self.git.set_ref(target.full_name, f"refs/pull/{issue.number}/head", head_sha)
         audience = notes.broadcast_audience(self.state, issue) | set(find_mentions(body))
         self._deliver(issue, author, audience)
         self._emit_pull("pull_request", "opened", issue, author)
@@ -303,6 +350,16 @@ class ForgejoSim:
         for login in assignees:
             self.assign(repo, issue.number, author, login)
         return issue.number
+
+    def pull_diff(self, repo: str, number: int) -> str:
+        """What GET /pulls/{n}.diff serves: `git diff merge-base..head` when git has both."""
+        issue, pull = self.state.pull(repo, number)
+        if pull.diff:
+            return pull.diff
+        target = self.state.repos[issue.repo]
+        base = pull.merge_base if pull.merged else target.branches.get(pull.base_ref, "")
+        text = self.git.diff(target.full_name, base, pull.head_sha)
+        return _synthetic_diff(pull.head_ref) if text is None else text
 
     def edit_issue(
         self, repo: str, number: int, title: str | None = None, body: str | None = None
@@ -571,6 +628,19 @@ class ForgejoSim:
         for review in self.state.pr_reviews(issue.repo, issue.number):
             if review.user == login and review.state == "REQUEST_REVIEW":
                 del self.state.reviews[review.id]
+
+    def _unpushed_head(self, target: SimRepo, head: str, base: str) -> str:
+        """A head branch nobody pushed: with git, one commit on the base adding the file
+        the made-up diff shows; without git, a made-up sha."""
+        if not self.git.has(target.full_name):
+            return fake_sha(target.full_name, head)
+        parent = self.git.branches(target.full_name).get(base, "")
+        content = f"work on {head}\n".encode()
+        commit = FileCommit(
+            f"refs/heads/{head}", parent, f"{head}.txt", content, f"Work on {head}",
+            SIM_IDENTITY, self.clock.now(),
+        )  # fmt: skip
+        return self.git.commit(target.full_name, commit)
 
     def _check_new_pull(self, repo: SimRepo, head: str, base: str) -> None:
         if head == base:
