@@ -83,17 +83,18 @@ class LocalRuntime:
         stderr = TailBuffer()
         drain_stderr = asyncio.create_task(_copy(process.stderr, stderr.write))
         splitter, result, count = LineSplitter(), None, 0
-        while chunk := await process.stdout.read(65536):
-            for line in splitter.feed(chunk):
+
+        def deliver(lines: list[bytes]) -> None:
+            nonlocal result, count
+            for line in lines:
                 event = parse_line(line)
                 result = event if isinstance(event, Result) else result
                 count += 1
                 on_event(event)
-        for line in splitter.flush():
-            event = parse_line(line)
-            result = event if isinstance(event, Result) else result
-            count += 1
-            on_event(event)
+
+        while chunk := await process.stdout.read(65536):
+            deliver(splitter.feed(chunk))
+        deliver(splitter.flush())  # a last line without its newline
         await drain_stderr
         return ExecResult(await process.wait(), result, stderr.text(), count)
 
