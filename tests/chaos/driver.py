@@ -183,7 +183,10 @@ class ChaosDriver:
             return []
         with contextlib.closing(sqlite3.connect(self.config.daemon.db_path)) as db:
             query = "SELECT id, state, error, number, comment_id, source FROM tasks ORDER BY id"
-            return [TaskRow(*row) for row in db.execute(query).fetchall()]
+            try:
+                return [TaskRow(*row) for row in db.execute(query).fetchall()]
+            except sqlite3.OperationalError:  # file created, schema not migrated yet
+                return []
 
     def integrity(self) -> str:
         with contextlib.closing(sqlite3.connect(self.config.daemon.db_path)) as db:
