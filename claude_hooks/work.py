@@ -22,7 +22,7 @@ from claude_hooks.forgejo.models import Comment, Issue, PullRequest
 from claude_hooks.intake import PermissionCache
 from claude_hooks.report import INTERRUPTED_REASON, Reporter
 from claude_hooks.runner import workspace
-from claude_hooks.runner.claude import claude_argv, exec_env
+from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
 from claude_hooks.runner.execution import ExecResult
 from claude_hooks.runner.prompts import (
     PromptContext,
@@ -158,21 +158,21 @@ class TaskWorker:
 
         step("starting the agent's container")
         facts = await self._thread_facts(task) if task.spec.number is not None else None
-        token = read_secret(agent.token_file)
         env = exec_env(
-            agent, forgejo_token=token, task_id=task.id, daemon_id=self._daemon_id,
-            extra=_git_identity(agent), forgejo_url=self._config.forgejo.url,
-        )  # fmt: skip
+            agent, task_id=task.id, daemon_id=self._daemon_id, extra=_git_identity(agent)
+        )
+        # Clone and push carry the token; the Claude exec between them never does.
+        git_env = with_forge_auth(env, read_secret(agent.token_file), self._config.forgejo.url)
         plan = workspace_plan(task, agent, facts)
         step(f"preparing {plan.path}")
-        await self._runtime.prepare(agent, plan, env)
+        await self._runtime.prepare(agent, plan, git_env)
         session = await self._store.last_session(agent.name, task.spec.repo, task.spec.number)
         prompt = self._prompt(task, agent, facts, follow_up=session is not None)
         bound.info("claude_started", resume=session, workdir=plan.path)
         result = await self._run(task, agent, env, plan, prompt, session, step, bound)
         outcome = outcome_of(result.result_event, result.exit_code, result.stderr_tail)
         if outcome.state is TaskState.SUCCEEDED:
-            outcome = await self._deliver(task, agent, env, plan, facts, outcome, step)
+            outcome = await self._deliver(task, agent, git_env, plan, facts, outcome, step)
         bound.info(
             "claude_finished",
             state=str(outcome.state),

@@ -18,6 +18,7 @@ from claude_hooks.runner.claude import (
     HOME_DIR,
     claude_argv,
     exec_env,
+    with_forge_auth,
 )
 from claude_hooks.runner.containers import (
     ANY_TASK,
@@ -90,25 +91,24 @@ def test_argv_leaves_out_what_is_not_set() -> None:
     ]  # fmt: skip
 
 
-def test_env_has_state_layout_markers_and_git_auth() -> None:
-    env = env_dict(exec_env(agent(), forgejo_token=TOKEN, task_id=42, daemon_id="d-1"))
+def test_claude_env_has_state_layout_and_markers_and_no_forgejo_credential() -> None:
+    env = env_dict(exec_env(agent(), task_id=42, daemon_id="d-1"))
     assert env["HOME"] == HOME_DIR
     assert env["CLAUDE_CONFIG_DIR"] == CLAUDE_CONFIG_DIR
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert env["CLAUDE_HOOKS_TASK"] == "42"
     assert env["CLAUDE_HOOKS_DAEMON"] == "d-1"
     assert env["GIT_TERMINAL_PROMPT"] == "0"
+    assert not any(key.startswith("GIT_CONFIG") for key in env)
+
+
+def test_git_env_adds_the_auth_header_for_the_forgejo_server_only() -> None:
+    base = exec_env(agent(), task_id=1, daemon_id="d")
+    env = env_dict(with_forge_auth(base, TOKEN, "http://127.0.0.1:3000/"))
     assert env["GIT_CONFIG_COUNT"] == "1"
-    assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader"
-    assert env["GIT_CONFIG_VALUE_0"] == f"Authorization: token {TOKEN}"
-
-
-def test_git_auth_can_be_limited_to_the_forgejo_server() -> None:
-    env = env_dict(
-        exec_env(agent(), forgejo_token=TOKEN, task_id=1, daemon_id="d",
-                 forgejo_url="http://127.0.0.1:3000/")
-    )  # fmt: skip
     assert env["GIT_CONFIG_KEY_0"] == "http.http://127.0.0.1:3000/.extraHeader"
+    assert env["GIT_CONFIG_VALUE_0"] == f"Authorization: token {TOKEN}"
+    assert env["CLAUDE_HOOKS_TASK"] == "1"  # the clone and push execs are the task's too
 
 
 def test_token_is_never_in_argv() -> None:
@@ -121,20 +121,19 @@ def test_agent_env_and_extra_override_defaults_but_not_markers_or_auth() -> None
         "CLAUDE_CODE_MAX_RETRIES": "0", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "0",
         "CLAUDE_HOOKS_TASK": "999", "HOME": "/root",
     }))  # fmt: skip
-    env = env_dict(
-        exec_env(a, forgejo_token=TOKEN, task_id=7, daemon_id="d",
-                 extra={"CLAUDE_CODE_MAX_RETRIES": "2", "GIT_CONFIG_VALUE_0": "x"})
-    )  # fmt: skip
+    base = exec_env(
+        a,
+        task_id=7,
+        daemon_id="d",
+        extra={"CLAUDE_CODE_MAX_RETRIES": "2", "GIT_CONFIG_VALUE_0": "x"},
+    )
+    env = env_dict(with_forge_auth(base, TOKEN, None))
     assert env["CLAUDE_CODE_MAX_RETRIES"] == "2"
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "0"
     assert env["CLAUDE_HOOKS_TASK"] == "7"
     assert env["HOME"] == HOME_DIR
+    assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader"
     assert env["GIT_CONFIG_VALUE_0"] == f"Authorization: token {TOKEN}"
-
-
-def test_no_git_auth_without_a_token() -> None:
-    env = env_dict(exec_env(agent(), forgejo_token="", task_id=1, daemon_id="d"))
-    assert "GIT_CONFIG_COUNT" not in env and "GIT_CONFIG_VALUE_0" not in env
 
 
 # --- splitting the output into lines (pure) ----------------------------------------------
@@ -213,7 +212,7 @@ async def run(
     return await run_claude(
         container,
         argv=claude_argv(a, session_id=None, system_prompt="be brief"),
-        env=exec_env(a, forgejo_token=TOKEN, task_id=task_id, daemon_id="d-test", extra=extra),
+        env=exec_env(a, task_id=task_id, daemon_id="d-test", extra=extra),
         stdin=prompt.encode(),
         workdir="/state",
         user=a.user,
@@ -252,7 +251,7 @@ async def test_events_are_delivered_while_claude_runs(container: DockerContainer
     await run_claude(
         container,
         argv=claude_argv(a, session_id=None, system_prompt=""),
-        env=exec_env(a, forgejo_token=TOKEN, task_id=3, daemon_id="d"),
+        env=exec_env(a, task_id=3, daemon_id="d"),
         stdin=b"fake-claude: scenario=max-turns-1 delay=0.15\n",
         workdir="/state", user=a.user, task_id=3,
         on_event=lambda _: seen.append(time.monotonic() - start),
@@ -346,7 +345,7 @@ async def test_a_failing_event_handler_stops_the_task_and_raises(
         await run_claude(
             container,
             argv=claude_argv(a, session_id=None, system_prompt=""),
-            env=exec_env(a, forgejo_token=TOKEN, task_id=15, daemon_id="d"),
+            env=exec_env(a, task_id=15, daemon_id="d"),
             stdin=b"fake-claude: hang=1", workdir="/state", user=a.user, task_id=15,
             on_event=refuse,
         )  # fmt: skip

@@ -7,14 +7,15 @@ transcripts in $CLAUDE_CONFIG_DIR/projects/…). The Claude credentials are
 bind-mounted read-only at $CLAUDE_CONFIG_DIR/.credentials.json, where the CLI
 looks for them.
 
-Secrets reach the process only through the exec's environment, which `docker
+Secrets reach a process only through the exec's environment, which `docker
 inspect` does not show; never through argv (it does show arguments) and never
-through a git remote URL (it would be written to .git/config).
+through a git remote URL (it would be written to .git/config). The Forgejo token
+reaches only the workspace's clone and push execs, never Claude's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from claude_hooks.config import AgentConfig
 
@@ -57,24 +58,33 @@ def claude_argv(agent: AgentConfig, *, session_id: str | None, system_prompt: st
 def exec_env(
     agent: AgentConfig,
     *,
-    forgejo_token: str,
     task_id: int,
     daemon_id: str,
     extra: Mapping[str, str] | None = None,
-    forgejo_url: str | None = None,
 ) -> list[str]:
-    """The environment of one task's exec, as Docker's `KEY=value` list.
+    """The environment of one task's execs, as Docker's `KEY=value` list.
+
+    It holds no Forgejo credential: the `claude -p` exec runs with exactly this, so
+    nothing Claude (or a prompt steering it) runs can reach the agent's token. Only
+    the clone and push execs get it, through `with_forge_auth`.
 
     Precedence: defaults < agent.env < extra < what the runner depends on (the
-    state layout, git auth, task markers), which nothing may override. With
-    `forgejo_url`, git sends the token only to that server, not to every remote.
+    state layout, task markers), which nothing may override.
     """
     env = {**_DEFAULT_ENV, **agent.env, **(extra or {})}
     env.update({"HOME": HOME_DIR, "CLAUDE_CONFIG_DIR": CLAUDE_CONFIG_DIR})
-    if forgejo_token:
-        env.update(git_auth_env(forgejo_token, forgejo_url))
     env.update({TASK_MARKER: str(task_id), DAEMON_MARKER: daemon_id})
     return [f"{key}={value}" for key, value in env.items()]
+
+
+def with_forge_auth(env: Sequence[str], token: str, forgejo_url: str | None) -> list[str]:
+    """`env` plus git's auth header: for the workspace's clone/fetch and push execs only.
+
+    With `forgejo_url`, git sends the token only to that server, not to every remote.
+    """
+    merged = dict(item.split("=", 1) for item in env)
+    merged.update(git_auth_env(token, forgejo_url))
+    return [f"{key}={value}" for key, value in merged.items()]
 
 
 def git_auth_env(token: str, forgejo_url: str | None = None) -> dict[str, str]:

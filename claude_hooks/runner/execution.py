@@ -147,6 +147,9 @@ async def run_claude(
         _close_stdin(stream)
         await reader.pump(stream)
         exit_code = await _exit_code(execution)
+        # Claude is gone; what it started in the background must not outlive it (it
+        # would run beside the push exec, whose environment holds the Forgejo token).
+        await _run_to_end(_kill_leftovers(container, task_id=task_id, user=user))
     except BaseException:
         # Cancelled (cancel, timeout, drain) or the stream broke: nothing may keep running.
         await _run_to_end(
@@ -205,6 +208,17 @@ async def _stop_task(
             log.error("task_processes_survived", task_id=task_id)
     except Exception:  # never mask why the run ended; say that the stop went wrong
         log.exception("task_stop_failed", task_id=task_id)
+
+
+async def _kill_leftovers(container: DockerContainer, *, task_id: int, user: str) -> None:
+    match = task_processes(task_id)
+    try:
+        if killed := await signal_processes(container, "KILL", match, user=user):
+            log.info("task_leftovers_killed", task_id=task_id, pids=killed)
+            if not await wait_gone(container, match, user=user, grace=KILL_SETTLE):
+                log.error("task_processes_survived", task_id=task_id)
+    except Exception:  # the run itself ended well: say the sweep failed, keep its result
+        log.exception("task_leftovers_sweep_failed", task_id=task_id)
 
 
 async def _output_ends(stream: Stream, reader: _OutputReader, within: float) -> bool:
