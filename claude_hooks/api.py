@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.config import Config
+from claude_hooks.forgejo.client import RepositoryNotServed
 from claude_hooks.forgejo.models import ForgejoDataError
 from claude_hooks.forgejo.webhook import delivery_id, event_name, verify_signature
 from claude_hooks.metrics import Metrics, QueueSnapshot
@@ -601,6 +602,9 @@ class Api:
             raise ApiError(503, SHUTTING_DOWN)
         key = idempotency_key(request.headers.get("Idempotency-Key"))
         submission = parse_submission(await self._body(request), self.deps.config.agent_names)
+        if not self.deps.config.forgejo.serves(submission.repo):
+            log.warning("trigger_refused", reason="repository_not_configured", repo=submission.repo)
+            raise ApiError(403, str(RepositoryNotServed(submission.repo)), field="repo")
         try:
             task, created = await self.deps.submit(submission_spec(submission, key))
         except SchedulerError as exc:

@@ -67,6 +67,12 @@ DURATION = {"duration": True}
 @dataclass(frozen=True)
 class ForgejoConfig:
     url: str = field(metadata=_doc("Base URL of the Forgejo instance; the API is under /api/v1"))
+    repositories: tuple[str, ...] = field(
+        metadata=_doc(
+            'The repositories the agents serve: "owner/name" or "owner/*" (any case);'
+            " nothing outside them is read, run or written"
+        )
+    )
     webhook_secret_file: Path | None = field(
         default=None, metadata=_doc("File holding the webhook HMAC secret; no webhooks without it")
     )
@@ -77,6 +83,27 @@ class ForgejoConfig:
     @property
     def api_url(self) -> str:
         return self.url.rstrip("/") + "/api/v1"
+
+    def serves(self, repo: str) -> bool:
+        """Whether `repo` ("owner/name") is one the operator configured."""
+        return repository_served(self.repositories, repo)
+
+
+def repository_served(patterns: tuple[str, ...], repo: str) -> bool:
+    """`repo` matches "owner/name" or "owner/*" in `patterns`, case-insensitively as
+    Forgejo compares owner and repository names."""
+    owner, sep, name = repo.lower().partition("/")
+    if not sep or not owner or not name or "/" in name:
+        return False
+    for pattern in patterns:
+        want_owner, _, want_name = pattern.lower().partition("/")
+        if want_owner == owner and want_name in ("*", name):
+            return True
+    return False
+
+
+_REPO_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_REPO_PATTERN = re.compile(rf"^{_REPO_SEGMENT}/(?:\*|{_REPO_SEGMENT})$")
 
 
 @dataclass(frozen=True)
@@ -359,6 +386,7 @@ _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def _validate(config: Config, warnings: list[str]) -> None:
     path = config.path
     _validate_daemon(config, path)
+    _validate_repositories(config.forgejo.repositories, path)
     if not re.match(r"^https?://", config.forgejo.url):
         raise ConfigError(
             path, "forgejo.url", f"must start with http:// or https://, got {config.forgejo.url!r}"
@@ -386,6 +414,22 @@ def _validate(config: Config, warnings: list[str]) -> None:
         )
     if config.api.token_file is not None:
         check_secret_file(config.api.token_file, path, "api.token_file", "the API token", warnings)
+
+
+def _validate_repositories(patterns: tuple[str, ...], path: Path) -> None:
+    if not patterns:
+        raise ConfigError(
+            path,
+            "forgejo.repositories",
+            'is empty: list the repositories the agents serve, e.g. ["acme/app", "acme/*"]',
+        )
+    for i, pattern in enumerate(patterns):
+        if not _REPO_PATTERN.match(pattern) or ".." in pattern:
+            raise ConfigError(
+                path,
+                f"forgejo.repositories[{i}]",
+                f'{pattern!r} is not "owner/name" or "owner/*"',
+            )
 
 
 def _validate_daemon(config: Config, path: Path) -> None:

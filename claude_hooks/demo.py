@@ -82,6 +82,7 @@ def demo_config(root: Path, forgejo_url: str, tokens: dict[str, str]) -> Config:
     text = f"""
 [forgejo]
 url = "{forgejo_url}"
+repositories = ["{REPO}"]
 webhook_secret_file = "{write_secret(root / "webhook-secret", tokens["webhook"])}"
 
 [daemon]

@@ -43,12 +43,26 @@ from claude_hooks.triggers import (
     authors_to_check,
     decide_from_webhook,
     split_by_watermark,
+    task_markers,
+    unserved,
     webhook_context,
 )
 
 log = structlog.get_logger(__name__)
 
 Intake = Callable[[Sequence[Trigger]], Awaitable[None]]
+# The stored hop of a task, or None when the store has no such task (Store.task_hop).
+TaskHops = Callable[[int], Awaitable[int | None]]
+
+
+async def stored_hops(lookup: TaskHops | None, task_ids: Iterable[int]) -> dict[int, int]:
+    """The stored hop of each task named by a marker on the thread."""
+    if lookup is None:
+        return {}
+    found = {task_id: await lookup(task_id) for task_id in sorted(task_ids)}
+    return {task_id: hop for task_id, hop in found.items() if hop is not None}
+
+
 WRITE_LEVELS = frozenset({"write", "admin", "owner"})
 SUBMITTED_REVIEW_STATES = frozenset({"APPROVED", "REQUEST_CHANGES", "COMMENT"})
 
@@ -193,9 +207,12 @@ def timeline_events(items: Iterable[TimelineEvent]) -> list[ThreadEvent]:
 class ThreadReader:
     """Fetches one issue or PR and what happened on it since a watermark."""
 
-    def __init__(self, client: ThreadSource, policy: Policy) -> None:
+    def __init__(
+        self, client: ThreadSource, policy: Policy, task_hops: TaskHops | None = None
+    ) -> None:
         self._client = client
         self._policy = policy
+        self._task_hops = task_hops
 
     async def read(
         self, repo: str, number: int, *, agent: str, since: Watermark | None
@@ -217,6 +234,8 @@ class ThreadReader:
         if cut is not None and any(self._policy.is_agent(e.author) for e in new):
             events = await self._events(repo, issue, pull, None, True, inline_from=cut)
             history, new = split_by_watermark(events, since)
+        agents_acted = any(self._policy.is_agent(e.author) for e in new)
+        markers = task_markers((*history, *new), self._policy) if agents_acted else ()
         return ThreadContext(
             repo=repo,
             number=number,
@@ -227,6 +246,7 @@ class ThreadReader:
             head_sha=pull.head_sha if pull else "",
             requested_reviewers=frozenset(requested),
             assignees=frozenset(issue.assignees),
+            task_hops=await stored_hops(self._task_hops, markers),
         )
 
     async def history(self, repo: str, number: int) -> list[ThreadEvent]:
@@ -295,28 +315,41 @@ class WebhookIntake:
     """
 
     def __init__(
-        self, client: ThreadSource, policy: Policy, permissions: PermissionCache, intake: Intake
+        self,
+        client: ThreadSource,
+        policy: Policy,
+        permissions: PermissionCache,
+        intake: Intake,
+        task_hops: TaskHops | None = None,
     ) -> None:
         self._client = client
         self._policy = policy
         self._permissions = permissions
         self._intake = intake
-        self._reader = ThreadReader(client, policy)
+        self._task_hops = task_hops
+        self._reader = ThreadReader(client, policy, task_hops)
 
     async def handle(self, event: WebhookEvent) -> Decision:
+        if not self._policy.serves(event.repo):
+            decision = unserved("-", event.repo, event.number, event.sender)
+            log_decision(decision, source="webhook", delivery=event.delivery)
+            return decision
         resolved = await self._resolve(event)
         ctx = webhook_context(event, resolved=resolved)
         if ctx is None or not ctx.new:
             return Decision()
         history = await self._history(event, ctx.new)
-        ctx = replace(ctx, history=tuple(history))
+        markers = task_markers((*history, *ctx.new), self._policy) if history else ()
+        hops = await stored_hops(self._task_hops, markers)
+        ctx = replace(ctx, history=tuple(history), task_hops=hops)
         hopeful = frozenset().union(
             *(authors_to_check(agent, ctx, self._policy) for agent in self._policy.agents)
         )
         writers = await self._permissions.writers(event.repo, hopeful)
         decision = decide_from_webhook(
-            event, self._policy, writers=writers, history=history, resolved=resolved
-        )
+            event, self._policy, writers=writers, history=history, resolved=resolved,
+            task_hops=hops,
+        )  # fmt: skip
         log_decision(decision, source="webhook", delivery=event.delivery)
         if decision.triggers:
             await self._intake(decision.triggers)

@@ -26,13 +26,14 @@ import structlog
 from claude_hooks.config import AgentConfig
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError, rfc3339
 from claude_hooks.forgejo.models import ForgejoDataError, NotificationThread, parse_time
-from claude_hooks.intake import Intake, PermissionCache, ThreadReader, log_decision
+from claude_hooks.intake import Intake, PermissionCache, TaskHops, ThreadReader, log_decision
 from claude_hooks.triggers import (
     Policy,
     ThreadContext,
     Watermark,
     authors_to_check,
     decide_from_thread,
+    unserved,
 )
 
 log = structlog.get_logger(__name__)
@@ -122,8 +123,10 @@ class Poller:
         agents: Iterable[str],
         hop_limit: int = 3,
         allowed_users: Iterable[str] = (),
+        repositories: Iterable[str] = (),
         outage: SharedBackoff | None = None,
         permissions: PermissionCache | None = None,
+        task_hops: TaskHops | None = None,
         jitter: float = 0.1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -134,10 +137,12 @@ class Poller:
         self._interval = interval
         self._jitter = jitter
         self._clock = clock
-        self.policy = Policy(tuple(agents), frozenset(allowed_users), hop_limit)
+        self.policy = Policy(
+            tuple(agents), frozenset(allowed_users), hop_limit, tuple(repositories)
+        )
         self._outage = outage or SharedBackoff()
         self._permissions = permissions or PermissionCache(client.repo_permission)
-        self._reader = ThreadReader(client, self.policy)
+        self._reader = ThreadReader(client, self.policy, task_hops)
         self._done: dict[int, datetime | None] = {}  # thread id → updated_at handled
         self._log = log.bind(agent=self.agent)
 
@@ -204,6 +209,10 @@ class Poller:
             return 0 if await self._mark_read(thread) else None  # stored; mark-read failed
         number = thread.subject.number
         if number is None:  # a repository or commit notification: nothing to ask
+            return 0 if await self._mark_read(thread) else None
+        if not self.policy.serves(thread.repo):
+            # Anyone can add the agent to a repository of theirs: never read it, never run.
+            log_decision(unserved(self.agent, thread.repo, number), source="poll")
             return 0 if await self._mark_read(thread) else None
         watermark_name = self._thread_name(thread.id)
         stored = Watermark.decode(await self._cursors.get_cursor(watermark_name))

@@ -33,6 +33,7 @@ from claude_hooks.config import MergeStyle
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Review
 from claude_hooks.tasks import Outcome, Task, TaskState
+from claude_hooks.text import defuse_mentions, find_marker, marker, strip_markers
 from claude_hooks.verdict import ReviewEvent, ValidatedVerdict, is_approved
 
 log = structlog.get_logger(__name__)
@@ -44,26 +45,6 @@ MAX_STEP_CHARS = 160
 MAX_RESULT_CHARS = 30_000  # Forgejo stores comments as TEXT: keep well under 64 KiB
 STDERR_TAIL_LINES = 40
 STDERR_TAIL_CHARS = 4_000
-
-
-# ---------------------------------------------------------------- marker
-
-_MARKER = re.compile(r"<!--\s*claude-hooks:task=(\d+)\s*-->")
-
-
-def marker(task_id: int) -> str:
-    return f"<!-- claude-hooks:task={task_id} -->"
-
-
-def find_marker(body: str) -> int | None:
-    """The task id in a comment we posted, or None. Our marker always comes first."""
-    match = _MARKER.search(body)
-    return int(match[1]) if match else None
-
-
-def strip_markers(text: str) -> str:
-    """Text we embed (Claude's result, steps) must not carry a marker of another task."""
-    return _MARKER.sub("", text)
 
 
 # ---------------------------------------------------------------- words and numbers
@@ -108,7 +89,7 @@ def api_error_reason(status: int | None) -> str:
 
 
 def cancelled_reason(by: str | None = None) -> str:
-    return f"cancelled by @{by}" if by else "cancelled"
+    return f"cancelled by {by}" if by else "cancelled"
 
 
 def reason_in_words(outcome: Outcome) -> str:
@@ -237,8 +218,8 @@ def render_tracking(
     """The whole tracking comment for one phase; `redact` hides secrets in every part."""
     parts = [marker(task.id)]
     if phase is Phase.QUEUED:
-        where = f" — position {position} in @{task.spec.agent}'s queue" if position else ""
-        parts.append(f"⏳ **Queued**{where}. Requested by @{task.spec.requested_by}.")
+        where = f" — position {position} in {task.spec.agent}'s queue" if position else ""
+        parts.append(f"⏳ **Queued**{where}. Requested by {task.spec.requested_by}.")
     elif phase is Phase.WORKING:
         since = task.started_at if task.started_at is not None else now
         parts.append(f"🔧 **Working** for {format_duration(now - since)}…")
@@ -248,21 +229,21 @@ def render_tracking(
         if outcome is None:
             raise ValueError(f"render_tracking: phase {phase} needs an outcome")
         parts += _final_body(task, phase, outcome, now)
-    parts.append(f"<sub>claude-hooks task {task.id} · @{task.spec.agent}</sub>")
+    parts.append(f"<sub>claude-hooks task {task.id} · {task.spec.agent}</sub>")
     # The marker goes back first after redaction, which could never touch it anyway.
-    return redact("\n\n".join(parts))
+    return redact(defuse_mentions("\n\n".join(parts)))
 
 
 def pull_body(task: Task, summary: str) -> str:
     """Body of the PR a dev task opens: its summary, the closing keyword, our marker."""
     spec = task.spec
     closes = f"\n\nCloses #{spec.number}" if spec.number is not None and not spec.is_pull else ""
-    asked = f"\n\nRequested by @{spec.requested_by} in {spec.thread}." if spec.number else ""
-    return f"{marker(task.id)}\n{strip_markers(summary).strip()}{closes}{asked}"
+    asked = f"\n\nRequested by {spec.requested_by} in {spec.thread}." if spec.number else ""
+    return defuse_mentions(f"{marker(task.id)}\n{strip_markers(summary).strip()}{closes}{asked}")
 
 
 def review_body(task: Task, body: str) -> str:
-    return f"{marker(task.id)}\n{strip_markers(body).strip()}"
+    return defuse_mentions(f"{marker(task.id)}\n{strip_markers(body).strip()}")
 
 
 def review_attempts(verdict: ValidatedVerdict) -> list[ValidatedVerdict]:
@@ -527,7 +508,10 @@ class Reporter:
                     event=attempt.event.value,
                     body=self._redact(review_body(task, attempt.body)),
                     commit_id=head_sha,
-                    comments=[replace(c, body=self._redact(c.body)) for c in attempt.comments],
+                    comments=[
+                        replace(c, body=self._redact(defuse_mentions(c.body)))
+                        for c in attempt.comments
+                    ],
                 )
             except ForgejoError as exc:
                 if exc.status != 422 or i == len(attempts) - 1:

@@ -201,7 +201,7 @@ class Scheduler:
 
     async def cancel(self, task_id: int, by: str) -> Task:
         """A queued task is cancelled at once; a running one is stopped, then recorded."""
-        reason = f"cancelled by @{by}"
+        reason = f"cancelled by {by}"
         run = self._running.get(task_id)
         if run is not None:
             if run.stop is None and run.job is not None:
@@ -224,7 +224,7 @@ class Scheduler:
         busy = task_id in self._running or task_id in self._queued_agent
         if busy or not (task.state.is_final or task.state is TaskState.INTERRUPTED):
             raise SchedulerError(f"task {task_id} is {task.state}; only an ended task can retry")
-        reason = f"retry requested by @{by}" if by else "retry requested"
+        reason = f"retry requested by {by}" if by else "retry requested"
         task = await self._store.requeue(task_id, reason)
         log.info("task_retried", task_id=task_id, by=by)
         if self._started:
@@ -367,7 +367,7 @@ class Scheduler:
 
     def _stop_outcome(self, run: _Run) -> Outcome | None:
         if run.stop is StopReason.USER:
-            return Outcome(TaskState.CANCELLED, reason=f"cancelled by @{run.stopped_by}")
+            return Outcome(TaskState.CANCELLED, reason=f"cancelled by {run.stopped_by}")
         if run.started:
             return Outcome(TaskState.INTERRUPTED, reason=DRAIN_INTERRUPTION)
         return None  # drained before it started: it stays queued for the next start

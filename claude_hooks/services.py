@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.config import Config, read_secret
-from claude_hooks.forgejo.client import ForgejoClient
+from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
 from claude_hooks.forgejo.webhook import parse_webhook
 from claude_hooks.intake import PermissionCache, WebhookIntake
 from claude_hooks.log import redactor
@@ -80,6 +80,7 @@ class Services:
                 lambda agent=agent: read_secret(agent.token_file),
                 timeout=config.forgejo.request_timeout,
                 on_request=metrics.forgejo_request,
+                serves=config.forgejo.serves,
             )
             for agent in config.agents
         }
@@ -132,7 +133,10 @@ class Services:
         )
         outage = SharedBackoff()
         policy = Policy(
-            config.agent_names, frozenset(config.daemon.allowed_users), config.daemon.hop_limit
+            config.agent_names,
+            frozenset(config.daemon.allowed_users),
+            config.daemon.hop_limit,
+            config.forgejo.repositories,
         )
         first = clients[config.agents[0].name]
         services = cls(
@@ -152,6 +156,7 @@ class Services:
                 policy,
                 PermissionCache(first.repo_permission),
                 intake=lambda triggers: holder[0].accept(triggers),
+                task_hops=store.task_hop,
             ),
         )
         holder.append(services)
@@ -165,7 +170,9 @@ class Services:
                 agents=config.agent_names,
                 hop_limit=config.daemon.hop_limit,
                 allowed_users=config.daemon.allowed_users,
+                repositories=config.forgejo.repositories,
                 outage=outage,
+                task_hops=store.task_hop,
             )
             for agent in config.agents
         ]
@@ -212,11 +219,18 @@ class Services:
     async def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
         if not self.accepting:
             raise SchedulerError("shutting down: not accepting new tasks")
+        if not self.config.forgejo.serves(spec.repo):
+            raise RepositoryNotServed(spec.repo)
         return await self.scheduler.submit(spec)
 
     async def accept(self, triggers: Sequence[Trigger]) -> None:
         """Store what triggers ask for; the caller marks its source read after this."""
         for trigger in triggers:
+            if not self.config.forgejo.serves(trigger.repo):  # intake checked; never store it
+                log.warning(
+                    "trigger_refused", reason="repository_not_configured", repo=trigger.repo
+                )
+                continue
             if isinstance(trigger, ControlCommand):
                 await self._control(trigger)
             else:

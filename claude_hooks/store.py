@@ -747,6 +747,11 @@ class Store:
     async def get(self, task_id: int) -> Task | None:
         return await self._call(f"read task {task_id}", self._db.get, task_id)
 
+    async def task_hop(self, task_id: int) -> int | None:
+        """The agent-to-agent hop stored with a task (None: no such task here)."""
+        task = await self.get(task_id)
+        return task.spec.hop if task is not None else None
+
     async def list_tasks(
         self,
         *,

@@ -12,11 +12,12 @@ by a webhook and again by polling, or again after a restart, is one task.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from claude_hooks.config import repository_served
 from claude_hooks.forgejo.models import Issue
 from claude_hooks.forgejo.webhook import (
     CommentEvent,
@@ -32,19 +33,12 @@ from claude_hooks.tasks import (
     Trigger,
     TriggerSource,
 )
+from claude_hooks.text import MENTION, NAME_CHARS, WHITESPACE, find_marker
 
 # --- mentions ---------------------------------------------------------------------------
 
-# Forgejo's own pattern (modules/references/references.go, mentionPattern), with its
-# leading and trailing context turned into look-arounds so that adjacent mentions are all
-# found. Go's \s, ^ and $ are ASCII whitespace, text start and text end.
-_WS = r"\t\n\f\r "
-_NAME = r"0-9a-zA-Z_\-"
-_MENTION = re.compile(
-    rf"(?:\A|(?<=[{_WS}(\[]))"
-    rf"(@[{_NAME}]+|@[{_NAME}]+/?[{_NAME}]+|@[{_NAME}][{_NAME}.]+/?[{_NAME}.]+[{_NAME}])"
-    rf"(?=['{_WS})\]]|[:,;.?!](?:[{_WS}]|\Z)|\Z)"
-)
+_WS = WHITESPACE
+_NAME = NAME_CHARS
 
 _FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INDENTED = re.compile(r"^(?: {4}|\t)")
@@ -138,7 +132,7 @@ def _strip_links(text: str) -> str:
 def mentioned_names(text: str) -> list[str]:
     """Every @name Forgejo would see in `text`, lower-cased, in order (teams excluded)."""
     plain = strip_markdown(text)
-    return [m[1][1:].lower() for m in _MENTION.finditer(plain) if "/" not in m[1]]
+    return [m[1][1:].lower() for m in MENTION.finditer(plain) if "/" not in m[1]]
 
 
 def find_mentions(text: str, name: str) -> bool:
@@ -224,11 +218,13 @@ ThreadEvent = Post | ReviewRequest | Assignment
 
 @dataclass(frozen=True)
 class Policy:
-    """Who counts as an agent, who may trigger one besides writers, how far agents chain."""
+    """Which repositories are served, who counts as an agent, who may trigger one besides
+    writers, how far agents chain."""
 
     agents: tuple[str, ...]  # every configured agent name, as configured
     allowed_users: frozenset[str] = frozenset()
     hop_limit: int = 3
+    repositories: tuple[str, ...] = ()  # forgejo.repositories; none given serves nothing
     _agents_lower: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -238,6 +234,9 @@ class Policy:
 
     def is_agent(self, login: str) -> bool:
         return login.lower() in self._agents_lower
+
+    def serves(self, repo: str) -> bool:
+        return repository_served(self.repositories, repo)
 
 
 @dataclass(frozen=True)
@@ -259,6 +258,9 @@ class ThreadContext:
     head_sha: str = ""  # PR head: a review request is for this commit
     requested_reviewers: frozenset[str] = frozenset()  # still open; a removed one is moot
     assignees: frozenset[str] = frozenset()
+    # The stored hop of each task whose marker an agent's post on the thread carries
+    # (resolved by the caller from the store): the hop of what an agent does next.
+    task_hops: Mapping[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("writers", "requested_reviewers", "assignees"):
@@ -269,7 +271,7 @@ class ThreadContext:
 class Refusal:
     """A trigger that was asked for but not granted; the caller logs it."""
 
-    reason: str  # not_a_writer | hop_limit | control_by_agent
+    reason: str  # repository_not_configured | not_a_writer | hop_limit | control_by_agent
     agent: str
     user: str
     repo: str
@@ -419,12 +421,16 @@ def decide_from_thread(
     source: TriggerSource = TriggerSource.POLL,
 ) -> Decision:
     """The triggers for `agent` in what is new on one thread, oldest first."""
+    if not policy.serves(ctx.repo):
+        return unserved(agent, ctx.repo, ctx.number)
     decision = Decision()
     timeline = (*ctx.history, *ctx.new)
     for offset, event in enumerate(ctx.new):
         if event.author.lower() == agent.lower():
             continue  # an agent never reacts to itself
-        hop = chain_hop(timeline, len(ctx.history) + offset, policy)
+        if is_report(event, policy):
+            continue  # what the daemon posted (tracking comment, review, PR) asks nothing
+        hop = chain_hop(timeline, len(ctx.history) + offset, policy, ctx.task_hops)
         decision = decision + _decide_event(agent, event, ctx, policy, source, hop)
     return decision
 
@@ -522,14 +528,51 @@ def _refuse(reason: str, agent: str, user: str, ctx: ThreadContext, key: str) ->
     return Decision(refusals=(refusal,))
 
 
-def chain_hop(timeline: Sequence[ThreadEvent], index: int, policy: Policy) -> int:
+def unserved(agent: str, repo: str, number: int, user: str = "") -> Decision:
+    """The refusal for a repository outside forgejo.repositories."""
+    return Decision(refusals=(Refusal("repository_not_configured", agent, user, repo, number, ""),))
+
+
+def is_report(event: ThreadEvent, policy: Policy) -> bool:
+    """A post by an agent carrying our marker: the daemon's own words, never a request."""
+    return (
+        isinstance(event, Post)
+        and policy.is_agent(event.author)
+        and find_marker(event.body) is not None
+    )
+
+
+def task_markers(events: Iterable[ThreadEvent], policy: Policy) -> frozenset[int]:
+    """The task ids in agents' posts: the tasks whose stored hops `chain_hop` needs."""
+    return frozenset(
+        task_id
+        for event in events
+        if isinstance(event, Post) and policy.is_agent(event.author)
+        if (task_id := find_marker(event.body)) is not None
+    )
+
+
+def chain_hop(
+    timeline: Sequence[ThreadEvent],
+    index: int,
+    policy: Policy,
+    task_hops: Mapping[int, int] | None = None,
+) -> int:
     """How deep in an agent-to-agent chain the event at `index` is (0 = a human asked).
 
-    An agent's event is one hop more than the agent-to-agent triggers directly before
-    it; any human event ends a chain, so a person can always restart the conversation.
+    A person's event is 0, so a person can always restart the conversation. An
+    agent's event comes from the agent's latest task on the thread (the marker of
+    its latest post there, or of the PR it opened): one hop more than that task's
+    stored hop. Stored facts, not the thread's current text, which later edits change.
+    Without such a task, the thread counts: one hop more than the agent-to-agent
+    triggers directly before it.
     """
-    if not policy.is_agent(timeline[index].author):
+    event = timeline[index]
+    if not policy.is_agent(event.author):
         return 0
+    origin = _origin_task(timeline[: index + 1], event.author)
+    if origin is not None and task_hops and origin in task_hops:
+        return task_hops[origin] + 1
     hop = 1
     for earlier in reversed(timeline[:index]):
         if not policy.is_agent(earlier.author):
@@ -537,6 +580,11 @@ def chain_hop(timeline: Sequence[ThreadEvent], index: int, policy: Policy) -> in
         if _triggers_another_agent(earlier, policy):
             hop += 1
     return hop
+
+
+def _origin_task(timeline: Sequence[ThreadEvent], author: str) -> int | None:
+    mine = (e for e in reversed(timeline) if e.author.lower() == author.lower())
+    return next((t for e in mine if isinstance(e, Post) if (t := find_marker(e.body))), None)
 
 
 def _triggers_another_agent(event: ThreadEvent, policy: Policy) -> bool:
@@ -564,6 +612,7 @@ def webhook_context(
     writers: Iterable[str] = (),
     history: Sequence[ThreadEvent] = (),
     resolved: Sequence[ThreadEvent] = (),
+    task_hops: Mapping[int, int] | None = None,
 ) -> ThreadContext | None:
     """The thread as a webhook delivery shows it; None when the delivery asks nothing.
 
@@ -571,6 +620,16 @@ def webhook_context(
     (no time) only count through `resolved`: the events the intake looked up for them,
     so that their keys are the ones polling builds from the same lookups.
     """
+    ctx = _delivered_thread(event, writers, history, resolved)
+    return replace(ctx, task_hops=dict(task_hops or {})) if ctx is not None else None
+
+
+def _delivered_thread(
+    event: WebhookEvent,
+    writers: Iterable[str],
+    history: Sequence[ThreadEvent],
+    resolved: Sequence[ThreadEvent],
+) -> ThreadContext | None:
     if isinstance(event, CommentEvent):
         if event.action != "created":
             return None  # an edit never triggers, whatever it added
@@ -633,9 +692,12 @@ def decide_from_webhook(
     writers: Iterable[str] = (),
     history: Sequence[ThreadEvent] = (),
     resolved: Sequence[ThreadEvent] = (),
+    task_hops: Mapping[int, int] | None = None,
 ) -> Decision:
     """The triggers one delivery holds, for every configured agent."""
-    ctx = webhook_context(event, writers=writers, history=history, resolved=resolved)
+    ctx = webhook_context(
+        event, writers=writers, history=history, resolved=resolved, task_hops=task_hops
+    )
     decision = Decision()
     if ctx is None:
         return decision

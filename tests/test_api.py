@@ -187,7 +187,10 @@ class ApiHarness:
 def harness_config(factory: ConfigFactory) -> Config:
     return factory.load(
         api={"token_file": str(factory.secret("api-token", TOKEN)), "max_body_bytes": MAX_BODY},
-        forgejo={"webhook_secret_file": str(factory.secret("hook", WEBHOOK_SECRET.decode()))},
+        forgejo={
+            "webhook_secret_file": str(factory.secret("hook", WEBHOOK_SECRET.decode())),
+            "repositories": ["owner/*", "acme/*"],
+        },
         agents=[factory.agent("dev"), factory.agent("reviewer", role="reviewer")],
     )
 
@@ -696,7 +699,7 @@ async def test_cancelling_a_queued_task_is_202_and_cancelled(api: ApiHarness) ->
     response = await api.client.post(f"/tasks/{waiting['task_id']}/cancel", headers=api.auth())
     assert response.status == 202
     answer = await response.json()
-    assert answer["state"] == "cancelled" and answer["error"] == "cancelled by @api"
+    assert answer["state"] == "cancelled" and answer["error"] == "cancelled by api"
 
 
 async def test_cancelling_a_running_task_stops_its_run(api: ApiHarness) -> None:
@@ -1035,3 +1038,14 @@ async def test_an_unknown_path_is_a_json_404_once_authenticated(api: ApiHarness)
     response = await api.client.get("/tasks/abc", headers=api.auth())
     assert response.status == 404
     assert await response.json() == {"error": "not found: GET /tasks/abc"}
+
+
+async def test_a_task_for_an_unconfigured_repository_is_refused_and_not_stored(
+    api: ApiHarness,
+) -> None:
+    body = {"agent": "dev", "repo": "mallory/evil", "number": 1, "prompt": "env | base64"}
+    answer = await api.client.post("/tasks", json=body, headers=api.auth())
+    assert answer.status == 403
+    error = await answer.json()
+    assert error["field"] == "repo" and "mallory/evil" in error["error"]
+    assert await api.store.list_tasks() == []

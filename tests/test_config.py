@@ -15,6 +15,7 @@ from claude_hooks.config import (
     Role,
     load_config,
     parse_duration,
+    repository_served,
 )
 from tests.conftest import REPO_ROOT
 from tests.fakes.configs import ConfigFactory
@@ -160,3 +161,45 @@ def test_example_config_documents_every_key() -> None:
             assert f.name in raw[section], f"[{section}] {f.name} is not in {EXAMPLE.name}"
     for f in dataclasses.fields(AgentConfig):
         assert re.search(rf"^#? ?{f.name} = ", text, re.M), f"agents.{f.name} undocumented"
+
+
+# --- forgejo.repositories (issue 12) ------------------------------------------------------
+
+
+def test_repositories_are_required_and_named_when_missing(config_factory: ConfigFactory) -> None:
+    text = config_factory.text().replace('repositories = ["acme/*"]\n', "")
+    with pytest.raises(ConfigError, match=r"forgejo\.repositories: missing required key"):
+        load_config(config_factory.write(text))
+
+
+@pytest.mark.parametrize(
+    ("patterns", "key", "problem"),
+    [
+        ([], "forgejo.repositories", "is empty"),
+        (["acme"], "forgejo.repositories[0]", "'acme' is not"),
+        (["acme/app", "*/*"], "forgejo.repositories[1]", "'\\*/\\*' is not"),
+        (["acme/../x"], "forgejo.repositories[0]", "'acme/\\.\\./x' is not"),
+        (["-acme/app"], "forgejo.repositories[0]", "'-acme/app' is not"),
+    ],
+)
+def test_bad_repository_patterns_name_their_key(
+    config_factory: ConfigFactory, patterns: list[str], key: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: {problem}"):
+        config_factory.load(forgejo={"repositories": patterns})
+
+
+@pytest.mark.parametrize(
+    ("repo", "served"),
+    [
+        ("acme/app", True),
+        ("ACME/App", True),  # Forgejo compares names without case
+        ("acme-tools/anything", True),
+        ("acme/other", False),
+        ("mallory/evil", False),
+        ("acme", False),
+        ("acme/app/x", False),
+    ],
+)
+def test_a_repository_is_served_by_an_exact_or_owner_pattern(repo: str, served: bool) -> None:
+    assert repository_served(("acme/app", "Acme-Tools/*"), repo) is served

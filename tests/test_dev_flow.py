@@ -32,6 +32,7 @@ from claude_hooks.services import Services
 from claude_hooks.sim.forgejo import ForgejoSim
 from claude_hooks.sim.git import git_available
 from claude_hooks.tasks import Task, TaskState
+from claude_hooks.triggers import mentioned_names
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, samples_dir  # noqa: F401
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
@@ -41,8 +42,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 REPO = "acme/app"
-ALICE, DEV = "alice", "dev"
+ALICE, DEV, REVIEWER = "alice", "dev", "reviewer"
 DEV_TOKEN = "forgejo-token-of-dev-0123456789"
+REVIEWER_TOKEN = "forgejo-token-of-reviewer-0123456789"
 SESSION = "5625f66b-7328-4ea2-862c-2a7754499e4e"  # the session id of tool-run-success.jsonl
 
 # What a dev agent does, minus the model: read the prompt, change a file, commit, and
@@ -51,6 +53,7 @@ FAKE_CLAUDE = r"""#!/bin/sh
 set -eu
 cat >/dev/null
 printf '%s\n' "$@" >"/record/argv-$CLAUDE_HOOKS_TASK"
+env >"/record/env-$CLAUDE_HOOKS_TASK"
 echo "Hello from task $CLAUDE_HOOKS_TASK" >>GREETING.md
 git add -A >&2
 git commit -q -m "Greeting from task $CLAUDE_HOOKS_TASK" >&2
@@ -58,10 +61,13 @@ cat /samples/tool-run-success.jsonl
 """
 
 
-def dev_config(factory: ConfigFactory, sim: ForgejoSim, image: str, tmp: Path) -> Config:
+def dev_config(
+    factory: ConfigFactory, sim: ForgejoSim, image: str, tmp: Path, *, reviewer: bool = False
+) -> Config:
     sim.add_user(ALICE, token="forgejo-token-of-alice-0123456789")
     sim.add_user(DEV, token=DEV_TOKEN)
-    sim.add_repo(REPO, collaborators={ALICE: "write", DEV: "admin"})
+    sim.add_user(REVIEWER, token=REVIEWER_TOKEN)
+    sim.add_repo(REPO, collaborators={ALICE: "write", DEV: "admin", REVIEWER: "admin"})
     token = factory.secret("dev-token", DEV_TOKEN)
     creds = factory.secret("dev-creds.json", '{"claudeAiOauth": {"accessToken": "oauth-x-123"}}')
     os.chown(creds, AGENT_UID, AGENT_UID)
@@ -75,15 +81,27 @@ def dev_config(factory: ConfigFactory, sim: ForgejoSim, image: str, tmp: Path) -
         HOST_USR_MOUNT, f"{script}:/opt/fake/claude:ro", f"{samples_dir()}:/samples:ro",
         f"{record}:/record",
     ]  # fmt: skip
-    agent = factory.agent(
-        DEV, token_file=str(token), credentials_file=str(creds), image=image, network="host",
-        checkout=True, timeout=60, mounts=mounts, claude_command="/opt/fake/claude",
-    )  # fmt: skip
+    common = {
+        "credentials_file": str(creds), "image": image, "network": "host", "checkout": True,
+        "timeout": 60, "mounts": mounts, "claude_command": "/opt/fake/claude",
+    }  # fmt: skip
+    agents = [factory.agent(DEV, token_file=str(token), **common)]
+    if reviewer:
+        agents[0]["review_by"] = REVIEWER
+        reviewer_token = factory.secret("reviewer-token", REVIEWER_TOKEN)
+        agents.append(
+            factory.agent(REVIEWER, role="reviewer", token_file=str(reviewer_token), **common)
+        )
     return factory.load(
         forgejo={"url": sim.base_url},
         daemon={"poll_interval": 0.2, "drain_timeout": 5},
-        agents=[agent],
+        agents=agents,
     )
+
+
+@pytest.fixture
+def with_reviewer() -> bool:
+    return False
 
 
 @pytest.fixture
@@ -93,8 +111,9 @@ async def services(
     host_image: str,
     test_labels: dict[str, str],
     tmp_path: Path,
+    with_reviewer: bool,
 ) -> AsyncIterator[Services]:
-    config = dev_config(config_factory, forgejo_sim, host_image, tmp_path)
+    config = dev_config(config_factory, forgejo_sim, host_image, tmp_path, reviewer=with_reviewer)
     started = await Services.start(
         config, daemon_id="test-dev-flow", extra_labels=test_labels, listen=False
     )
@@ -308,3 +327,47 @@ def test_mounts_are_binds_of_the_container_and_part_of_its_config_hash(tmp_path:
     assert "Binds" not in manager.container_config(plain)["HostConfig"]
     assert manager.container_config(mounted)["HostConfig"]["Binds"] == [HOST_USR_MOUNT]
     assert manager.config_hash(mounted) != manager.config_hash(plain)
+
+
+@pytest.mark.docker
+async def test_claude_never_holds_the_forgejo_token_while_clone_and_push_still_use_it(
+    forgejo_sim: ForgejoSim, services: Services, tmp_path: Path
+) -> None:
+    # A prompt-injected Claude ran `env | grep GIT_CONFIG_VALUE | base64` and posted the
+    # agent's token (issue 12): its exec's environment must hold no Forgejo credential.
+    number = forgejo_sim.create_issue(REPO, ALICE, "Add a greeting", "Please say hello.")
+    forgejo_sim.add_comment(REPO, number, ALICE, "@dev please implement this")
+    [task] = await finished(services, 1)
+    assert task.state is TaskState.SUCCEEDED, task.error
+    claude_env = (tmp_path / "record" / f"env-{task.id}").read_text()
+    assert f"CLAUDE_HOOKS_TASK={task.id}" in claude_env  # it is the claude exec's environment
+    assert DEV_TOKEN not in claude_env
+    assert "GIT_CONFIG" not in claude_env and "extraHeader" not in claude_env
+    # The clone before Claude and the push after it did authenticate.
+    assert bare_git(forgejo_sim, "log", "-1", "--format=%s", f"refs/heads/dev/{number}") == (
+        f"Greeting from task {task.id}"
+    )
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("with_reviewer", [True])
+async def test_one_review_request_makes_one_review_task_and_no_echoes(
+    forgejo_sim: ForgejoSim, services: Services
+) -> None:
+    # Issue 12: the tracking comments said "Requested by @dev" and the PR body mentioned
+    # the requester, so one review request made 5-6 tasks (once 246 in 40 s).
+    number = forgejo_sim.create_issue(REPO, ALICE, "Add a greeting", "Please say hello.")
+    forgejo_sim.add_comment(REPO, number, ALICE, "@dev please implement this")
+    dev_task, review_task = await finished(services, 2)
+    assert (dev_task.spec.agent, review_task.spec.agent) == (DEV, REVIEWER)
+    assert (dev_task.spec.hop, review_task.spec.hop) == (0, 1)  # from the stored hop of task 1
+    assert review_task.state is TaskState.SUCCEEDED, review_task.error
+    [pull] = [i for i in forgejo_sim.state.issues.values() if i.pull is not None]
+    await wait_until(lambda: len(forgejo_sim.reviews(REPO, pull.number)) == 1)
+    await wait_until(lambda: all(t.status == "read" for t in forgejo_sim.threads(DEV)))
+    # Every notification handled: another poll by each agent finds nothing more to do.
+    for poller in services.pollers:
+        assert await poller.poll_once() == 0
+    assert len(await services.store.list_tasks(limit=10)) == 2
+    posted = [c.body for n in (number, pull.number) for c in forgejo_sim.comments(REPO, n)]
+    assert all(not mentioned_names(body) for body in [*posted[1:], pull.body] if find_marker(body))

@@ -188,7 +188,7 @@ def test_duration_falls_back_to_claudes_own_when_start_is_unknown() -> None:
         (Outcome(TaskState.FAILED, exit_code=2), "❌ **Failed: Claude Code exited with code 2**"),
         (
             Outcome(TaskState.CANCELLED, reason=cancelled_reason("alice")),
-            "🛑 **Cancelled by @alice**",
+            "🛑 **Cancelled by alice**",
         ),
         (Outcome(TaskState.CANCELLED), "🛑 **Cancelled**"),
         (Outcome(TaskState.INTERRUPTED), "⏸️ **Interrupted by shutdown — will resume**"),
@@ -207,7 +207,7 @@ def test_failure_reasons_are_in_words(outcome: Outcome, headline: str) -> None:
         (max_turns_reason(30), "max turns reached (30)"),
         (api_error_reason(529), "Claude API error 529 after retries"),
         (api_error_reason(None), "Claude API error after retries"),
-        (cancelled_reason("alice"), "cancelled by @alice"),
+        (cancelled_reason("alice"), "cancelled by alice"),
         (INTERRUPTED_REASON, "interrupted by shutdown — will resume"),
     ],
 )
@@ -533,7 +533,7 @@ async def test_a_deleted_tracking_comment_is_posted_again(
     del forgejo_sim.state.comments[tracking]  # someone deleted it in the web UI
     await reporter.finish(task, Outcome(TaskState.CANCELLED, reason=cancelled_reason("alice")))
     [body] = agent_comments(forgejo_sim, number)
-    assert "Cancelled by @alice" in body
+    assert "Cancelled by alice" in body
 
 
 # ---------------------------------------------------------------- reviews

@@ -212,7 +212,7 @@ async def test_cancelling_a_queued_task_removes_it_before_it_runs(
     assert (scheduler.position(waiting.id), scheduler.position(later.id)) == (1, 2)
 
     cancelled = await scheduler.cancel(waiting.id, by="alice")
-    assert cancelled.state is TaskState.CANCELLED and cancelled.error == "cancelled by @alice"
+    assert cancelled.state is TaskState.CANCELLED and cancelled.error == "cancelled by alice"
     assert scheduler.position(later.id) == 1 and scheduler.queue_depth() == 1
 
     runner.release(running.id)
@@ -230,7 +230,7 @@ async def test_cancelling_a_running_task_stops_it_and_frees_the_slot(
     await until(lambda: runner.started_ids == [running.id])
 
     cancelled = await scheduler.cancel(running.id, by="bob")
-    assert cancelled.state is TaskState.CANCELLED and cancelled.error == "cancelled by @bob"
+    assert cancelled.state is TaskState.CANCELLED and cancelled.error == "cancelled by bob"
     assert runner.cancelled == [running.id]
     await until(lambda: runner.started_ids == [running.id, queued.id])
 

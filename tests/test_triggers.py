@@ -8,8 +8,10 @@ import pytest
 
 from claude_hooks.forgejo.webhook import parse_webhook
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, TriggerSource
+from claude_hooks.text import marker
 from claude_hooks.triggers import (
     Assignment,
+    Decision,
     Policy,
     Post,
     PostKind,
@@ -24,11 +26,12 @@ from claude_hooks.triggers import (
     find_mentions,
     parse_control,
     split_by_watermark,
+    task_markers,
 )
 
 REPO = "acme/app"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-POLICY = Policy(agents=("dev", "reviewer", "lead"), hop_limit=3)
+POLICY = Policy(agents=("dev", "reviewer", "lead"), hop_limit=3, repositories=("acme/*",))
 WRITERS = frozenset({"alice", "dev", "reviewer", "lead"})
 
 
@@ -220,7 +223,7 @@ def test_an_unauthorised_users_mention_yields_no_task_and_a_refusal() -> None:
 
 
 def test_an_allow_listed_non_writer_may_trigger() -> None:
-    policy = Policy(agents=("dev",), allowed_users=frozenset({"Bob"}))
+    policy = Policy(agents=("dev",), allowed_users=frozenset({"Bob"}), repositories=("acme/*",))
     [spec] = specs("dev", thread(comment(9, "bob", "@dev hi")), policy)
     assert spec.requested_by == "bob"
 
@@ -289,7 +292,7 @@ def test_agent_status_comments_without_mentions_do_not_use_up_hops() -> None:
 
 
 def test_hop_limit_zero_means_agents_never_trigger_each_other() -> None:
-    policy = Policy(agents=("dev", "reviewer"), hop_limit=0)
+    policy = Policy(agents=("dev", "reviewer"), hop_limit=0, repositories=("acme/*",))
     decision = decide_from_thread("reviewer", thread(comment(2, "dev", "@reviewer pls")), policy)
     assert decision.triggers == () and decision.refusals[0].reason == "hop_limit"
 
@@ -503,3 +506,48 @@ def test_a_watermark_survives_its_text_form() -> None:
 def test_a_watermark_never_goes_below_its_floor() -> None:
     mark = Watermark.after([comment(1, "a", "", 1)], floor=at(9))
     assert (mark.at, mark.seen) == (at(9), frozenset())
+
+
+# --- the daemon's own posts and stored hops (issue 12) -----------------------------------
+
+
+def test_an_agents_post_carrying_our_marker_never_triggers() -> None:
+    # The tracking comment used to say "Requested by @dev": one review request made 5-6
+    # tasks, once 246 in 40 s. Whatever such a post says, it is a report, not a request.
+    report = comment(2, "reviewer", f"{marker(41)}\n✅ Done. @dev please fix the three issues", 1)
+    decision = decide_from_thread("dev", thread(report), POLICY)
+    assert decision == Decision()
+
+
+def test_a_persons_post_with_a_pasted_marker_still_counts() -> None:
+    pasted = comment(2, "alice", f"{marker(41)}\n\n@dev please look", 1)
+    assert len(specs("dev", thread(pasted))) == 1
+
+
+def review_request_after_pr(hop_of_opener: int, limit: int = 3) -> tuple[int, list[str]]:
+    """A PR opened by dev's task 7 (stored hop `hop_of_opener`), then dev requests review."""
+    body = Post(PostKind.BODY, 9, "dev", f"{marker(7)}\nFixes the parser.\n\nCloses #7", at(0))
+    request = ReviewRequest("reviewer", "dev", at(1))
+    ctx = thread(
+        request, history=(body,), is_pull=True, head_sha="abc",
+        requested_reviewers=frozenset({"reviewer"}), task_hops={7: hop_of_opener},
+    )  # fmt: skip
+    policy = Policy(POLICY.agents, hop_limit=limit, repositories=POLICY.repositories)
+    decision = decide_from_thread("reviewer", ctx, policy)
+    hops = [t.hop for t in decision.triggers if isinstance(t, TaskSpec)]
+    return (hops[0] if hops else -1), [r.reason for r in decision.refusals]
+
+
+def test_an_agents_hop_is_the_stored_hop_of_the_task_behind_it_plus_one() -> None:
+    assert review_request_after_pr(0) == (1, [])
+    assert review_request_after_pr(2) == (3, [])
+    assert review_request_after_pr(3) == (-1, ["hop_limit"])
+
+
+def test_task_markers_name_the_tasks_of_agents_posts_only() -> None:
+    events = [
+        comment(1, "alice", f"{marker(3)} quoted"),
+        comment(2, "dev", f"{marker(4)}\n⏳ Queued"),
+        comment(3, "dev", "plain words"),
+    ]
+    assert task_markers(events, POLICY) == frozenset({4})

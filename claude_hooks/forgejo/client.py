@@ -56,6 +56,9 @@ RequestHook = Callable[[str, str, int | None, float], None]
 Query = Mapping[str, str | int | Sequence[str]]
 
 
+REPO_SCOPED = "/repos/{owner}/{repo}"
+
+
 class ForgejoError(Exception):
     """A Forgejo call failed; says which call and why, never with the token."""
 
@@ -74,6 +77,21 @@ class ForgejoError(Exception):
     @property
     def retryable(self) -> bool:
         return self.status is None or self.status == 429 or self.status >= 500
+
+
+class RepositoryNotServed(ForgejoError):
+    """A call about a repository outside forgejo.repositories: refused before it is sent."""
+
+    def __init__(self, repo: str, method: str = "", path: str = "") -> None:
+        self.repo = repo
+        super().__init__(method, path, None, f"repository {repo} is not in forgejo.repositories")
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -200,8 +218,12 @@ class ForgejoClient:
         session: aiohttp.ClientSession | None = None,
         initial_backoff: float = 1.0,
         on_request: RequestHook | None = None,
+        serves: Callable[[str], bool] | None = None,
     ) -> None:
         self._api = base_url.rstrip("/") + API_PREFIX
+        # The daemon's clients pass forgejo.repositories here: the last line of defence,
+        # so no code path reads or writes a repository the operator did not configure.
+        self._serves = serves
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_attempts = max(1, max_attempts)
@@ -449,6 +471,10 @@ class ForgejoClient:
         json_body: Any = None,
     ) -> _Response:
         path = fill_template(template, args)
+        if self._serves is not None and template.startswith(REPO_SCOPED):
+            repo = f"{args[0]}/{args[1]}"
+            if not self._serves(repo):
+                raise RepositoryNotServed(repo, method, path)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
             wait=self._wait,

@@ -64,7 +64,10 @@ class ConfigFactory:
         api: dict[str, Any] | None = None,
         agents: list[dict[str, Any]] | None = None,
     ) -> str:
-        out = toml_table("[forgejo]", {"url": "http://127.0.0.1:3000", **(forgejo or {})})
+        out = toml_table(
+            "[forgejo]",
+            {"url": "http://127.0.0.1:3000", "repositories": ["acme/*"], **(forgejo or {})},
+        )
         out += toml_table("[daemon]", {"state_dir": str(self.root / "state"), **(daemon or {})})
         if api is not None:
             out += toml_table("[api]", api)
