@@ -31,10 +31,11 @@ from tenacity import (
 
 from claude_hooks.config import MergeStyle
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
-from claude_hooks.forgejo.models import Review
+from claude_hooks.forgejo.models import PullRequest, Review
+from claude_hooks.merge_gate import GateResult, merge_gate, verdict_reviewers
 from claude_hooks.tasks import Outcome, Task, TaskState
 from claude_hooks.text import defuse_mentions, find_marker, marker, strip_markers
-from claude_hooks.verdict import ReviewEvent, ValidatedVerdict, is_approved
+from claude_hooks.verdict import ReviewEvent, ValidatedVerdict
 
 log = structlog.get_logger(__name__)
 
@@ -574,7 +575,8 @@ class Reporter:
         return pull.html_url
 
     async def merge(self, task: Task, style: MergeStyle, head_sha: str) -> MergeResult:
-        """Merge the task's PR if it is approved at `head_sha`, deleting the branch."""
+        """Merge the task's PR, deleting the branch, if the merge gate lets it through at
+        `head_sha` (claude_hooks/merge_gate.py); otherwise say why not."""
         spec = task.spec
         if spec.number is None:
             return MergeResult(False, "no pull request to merge")
@@ -585,13 +587,16 @@ class Reporter:
                 return MergeResult(True, f"#{pull.number} was already merged")
             if pull.state != "open":
                 return MergeResult(False, f"#{pull.number} is {pull.state}, not open")
-            if not is_approved(await client.list_reviews(spec.repo, spec.number), head_sha):
-                return MergeResult(False, f"#{pull.number} is not approved at {head_sha[:10]}")
+            gate = await self._merge_gate(client, spec.repo, pull, head_sha)
+            if not gate.ok:
+                self._log(task).info("merge_gate_closed", number=pull.number, reasons=gate.reasons)
+                because = "; ".join(gate.reasons)
+                return MergeResult(False, f"did not merge #{pull.number}: {because}")
             merged = await client.merge_pull(
                 spec.repo,
                 spec.number,
                 style=style.value,
-                head_commit_id=head_sha,
+                head_commit_id=head_sha or pull.head_sha,  # the commit the gate let through
                 delete_branch=True,
             )
         except ForgejoError as exc:
@@ -605,3 +610,13 @@ class Reporter:
             )
         self._log(task).info("pull_merged", number=spec.number, style=style.value)
         return MergeResult(True, f"merged #{spec.number} ({style.value}) and deleted its branch")
+
+    async def _merge_gate(
+        self, client: ForgejoClient, repo: str, pull: PullRequest, head_sha: str
+    ) -> GateResult:
+        """The gate's facts, fresh from Forgejo: reviews, reviewers' access, the head's status."""
+        reviews = await client.list_reviews(repo, pull.number)
+        access = {login: await client.repo_permission(repo, login)
+                  for login in verdict_reviewers(reviews)}  # fmt: skip
+        status = await client.combined_status(repo, pull.head_sha) if pull.head_sha else None
+        return merge_gate(pull, reviews, access, status, head_sha=head_sha)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from claude_hooks.forgejo.models import InlineComment, Review
+from claude_hooks.forgejo.models import InlineComment
 
 
 class ReviewEvent(StrEnum):
@@ -311,21 +311,3 @@ def parse_lead_verdict(result_text: str) -> LeadVerdict:
     body = found.data.get("body")
     text = body.strip() if isinstance(body, str) and body.strip() else result_text[: found.start]
     return LeadVerdict(LeadAction.MERGE if is_merge else LeadAction.NONE, text.strip())
-
-
-def is_approved(reviews: Sequence[Review], head_sha: str) -> bool:
-    """Approved at this head: someone's latest review approves it and nobody's requests changes.
-
-    An approval given on an earlier commit does not count: the code changed since.
-    """
-    latest: dict[str, Review] = {}
-    for review in reviews:
-        if review.user is None or review.state not in ("APPROVED", "REQUEST_CHANGES"):
-            continue
-        latest[review.user.login.lower()] = review  # Forgejo lists reviews oldest first
-    states = [r.state for r in latest.values()]
-    approved_here = any(
-        r.state == "APPROVED" and (not r.commit_id or r.commit_id == head_sha)
-        for r in latest.values()
-    )
-    return approved_here and "REQUEST_CHANGES" not in states

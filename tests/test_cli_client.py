@@ -90,7 +90,9 @@ def config(api: ApiHarness, config_factory: ConfigFactory) -> Path:
 
 
 async def test_submit_prints_the_new_task_id(api: ApiHarness, config: Path) -> None:
-    run = await cli(config, "submit", "--agent", "dev", "--repo", "owner/r", "--issue", "4", "fix it")
+    run = await cli(
+        config, "submit", "--agent", "dev", "--repo", "owner/r", "--issue", "4", "fix it"
+    )
     assert (run.code, run.out, run.err) == (0, "1\n", "")
     task = await api.store.get(1)
     assert task is not None
@@ -100,7 +102,9 @@ async def test_submit_prints_the_new_task_id(api: ApiHarness, config: Path) -> N
 async def test_submit_wait_follows_the_task_and_exits_0_on_success(
     api: ApiHarness, config: Path
 ) -> None:
-    process = await start_cli(config, "submit", "--agent", "dev", "--repo", "owner/r", "--wait", "go")
+    process = await start_cli(
+        config, "submit", "--agent", "dev", "--repo", "owner/r", "--wait", "go"
+    )
     async with asyncio.timeout(10):
         await api.runs.started[1].wait()
     await api.emit(1, ("tool_use", "Bash: make test"), ("text", "Tests pass."))
@@ -115,7 +119,9 @@ async def test_submit_wait_follows_the_task_and_exits_0_on_success(
 
 
 async def test_submit_wait_exits_1_when_the_task_fails(api: ApiHarness, config: Path) -> None:
-    process = await start_cli(config, "submit", "--agent", "dev", "--repo", "owner/r", "--wait", "go")
+    process = await start_cli(
+        config, "submit", "--agent", "dev", "--repo", "owner/r", "--wait", "go"
+    )
     async with asyncio.timeout(10):
         await api.runs.started[1].wait()
     api.runs.finish(1, Outcome(TaskState.FAILED, reason="max turns reached"))

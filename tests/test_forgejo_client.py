@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from claude_hooks.forgejo.client import (
+    PAGE_LIMIT,
     ForgejoClient,
     ForgejoError,
     error_message,
@@ -22,7 +23,7 @@ from claude_hooks.forgejo.client import (
     parse_retry_after,
     rfc3339,
 )
-from claude_hooks.forgejo.models import InlineComment
+from claude_hooks.forgejo.models import CommitStatus, InlineComment
 from tests.fakes.forgejo import ForgejoSim, Team, add_team
 
 ClientFactory = Callable[..., ForgejoClient]
@@ -281,6 +282,26 @@ async def test_merge_reports_merged_and_refusals(
     assert await lead.merge_pull(team.repo, fresh, head_commit_id=None, **merge) is False
     assert forgejo_sim.issue(team.repo, fresh).pull.merged  # type: ignore[union-attr]
     assert "b" not in forgejo_sim.state.repo(team.repo).branches
+
+
+async def test_combined_status_reads_every_page_and_combines_them_again(
+    forgejo_sim: ForgejoSim, team: Team, make_client: ClientFactory
+) -> None:
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    head = forgejo_sim.issue(team.repo, number).pull.head_sha  # type: ignore[union-attr]
+    client = make_client("code-lead")
+    empty = await client.combined_status(team.repo, head)
+    assert (empty.state, empty.statuses) == ("", ())
+    # The oldest context fails: Forgejo lists newest first, so it is alone on page 2,
+    # and page 1 alone would read "success".
+    forgejo_sim.set_status(team.repo, head, "failure", context="ci/slow", description="broke")
+    for i in range(PAGE_LIMIT):
+        forgejo_sim.set_status(team.repo, head, "success", context=f"ci/{i}")
+    combined = await client.combined_status(team.repo, head)
+    assert (combined.state, combined.sha, len(combined.statuses)) == ("failure", head, 51)
+    assert combined.statuses[-1] == CommitStatus("ci/slow", "failure", "broke")
+    pages = forgejo_sim.api_requests("GET", f"/api/v1/repos/{team.repo}/commits/{head}/status")
+    assert [r.query.get("page") for r in pages] == ["1", "1", "2"]
 
 
 async def test_repo_permission_fails_closed_when_forgejo_refuses(

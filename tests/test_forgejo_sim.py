@@ -361,6 +361,160 @@ async def test_pending_review_is_hidden_from_others_and_absorbs_comments(
     assert submitted["comments_count"] == 2
 
 
+# -- review verdicts: official, stale, dismissed -----------------------------------------------
+
+
+def add_person(sim: ForgejoSim, team: Team, login: str, level: str) -> None:
+    """Someone with `level` access to the team's repository; `api(login)` then works."""
+    token = f"token-of-{login}-0123456789"
+    sim.add_user(login, token=token)
+    sim.add_collaborator(team.repo, login, level)
+    team.tokens[login] = token
+
+
+async def listed_reviews(api: Any, repo: str, number: int) -> dict[int, dict[str, Any]]:
+    _, reviews, _ = await api("dev").call("GET", f"/repos/{repo}/pulls/{number}/reviews")
+    return {r["id"]: r for r in reviews}
+
+
+def flags(review: dict[str, Any]) -> tuple[str, bool, bool, bool]:
+    return review["state"], review["official"], review["stale"], review["dismissed"]
+
+
+async def test_only_a_writers_verdict_is_official(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    add_person(forgejo_sim, team, "rita", "read")
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    path = f"/repos/{team.repo}/pulls/{number}/reviews"
+    _, by_reader, _ = await api("rita").call("POST", path, {"event": "APPROVED", "body": ""})
+    _, by_writer, _ = await api("reviewer").call("POST", path, {"event": "APPROVED", "body": ""})
+    _, rejection, _ = await api("alice").call(
+        "POST", path, {"event": "REQUEST_CHANGES", "body": "no"}
+    )
+    _, remark, _ = await api("code-lead").call("POST", path, {"event": "COMMENT", "body": "hm"})
+    assert [flags(r) for r in (by_reader, by_writer, rejection, remark)] == [
+        ("APPROVED", False, False, False),
+        ("APPROVED", True, False, False),
+        ("REQUEST_CHANGES", True, False, False),
+        ("COMMENT", False, False, False),
+    ]
+
+
+async def test_a_new_verdict_takes_over_from_the_reviewers_earlier_ones(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    rejected = forgejo_sim.submit_review(team.repo, number, "reviewer", "REQUEST_CHANGES", "no")
+    approved = forgejo_sim.submit_review(team.repo, number, "reviewer", "APPROVED", "")
+    inline = [{"path": "x.txt", "body": "nit", "new_position": 1}]
+    again = forgejo_sim.submit_review(
+        team.repo, number, "reviewer", "REQUEST_CHANGES", "hm", inline
+    )
+    listed = await listed_reviews(api, team.repo, number)
+    # Created outright, the approval dismissed the rejection before it; submitted from a
+    # pending review (inline comments), the last rejection dismissed nothing. Only the
+    # latest verdict is official either way.
+    assert flags(listed[rejected]) == ("REQUEST_CHANGES", False, False, True)
+    assert flags(listed[approved]) == ("APPROVED", False, False, False)
+    assert flags(listed[again]) == ("REQUEST_CHANGES", True, False, False)
+    forgejo_sim.delete_review(team.repo, number, again)  # the previous verdict counts again
+    assert flags((await listed_reviews(api, team.repo, number))[approved])[1] is True
+
+
+async def test_reviews_go_stale_when_the_head_moves(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    old = forgejo_sim.issue(team.repo, number).pull.head_sha  # type: ignore[union-attr]
+    approved = forgejo_sim.submit_review(team.repo, number, "reviewer", "APPROVED", "")
+    new = forgejo_sim.commit_file(team.repo, "x", "x.txt", "more\n", "More")
+    late = forgejo_sim.submit_review(team.repo, number, "alice", "APPROVED", "", commit_id=old)
+    fresh = forgejo_sim.submit_review(team.repo, number, "code-lead", "APPROVED", "")
+    listed = await listed_reviews(api, team.repo, number)
+    assert [listed[i]["commit_id"] for i in (approved, late, fresh)] == [old, old, new]
+    assert [listed[i]["stale"] for i in (approved, late, fresh)] == [True, True, False]
+
+
+async def test_asking_a_reviewer_again_takes_their_approval_back(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    approved = forgejo_sim.submit_review(team.repo, number, "reviewer", "APPROVED", "")
+    path = f"/repos/{team.repo}/pulls/{number}/requested_reviewers"
+    _, [request], _ = await api("dev").call("POST", path, {"reviewers": ["reviewer"]})
+    listed = await listed_reviews(api, team.repo, number)
+    assert flags(listed[approved]) == ("APPROVED", False, False, False)
+    assert flags(request) == ("REQUEST_REVIEW", True, False, False)
+
+
+async def test_dismissing_a_review_takes_a_repository_admin(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    add_person(forgejo_sim, team, "ada", "admin")
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    approved = forgejo_sim.submit_review(team.repo, number, "reviewer", "APPROVED", "")
+    remark = forgejo_sim.submit_review(team.repo, number, "alice", "COMMENT", "hm")
+    reviews = f"/repos/{team.repo}/pulls/{number}/reviews"
+    body = {"message": "outdated"}
+    status, _, _ = await api("alice").call("POST", f"{reviews}/{approved}/dismissals", body)
+    assert status == 403  # write access is not enough
+    status, dismissed, _ = await api("ada").call("POST", f"{reviews}/{approved}/dismissals", body)
+    assert (status, flags(dismissed)) == (200, ("APPROVED", True, False, True))
+    assert (await api("ada").call("POST", f"{reviews}/{remark}/dismissals", body))[0] == 403
+    forgejo_sim.merge(team.repo, number, "alice")
+    assert (await api("ada").call("POST", f"{reviews}/{approved}/dismissals", body))[0] == 403
+
+
+# -- commit statuses ---------------------------------------------------------------------------
+
+
+async def test_commit_statuses_combine_each_contexts_latest_state(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    head = forgejo_sim.issue(team.repo, number).pull.head_sha  # type: ignore[union-attr]
+    report = f"/repos/{team.repo}/statuses/{head}"
+    combined = f"/repos/{team.repo}/commits/{head}/status"
+    status, nothing, headers = await api("dev").call("GET", combined)
+    # Nobody reported: an empty CombinedStatus, not "pending".
+    assert status == 200
+    assert (nothing["state"], nothing["statuses"], nothing["total_count"]) == ("", None, 0)
+    assert "X-Total-Count" not in headers
+    status, made, _ = await api("reviewer").call(
+        "POST", report, {"state": "success", "context": " ci/test ", "description": "ok"}
+    )
+    assert (status, made["id"], made["status"], made["context"]) == (201, 1, "success", "ci/test")
+    await api("reviewer").call("POST", report, {"state": "pending", "context": "lint"})
+    _, both, headers = await api("dev").call("GET", combined)
+    assert (both["state"], both["sha"], headers["X-Total-Count"]) == ("pending", head, "2")
+    assert [(s["context"], s["status"]) for s in both["statuses"]] == [
+        ("lint", "pending"), ("ci/test", "success"),
+    ]  # fmt: skip
+    await api("reviewer").call("POST", report, {"state": "error", "context": "ci/test"})
+    _, by_branch, _ = await api("dev").call("GET", f"/repos/{team.repo}/commits/x/status")
+    assert by_branch["state"] == "failure"  # Forgejo combines "error" as "failure"
+    assert [(s["context"], s["status"]) for s in by_branch["statuses"]] == [
+        ("ci/test", "error"), ("lint", "pending"),
+    ]  # fmt: skip
+    _, second, _ = await api("dev").call("GET", combined, params={"limit": 1, "page": 2})
+    assert [s["context"] for s in second["statuses"]] == ["lint"]
+
+
+async def test_reporting_a_commit_status_takes_write_access_and_a_known_commit(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    add_person(forgejo_sim, team, "rita", "read")
+    head = forgejo_sim.state.repo(team.repo).branches["main"]
+    body = {"state": "success", "context": "ci"}
+    assert (await api("rita").call("POST", f"/repos/{team.repo}/statuses/{head}", body))[0] == 403
+    unknown = f"/repos/{team.repo}/statuses/{'0' * 40}"
+    assert (await api("reviewer").call("POST", unknown, body))[0] == 404
+    assert (await api("reviewer").call("POST", f"/repos/{team.repo}/statuses/{head}", body))[
+        0
+    ] == 201
+
+
 # -- webhooks ----------------------------------------------------------------------------------
 
 

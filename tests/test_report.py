@@ -678,6 +678,7 @@ async def test_open_or_update_pull_opens_once_closes_the_issue_and_requests_revi
 async def test_merge_merges_an_approved_pull_and_deletes_its_branch(
     forgejo_sim: ForgejoSim, clients: dict[str, ForgejoClient], pull_number: int
 ) -> None:
+    forgejo_sim.add_collaborator(TEAM_REPO, "code-lead", "admin")  # to check who may write
     head = forgejo_sim.issue(TEAM_REPO, pull_number).pull.head_sha  # type: ignore[union-attr]
     forgejo_sim.submit_review(TEAM_REPO, pull_number, "reviewer", "APPROVED", "LGTM")
     task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
@@ -694,8 +695,36 @@ async def test_merge_refuses_a_pull_that_is_not_approved(
     task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
     result = await make_reporter(clients).merge(task, MergeStyle.MERGE, head)
     assert not result.merged
-    assert "not approved" in result.detail
+    assert result.detail == f"did not merge #{pull_number}: nobody approved `{head[:10]}`"
     assert not forgejo_sim.issue(TEAM_REPO, pull_number).pull.merged  # type: ignore[union-attr]
+
+
+async def test_merge_by_a_lead_that_cannot_check_permissions_says_what_it_needs(
+    forgejo_sim: ForgejoSim, clients: dict[str, ForgejoClient], pull_number: int
+) -> None:
+    head = forgejo_sim.issue(TEAM_REPO, pull_number).pull.head_sha  # type: ignore[union-attr]
+    forgejo_sim.submit_review(TEAM_REPO, pull_number, "reviewer", "APPROVED", "LGTM")
+    task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
+    result = await make_reporter(clients).merge(task, MergeStyle.MERGE, head)  # lead: write only
+    assert not result.merged
+    assert "make the lead account an admin of the repository" in result.detail
+
+
+async def test_merge_waits_for_a_failing_or_pending_head(
+    forgejo_sim: ForgejoSim, clients: dict[str, ForgejoClient], pull_number: int
+) -> None:
+    forgejo_sim.add_collaborator(TEAM_REPO, "code-lead", "admin")
+    head = forgejo_sim.issue(TEAM_REPO, pull_number).pull.head_sha  # type: ignore[union-attr]
+    forgejo_sim.submit_review(TEAM_REPO, pull_number, "reviewer", "APPROVED", "LGTM")
+    forgejo_sim.set_status(TEAM_REPO, head, "success", context="lint")
+    forgejo_sim.set_status(TEAM_REPO, head, "pending", context="ci/test")
+    task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
+    reporter = make_reporter(clients)
+    result = await reporter.merge(task, MergeStyle.MERGE, head)
+    assert not result.merged
+    assert f"the commit status of `{head[:10]}` is pending (`ci/test` pending)" in result.detail
+    forgejo_sim.set_status(TEAM_REPO, head, "success", context="ci/test")
+    assert (await reporter.merge(task, MergeStyle.MERGE, head)).merged
 
 
 async def test_close_drops_a_waiting_progress_edit(

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
-from claude_hooks.forgejo.models import InlineComment, Review, User
+from claude_hooks.forgejo.models import InlineComment
 from claude_hooks.verdict import (
     LeadAction,
     ReviewEvent,
     ReviewVerdict,
     VerdictComment,
     diff_new_lines,
-    is_approved,
     normalise_event,
     parse_lead_verdict,
     parse_review_verdict,
@@ -274,38 +273,3 @@ def test_lead_merge_action_is_recognised() -> None:
 )
 def test_lead_anything_but_a_final_merge_action_does_not_merge(text: str) -> None:
     assert parse_lead_verdict(text).action is LeadAction.NONE
-
-
-# ---------------------------------------------------------------- approval
-
-
-def review(login: str, state: str, commit: str = "head1") -> Review:
-    return Review(
-        id=hash((login, state)), state=state, body="", user=User(1, login), commit_id=commit
-    )
-
-
-def test_approved_at_head_counts() -> None:
-    assert is_approved([review("rev", "APPROVED")], "head1")
-
-
-def test_approval_on_an_older_commit_does_not_count() -> None:
-    assert not is_approved([review("rev", "APPROVED", commit="old")], "head1")
-
-
-def test_outstanding_change_request_blocks_approval() -> None:
-    reviews = [review("rev", "APPROVED"), review("alice", "REQUEST_CHANGES")]
-    assert not is_approved(reviews, "head1")
-
-
-def test_later_approval_by_the_same_reviewer_replaces_their_change_request() -> None:
-    reviews = [
-        review("rev", "REQUEST_CHANGES"),
-        review("rev", "COMMENT"),
-        review("rev", "APPROVED"),
-    ]
-    assert is_approved(reviews, "head1")
-
-
-def test_no_reviews_is_not_approved() -> None:
-    assert not is_approved([], "head1")

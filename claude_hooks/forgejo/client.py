@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from claude_hooks.forgejo.models import (
+    CombinedStatus,
     Comment,
     ForgejoDataError,
     InlineComment,
@@ -40,6 +41,7 @@ from claude_hooks.forgejo.models import (
     ReviewComment,
     TimelineEvent,
     User,
+    worst_state,
 )
 
 log = structlog.get_logger(__name__)
@@ -399,6 +401,33 @@ class ForgejoClient:
                 return False
             raise
         return True
+
+    # -- commit statuses --------------------------------------------------------------------
+
+    async def combined_status(self, repo: str, ref: str) -> CombinedStatus:
+        """Each context's latest status on `ref` (a sha or branch), every page of them.
+
+        Forgejo combines only the page it answers, so the state is combined again
+        over all pages here.
+        """
+        template = "/repos/{owner}/{repo}/commits/{ref}/status"
+        pages: list[CombinedStatus] = []
+        for page in range(1, MAX_PAGES + 1):
+            query = {"page": page, "limit": PAGE_LIMIT}
+            response = await self._call("GET", template, *split_repo(repo), ref, query=query)
+            pages.append(response.one(CombinedStatus.from_json))
+            seen = sum(len(p.statuses) for p in pages)
+            total = response.total_count
+            if len(pages[-1].statuses) < PAGE_LIMIT or (total is not None and seen >= total):
+                break
+        reported = [p for p in pages if p.statuses]
+        if not reported:
+            return pages[0]
+        return CombinedStatus(
+            state=worst_state(p.state for p in reported),
+            sha=reported[0].sha,
+            statuses=tuple(s for p in reported for s in p.statuses),
+        )
 
     # -- reviews ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ ForgejoDataError, so a bad payload is refused at the edge instead of deep inside
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -185,6 +185,11 @@ class Review:
     commit_id: str
     comments_count: int = 0
     submitted_at: datetime | None = None
+    # Forgejo's own verdict on the review. from_json reads a flag Forgejo did not send
+    # as the answer that blocks a merge: not official, stale, dismissed.
+    official: bool = False  # counts towards approval: the reviewer could write when it was given
+    stale: bool = False  # the pull request's content changed after the review's commit
+    dismissed: bool = False  # a repository admin (or a newer verdict) set it aside
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Review:
@@ -197,6 +202,65 @@ class Review:
             commit_id=_opt_str(data, "commit_id"),
             comments_count=data.get("comments_count") or 0,
             submitted_at=parse_time(data.get("submitted_at")),
+            official=data.get("official") is True,
+            stale=data.get("stale") is not False,
+            dismissed=data.get("dismissed") is not False,
+        )
+
+
+# Forgejo's order of commit states, worst first (modules/structs/commit_status.go);
+# a state it does not know counts as worse than all of them.
+STATUS_PRIORITY = ("error", "failure", "warning", "pending", "success", "skipped")
+
+
+def worst_state(states: Iterable[str]) -> str:
+    """The worst of some commit states, "" for none (as Forgejo combines them)."""
+    rank = {state: i for i, state in enumerate(STATUS_PRIORITY)}
+    return min(states, key=lambda state: rank.get(state, -1), default="")
+
+
+@dataclass(frozen=True)
+class CommitStatus:
+    """The latest status one context (a CI job, a check) reported for a commit."""
+
+    context: str
+    state: str  # pending | success | error | failure | warning | skipped (Forgejo's "status")
+    description: str = ""
+    target_url: str = ""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CommitStatus:
+        return cls(
+            context=_opt_str(data, "context"),
+            state=_opt_str(data, "status"),
+            description=_opt_str(data, "description"),
+            target_url=_opt_str(data, "target_url"),
+        )
+
+
+@dataclass(frozen=True)
+class CombinedStatus:
+    """GET /repos/{owner}/{repo}/commits/{ref}/status: each context's latest status.
+
+    A commit nobody reported on comes back with state "" and no statuses (Forgejo
+    answers an empty CombinedStatus then, not "pending").
+    """
+
+    state: str  # the worst of the statuses ("error" reads "failure"); "" when there are none
+    sha: str
+    statuses: tuple[CommitStatus, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CombinedStatus:
+        if not isinstance(data, Mapping):
+            raise ForgejoDataError(f"expected an object, got {type(data).__name__}")
+        statuses = data.get("statuses") or []
+        if not isinstance(statuses, list):
+            raise ForgejoDataError(f"field 'statuses': expected a list, got {statuses!r:.80}")
+        return cls(
+            state=_opt_str(data, "state"),
+            sha=_opt_str(data, "sha"),
+            statuses=tuple(CommitStatus.from_json(s) for s in statuses if isinstance(s, Mapping)),
         )
 
 

@@ -58,8 +58,11 @@ def api_routes(sim: ForgejoSim) -> list[web.RouteDef]:
         web.get(PULL + r"/reviews/{id:\d+}", api.get_review),
         web.delete(PULL + r"/reviews/{id:\d+}", api.delete_review),
         web.get(PULL + r"/reviews/{id:\d+}/comments", api.review_comments),
+        web.post(PULL + r"/reviews/{id:\d+}/dismissals", api.dismiss_review),
         web.post(PULL + "/requested_reviewers", api.request_reviewers),
         web.post(PULL + "/merge", api.merge),
+        web.post(REPO + "/statuses/{sha}", api.create_status),
+        web.get(REPO + "/commits/{ref}/status", api.combined_status),
     ]
 
 
@@ -396,6 +399,17 @@ class ApiHandlers:
         comments = self.sim.review_comments(review.id)
         return json_response([self.render.review_comment(c) for c in comments])
 
+    async def dismiss_review(self, request: web.Request) -> web.Response:
+        repo, issue, review = self._review(request)
+        if not has_access(self.state, repo, request[LOGIN], "admin"):
+            raise SimError(403, "Must be repo admin")
+        data = await _body(request)
+        self.sim.dismiss_review(
+            repo.full_name, issue.number, review.id,
+            message=_text(data, "message") or "", priors=data.get("priors") is True,
+        )  # fmt: skip
+        return json_response(self.render.review(review))
+
     async def request_reviewers(self, request: web.Request) -> web.Response:
         repo, issue = self._pull(request)
         login = request[LOGIN]
@@ -406,6 +420,31 @@ class ApiHandlers:
             raise SimError(422, "[reviewers]: must be a list of logins")
         ids = [self.sim.request_review(repo.full_name, issue.number, login, r) for r in reviewers]
         return json_response([self.render.review(self.state.reviews[i]) for i in ids], 201)
+
+    # -- commit statuses -----------------------------------------------------------------
+
+    async def create_status(self, request: web.Request) -> web.Response:
+        repo = self._repo(request, "write")  # reqRepoWriter(unit.TypeCode)
+        data = await _body(request)
+        text = {key: _text(data, key) or "" for key in ("context", "description", "target_url")}
+        state = _text(data, "state") or ""
+        status = self.sim.set_status(
+            repo.full_name, request.match_info["sha"], state, creator=request[LOGIN], **text
+        )
+        return json_response(self.render.commit_status(status), status=201)
+
+    async def combined_status(self, request: web.Request) -> web.Response:
+        """One page of each context's latest status; X-Total-Count counts the contexts."""
+        repo = self._repo(request)
+        sha = self.sim.resolve_ref(repo.full_name, request.match_info["ref"])
+        latest = self.state.latest_statuses(repo.key, sha)
+        page = _positive_int(request.query.get("page"), 1)
+        limit = min(_positive_int(request.query.get("limit"), DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
+        chunk = latest[(page - 1) * limit : page * limit]
+        response = json_response(self.render.combined_status(repo, chunk, viewer=request[LOGIN]))
+        if chunk:  # Forgejo sends no count with the empty answer
+            response.headers["X-Total-Count"] = str(len(latest))
+        return response
 
 
 def _to_status(value: str | None) -> str:

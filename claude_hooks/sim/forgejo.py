@@ -46,9 +46,11 @@ from claude_hooks.sim.state import (
     SimReview,
     SimReviewComment,
     SimState,
+    SimStatus,
     SimThread,
     SimUser,
     fake_sha,
+    has_access,
 )
 from claude_hooks.sim.webhooks import Delivery, HookEvent, WebhookDispatcher
 
@@ -57,6 +59,7 @@ __all__ = ["ForgejoSim", "RecordedRequest", "SimClock", "SimError"]
 log = structlog.get_logger(__name__)
 
 SUBMIT_EVENTS = ("APPROVED", "REQUEST_CHANGES", "COMMENT")
+VERDICTS = ("APPROVED", "REQUEST_CHANGES")  # the review states that count for or against a merge
 MERGE_STYLES = ("merge", "rebase", "rebase-merge", "squash", "fast-forward-only", "manually-merged")
 
 
@@ -173,6 +176,12 @@ class ForgejoSim:
         self.state.repos[repo.key] = repo
         return repo
 
+    def add_collaborator(self, repo: str, login: str, level: str) -> None:
+        """Give `login` read, write or admin access (Forgejo asks the added user nothing)."""
+        if level not in COLLABORATOR_LEVELS:
+            raise ValueError(f"{login}: level must be one of {COLLABORATOR_LEVELS}")
+        self.state.repo(repo).collaborators[self.state.user(login).key] = level
+
     def watch(self, repo: str, login: str) -> None:
         self.state.repo(repo).watchers.add(self.state.user(login).key)
 
@@ -183,8 +192,10 @@ class ForgejoSim:
         for issue in self.state.issues.values():
             pull = issue.pull
             if issue.repo == target.key and pull and issue.state == "open" and pull.head_ref == ref:
-                pull.head_sha = sha
+                moved, pull.head_sha = pull.head_sha != sha, sha
                 self.git.set_ref(target.full_name, f"refs/pull/{issue.number}/head", sha)
+                if moved:
+                    self._mark_reviews_stale(issue, sha)
 
     def git_dir(self, repo: str) -> Path:
         """The bare repository behind `repo` (git must be enabled)."""
@@ -378,7 +389,13 @@ class ForgejoSim:
         for review in self.state.pr_reviews(issue.repo, number):
             if review.user == login and review.state == "REQUEST_REVIEW":
                 return review.id  # already requested: Forgejo changes nothing
+        # An official reviewer asked again: their earlier verdict no longer counts
+        # (models/issues/review.go AddReviewRequest); the request itself is official.
+        official = self._may_write(issue, login)
+        if official:
+            self._clear_official(issue, login)
         review = self._new_review(issue, login, "REQUEST_REVIEW", "", "")
+        review.official = official
         item = self._timeline_item(issue, "review_request", requester, assignee=login)
         self._deliver(issue, requester, {login}, item.id)
         self._emit_pull(
@@ -405,7 +422,14 @@ class ForgejoSim:
         login = self.state.user(reviewer).key
         state = event.upper() if event.upper() in SUBMIT_EVENTS else "PENDING"
         _check_review(state, body, comments, own_pull=login == issue.user)
-        review = self._pending_review(issue, login) or self._new_review(
+        pending = self._pending_review(issue, login)
+        if pending is None and not comments and state in VERDICTS:
+            # Forgejo creates such a review outright (CreateReview), which dismisses the
+            # reviewer's earlier verdicts; one submitted from a pending review does not.
+            for earlier in self.state.pr_reviews(issue.repo, number):
+                if earlier.user == login and earlier.state in VERDICTS:
+                    earlier.dismissed = True
+        review = pending or self._new_review(
             issue, login, "PENDING", body, commit_id or pull.head_sha
         )
         for comment in comments:
@@ -419,6 +443,65 @@ class ForgejoSim:
         for comment_id in review.comment_ids:
             self.state.review_comments.pop(comment_id, None)
         del self.state.reviews[review.id]
+        if review.official:  # the reviewer's previous verdict counts again
+            issue = self.state.issue(repo, number)
+            kinds = (*VERDICTS, "REQUEST_REVIEW")
+            mine = [r for r in self.state.pr_reviews(issue.repo, number) if r.user == review.user]
+            previous = [r for r in mine if r.state in kinds]
+            if previous:
+                previous[-1].official = True
+
+    def dismiss_review(
+        self, repo: str, number: int, review_id: int, message: str = "", priors: bool = False
+    ) -> SimReview:
+        """POST .../reviews/{id}/dismissals semantics, the caller's admin right aside.
+
+        Forgejo also writes a dismiss_review timeline item; the simulator does not.
+        """
+        issue, pull = self.state.pull(repo, number)
+        review = self.review(repo, number, review_id)
+        if review.state not in VERDICTS:
+            raise SimError(
+                403,
+                "not need to dismiss this review because it's type is not Approve or "
+                "change request",
+            )
+        if issue.state != "open" or pull.merged:
+            raise SimError(403, "not need to dismiss this review because this pr is closed")
+        review.dismissed = True
+        if priors:
+            for earlier in self.state.pr_reviews(issue.repo, number):
+                if earlier.user == review.user and earlier.state in VERDICTS:
+                    earlier.dismissed = True
+        return review
+
+    # -- commit statuses -----------------------------------------------------------------
+
+    def set_status(
+        self,
+        repo: str,
+        sha: str,
+        state: str,
+        context: str = "",
+        creator: str | None = None,
+        description: str = "",
+        target_url: str = "",
+    ) -> SimStatus:
+        """Report a commit status (POST /statuses/{sha}); Forgejo stores any state string."""
+        target = self.state.repo(repo)
+        if not self._is_commit(target, sha):
+            raise SimError(404, f"commit {sha!r} does not exist in {target.full_name}")
+        kept = self.state.statuses.setdefault((target.key, sha), [])
+        status = SimStatus(
+            len(kept) + 1, target.key, sha, state, context.strip(), description.strip(),
+            target_url.strip(), self.state.user(creator or target.owner).key, self.clock.now(),
+        )  # fmt: skip
+        kept.append(status)
+        return status
+
+    def resolve_ref(self, repo: str, ref: str) -> str:
+        """A branch name → its head sha; anything else is taken for a sha (ResolveRefOrSha)."""
+        return self.state.repo(repo).branches.get(ref, ref)
 
     def merge(
         self,
@@ -606,6 +689,16 @@ class ForgejoSim:
         now = self.clock.now()
         review.state, review.body, review.commit_id = state, body, commit_id
         review.submitted_at = review.updated_at = now
+        # Only a reviewer's latest verdict is official, and only with write access
+        # (models/issues/review.go SubmitReview, IsOfficialReviewer without branch
+        # protection). A verdict on a commit other than the head is stale from the
+        # start (Forgejo compares the diffs; here any other commit counts as changed).
+        review.official = review.stale = False
+        if state in VERDICTS:
+            self._clear_official(issue, review.user)
+            review.official = self._may_write(issue, review.user)
+            assert issue.pull is not None
+            review.stale = commit_id != issue.pull.head_sha
         if state != "COMMENT" or not review.comment_ids:
             self._clear_review_request(issue, review.user)
         item = self._timeline_item(issue, "review", review.user, body=body, review_id=review.id)
@@ -623,6 +716,29 @@ class ForgejoSim:
             review={"type": f"pull_request_review_{event}", "content": body},
             requested_reviewer=self.render.user(review.user),
         )
+
+    def _may_write(self, issue: SimIssue, login: str) -> bool:
+        return has_access(self.state, self.state.repos[issue.repo], login, "write")
+
+    def _clear_official(self, issue: SimIssue, login: str) -> None:
+        for review in self.state.pr_reviews(issue.repo, issue.number):
+            if review.user == login:
+                review.official = False
+
+    def _mark_reviews_stale(self, issue: SimIssue, head: str) -> None:
+        """A push moved the head: every review is stale but those of the new head
+        (MarkReviewsAsStale, then MarkReviewsAsNotStale, in services/pull/pull.go).
+        Forgejo skips this when the diff to the merge base stayed the same; here every
+        move counts as a change."""
+        for review in self.state.pr_reviews(issue.repo, issue.number):
+            review.stale = review.commit_id != head
+
+    def _is_commit(self, repo: SimRepo, sha: str) -> bool:
+        """A full sha git knows, or one a branch or pull request points at (made-up heads)."""
+        pulls = [i.pull for i in self.state.issues.values() if i.repo == repo.key and i.pull]
+        if sha in {*repo.branches.values(), *(p.head_sha for p in pulls)}:
+            return True
+        return len(sha) == 40 and self.git.has_commit(repo.full_name, sha)
 
     def _clear_review_request(self, issue: SimIssue, login: str) -> None:
         for review in self.state.pr_reviews(issue.repo, issue.number):

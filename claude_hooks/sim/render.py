@@ -6,6 +6,7 @@ pointer it sends null (milestone, closed_at, merged_by…), and so do we.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from claude_hooks.sim.state import (
     SimReview,
     SimReviewComment,
     SimState,
+    SimStatus,
     SimThread,
     SimUser,
     access_level,
@@ -25,6 +27,20 @@ from claude_hooks.sim.state import (
 )
 
 Json = dict[str, Any]
+STATUS_PRIORITY = ("error", "failure", "warning", "pending", "success", "skipped")  # worst first
+
+
+def worst_state(states: Iterable[str]) -> str:
+    """CalcCommitStatus: the worst state, a later one winning ties; unknown states rank
+    nowhere, so one counts only when nothing known came before it."""
+    worst = ""
+    for state in states:
+        known = state in STATUS_PRIORITY and worst in STATUS_PRIORITY
+        if not worst or (known and STATUS_PRIORITY.index(state) <= STATUS_PRIORITY.index(worst)):
+            worst = state
+    return worst
+
+
 EPOCH = "1970-01-01T00:00:00Z"
 
 
@@ -299,14 +315,50 @@ class Renderer:
             "state": review.state,
             "body": review.body,
             "commit_id": review.commit_id,
-            "stale": False,
-            "official": review.state in ("APPROVED", "REQUEST_CHANGES"),
-            "dismissed": False,
+            "stale": review.stale,
+            "official": review.official,
+            "dismissed": review.dismissed,
             "comments_count": len(review.comment_ids),
             "submitted_at": rfc3339(review.submitted_at),
             "updated_at": rfc3339(review.updated_at),
             "html_url": f"{html_url}#issuecomment-{review.id}",
             "pull_request_url": html_url,
+        }
+
+    def commit_status(self, status: SimStatus) -> Json:
+        """services/convert/status.go ToCommitStatus: the state goes out as "status"."""
+        repo = self.state.repos[status.repo]
+        return {
+            "id": status.index,
+            "status": status.state,
+            "target_url": status.target_url,
+            "description": status.description,
+            "url": f"{self.api}/repos/{repo.full_name}/statuses/{status.sha}",
+            "context": status.context,
+            "creator": self.user(status.creator),
+            "created_at": rfc3339(status.created_at),
+            "updated_at": rfc3339(status.created_at),  # Forgejo sends the creation time twice
+        }
+
+    def combined_status(
+        self, repo: SimRepo, statuses: list[SimStatus], viewer: str | None = None
+    ) -> Json:
+        """ToCombinedStatus: the worst state ("error" reads "failure"); with no statuses
+        Forgejo answers an empty CombinedStatus (state "", statuses null)."""
+        if not statuses:
+            return {
+                "state": "", "sha": "", "total_count": 0, "statuses": None,
+                "repository": None, "commit_url": "", "url": "",
+            }  # fmt: skip
+        state = worst_state(s.state for s in statuses)
+        return {
+            "state": "failure" if state == "error" else state,
+            "sha": statuses[0].sha,
+            "total_count": len(statuses),
+            "statuses": [self.commit_status(s) for s in statuses],
+            "repository": self.repo(repo, viewer=viewer),
+            "commit_url": "",
+            "url": "",
         }
 
     def review_comment(self, comment: SimReviewComment) -> Json:

@@ -152,6 +152,9 @@ class SimReview:
     submitted_at: datetime
     updated_at: datetime
     comment_ids: list[int] = field(default_factory=list)
+    official: bool = False  # counts towards approval (forgejo.py: _submit, request_review)
+    stale: bool = False  # the pull request's head moved past commit_id
+    dismissed: bool = False
 
 
 @dataclass
@@ -168,6 +171,21 @@ class SimReviewComment:
     commit_id: str
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass
+class SimStatus:
+    """One commit status report; `index` counts per commit from 1, as Forgejo's id does."""
+
+    index: int
+    repo: str
+    sha: str
+    state: str
+    context: str
+    description: str
+    target_url: str
+    creator: str
+    created_at: datetime
 
 
 @dataclass
@@ -201,6 +219,7 @@ class SimState:
     review_comments: dict[int, SimReviewComment] = field(default_factory=dict)
     reactions: dict[tuple[str, int | str], list[SimReaction]] = field(default_factory=dict)
     threads: dict[int, SimThread] = field(default_factory=dict)
+    statuses: dict[tuple[str, str], list[SimStatus]] = field(default_factory=dict)  # (repo, sha)
     _ids: dict[str, itertools.count[int]] = field(default_factory=dict)
 
     def next_id(self, kind: str) -> int:
@@ -249,6 +268,13 @@ class SimState:
         key = repo.lower()
         found = [r for r in self.reviews.values() if r.repo == key and r.number == number]
         return sorted(found, key=lambda r: r.id)
+
+    def latest_statuses(self, repo: str, sha: str) -> list[SimStatus]:
+        """Each context's newest status on a commit, newest first (GetLatestCommitStatus)."""
+        latest: dict[str, SimStatus] = {}
+        for status in self.statuses.get((repo.lower(), sha), []):
+            latest[status.context] = status  # appended in index order: the last one wins
+        return sorted(latest.values(), key=lambda s: s.index, reverse=True)
 
     def requested_reviewers(self, issue: SimIssue) -> list[str]:
         reviews = self.pr_reviews(issue.repo, issue.number)
