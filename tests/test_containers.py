@@ -23,6 +23,7 @@ from claude_hooks.runner.containers import (
     run_exec,
 )
 from tests.fakes.docker import (  # noqa: F401  (fixtures)
+    AGENT_UID,
     RUN_LABEL,
     TEST_LABEL,
     MakeAgent,
@@ -169,7 +170,7 @@ async def test_ensure_creates_the_container_as_configured(
     assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (256 << 20, 500_000_000, 128)
     assert host["NetworkMode"] == "none"
     assert host["Init"] is True
-    assert info["Config"]["User"] == "1000:1000"
+    assert info["Config"]["User"] == f"{AGENT_UID}:{AGENT_UID}"
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/state"]["Name"] == f"claude-hooks-{a.name}-state"
     assert mounts[CREDENTIALS_PATH]["RW"] is False
@@ -181,7 +182,7 @@ async def test_container_runs_as_non_root_with_writable_state_and_read_only_cred
 ) -> None:
     a = make_agent()
     container = await manager.ensure(a)
-    assert await run_exec(container, ["id", "-u"], user=a.user) == (0, "1000\n")
+    assert await run_exec(container, ["id", "-u"], user=a.user) == (0, f"{AGENT_UID}\n")
     code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
     assert (code, text) == (0, a.credentials_file.read_text())
     code, text = await run_exec(container, ["sh", "-c", f"echo x > {CREDENTIALS_PATH}"], user="0")

@@ -16,10 +16,10 @@ import pytest
 
 from claude_hooks.cli import build_parser
 from claude_hooks.config import AgentConfig
-from claude_hooks.runner.claude import CLAUDE_CONFIG_DIR, CREDENTIALS_PATH, HOME_DIR
+from claude_hooks.runner.claude import CLAUDE_CONFIG_DIR, CREDENTIALS_PATH, HOME_DIR, STATE_DIR
 from claude_hooks.runner.containers import ContainerManager, run_exec
 from tests.conftest import REPO_ROOT
-from tests.fakes.docker import MakeAgent
+from tests.fakes.docker import AGENT_UID, MakeAgent
 from tests.test_unit_file import unit
 
 JUSTFILE = REPO_ROOT / "justfile"
@@ -202,7 +202,8 @@ def test_dockerfile_matches_the_runner_layout_and_the_default_user() -> None:
     assert f"HOME={HOME_DIR}" in text and f"CLAUDE_CONFIG_DIR={CLAUDE_CONFIG_DIR}" in text
     default_user = next(f.default for f in dataclasses.fields(AgentConfig) if f.name == "user")
     uid, gid = str(default_user).split(":")
-    assert f"--uid {uid} --gid {gid}" in text and dockerfile_lines()[-3] == "USER agent"
+    assert uid == gid and f"ARG AGENT_UID={uid}" in text and dockerfile_lines()[-3] == "USER agent"
+    assert '--uid "$AGENT_UID" --gid "$AGENT_UID"' in text
     assert dockerfile_lines()[-1] == 'CMD ["sleep", "infinity"]'
 
 
@@ -247,7 +248,7 @@ async def agent_image(docker: aiodocker.Docker) -> str:
 
 @pytest.mark.docker
 @pytest.mark.agent_image
-async def test_agent_image_runs_pinned_claude_and_git_as_uid_1000(
+async def test_agent_image_runs_pinned_claude_and_git_as_the_agent_uid(
     agent_image: str, docker: aiodocker.Docker, manager: ContainerManager, make_agent: MakeAgent
 ) -> None:
     agent = make_agent(image=agent_image)
@@ -257,9 +258,9 @@ async def test_agent_image_runs_pinned_claude_and_git_as_uid_1000(
     code, git = await run_exec(container, ["git", "--version"], user=agent.user)
     assert code == 0 and git.startswith("git version")
     assert (await docker.images.inspect(agent_image))["Config"]["User"] == "agent"
-    assert await run_exec(container, ["id", "-u", "agent"]) == (0, "1000\n")
-    owner = ["stat", "-c", "%u", HOME_DIR, CLAUDE_CONFIG_DIR]
-    assert await run_exec(container, owner, user=agent.user) == (0, "1000\n1000\n")
+    assert await run_exec(container, ["id", "-u", "agent"]) == (0, f"{AGENT_UID}\n")
+    owner = ["stat", "-c", "%u", STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR]
+    assert await run_exec(container, owner, user=agent.user) == (0, f"{AGENT_UID}\n" * 3)
     assert (await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user))[0] == 0
     assert (await run_exec(container, ["sh", "-c", "command -v node"]))[0] != 0  # build only
 

@@ -1,7 +1,7 @@
 """An agent image made of the host's own userland, for tests that need real tools.
 
 The busybox test image has no git. This one is FROM scratch with only /etc/passwd
-(the `agent` user, uid 1000), an empty /usr and the merged-/usr symlinks (/bin,
+(the `agent` user, uid 100000), an empty /usr and the merged-/usr symlinks (/bin,
 /lib, /lib64 → usr/…); its containers get the host's /usr bind-mounted read-only
 (`HOST_USR_MOUNT` in the agent's `mounts`), so git, bash, coreutils and glibc are
 the host's. /sbin stays a real directory: Docker bind-mounts docker-init at
