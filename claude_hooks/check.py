@@ -7,8 +7,10 @@ and why. The config itself is validated before this runs (load_config).
 from __future__ import annotations
 
 import asyncio
+import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from claude_hooks.config import Config, read_secret
 
@@ -26,11 +28,75 @@ class CheckResult:
 async def run_checks(config: Config, *, offline: bool = False) -> list[CheckResult]:
     results = [CheckResult("config", True, f"{config.path} is valid")]
     results += [CheckResult("config", True, f"warning: {w}") for w in config.warnings]
+    results += [
+        CheckResult("container user", True, f"warning: {w}")
+        for w in container_user_warnings(config, host_account, subuid_owner)
+    ]
     if offline:
         return results
     results += await check_forgejo(config)
     results += await check_docker(config)
     return results
+
+
+def host_account(uid: int) -> str | None:
+    """The name of the host's account with this uid, or None."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+SUBUID_FILE = Path("/etc/subuid")
+
+
+def subuid_owner(uid: int, subuid_file: Path = SUBUID_FILE) -> str | None:
+    """The account whose subordinate uids (user namespaces: rootless containers)
+    include this uid, or None. Lines are "name:first:count"."""
+    try:
+        text = subuid_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        first, _, count = rest.partition(":")
+        if first.isdigit() and count.isdigit() and int(first) <= uid < int(first) + int(count):
+            return name
+    return None
+
+
+def numeric_uid(user: str) -> int | None:
+    """The uid of a Docker `user` such as "100000:100000"; None for a name."""
+    uid = user.partition(":")[0]
+    return int(uid) if uid.isdigit() else None
+
+
+UidOwner = Callable[[int], str | None]
+
+
+def container_user_warnings(
+    config: Config, account_of: UidOwner, delegated_to: UidOwner
+) -> list[str]:
+    """Agents whose container uid a host account holds: without a user namespace that
+    account shares the uid with every task (reads /proc/<pid>/environ, the credentials),
+    directly or as the root of its own rootless containers (/etc/subuid)."""
+    warnings = []
+    for i, agent in enumerate(config.agents):
+        uid = numeric_uid(agent.user)
+        if uid is None:
+            continue
+        if (account := account_of(uid)) is not None:
+            holder = f"is the host account {account!r}"
+        elif (account := delegated_to(uid)) is not None:
+            holder = f"is among the subordinate uids of host account {account!r} (/etc/subuid)"
+        else:
+            continue
+        warnings.append(
+            f"{config.path}: agents[{i}].user: uid {uid} {holder}, which can then read the "
+            f"environment of agent {agent.name}'s tasks and its credentials file; use a "
+            f"uid no account holds, in the image too (deploy/Dockerfile AGENT_UID)"
+        )
+    return warnings
 
 
 async def _guard(name: str, probe: Callable[[], Awaitable[str]], limit: float) -> CheckResult:

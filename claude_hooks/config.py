@@ -24,6 +24,9 @@ from typing import Any
 # Below systemd's TimeoutStopSec=300 in deploy/claude-hooks.service: at 300 s systemd
 # sends SIGKILL, so a drain that long would lose its bookkeeping.
 SYSTEMD_STOP_TIMEOUT = 300.0
+# The agent image's `agent` user (deploy/Dockerfile): far above a host's own accounts,
+# so no person on the host shares the container's processes or the credentials file.
+DEFAULT_AGENT_UID = 100000
 
 
 class ConfigError(Exception):
@@ -195,7 +198,10 @@ class AgentConfig:
     memory: str = field(default="4g", metadata=_doc("Container memory limit (Docker units)"))
     cpus: float = field(default=2.0, metadata=_doc("Container CPU limit"))
     pids_limit: int = field(default=512, metadata=_doc("Container pids limit"))
-    user: str = field(default="1000:1000", metadata=_doc("uid:gid that runs claude and git"))
+    user: str = field(
+        default=f"{DEFAULT_AGENT_UID}:{DEFAULT_AGENT_UID}",
+        metadata=_doc("uid:gid that runs claude and git (no account of the host's)"),
+    )
     claude_command: str = field(
         default="claude", metadata=_doc("The Claude Code executable inside the container")
     )

@@ -27,7 +27,7 @@ from typing import TextIO
 import aiodocker
 
 from claude_hooks.cli import AddCommand
-from claude_hooks.config import Config, load_config
+from claude_hooks.config import DEFAULT_AGENT_UID, Config, load_config
 from claude_hooks.report import find_marker
 from claude_hooks.runner.runtime import AgentRuntime
 from claude_hooks.services import Services
@@ -78,7 +78,7 @@ def demo_config(root: Path, forgejo_url: str, tokens: dict[str, str]) -> Config:
     """A real config file, as an operator would write it, pointing at the simulator."""
     creds = write_secret(root / "credentials.json", '{"claudeAiOauth": {"accessToken": "demo"}}')
     if os.geteuid() == 0:
-        os.chown(creds, 1000, 1000)  # readable by the image's agent user
+        os.chown(creds, DEFAULT_AGENT_UID, DEFAULT_AGENT_UID)  # readable by the image's agent user
     text = f"""
 [forgejo]
 url = "{forgejo_url}"

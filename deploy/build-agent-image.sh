@@ -4,7 +4,9 @@
 # image, with the build's network on the host (apt and npm reach their registries the
 # way this machine does). A host that trusts extra CAs in /usr/local/share/ca-certificates
 # (a TLS-intercepting proxy) hands them to the npm stage; they do not reach the image.
-#   usage: deploy/build-agent-image.sh [TAG]      env: CLAUDE_CODE_VERSION to override the pin
+#   usage: deploy/build-agent-image.sh [TAG]
+#   env: CLAUDE_CODE_VERSION to override the pin, AGENT_UID for the agent user's uid:gid
+#   (default 100000; agents.user must name the same)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +16,9 @@ bash ./build-base-image.sh
 args=(--network host -t "$tag" -f Dockerfile)
 if [ -n "${CLAUDE_CODE_VERSION:-}" ]; then
   args+=(--build-arg "CLAUDE_CODE_VERSION=$CLAUDE_CODE_VERSION")
+fi
+if [ -n "${AGENT_UID:-}" ]; then
+  args+=(--build-arg "AGENT_UID=$AGENT_UID")
 fi
 shopt -s nullglob
 local_cas=(/usr/local/share/ca-certificates/*.crt)

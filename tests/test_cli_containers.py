@@ -295,8 +295,11 @@ async def test_rebuild_keeps_the_state_volume_and_the_read_only_credentials(
     assert await run_exec(new, ["cat", "/state/marker"], user=agent.user) == (0, "kept\n")
     code, text = await run_exec(new, ["cat", CREDENTIALS_PATH], user=agent.user)
     assert code == 0 and "accessToken" in text
-    code, text = await run_exec(new, ["sh", "-c", f"echo x >> {CREDENTIALS_PATH}"])
-    assert code != 0 and "Read-only" in text  # even root cannot write through the mount
+    # Even root cannot write through the mount: a truncating open meets the read-only
+    # mount first (an appending one would meet root's missing capabilities first).
+    code, text = await run_exec(new, ["sh", "-c", f"echo x > {CREDENTIALS_PATH}"])
+    assert code != 0 and "Read-only" in text
+    assert "accessToken" in agent.credentials_file.read_text()
 
 
 @pytest.mark.docker

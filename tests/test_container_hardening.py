@@ -8,11 +8,13 @@ read-only for the agent user too, its processes non-root.
 
 from __future__ import annotations
 
+import aiodocker
 import pytest
 
 from claude_hooks.runner.claude import CREDENTIALS_PATH
-from claude_hooks.runner.containers import ContainerManager, run_exec
+from claude_hooks.runner.containers import ContainerError, ContainerManager, run_exec
 from tests.fakes.docker import MakeAgent
+from tests.test_deploy import agent_image  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.docker
 
@@ -84,3 +86,65 @@ async def test_the_agent_user_cannot_write_or_replace_the_credentials(
     code, text = await run_exec(container, ["sh", "-c", move], user=agent.user)
     assert code != 0, text
     assert agent.credentials_file.read_text() == before
+
+
+@pytest.fixture(params=["scripted", pytest.param("agent", marks=pytest.mark.agent_image)])
+def image(request: pytest.FixtureRequest, test_image: str) -> str:
+    """The busybox test image, and the real agent image (deploy/Dockerfile, with su & co)."""
+    return request.getfixturevalue("agent_image") if request.param == "agent" else test_image
+
+
+ETC_FACTS = "stat -c '%n %u:%g %a' /etc /etc/passwd && cat /etc/passwd"
+
+
+async def test_a_symlink_planted_in_state_gives_no_root_after_a_daemon_restart(
+    docker: aiodocker.Docker,
+    manager: ContainerManager,
+    make_agent: MakeAgent,
+    test_labels: dict[str, str],
+    image: str,
+) -> None:
+    agent = make_agent(image=image)
+    container = await manager.ensure(agent)
+    etc_before = await run_exec(container, ["sh", "-c", ETC_FACTS], user=agent.user)
+    # What a prompt-injected task can do: /state belongs to the agent user.
+    plant = "mv /state/home /state/home.moved && ln -s /etc /state/home"
+    assert await run_exec(container, ["sh", "-c", plant], user=agent.user) == (0, "")
+    restarted = ContainerManager(docker, extra_labels=test_labels)  # a new daemon process
+    try:
+        await restarted.ensure(agent)
+        refusal = ""
+    except ContainerError as exc:
+        refusal = str(exc)
+    assert await run_exec(container, ["sh", "-c", ETC_FACTS], user=agent.user) == etc_before
+    rewrite = "echo 'root2::0:0:root:/root:/bin/sh' >> /etc/passwd"
+    code, _ = await run_exec(container, ["sh", "-c", rewrite], user=agent.user)
+    assert code != 0
+    assert await run_exec(container, ["sh", "-c", ETC_FACTS], user=agent.user) == etc_before
+    assert "/state/home" in refusal and "symbolic link" in refusal, refusal
+
+
+def status_fields(text: str) -> dict[str, str]:
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key: value.strip() for key, value in pairs}
+
+
+async def test_the_container_has_no_capabilities_no_new_privileges_and_a_read_only_root(
+    manager: ContainerManager, make_agent: MakeAgent, image: str
+) -> None:
+    agent = make_agent(image=image)
+    container = await manager.ensure(agent)
+    host = (await container.show())["HostConfig"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert host["ReadonlyRootfs"] is True and "/tmp" in host["Tmpfs"]
+    # As the kernel sees it: no capability even for a root exec, setuid bits are inert.
+    for user in (agent.user, "0"):
+        code, text = await run_exec(container, ["cat", "/proc/self/status"], user=user)
+        status = status_fields(text)
+        assert code == 0 and status["NoNewPrivs"] == "1", (user, text)
+        for capabilities in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[capabilities], 16) == 0, (user, capabilities, text)
+    code, text = await run_exec(container, ["touch", "/etc/planted"], user="0")
+    assert code != 0 and "Read-only file system" in text, text
+    assert await run_exec(container, ["touch", "/tmp/scratch"], user=agent.user) == (0, "")

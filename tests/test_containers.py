@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import shlex
 import uuid
 from pathlib import Path
 
@@ -19,10 +21,15 @@ from claude_hooks.runner.containers import (
     MANAGED_LABEL,
     ContainerError,
     ContainerManager,
+    StateDir,
+    StateFacts,
     memory_bytes,
+    parse_state_facts,
     run_exec,
+    state_problem,
 )
 from tests.fakes.docker import (  # noqa: F401  (fixtures)
+    AGENT_UID,
     RUN_LABEL,
     TEST_LABEL,
     MakeAgent,
@@ -100,6 +107,49 @@ def test_config_mounts_state_volume_and_read_only_credentials() -> None:
     assert CREDENTIALS_PATH.startswith("/state/")  # Claude's config dir persists in the volume
 
 
+def test_config_drops_every_capability_and_privilege_gain_and_makes_the_root_read_only() -> None:
+    host = pure_manager().container_config(agent())["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and "CapAdd" not in host
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,exec,mode=1777"}
+    assert "Privileged" not in host
+
+
+def state_facts(*lines: str, uid: int = 100000) -> StateFacts:
+    return parse_state_facts("\n".join([str(uid), *lines]) + "\n")
+
+
+def test_state_directories_of_the_agent_user_pass() -> None:
+    facts = state_facts(
+        "dir 100000 yes /state", "dir 100000 yes /state/home", "dir 100000 yes /state/home/.claude"
+    )
+    assert facts.dirs[1] == StateDir("/state/home", "dir", 100000, True)
+    assert state_problem(facts, agent()) is None
+
+
+def test_a_state_directory_replaced_by_a_link_is_refused_not_followed() -> None:
+    facts = state_facts("dir 100000 yes /state", "link 100000 yes /state/home")
+    problem = state_problem(facts, agent())
+    assert problem is not None
+    assert problem.startswith("/state/home is a symbolic link, not a directory")
+    assert "claude-hooks containers shell dev" in problem
+
+
+def test_a_volume_of_another_uid_is_refused_with_the_command_that_hands_it_over() -> None:
+    facts = state_facts("dir 1000 no /state", "dir 1000 no /state/home", uid=100000)
+    problem = state_problem(facts, agent(user="100000:100000"))
+    assert problem is not None
+    assert problem.startswith("/state belongs to uid 1000, and uid 100000 of agents.user")
+    assert problem.endswith(
+        "docker run --rm --network none --user 0 -v claude-hooks-dev-state:/state "
+        "claude-hooks-agent:1 chown -R -h 100000:100000 /state"
+    )
+    assert state_problem(state_facts("missing - no /state/home"), agent()) == (
+        "/state/home is missing"
+    )
+
+
 def test_config_holds_no_secret_file_and_no_token_variable() -> None:
     text = json.dumps(pure_manager().container_config(agent()))
     assert "dev-token" not in text
@@ -169,7 +219,7 @@ async def test_ensure_creates_the_container_as_configured(
     assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (256 << 20, 500_000_000, 128)
     assert host["NetworkMode"] == "none"
     assert host["Init"] is True
-    assert info["Config"]["User"] == "1000:1000"
+    assert info["Config"]["User"] == f"{AGENT_UID}:{AGENT_UID}"
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/state"]["Name"] == f"claude-hooks-{a.name}-state"
     assert mounts[CREDENTIALS_PATH]["RW"] is False
@@ -181,7 +231,7 @@ async def test_container_runs_as_non_root_with_writable_state_and_read_only_cred
 ) -> None:
     a = make_agent()
     container = await manager.ensure(a)
-    assert await run_exec(container, ["id", "-u"], user=a.user) == (0, "1000\n")
+    assert await run_exec(container, ["id", "-u"], user=a.user) == (0, f"{AGENT_UID}\n")
     code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
     assert (code, text) == (0, a.credentials_file.read_text())
     code, text = await run_exec(container, ["sh", "-c", f"echo x > {CREDENTIALS_PATH}"], user="0")
@@ -242,6 +292,48 @@ async def test_changed_config_waits_while_a_task_runs(
     # Even when the new config names another user than the one the task runs as.
     changed = dataclasses.replace(a, memory="300m", user="1001:1001")
     assert (await manager.ensure(changed)).id == first.id
+
+
+@pytest.mark.docker
+async def test_a_container_of_an_earlier_release_is_recreated_hardened(
+    docker: aiodocker.Docker, manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    earlier = manager.container_config(a)  # as created before the hardening
+    for key in ("CapDrop", "SecurityOpt", "ReadonlyRootfs", "Tmpfs"):
+        del earlier["HostConfig"][key]
+    earlier["Labels"][CONFIG_LABEL] = "0123456789abcdef"
+    old = await docker.containers.create(earlier, name=a.container_name)
+    await old.start()
+    new = await manager.ensure(a)
+    assert new.id != old.id
+    host = (await new.show())["HostConfig"]
+    assert (host["CapDrop"], host["SecurityOpt"], host["ReadonlyRootfs"]) == (
+        ["ALL"], ["no-new-privileges"], True,
+    )  # fmt: skip
+
+
+@pytest.mark.docker
+async def test_a_state_volume_of_another_uid_is_refused_until_handed_over(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    await manager.ensure(a)  # the volume now belongs to the image's agent uid
+    other = dataclasses.replace(a, user="4242:4242")
+    with pytest.raises(ContainerError, match=r"/state belongs to uid \d+, and uid 4242") as err:
+        await manager.ensure(other)
+    command = str(err.value).rsplit("hand it over once: ", 1)[1]
+    assert command.startswith("docker run --rm --network none --user 0 ")
+    await manager.down([other])  # the volume's owner changes while nothing runs
+    handover = await asyncio.create_subprocess_exec(
+        *shlex.split(command), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await handover.communicate()
+    assert handover.returncode == 0, output
+    container = await manager.ensure(other)
+    assert await run_exec(container, ["stat", "-c", "%u", "/state/home"], user=other.user) == (
+        0, "4242\n",
+    )  # fmt: skip
 
 
 @pytest.mark.docker

@@ -4,6 +4,7 @@ script, the unit's commands and the operators' manual (docs/OPERATIONS.md)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -16,10 +17,17 @@ import pytest
 
 from claude_hooks.cli import build_parser
 from claude_hooks.config import AgentConfig
-from claude_hooks.runner.claude import CLAUDE_CONFIG_DIR, CREDENTIALS_PATH, HOME_DIR
+from claude_hooks.runner.claude import (
+    CLAUDE_CONFIG_DIR,
+    CREDENTIALS_PATH,
+    HOME_DIR,
+    STATE_DIR,
+    claude_argv,
+)
 from claude_hooks.runner.containers import ContainerManager, run_exec
 from tests.conftest import REPO_ROOT
-from tests.fakes.docker import MakeAgent
+from tests.fakes.docker import AGENT_UID, MakeAgent
+from tests.fakes.messages_api import ScriptedMessagesApi, bash_turn, final_turn, tool_results
 from tests.test_unit_file import unit
 
 JUSTFILE = REPO_ROOT / "justfile"
@@ -202,7 +210,8 @@ def test_dockerfile_matches_the_runner_layout_and_the_default_user() -> None:
     assert f"HOME={HOME_DIR}" in text and f"CLAUDE_CONFIG_DIR={CLAUDE_CONFIG_DIR}" in text
     default_user = next(f.default for f in dataclasses.fields(AgentConfig) if f.name == "user")
     uid, gid = str(default_user).split(":")
-    assert f"--uid {uid} --gid {gid}" in text and dockerfile_lines()[-3] == "USER agent"
+    assert uid == gid and f"ARG AGENT_UID={uid}" in text and dockerfile_lines()[-3] == "USER agent"
+    assert '--uid "$AGENT_UID" --gid "$AGENT_UID"' in text
     assert dockerfile_lines()[-1] == 'CMD ["sleep", "infinity"]'
 
 
@@ -247,7 +256,7 @@ async def agent_image(docker: aiodocker.Docker) -> str:
 
 @pytest.mark.docker
 @pytest.mark.agent_image
-async def test_agent_image_runs_pinned_claude_and_git_as_uid_1000(
+async def test_agent_image_runs_pinned_claude_and_git_as_the_agent_uid(
     agent_image: str, docker: aiodocker.Docker, manager: ContainerManager, make_agent: MakeAgent
 ) -> None:
     agent = make_agent(image=agent_image)
@@ -257,11 +266,44 @@ async def test_agent_image_runs_pinned_claude_and_git_as_uid_1000(
     code, git = await run_exec(container, ["git", "--version"], user=agent.user)
     assert code == 0 and git.startswith("git version")
     assert (await docker.images.inspect(agent_image))["Config"]["User"] == "agent"
-    assert await run_exec(container, ["id", "-u", "agent"]) == (0, "1000\n")
-    owner = ["stat", "-c", "%u", HOME_DIR, CLAUDE_CONFIG_DIR]
-    assert await run_exec(container, owner, user=agent.user) == (0, "1000\n1000\n")
+    assert await run_exec(container, ["id", "-u", "agent"]) == (0, f"{AGENT_UID}\n")
+    owner = ["stat", "-c", "%u", STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR]
+    assert await run_exec(container, owner, user=agent.user) == (0, f"{AGENT_UID}\n" * 3)
     assert (await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user))[0] == 0
     assert (await run_exec(container, ["sh", "-c", "command -v node"]))[0] != 0  # build only
+
+
+# The Bash tool writes where a task would: a working tree under /state, and /tmp.
+HARDENED_RUN = (
+    "mkdir -p /state/work/t && cd /state/work/t && echo ok > f && echo scratch > /tmp/t && "
+    "git init -q && git add f && git -c user.email=a@b -c user.name=a commit -qm x && echo DONE"
+)
+
+
+@pytest.mark.docker
+@pytest.mark.agent_image
+async def test_the_real_claude_works_under_the_read_only_root_without_capabilities(
+    agent_image: str, manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    agent = make_agent(image=agent_image, network="host")  # the scripted API is on loopback
+    container = await manager.ensure(agent)
+    assert (await container.show())["HostConfig"]["ReadonlyRootfs"] is True
+    async with ScriptedMessagesApi([bash_turn(HARDENED_RUN), final_turn("Done.")]) as api:
+        env = [
+            f"ANTHROPIC_BASE_URL={api.base_url}", "ANTHROPIC_API_KEY=test-key",
+            "CLAUDE_CODE_MAX_RETRIES=0", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1",
+            "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=127.0.0.1,localhost",
+        ]  # fmt: skip
+        argv = [*claude_argv(agent, session_id=None, system_prompt=""), "Commit a file."]
+        code, output = await run_exec(container, argv, user=agent.user, environment=env)
+        results = tool_results(api.requests[-1])
+    assert code == 0, output
+    result = json.loads(output.splitlines()[-1])
+    assert (result["type"], result["subtype"]) == ("result", "success"), result
+    assert [(r["content"], r["is_error"]) for r in results] == [("DONE", False)]
+    # Claude Code's own writes: all in CLAUDE_CONFIG_DIR (on the volume) and /tmp.
+    transcript = f"{CLAUDE_CONFIG_DIR}/projects/-state/{result['session_id']}.jsonl"
+    assert (await run_exec(container, ["test", "-s", transcript], user=agent.user))[0] == 0
 
 
 # --- docs/OPERATIONS.md ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from claude_hooks.runner.execution import (
 )
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 from tests.fakes.docker import (  # noqa: F401  (fixtures)
+    AGENT_UID,
     MakeAgent,
     agent_factory,
     built_test_image,
@@ -208,7 +209,7 @@ async def run(
     extra: dict[str, str] | None = None,
     stop_grace: float = 10.0,
 ) -> ExecResult:
-    a = agent(user="1000:1000")
+    a = agent(user=f"{AGENT_UID}:{AGENT_UID}")
     return await run_claude(
         container,
         argv=claude_argv(a, session_id=None, system_prompt="be brief"),
@@ -223,7 +224,7 @@ async def run(
 
 
 async def task_pids(container: DockerContainer, task_id: int) -> list[int]:
-    return await signal_processes(container, "list", task_processes(task_id), user="1000")
+    return await signal_processes(container, "list", task_processes(task_id), user=str(AGENT_UID))
 
 
 @pytest.mark.docker
@@ -247,7 +248,7 @@ async def test_events_arrive_in_order_with_the_exit_code(
 async def test_events_are_delivered_while_claude_runs(container: DockerContainer) -> None:
     seen: list[float] = []
     start = time.monotonic()
-    a = agent(user="1000:1000")
+    a = agent(user=f"{AGENT_UID}:{AGENT_UID}")
     await run_claude(
         container,
         argv=claude_argv(a, session_id=None, system_prompt=""),
@@ -283,7 +284,7 @@ async def test_claude_runs_with_the_argv_env_workdir_and_user_given(
     assert "CLAUDE_HOOKS_TASK=9" in env.splitlines()
     assert f"HOME={HOME_DIR}" in env.splitlines()
     _, owner = await run_exec(container, ["stat", "-c", "%u", "/tmp/rec-env/env"])
-    assert owner.strip() == "1000"
+    assert owner.strip() == str(AGENT_UID)
 
 
 @pytest.mark.docker
@@ -340,7 +341,7 @@ async def test_a_failing_event_handler_stops_the_task_and_raises(
     def refuse(event: StreamEvent) -> None:
         raise RuntimeError(f"store is gone ({event.kind})")
 
-    a = agent(user="1000:1000")
+    a = agent(user=f"{AGENT_UID}:{AGENT_UID}")
     with pytest.raises(RuntimeError, match=r"store is gone \(init\)"):
         await run_claude(
             container,
@@ -365,7 +366,7 @@ async def test_stopping_one_task_leaves_other_tasks_running(container: DockerCon
     other.cancel()
     with pytest.raises(asyncio.CancelledError):
         await other
-    assert await signal_processes(container, "list", ANY_TASK, user="1000") == []
+    assert await signal_processes(container, "list", ANY_TASK, user=str(AGENT_UID)) == []
 
 
 @pytest.mark.docker

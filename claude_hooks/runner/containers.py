@@ -7,11 +7,17 @@ and recreated when those settings change — but never under a running task.
 Layout (see claude.py): the named volume `claude-hooks-<agent>-state` is /state and
 holds HOME and CLAUDE_CONFIG_DIR, so Claude's session transcripts and the working
 trees survive a rebuild. The credentials file is bind-mounted read-only straight
-at $CLAUDE_CONFIG_DIR/.credentials.json, inside the volume's mount: Docker mounts
-the volume first (mounts are applied shortest path first) and creates the missing
-mountpoint directories in it — owned by root, which is why `_prepare` hands the
-state directories to the agent user after every start. The mounted file keeps
+at $CLAUDE_CONFIG_DIR/.credentials.json, inside the volume's mount. The image
+creates /state/home/.claude owned by its agent user, and a fresh named volume
+starts as a copy of the image's /state, owner included; so Docker only has to
+create the file mountpoint, and nothing here runs as root. The mounted file keeps
 its host owner and mode: agent.user must be able to read it (match its uid).
+
+Nothing in the container may act as root with power: no capabilities (CapDrop
+ALL, for root execs too), no-new-privileges (setuid binaries gain nothing), a
+read-only root filesystem with a tmpfs /tmp. The agent owns /state, so whatever
+it plants there (a symlink /state/home -> /etc) is only ever looked at, as the
+agent user, never chowned or followed by a privileged process.
 
 The Forgejo token never reaches the container config, a label, a command line or
 the image: it is only in each exec's environment (claude.exec_env).
@@ -53,7 +59,10 @@ AGENT_LABEL = "claude-hooks.agent"
 CONFIG_LABEL = "claude-hooks.config"
 INSTANCE_LABEL = "claude-hooks.instance"
 
-ROOT = "0"  # exec user for chown; not for reading /proc/*/environ (no CAP_SYS_PTRACE)
+ROOT = "0"  # only a fallback for a container without a User; it has no capabilities
+# /tmp is the only writable path outside /state. exec: Claude Code's Bash tool and
+# git may run scripts from there, as they may from /state; nosuid is moot anyway.
+TMPFS_OPTIONS = "rw,nosuid,nodev,exec,mode=1777"
 STOP_TIMEOUT = 10  # seconds `docker stop` gives the container before SIGKILL
 STRAY_GRACE = 5.0  # seconds stray processes get between SIGTERM and SIGKILL
 
@@ -71,6 +80,23 @@ for dir in /proc/[0-9]*; do
     if [ "$1" = list ] || kill -s "$1" "$pid" 2>/dev/null; then echo "$pid"; fi
 done
 """
+
+# What the agent user sees of each state directory, one line each: kind (dir, link,
+# missing, other), owner uid (of a link itself: stat does not follow it without -L),
+# whether it may write there, the path; the first line is its own uid. Only looks.
+STATE_FACTS_SCRIPT = r"""
+id -u
+for dir in "$@"; do
+    if [ -L "$dir" ]; then kind=link
+    elif [ -d "$dir" ]; then kind=dir
+    elif [ -e "$dir" ]; then kind=other
+    else kind=missing; fi
+    owner=$(stat -c %u "$dir" 2>/dev/null) || owner=-
+    if [ -w "$dir" ]; then writable=yes; else writable=no; fi
+    echo "$kind $owner $writable $dir"
+done
+"""
+STATE_DIRS = (STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR)
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -99,6 +125,66 @@ def memory_bytes(text: str) -> int:
     return int(float(match[1]) * _MEMORY_UNITS[match[2].lower()])
 
 
+@dataclass(frozen=True)
+class StateDir:
+    """One state directory as the agent user sees it (STATE_FACTS_SCRIPT)."""
+
+    path: str
+    kind: str  # dir | link | missing | other
+    owner: int | None
+    writable: bool
+
+
+@dataclass(frozen=True)
+class StateFacts:
+    uid: int  # the agent user's, as the container resolves agent.user
+    dirs: tuple[StateDir, ...]
+
+
+def parse_state_facts(output: str) -> StateFacts:
+    first, *lines = output.splitlines()
+    dirs = []
+    for line in lines:
+        kind, owner, writable, path = line.split(" ", 3)
+        dirs.append(
+            StateDir(path, kind, int(owner) if owner.isdigit() else None, writable == "yes")
+        )
+    return StateFacts(int(first), tuple(dirs))
+
+
+def state_problem(facts: StateFacts, agent: AgentConfig) -> str | None:
+    """Why the agent user cannot work in its state directories, or None."""
+    for found in facts.dirs:
+        if found.kind == "link":
+            return (
+                f"{found.path} is a symbolic link, not a directory (a task replaced it; "
+                f"nothing follows it): put the directory back, as the agent user: "
+                f"claude-hooks containers shell {agent.name}"
+            )
+        if found.kind != "dir":
+            return f"{found.path} is {'missing' if found.kind == 'missing' else 'not a directory'}"
+        if not found.writable:
+            return (
+                f"{found.path} belongs to uid {found.owner}, and uid {facts.uid} of "
+                f"agents.user cannot write there (a volume made for another uid?): hand "
+                f"it over once: {handover_command(agent)}"
+            )
+    return None
+
+
+def handover_command(agent: AgentConfig) -> str:
+    """The one-off command that gives the state volume to agents.user, for the operator.
+
+    Root, but in a throwaway container that has only the volume (no network, no
+    credentials, not the agent's container), and chown -h changes links themselves:
+    nothing the agent planted is followed.
+    """
+    return (
+        f"docker run --rm --network none --user 0 -v {agent.volume_name}:{STATE_DIR} "
+        f"{agent.image} chown -R -h {agent.user} {STATE_DIR}"
+    )
+
+
 class ContainerManager:
     def __init__(
         self,
@@ -109,7 +195,7 @@ class ContainerManager:
         self._docker = docker
         self._extra_labels = dict(extra_labels)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._prepared: set[str] = set()  # container ids whose /state this process handed over
+        self._checked: set[str] = set()  # container ids whose /state this process checked
 
     # --- pure: what the container should be -------------------------------------------
 
@@ -147,8 +233,10 @@ class ContainerManager:
                 "NanoCpus": round(agent.cpus * 1e9),
                 "PidsLimit": agent.pids_limit,
                 "Init": True,
-                # No "no-new-privileges": with a non-root container user it also strips
-                # every capability from root execs, and `_prepare` needs CAP_CHOWN.
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges"],
+                "ReadonlyRootfs": True,
+                "Tmpfs": {"/tmp": TMPFS_OPTIONS},
                 "RestartPolicy": {"Name": "unless-stopped"},
                 "Mounts": [
                     {
@@ -189,10 +277,10 @@ class ContainerManager:
             if not running:
                 await container.start()
                 log.info("container_started", agent=agent.name)
-            if container.id not in self._prepared:
-                # Once per daemon process: a crash between start and _prepare (or a
-                # container another process created) must not leave /state to root.
-                await self._prepare(container, agent)
+            if container.id not in self._checked:
+                # Once per daemon process, and until it passes: a task may have
+                # replaced /state/home since the last check.
+                await self._check_state(container, agent)
             return container
 
     async def rebuild(self, agent: AgentConfig) -> DockerContainer:
@@ -303,7 +391,7 @@ class ContainerManager:
                 f"agent {agent.name}: container {agent.container_name} does not start: "
                 f"{exc.message}"
             ) from None
-        await self._prepare(created, agent)
+        await self._check_state(created, agent)
         log.info(
             "container_created",
             agent=agent.name,
@@ -312,18 +400,23 @@ class ContainerManager:
         )
         return await self._docker.containers.get(created.id)
 
-    async def _prepare(self, container: DockerContainer, agent: AgentConfig) -> None:
-        """Give the agent user the state directories Docker (or an old uid) left to root."""
-        dirs = [STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR]
+    async def _check_state(self, container: DockerContainer, agent: AgentConfig) -> None:
+        """Refuse a /state the agent user cannot use; warn if it cannot read the credentials.
+
+        Runs as the agent user and only looks: never chowns, never follows a link.
+        """
         code, output = await run_exec(
-            container, ["sh", "-c", 'mkdir -p "$@" && chown "$0" "$@"', agent.user, *dirs]
+            container, ["sh", "-c", STATE_FACTS_SCRIPT, "state-facts", *STATE_DIRS], user=agent.user
         )
         if code != 0:
             raise ContainerError(
-                f"agent {agent.name}: cannot prepare {STATE_DIR} in {agent.container_name}: "
+                f"agent {agent.name}: cannot look at {STATE_DIR} in {agent.container_name}: "
                 f"{output.strip()}"
             )
-        self._prepared.add(container.id)
+        problem = state_problem(parse_state_facts(output), agent)
+        if problem is not None:
+            raise ContainerError(f"agent {agent.name}: in {agent.container_name}: {problem}")
+        self._checked.add(container.id)
         code, _ = await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user)
         if code != 0:
             log.warning(

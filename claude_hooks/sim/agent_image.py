@@ -1,7 +1,7 @@
 """The scripted agent image of the demo and the tests, built without a registry.
 
 FROM scratch around the host's static busybox (Debian's busybox-static), an
-`agent` user (uid 1000) and a fake `claude` that replays recorded stream-json
+`agent` user (uid 100000) and a fake `claude` that replays recorded stream-json
 (agent_image/fake-claude.sh). Built through the Docker Engine API from an
 in-memory tar; an image built from the same inputs is reused (a content label).
 

@@ -1,7 +1,7 @@
 """An agent image made of the host's own userland, for tests that need real tools.
 
 The busybox test image has no git. This one is FROM scratch with only /etc/passwd
-(the `agent` user, uid 1000), an empty /usr and the merged-/usr symlinks (/bin,
+(the `agent` user, uid 100000), an empty /usr and the merged-/usr symlinks (/bin,
 /lib, /lib64 → usr/…); its containers get the host's /usr bind-mounted read-only
 (`HOST_USR_MOUNT` in the agent's `mounts`), so git, bash, coreutils and glibc are
 the host's. /sbin stays a real directory: Docker bind-mounts docker-init at
@@ -29,16 +29,20 @@ INPUTS_LABEL = "claude-hooks.host-image-inputs"
 HOST_USR_MOUNT = "/usr:/usr:ro"
 MERGED_USR = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64"}
 
-DOCKERFILE = b"""FROM scratch
+DOCKERFILE = f"""FROM scratch
 COPY rootfs/ /
+COPY --chown={AGENT_UID}:{AGENT_UID} state/ /state/
 ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin
 CMD ["sleep", "infinity"]
-"""
+""".encode()
 PASSWD = (
     f"root:x:0:0:root:/root:/bin/sh\nagent:x:{AGENT_UID}:{AGENT_UID}:agent:/state/home:/bin/bash\n"
 )
 GROUP = f"root:x:0:\nagent:x:{AGENT_UID}:\n"
-DIRECTORIES = {"usr": 0o755, "sbin": 0o755, "tmp": 0o1777, "state": 0o755, "root": 0o700}
+DIRECTORIES = {"usr": 0o755, "sbin": 0o755, "tmp": 0o1777, "root": 0o700}
+# The agent's, as in the real image (COPY --chown): a fresh state volume copies them,
+# owner included.
+AGENT_DIRECTORIES = ("state", "state/home", "state/home/.claude")
 
 
 def unavailable(reason: str) -> None:
@@ -69,6 +73,10 @@ def context_tar() -> bytes:
         for name, mode in DIRECTORIES.items():
             info = tarfile.TarInfo(f"rootfs/{name}")
             info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+        for name in AGENT_DIRECTORIES:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(info)
         for link, target in MERGED_USR.items():
             info = tarfile.TarInfo(f"rootfs/{link}")
