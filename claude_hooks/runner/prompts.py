@@ -67,8 +67,9 @@ PLACEHOLDERS = frozenset(
 
 # Where a repository keeps instructions for agents, first found wins (the caller reads
 # it from the base branch, so a pull request cannot rewrite its own review rules).
-# CLAUDE.md is not listed: Claude Code already reads it from the working tree itself.
-REPO_INSTRUCTION_FILES = (".forgejo/claude-hooks.md", ".claude-hooks.md", "AGENTS.md")
+# CLAUDE.md is last: Claude Code does not load it by itself here (claude_argv passes
+# --setting-sources user, since the working tree may be a pull request's head).
+REPO_INSTRUCTION_FILES = (".forgejo/claude-hooks.md", ".claude-hooks.md", "AGENTS.md", "CLAUDE.md")
 
 
 class PromptTemplateError(Exception):
