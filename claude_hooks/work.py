@@ -167,7 +167,10 @@ class TaskWorker:
         step(f"preparing {plan.path}")
         await self._runtime.prepare(agent, plan, git_env)
         session = await self._store.last_session(agent.name, task.spec.repo, task.spec.number)
-        prompt = self._prompt(task, agent, facts, follow_up=session is not None)
+        prompt = self._prompt(
+            task, agent, facts, follow_up=session is not None,
+            config_from_base=plan.checkout is workspace.Checkout.PULL_HEAD,
+        )  # fmt: skip
         bound.info("claude_started", resume=session, workdir=plan.path)
         result = await self._run(task, agent, env, plan, prompt, session, step, bound)
         outcome = outcome_of(result.result_event, result.exit_code, result.stderr_tail)
@@ -212,7 +215,13 @@ class TaskWorker:
             await asyncio.shield(sink.close())
 
     def _prompt(
-        self, task: Task, agent: AgentConfig, facts: ThreadFacts | None, *, follow_up: bool
+        self,
+        task: Task,
+        agent: AgentConfig,
+        facts: ThreadFacts | None,
+        *,
+        follow_up: bool,
+        config_from_base: bool,
     ) -> str:
         if facts is None:
             return task.spec.request
@@ -221,6 +230,7 @@ class TaskWorker:
             comments=facts.comments, writers=facts.writers,
             agents=frozenset(a.lower() for a in self._config.agent_names), diff=facts.diff,
             is_follow_up=follow_up, default_branch=facts.default_branch,
+            config_from_base=config_from_base,
         )  # fmt: skip
         return build_prompt(agent.role, ctx, load_template(agent.role, agent.prompt_file))
 

@@ -74,9 +74,12 @@ def test_argv_is_headless_stream_json_with_the_agent_settings() -> None:
         system_prompt="You are dev.",
     )
     assert argv[:5] == ["/opt/claude", "-p", "--output-format", "stream-json", "--verbose"]
-    pairs = dict(zip(argv[5::2], argv[6::2], strict=True))
+    assert "--strict-mcp-config" in argv
+    options = [a for a in argv[5:] if a != "--strict-mcp-config"]
+    pairs = dict(zip(options[::2], options[1::2], strict=True))
     assert pairs == {
         "--permission-mode": "bypassPermissions",
+        "--setting-sources": "user",
         "--model": "claude-opus-5-5",
         "--max-turns": "30",
         "--append-system-prompt": "You are dev.",
@@ -89,6 +92,7 @@ def test_argv_leaves_out_what_is_not_set() -> None:
     assert argv == [
         "claude", "-p", "--output-format", "stream-json", "--verbose",
         "--permission-mode", "bypassPermissions",
+        "--setting-sources", "user", "--strict-mcp-config",
     ]  # fmt: skip
 
 

@@ -44,6 +44,11 @@ def claude_argv(agent: AgentConfig, *, session_id: str | None, system_prompt: st
     # Headless: nobody can answer a permission prompt, and the agent's container is
     # the sandbox. Works for a non-root user (root would also need IS_SANDBOX=1).
     argv += ["--permission-mode", "bypassPermissions"]
+    # The working tree may be a pull request's head: none of its configuration may
+    # steer Claude (.claude/settings*.json hooks run shell commands, .mcp.json starts
+    # servers, CLAUDE.md and .claude/ commands, agents and skills are instructions).
+    # Only the agent's own user settings load, and no MCP server at all.
+    argv += ["--setting-sources", "user", "--strict-mcp-config"]
     if agent.model:
         argv += ["--model", agent.model]
     if agent.max_turns is not None:

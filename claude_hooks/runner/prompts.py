@@ -9,8 +9,13 @@ Safety, because anyone who can comment can put text in front of the agent:
   backtick run inside it, so the text cannot close it early.
 - What a human reading the thread cannot see is removed: HTML comments, `[//]: #`
   Markdown comments, <script>/<style> (Forgejo's sanitiser drops them unseen),
-  zero-width, bidi-control and tag characters. <details> blocks are not hidden
-  from anyone who clicks, so their tags go and their text stays.
+  control and format characters (zero-width, bidi, tag characters), variation
+  selectors. Every kind of line break becomes "\n", so what the model reads as a
+  new line is one the fence accounts for. <details> blocks are not hidden from
+  anyone who clicks, so their tags go and their text stays.
+- Every string an author chose (a title, a branch name, a body) is sanitised the
+  same way and shown only inside that author's fence; outside fences the prompt
+  holds only what the daemon wrote or Forgejo validated (logins, numbers, shas).
 - Every part has a size budget; what is cut says so in the prompt.
 
 Templates are `string.Template` text (`$name`), so braces or dollars in user text
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -45,9 +51,9 @@ PLACEHOLDERS = frozenset(
         "number",  # issue or PR number ("" for an API task without a thread)
         "kind",  # mention | review | assignment | api
         "requested_by",
-        "title",  # sanitised one-line title (not labelled: prefer $subject)
-        "branch",  # the branch the agent works on
-        "base",  # the branch it will be merged into
+        "title",  # the one-line title; fenced and labelled when its author is untrusted
+        "branch",  # the branch the agent works on (a description when the name is not plain)
+        "base",  # the branch it will be merged into (likewise)
         "head",  # PR head commit, or ""
         "follow_up",  # a note when this continues an earlier session, else ""
         "subject",  # section: the issue or PR, title and body
@@ -61,8 +67,9 @@ PLACEHOLDERS = frozenset(
 
 # Where a repository keeps instructions for agents, first found wins (the caller reads
 # it from the base branch, so a pull request cannot rewrite its own review rules).
-# CLAUDE.md is not listed: Claude Code already reads it from the working tree itself.
-REPO_INSTRUCTION_FILES = (".forgejo/claude-hooks.md", ".claude-hooks.md", "AGENTS.md")
+# CLAUDE.md is last: Claude Code does not load it by itself here (claude_argv passes
+# --setting-sources user, since the working tree may be a pull request's head).
+REPO_INSTRUCTION_FILES = (".forgejo/claude-hooks.md", ".claude-hooks.md", "AGENTS.md", "CLAUDE.md")
 
 
 class PromptTemplateError(Exception):
@@ -94,6 +101,9 @@ class PromptContext:
     repo_instructions: str | None = None  # read from the base branch, never the PR head
     is_follow_up: bool = False  # resuming this agent's earlier session on the thread
     default_branch: str = "main"
+    # The checkout is a pull request's head with Claude Code's configuration restored
+    # from the default branch (workspace.py, pull-head); the prompt says so.
+    config_from_base: bool = False
 
     def is_trusted(self, login: str) -> bool:
         who = login.lower()
@@ -104,16 +114,34 @@ class PromptContext:
 
 # ---------------------------------------------------------------- sanitising
 
-# Zero-width and joiners, bidi marks/embeddings/overrides/isolates, invisible
-# operators, BOM, soft hyphen, and the tag block (invisible ASCII look-alikes).
-_INVISIBLE = (
-    *range(0x200B, 0x2010),
-    *range(0x202A, 0x202F),
-    *range(0x2060, 0x206A),
-    *(0xFEFF, 0x00AD, 0x061C, 0x180E),
-    *range(0xE0000, 0xE0080),
+# Invisible although not control or format characters: variation selectors (a run of
+# them can carry a whole hidden text), Hangul fillers, and the unassigned rest of the
+# tag block. Control (Cc), format (Cf: zero-width, joiners, bidi controls, tags, BOM,
+# soft hyphen) and surrogate (Cs) characters go by their category.
+_INVISIBLE = frozenset(
+    chr(c)
+    for c in (
+        *range(0xFE00, 0xFE10),
+        *range(0xE0100, 0xE01F0),
+        *range(0xE0000, 0xE0080),
+        *(0x115F, 0x1160, 0x3164, 0xFFA0),
+    )
 )
-_INVISIBLE_TABLE: dict[int, None] = dict.fromkeys(_INVISIBLE)
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+_LINE_BREAK = re.compile("\r\n?|[\x0b\x0c\x85\u2028\u2029]")
+_NOT_PLAIN_ASCII = re.compile("[^\t\n\x20-\x7e]")  # only these can be hidden
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match[0]
+    hidden = char in _INVISIBLE or unicodedata.category(char) in _HIDDEN_CATEGORIES
+    return "" if hidden else char
+
+
+def strip_invisible(text: str) -> str:
+    """Line breaks as "\n"; no control, format or otherwise invisible characters."""
+    return _NOT_PLAIN_ASCII.sub(_visible, _LINE_BREAK.sub("\n", text))
+
 
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # unterminated: hidden to the end
 _MD_COMMENT = re.compile(r"^ {0,3}\[(?://|comment|_)\]: *(?:#|<>).*$\n?", re.M | re.I)
@@ -123,7 +151,7 @@ _DETAILS_TAG = re.compile(r"</?details\b[^>]*>|</?summary\b[^>]*>", re.I)
 
 def strip_hidden(text: str) -> str:
     """Remove what a human reading the rendered thread cannot see; unfold <details>."""
-    text = text.translate(_INVISIBLE_TABLE)
+    text = strip_invisible(text)
     text = _HTML_COMMENT.sub("", text)
     text = _UNSEEN_ELEMENT.sub("", text)
     text = _MD_COMMENT.sub("", text)
@@ -174,20 +202,56 @@ def _thing(ctx: PromptContext) -> str:
     return "pull request" if ctx.pull is not None or ctx.issue.is_pull else "issue"
 
 
+# A branch name shown outside a fence: the characters git's own names use, nothing that
+# could end a line, a code span or a sentence.
+_PLAIN_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
+_SHA = re.compile(r"[0-9a-f]{4,64}")  # git abbreviates to 4 at least
+
+
+def plain_ref(name: str) -> bool:
+    return _PLAIN_REF.fullmatch(name) is not None
+
+
+def _ref_value(name: str, what: str, ctx: PromptContext) -> str:
+    """A pull request's branch for $branch/$base: its name only if trusted and plain."""
+    pull = ctx.pull
+    if pull is None or (ctx.is_trusted(pull.user.login) and plain_ref(name)):
+        return name
+    return f"the pull request's {what} branch (named in its section above)"
+
+
+CONFIG_NOTE = (
+    "In your checkout, Claude Code's configuration (.claude/, .mcp.json, CLAUDE.md and the "
+    "like) is the default branch's, not the pull request's: `git show HEAD:<path>` shows "
+    "the pull request's version."
+)
+
+
 def subject_section(ctx: PromptContext, limits: PromptLimits) -> str:
     issue = ctx.issue
     author = issue.user.login
     head = f"## The {_thing(ctx)}: {ctx.repo}#{issue.number}, opened by @{author} ({issue.state})"
     lines = [head]
+    text = f"# {one_line(issue.title, 500)}\n\n"
     if ctx.pull is not None:
         pull = ctx.pull
-        lines.append(
-            f"Branch `{pull.head_ref}` into `{pull.base_ref}`, head commit {pull.head_sha}."
-        )
+        if _SHA.fullmatch(pull.head_sha):
+            lines.append(f"Head commit {pull.head_sha}.")
+        if ctx.config_from_base:
+            lines.append(CONFIG_NOTE)
+        # The author chose both names (git allows spaces, backticks and line separators).
+        text += f"Branch: {one_line(pull.head_ref)}\nInto: {one_line(pull.base_ref)}\n\n"
     body = truncate(strip_hidden(issue.body), limits.body, "description")
-    text = f"# {one_line(issue.title, 500)}\n\n{body or '(no description)'}"
+    text += body or "(no description)"
     lines.append(quote(text, author, ctx.is_trusted(author), info="markdown"))
     return "\n".join(lines)
+
+
+def title_value(ctx: PromptContext) -> str:
+    """$title: inline when its author may write to the repository, else fenced and labelled."""
+    author = ctx.issue.user.login
+    title = one_line(ctx.issue.title)
+    return title if ctx.is_trusted(author) else quote(title, author, trusted=False)
 
 
 def _comment_block(ctx: PromptContext, comment: Comment, limits: PromptLimits) -> str:
@@ -247,6 +311,11 @@ def _request_text(ctx: PromptContext) -> str:
     for comment in ctx.comments:
         if comment.id == spec.comment_id:
             return comment.body
+    if spec.kind in (TaskKind.REVIEW, TaskKind.ASSIGNMENT):
+        # The daemon's own summary around the title, which is the issue author's text
+        # (shown in its section), not the requester's: quoting it here would lend it
+        # the requester's trust.
+        return ""
     return spec.request
 
 
@@ -301,10 +370,10 @@ def template_values(ctx: PromptContext, limits: PromptLimits) -> dict[str, str]:
         "number": str(spec.number) if spec.number is not None else "",
         "kind": spec.kind.value,
         "requested_by": spec.requested_by,
-        "title": one_line(ctx.issue.title),
-        "branch": branch_name(ctx.task, pull),
-        "base": pull.base_ref if pull is not None else ctx.default_branch,
-        "head": pull.head_sha if pull is not None else "",
+        "title": title_value(ctx),
+        "branch": _ref_value(branch_name(ctx.task, pull), "head", ctx),
+        "base": _ref_value(pull.base_ref, "base", ctx) if pull is not None else ctx.default_branch,
+        "head": pull.head_sha if pull is not None and _SHA.fullmatch(pull.head_sha) else "",
         "follow_up": follow_up_note(ctx),
         "subject": subject_section(ctx, limits),
         "thread": thread_section(ctx, limits),

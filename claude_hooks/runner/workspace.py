@@ -55,15 +55,49 @@ def dev_branch(agent: str, number: int | None, task_id: int) -> str:
     return f"{agent}/{number}" if number is not None else f"{agent}/task-{task_id}"
 
 
+# What Claude Code reads from a working tree by itself, at any depth: settings with
+# hooks (shell commands), permissions and env; MCP servers; CLAUDE.md instructions;
+# commands, agents and skills. Plus .gitmodules (git fetch may follow it) and
+# .ripgreprc. On a pull request's head these are the author's; prepare replaces them
+# with the default branch's (claude_argv also tells the CLI not to load them).
+CLAUDE_CONFIG_NAMES = (
+    ".claude", ".claude.json", ".mcp.json", "CLAUDE.md", "CLAUDE.local.md",
+    ".gitmodules", ".ripgreprc",
+)  # fmt: skip
+
+
+def config_pathspecs() -> str:
+    """The names as git pathspecs, each itself and everything under it, at any depth."""
+    specs = [f"':(glob)**/{name}{tail}'" for name in CLAUDE_CONFIG_NAMES for tail in ("", "/**")]
+    return " ".join(specs)
+
+
 # Positional arguments: $1 dir, $2 url, $3 checkout, $4 base, $5 branch, $6 pull, $7 sha.
+# In pull-head mode the checkout is forced (an earlier restore left the tree changed),
+# then restore_config makes the configuration paths the default branch's in the
+# working tree only: the index stays at the head, so `git show HEAD:<path>` shows the
+# pull request's version. Only git touches the files: it removes symlinks rather than
+# following them, never writes through one, and `clean` removes untracked (and
+# ignored) copies, e.g. a settings.local.json left behind.
 PREPARE_SCRIPT = r"""
 set -eu
 dir=$1 url=$2 mode=$3 base=$4 branch=$5 pull=$6 sha=$7
+restore_config() {
+    set -- @CONFIG_PATHSPECS@
+    git clean -ffdxq -- "$@"
+    # The default branch's tree, or none at all (an empty repository): fail closed.
+    tree=$(git rev-parse --verify --quiet "origin/$base^{tree}") ||
+        tree=$(git hash-object -t tree /dev/null)
+    [ -n "$(git ls-files --with-tree="$tree" -- "$@")" ] || return 0
+    git ls-files -z --with-tree="$tree" -- "$@" |
+        git --literal-pathspecs restore --quiet --source="$tree" --worktree \
+            --pathspec-from-file=- --pathspec-file-nul
+}
 mkdir -p "$dir"
 [ "$mode" = none ] && exit 0
 command -v git >/dev/null 2>&1 || { echo "git is not installed in this image" >&2; exit 127; }
 if [ -d "$dir/.git" ]; then
-    git -C "$dir" fetch --quiet --prune origin
+    git -C "$dir" fetch --quiet --prune --no-recurse-submodules origin
 else
     git clone --quiet --no-checkout "$url" "$dir"
 fi
@@ -88,17 +122,19 @@ branch)
         git checkout --quiet -b "$branch" "origin/$base"
     fi ;;
 pull-head)
-    git fetch --quiet origin "+refs/pull/$pull/head:refs/remotes/origin/pull/$pull"
+    git fetch --quiet --no-recurse-submodules origin \
+        "+refs/pull/$pull/head:refs/remotes/origin/pull/$pull"
     if [ -n "$sha" ] && git cat-file -e "$sha^{commit}" 2>/dev/null; then
-        git checkout --quiet --detach "$sha"
+        git checkout --quiet --force --detach "$sha"
     else
-        git checkout --quiet --detach "origin/pull/$pull"
-    fi ;;
+        git checkout --quiet --force --detach "origin/pull/$pull"
+    fi
+    restore_config ;;
 *)
     git checkout --quiet --detach "origin/$base" ;;
 esac
 git rev-parse HEAD
-"""
+""".replace("@CONFIG_PATHSPECS@", config_pathspecs())
 
 # $1 dir, $2 base, $3 branch. Prints the commits the branch has over the base, then
 # pushes the branch when there are any.
