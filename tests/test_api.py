@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from claude_hooks.api import (
     OPENAPI_FILE,
@@ -428,6 +429,7 @@ async def test_agent_names_are_matched_without_case(api: ApiHarness) -> None:
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "number": true}', "number"),
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "number": 0}', "number"),
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "kind": "deploy"}', "kind"),
+        (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "kind": ["api"]}', "kind"),
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "agnet": "dev"}', "agnet"),
     ],
 )
@@ -898,6 +900,9 @@ async def test_real_answers_match_the_openapi_document(api: ApiHarness) -> None:
         ("POST", "/tasks/2/cancel", {}, None),
         ("POST", "/tasks/2/cancel", {}, None),
         ("GET", "/tasks", {"Authorization": "Bearer nope"}, None),
+        ("GET", f"/tasks/{HUGE}", {}, None),
+        ("GET", f"/tasks/{HUGE}/events", {}, None),
+        ("POST", f"/tasks/{HUGE}/cancel", {}, None),
     ]
     problems = []
     for method, target, extra, body in exchanges:
@@ -1035,3 +1040,97 @@ async def test_an_unknown_path_is_a_json_404_once_authenticated(api: ApiHarness)
     response = await api.client.get("/tasks/abc", headers=api.auth())
     assert response.status == 404
     assert await response.json() == {"error": "not found: GET /tasks/abc"}
+
+
+# --- hostile requests: bytes, integer bounds, nesting --------------------------------------------
+
+HUGE = "99999999999999999999999"  # more than SQLite's INTEGER (int64) holds
+SQLITE_MAX = 2**63 - 1
+
+
+async def raw_request(api: ApiHarness, head: bytes) -> tuple[int, bytes]:
+    """Status and body of a request written byte for byte (headers aiohttp would not send)."""
+    reader, writer = await asyncio.open_connection(api.client.host, api.client.port)
+    writer.write(head + b"Connection: close\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        answer = await reader.read()  # the server closes after its answer
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_a_non_utf8_authorization_header_is_401_and_logs_no_error(api: ApiHarness) -> None:
+    head = b"GET /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe-x\r\n"
+    with capture_logs() as logs:
+        status, body = await raw_request(api, head)
+    assert (status, json.loads(body)) == (401, {"error": UNAUTHORIZED})
+    assert [entry for entry in logs if entry["log_level"] in ("error", "critical")] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "field_name"),
+    [
+        ("GET", f"/tasks/{HUGE}", "id"),
+        ("GET", f"/tasks/{SQLITE_MAX + 1}", "id"),
+        pytest.param("GET", "/tasks/" + "9" * 5000, "id", id="5000_digits"),  # past int()'s limit
+        ("GET", f"/tasks/{HUGE}/events", "id"),
+        ("POST", f"/tasks/{HUGE}/cancel", "id"),
+        ("GET", f"/tasks?cursor={HUGE}", "cursor"),
+        ("GET", f"/tasks?limit={HUGE}", "limit"),
+        ("GET", f"/tasks/1/events?after={HUGE}", "after"),
+    ],
+)
+async def test_integers_sqlite_cannot_hold_are_400_naming_them(
+    api: ApiHarness, method: str, target: str, field_name: str
+) -> None:
+    await api.submit()
+    response = await api.client.request(method, target, headers=api.auth())
+    assert response.status == 400, await response.text()
+    answer = await response.json()
+    assert answer["field"] == field_name and "between" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    "last_id",
+    [HUGE, str(SQLITE_MAX + 1), "9" * 5000, "١٢", "1_0"],
+    ids=["huge", "int64_max_plus_1", "5000_digits", "arabic_digits", "underscore"],
+)
+async def test_a_last_event_id_sqlite_cannot_hold_is_400(api: ApiHarness, last_id: str) -> None:
+    task_id = (await api.submit())["task_id"]
+    headers = {**stream_headers(api), "Last-Event-ID": last_id}
+    response = await api.client.get(f"/tasks/{task_id}/events", headers=headers)
+    assert response.status == 400  # not a stream opened (its body would never end)
+    assert (await response.json())["field"] == "Last-Event-ID"
+
+
+@pytest.mark.parametrize("number", [SQLITE_MAX + 1, 2**64, 10**30])
+async def test_an_issue_number_sqlite_cannot_hold_is_400(api: ApiHarness, number: int) -> None:
+    body = {"agent": "dev", "repo": "acme/app", "number": number, "prompt": "x"}
+    response = await api.client.post("/tasks", json=body, headers=api.auth())
+    assert response.status == 400, await response.text()
+    answer = await response.json()
+    assert answer["field"] == "number" and str(SQLITE_MAX) in answer["error"]
+    assert await api.store.list_tasks() == []
+
+
+# Beyond the JSON parser's recursion limit, and within it but past the API's depth bound.
+NESTINGS = {"past_recursion_limit": 1500, "past_depth_bound": 100}
+
+
+@pytest.mark.parametrize("depth", NESTINGS.values(), ids=NESTINGS.keys())
+async def test_deeply_nested_json_is_400_in_submissions_and_signed_webhooks(
+    api: ApiHarness, depth: int
+) -> None:
+    nested = b"[" * depth + b"]" * depth
+    body = b'{"agent": "dev", "repo": "acme/app", "prompt": "x", "number": ' + nested + b"}"
+    headers = {**api.auth(), "Content-Type": "application/json"}
+    response = await api.client.post("/tasks", data=body, headers=headers)
+    assert response.status == 400, await response.text()
+    answer = await response.json()
+    assert answer["field"] == "body" and "nested" in answer["error"]
+    hook = b'{"action": "created", "comment": ' + nested + b"}"
+    response = await api.client.post("/hooks/forgejo", data=hook, headers=signed(hook))
+    assert response.status == 400, await response.text()
+    assert "nested" in (await response.json())["error"]
+    assert api.webhooks == [] and await api.store.list_tasks() == []
