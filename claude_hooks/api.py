@@ -61,7 +61,9 @@ MAX_JSON_DEPTH = 64
 MAX_PAGE = 200
 MAX_EVENTS_PAGE = 1000
 IDEMPOTENCY_KEY_MAX = 200
-_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# Forgejo's owner (up to 40) and repository (up to 100) names: letters, digits, -, _ and .,
+# never starting with - or . (so never "." or "..", which would change the API path called).
+REPO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,39}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 # ASCII digits only: int() also takes "1_0" and other scripts' digits ("١٢"); 25
 # digits are past SQLite's range yet short of int()'s 4300-digit limit.
 _INTEGER = re.compile(r"-?[0-9]{1,25}")
@@ -244,8 +246,8 @@ def parse_submission(body: bytes, agents: Sequence[str]) -> Submission:
         known = ", ".join(agents)
         raise bad_request("agent", f"unknown agent {agent!r} (configured: {known})")
     repo = _text(data, "repo")
-    if not _REPO.match(repo):
-        raise bad_request("repo", f"must be owner/name, got {repo!r}")
+    if not REPO_NAME.fullmatch(repo):
+        raise bad_request("repo", f"must be owner/name as Forgejo names them, got {repo!r:.160}")
     number = data.get("number")
     if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
         raise bad_request("number", f"must be an issue or pull request number, got {number!r:.80}")
@@ -636,6 +638,9 @@ class Api:
     async def submit_task(self, request: web.Request) -> web.Response:
         if not self.deps.accepting():
             raise ApiError(503, SHUTTING_DOWN)
+        if request.content_type != "application/json":  # aiohttp: lower case, no parameters
+            sent = request.headers.get("Content-Type", "none")
+            raise ApiError(415, f"Content-Type must be application/json, got {sent!r:.80}")
         key = idempotency_key(request.headers.get("Idempotency-Key"))
         submission = parse_submission(await self._body(request), self.deps.config.agent_names)
         try:

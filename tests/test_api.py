@@ -900,6 +900,7 @@ async def test_real_answers_match_the_openapi_document(api: ApiHarness) -> None:
         ("POST", "/tasks/2/cancel", {}, None),
         ("POST", "/tasks/2/cancel", {}, None),
         ("GET", "/tasks", {"Authorization": "Bearer nope"}, None),
+        ("POST", "/tasks", {"Content-Type": "text/plain"}, b"{}"),
         ("GET", f"/tasks/{HUGE}", {}, None),
         ("GET", f"/tasks/{HUGE}/events", {}, None),
         ("POST", f"/tasks/{HUGE}/cancel", {}, None),
@@ -1042,7 +1043,7 @@ async def test_an_unknown_path_is_a_json_404_once_authenticated(api: ApiHarness)
     assert await response.json() == {"error": "not found: GET /tasks/abc"}
 
 
-# --- hostile requests: bytes, integer bounds, nesting --------------------------------------------
+# --- hostile requests: bytes, bounds, nesting, names, content types ----------------------------
 
 HUGE = "99999999999999999999999"  # more than SQLite's INTEGER (int64) holds
 SQLITE_MAX = 2**63 - 1
@@ -1134,3 +1135,60 @@ async def test_deeply_nested_json_is_400_in_submissions_and_signed_webhooks(
     assert response.status == 400, await response.text()
     assert "nested" in (await response.json())["error"]
     assert api.webhooks == [] and await api.store.list_tasks() == []
+
+
+BAD_REPOS = [
+    "acme/..",
+    "../app",
+    "acme/.",
+    "./app",
+    "-acme/app",
+    "acme/-app",
+    ".acme/app",
+    "acme/.app",
+    "acme/app/issues",
+    "acme/app%2F..",
+    "acme/ap p",
+    "acme/äpp",
+    "a" * 41 + "/app",
+    "acme/" + "a" * 101,
+]
+
+
+@pytest.mark.parametrize("repo", BAD_REPOS)
+async def test_a_repo_forgejo_would_not_name_is_400(api: ApiHarness, repo: str) -> None:
+    body = {"agent": "dev", "repo": repo, "prompt": "x"}
+    response = await api.client.post("/tasks", json=body, headers=api.auth())
+    assert response.status == 400, await response.text()
+    assert (await response.json())["field"] == "repo"
+    assert await api.store.list_tasks() == []
+
+
+@pytest.mark.parametrize("repo", ["acme/app", "Acme/My.App_2-x", "a_b/c..d", "a" * 40 + "/b"])
+def test_forgejo_valid_repo_names_are_accepted(repo: str) -> None:
+    body = json.dumps({"agent": "dev", "repo": repo, "prompt": "x"}).encode()
+    assert parse_submission(body, ("dev",)).repo == repo
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+async def test_a_submission_not_sent_as_json_is_415(
+    api: ApiHarness, content_type: str | None
+) -> None:
+    body = json.dumps({"agent": "dev", "repo": "acme/app", "prompt": "x"}).encode()
+    headers = {**api.auth(), **({"Content-Type": content_type} if content_type else {})}
+    response = await api.client.post(
+        "/tasks", data=body, headers=headers, skip_auto_headers=["Content-Type"]
+    )
+    assert response.status == 415, await response.text()
+    assert "application/json" in (await response.json())["error"]
+    assert await api.store.list_tasks() == []
+
+
+async def test_a_submission_with_a_charset_parameter_is_json_still(api: ApiHarness) -> None:
+    body = json.dumps({"agent": "dev", "repo": "acme/app", "prompt": "x"}).encode()
+    headers = {**api.auth(), "Content-Type": "Application/JSON; charset=utf-8"}
+    response = await api.client.post("/tasks", data=body, headers=headers)
+    assert response.status == 201, await response.text()

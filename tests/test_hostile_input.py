@@ -346,7 +346,8 @@ async def check_api_refusals(driver: ChaosDriver) -> None:
         assert len(answers) == 1 and next(iter(answers))[0] == 401, answers
 
         huge = b"x" * (driver.config.api.max_body_bytes + 1)
-        async with session.post(f"{base}/tasks", data=huge, headers=good) as response:
+        as_json = {**good, "Content-Type": "application/json"}
+        async with session.post(f"{base}/tasks", data=huge, headers=as_json) as response:
             assert response.status == 413
 
         hook = json.dumps({"action": "closed", "repository": {"full_name": REPO}}).encode()
