@@ -9,6 +9,11 @@ web/openapi.json (a test holds the two together).
 Every number from outside is bounded to what SQLite's INTEGER holds and every JSON
 body to MAX_JSON_DEPTH levels, so hostile input is a 400 naming the field, never a 500.
 
+Every route, public ones and the webhook included, first checks the Host header
+(`host_allowed`): a DNS-rebinding page reaches the daemon under the attacker's own
+host name, so only the listen host, localhost, loopback addresses and
+api.allowed_hosts are served.
+
 Streams are Server-Sent Events: `GET /tasks/{id}/events` with `Accept:
 text/event-stream` sends a task's stored log (`id:` is the event's seq, so a
 reconnect with Last-Event-ID resumes exactly) and follows it until the task ends;
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import re
 import uuid
@@ -54,6 +60,10 @@ PUBLIC_PATHS = frozenset(
 )
 UNAUTHORIZED = "unauthorized: send Authorization: Bearer <token> (the file api.token_file)"
 SHUTTING_DOWN = "shutting down: not accepting new tasks"
+MISDIRECTED = (
+    "misdirected request: the Host header names no host this daemon serves "
+    "(its api.listen host, localhost, loopback addresses, api.allowed_hosts)"
+)
 SQLITE_INTEGER_MAX = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit number
 # Forgejo's payloads nest a handful of levels (pull_request.head.repo.parent.owner), a
 # submission one: 64 is ample, and far below the recursion limit of code that walks them.
@@ -67,6 +77,7 @@ REPO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,39}/[A-Za-z0-9_][A-Za-z0-9
 # ASCII digits only: int() also takes "1_0" and other scripts' digits ("١٢"); 25
 # digits are past SQLite's range yet short of int()'s 4300-digit limit.
 _INTEGER = re.compile(r"-?[0-9]{1,25}")
+_PORT = re.compile(r":[0-9]{1,5}")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -401,6 +412,46 @@ def bearer_matches(header: str | None, token: str | None) -> bool:
     return hmac.compare_digest(given_bytes, token.encode())
 
 
+def host_allowed(header: str | None, listen_host: str, allowed_hosts: Sequence[str]) -> bool:
+    """Whether a Host header names this daemon: its listen host, localhost, a loopback
+    address or one of allowed_hosts, with or without a port.
+
+    A DNS-rebinding page reaches a loopback daemon under the attacker's own name, so
+    a name we were not told about is refused even though the connection is local.
+    """
+    if header is None:
+        return True  # HTTP/1.0 without Host: no browser sends that, so no rebinding page
+    name = host_name(header)
+    if name is None:
+        return False
+    served = {"localhost", host_name_of(listen_host)} | {host_name_of(h) for h in allowed_hosts}
+    if name in served:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str | None:
+    """The host of a Host header, without port, brackets or a final dot, lower case;
+    None when it is malformed."""
+    value = header.strip().lower()
+    if value.startswith("["):  # [v6]:port
+        name, bracket, port = value[1:].partition("]")
+        return name if bracket and name and (not port or _PORT.fullmatch(port)) else None
+    name, colon, port = value.partition(":")
+    if colon and not _PORT.fullmatch(colon + port):
+        return None
+    return name.rstrip(".") or None
+
+
+def host_name_of(configured: str) -> str:
+    """A configured host (api.listen's host, an api.allowed_hosts entry) as host_name
+    gives it for a Host header."""
+    return configured.strip().lower().strip("[]").rstrip(".")
+
+
 # --- the application --------------------------------------------------------------------------
 
 API_KEY = web.AppKey("api", "Api")
@@ -409,7 +460,8 @@ API_KEY = web.AppKey("api", "Api")
 def build_app(deps: ApiDeps, *, tuning: ApiTuning | None = None) -> web.Application:
     api = Api(deps, tuning or ApiTuning())
     app = web.Application(
-        middlewares=[_errors, _authenticate], client_max_size=deps.config.api.max_body_bytes
+        middlewares=[_errors, _check_host, _authenticate],
+        client_max_size=deps.config.api.max_body_bytes,
     )
     app[API_KEY] = api
     app.on_response_prepare.append(_security_headers)
@@ -450,6 +502,19 @@ async def _errors(
     except Exception:
         log.exception("api_request_failed", method=request.method, path=request.path)
         return ApiError(500, "internal error: see the daemon log").response()
+
+
+@web.middleware
+async def _check_host(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    settings = request.app[API_KEY].deps.config.api
+    host = request.headers.get("Host")
+    if not host_allowed(host, settings.host, settings.allowed_hosts):
+        # Worth a warning: a proxy or Forgejo using a name not in api.allowed_hosts shows here.
+        log.warning("api_host_refused", host=ascii(host)[:120], path=request.path)
+        raise ApiError(421, MISDIRECTED, field="Host")
+    return await handler(request)
 
 
 @web.middleware

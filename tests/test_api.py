@@ -39,6 +39,7 @@ from claude_hooks.api import (
     bearer_matches,
     build_app,
     ends_run,
+    host_allowed,
     idempotency_key,
     parse_submission,
     sse_message,
@@ -185,9 +186,10 @@ class ApiHarness:
                 await asyncio.sleep(0.01)
 
 
-def harness_config(factory: ConfigFactory) -> Config:
+def harness_config(factory: ConfigFactory, api: Mapping[str, Any] | None = None) -> Config:
+    token = str(factory.secret("api-token", TOKEN))
     return factory.load(
-        api={"token_file": str(factory.secret("api-token", TOKEN)), "max_body_bytes": MAX_BODY},
+        api={"token_file": token, "max_body_bytes": MAX_BODY, **(api or {})},
         forgejo={"webhook_secret_file": str(factory.secret("hook", WEBHOOK_SECRET.decode()))},
         agents=[factory.agent("dev"), factory.agent("reviewer", role="reviewer")],
     )
@@ -195,9 +197,13 @@ def harness_config(factory: ConfigFactory) -> Config:
 
 @asynccontextmanager
 async def open_harness(
-    factory: ConfigFactory, tmp_path: Path, *, tuning: ApiTuning | None = None
+    factory: ConfigFactory,
+    tmp_path: Path,
+    *,
+    tuning: ApiTuning | None = None,
+    api: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[ApiHarness]:
-    config = harness_config(factory)
+    config = harness_config(factory, api)
     store = await Store.open(tmp_path / "tasks.sqlite3")
     runs = FakeRuns()
     holder: list[ApiHarness] = []
@@ -904,6 +910,8 @@ async def test_real_answers_match_the_openapi_document(api: ApiHarness) -> None:
         ("GET", f"/tasks/{HUGE}", {}, None),
         ("GET", f"/tasks/{HUGE}/events", {}, None),
         ("POST", f"/tasks/{HUGE}/cancel", {}, None),
+        ("GET", "/healthz", {"Host": "evil.example"}, None),
+        ("GET", "/tasks", {"Host": "evil.example"}, None),
     ]
     problems = []
     for method, target, extra, body in exchanges:
@@ -990,7 +998,7 @@ async def test_an_oversized_webhook_is_refused_before_its_body_is_read(api: ApiH
     host, port = api.client.host, api.client.port
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
-        b"POST /hooks/forgejo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n"
+        b"POST /hooks/forgejo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n"
         b"X-Forgejo-Signature: 00\r\nX-Forgejo-Event: issues\r\n\r\n"
     )
     await writer.drain()
@@ -1043,7 +1051,7 @@ async def test_an_unknown_path_is_a_json_404_once_authenticated(api: ApiHarness)
     assert await response.json() == {"error": "not found: GET /tasks/abc"}
 
 
-# --- hostile requests: bytes, bounds, nesting, names, content types ----------------------------
+# --- hostile requests: bytes, bounds, nesting, names, content types, hosts ---------------------
 
 HUGE = "99999999999999999999999"  # more than SQLite's INTEGER (int64) holds
 SQLITE_MAX = 2**63 - 1
@@ -1192,3 +1200,96 @@ async def test_a_submission_with_a_charset_parameter_is_json_still(api: ApiHarne
     headers = {**api.auth(), "Content-Type": "Application/JSON; charset=utf-8"}
     response = await api.client.post("/tasks", data=body, headers=headers)
     assert response.status == 201, await response.text()
+
+
+# A DNS-rebinding page reaches the daemon under its own host name.
+FOREIGN_HOSTS = [
+    "evil.example",
+    "evil.example:8765",
+    "127.0.0.1.evil.example",
+    "localhost.evil.example",
+    "[::2]:8765",
+    "10.0.0.1",
+    "",
+]
+EVERY_KIND_OF_ROUTE = [
+    ("GET", "/"),
+    ("GET", "/static/app.js"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/tasks"),
+    ("GET", "/tasks/1"),
+    ("POST", "/tasks"),
+    ("POST", "/hooks/forgejo"),
+    ("GET", "/no/such/path"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), EVERY_KIND_OF_ROUTE)
+async def test_a_request_for_another_host_is_421_on_every_route(
+    api: ApiHarness, method: str, path: str
+) -> None:
+    for host in FOREIGN_HOSTS:
+        headers = {**api.auth(), **signed(PAYLOAD, delivery=f"d-{host}"), "Host": host}
+        response = await api.client.request(method, path, data=PAYLOAD, headers=headers)
+        assert response.status == 421, (host, await response.text())
+        answer = await response.json()
+        assert answer["field"] == "Host" and "api.allowed_hosts" in answer["error"]
+    assert api.webhooks == [] and await api.store.list_tasks() == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:8765",
+        "127.3.4.5:80",
+        "localhost",
+        "LocalHost:8765",
+        "localhost.",
+        "[::1]",
+        "[::1]:8765",
+    ],
+)
+async def test_loopback_and_localhost_are_served_with_or_without_a_port(
+    api: ApiHarness, host: str
+) -> None:
+    response = await api.client.get("/metrics", headers={"Host": host})
+    assert response.status == 200, await response.text()
+
+
+async def test_a_request_without_a_host_header_is_served(api: ApiHarness) -> None:
+    status, _ = await raw_request(api, b"GET /healthz HTTP/1.0\r\n")  # no browser sends this
+    assert status == 200
+
+
+async def test_api_allowed_hosts_adds_the_names_a_proxy_or_forgejo_uses(
+    config_factory: ConfigFactory, tmp_path: Path
+) -> None:
+    extra = {"allowed_hosts": ["hooks.example.org", "192.0.2.7"]}
+    async with open_harness(config_factory, tmp_path, api=extra) as harness:
+        answers = {}
+        for n, host in enumerate(
+            ["hooks.example.org", "Hooks.Example.Org:443", "192.0.2.7:8765", "localhost", "x.org"]
+        ):
+            headers = {**signed(PAYLOAD, delivery=f"d-{n}"), "Host": host}
+            response = await harness.client.post("/hooks/forgejo", data=PAYLOAD, headers=headers)
+            answers[host] = response.status
+    assert answers == {
+        "hooks.example.org": 202,
+        "Hooks.Example.Org:443": 202,
+        "192.0.2.7:8765": 202,
+        "localhost": 202,
+        "x.org": 421,
+    }
+
+
+def test_the_host_check_serves_the_listen_host_loopback_and_allowed_names_only() -> None:
+    allowed = ("proxy.example", "2001:db8::5")
+    for host in ("192.0.2.7", "192.0.2.7:8765", "proxy.example:443", "[2001:db8::5]:1", "[::1]"):
+        assert host_allowed(host, "192.0.2.7", allowed), host
+    assert host_allowed(None, "192.0.2.7", allowed)  # HTTP/1.0 without Host: not a browser
+    for host in ("192.0.2.8", "evil.example", "proxy.example.evil", "[::1", "a:b:c", "\udcff"):
+        assert not host_allowed(host, "192.0.2.7", allowed), host
+    assert host_allowed("[::1]:8765", "::1", ())  # a listen host spelt without brackets
