@@ -6,6 +6,14 @@ needs `Authorization: Bearer <token>`, checked before any lookup so that a refus
 request says nothing about what exists. The routes are described by
 web/openapi.json (a test holds the two together).
 
+Every number from outside is bounded to what SQLite's INTEGER holds and every JSON
+body to MAX_JSON_DEPTH levels, so hostile input is a 400 naming the field, never a 500.
+
+Every route, public ones and the webhook included, first checks the Host header
+(`host_allowed`): a DNS-rebinding page reaches the daemon under the attacker's own
+host name, so only the listen host, localhost, loopback addresses and
+api.allowed_hosts are served.
+
 Streams are Server-Sent Events: `GET /tasks/{id}/events` with `Accept:
 text/event-stream` sends a task's stored log (`id:` is the event's seq, so a
 reconnect with Last-Event-ID resumes exactly) and follows it until the task ends;
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import re
 import uuid
@@ -52,10 +61,24 @@ PUBLIC_PATHS = frozenset(
 )
 UNAUTHORIZED = "unauthorized: send Authorization: Bearer <token> (the file api.token_file)"
 SHUTTING_DOWN = "shutting down: not accepting new tasks"
+MISDIRECTED = (
+    "misdirected request: the Host header names no host this daemon serves "
+    "(its api.listen host, localhost, loopback addresses, api.allowed_hosts)"
+)
+SQLITE_INTEGER_MAX = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit number
+# Forgejo's payloads nest a handful of levels (pull_request.head.repo.parent.owner), a
+# submission one: 64 is ample, and far below the recursion limit of code that walks them.
+MAX_JSON_DEPTH = 64
 MAX_PAGE = 200
 MAX_EVENTS_PAGE = 1000
 IDEMPOTENCY_KEY_MAX = 200
-_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# Forgejo's owner (up to 40) and repository (up to 100) names: letters, digits, -, _ and .,
+# never starting with - or . (so never "." or "..", which would change the API path called).
+REPO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,39}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+# ASCII digits only: int() also takes "1_0" and other scripts' digits ("١٢"); 25
+# digits are past SQLite's range yet short of int()'s 4300-digit limit.
+_INTEGER = re.compile(r"-?[0-9]{1,25}")
+_PORT = re.compile(r":[0-9]{1,5}")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -192,12 +215,38 @@ class Submission:
     kind: TaskKind
 
 
-def parse_submission(body: bytes, agents: Sequence[str]) -> Submission:
-    """The task a POST /tasks body asks for; ApiError(400) naming the field otherwise."""
+def load_json(body: bytes) -> Any:
+    """A body's JSON value; ApiError(400) when it is not JSON or nests too deep."""
+    value: Any = None
     try:
-        data = json.loads(body)
+        value = json.loads(body)
+        too_deep = nesting_depth(value) > MAX_JSON_DEPTH  # parsed, it may still break code later
+    except RecursionError:  # the parser recurses per level: deep enough, it gives up
+        too_deep = True
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body: not valid JSON ({exc})", field="body") from None
+    if too_deep:
+        raise bad_request("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (a loop: no recursion)."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def parse_submission(body: bytes, agents: Sequence[str]) -> Submission:
+    """The task a POST /tasks body asks for; ApiError(400) naming the field otherwise."""
+    data = load_json(body)
     if not isinstance(data, dict):
         raise bad_request("body", f"must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - {"agent", "repo", "number", "prompt", "kind"})
@@ -209,16 +258,17 @@ def parse_submission(body: bytes, agents: Sequence[str]) -> Submission:
         known = ", ".join(agents)
         raise bad_request("agent", f"unknown agent {agent!r} (configured: {known})")
     repo = _text(data, "repo")
-    if not _REPO.match(repo):
-        raise bad_request("repo", f"must be owner/name, got {repo!r}")
+    if not REPO_NAME.fullmatch(repo):
+        raise bad_request("repo", f"must be owner/name as Forgejo names them, got {repo!r:.160}")
     number = data.get("number")
     if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
-        raise bad_request("number", f"must be an issue or pull request number, got {number!r}")
-    if number is not None and number < 1:
-        raise bad_request("number", f"must be at least 1, got {number}")
+        raise bad_request("number", f"must be an issue or pull request number, got {number!r:.80}")
+    if number is not None and not 1 <= number <= SQLITE_INTEGER_MAX:
+        raise bad_request("number", f"must be between 1 and {SQLITE_INTEGER_MAX}")
     kind = data.get("kind", str(TaskKind.API))
-    if kind not in {k.value for k in TaskKind}:
-        raise bad_request("kind", f"{kind!r} is not one of {' | '.join(k.value for k in TaskKind)}")
+    if not isinstance(kind, str) or kind not in {k.value for k in TaskKind}:
+        kinds = " | ".join(k.value for k in TaskKind)
+        raise bad_request("kind", f"{kind!r:.80} is not one of {kinds}")
     prompt = _text(data, "prompt")
     return Submission(canonical[agent.lower()], repo, number, prompt, TaskKind(kind))
 
@@ -255,17 +305,19 @@ def submission_spec(submission: Submission, key: str) -> TaskSpec:
     )
 
 
+def bounded_int(raw: str, name: str, low: int, high: int) -> int:
+    """An integer sent as text, between low and high; ApiError(400) naming it otherwise."""
+    text = raw.strip()
+    if not _INTEGER.fullmatch(text) or not low <= int(text) <= high:
+        raise bad_request(name, f"must be an integer between {low} and {high}, got {raw!r:.40}")
+    return int(text)
+
+
 def int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(name, f"must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise bad_request(name, f"must be between {low} and {high}, got {value}")
-    return value
+    return bounded_int(raw, name, low, high)
 
 
 def state_param(query: Mapping[str, str]) -> TaskState | None:
@@ -283,13 +335,7 @@ def last_event_id(header: str | None, after: int) -> int:
     """Where a stream resumes: Last-Event-ID (a reconnect) wins over ?after=."""
     if header is None or not header.strip():
         return after
-    try:
-        seq = int(header)
-    except ValueError:
-        raise bad_request("Last-Event-ID", f"must be an event seq number, got {header!r}") from None
-    if seq < 0:
-        raise bad_request("Last-Event-ID", f"must not be negative, got {seq}")
-    return seq
+    return bounded_int(header, "Last-Event-ID", 0, SQLITE_INTEGER_MAX)
 
 
 def task_json(task: Task, position: int | None = None) -> dict[str, Any]:
@@ -360,7 +406,51 @@ def bearer_matches(header: str | None, token: str | None) -> bool:
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    try:  # aiohttp keeps bytes that are not UTF-8 as surrogates: give those back as sent
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given_bytes, token.encode())
+
+
+def host_allowed(header: str | None, listen_host: str, allowed_hosts: Sequence[str]) -> bool:
+    """Whether a Host header names this daemon: its listen host, localhost, a loopback
+    address or one of allowed_hosts, with or without a port.
+
+    A DNS-rebinding page reaches a loopback daemon under the attacker's own name, so
+    a name we were not told about is refused even though the connection is local.
+    """
+    if header is None:
+        return True  # HTTP/1.0 without Host: no browser sends that, so no rebinding page
+    name = host_name(header)
+    if name is None:
+        return False
+    served = {"localhost", host_name_of(listen_host)} | {host_name_of(h) for h in allowed_hosts}
+    if name in served:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str | None:
+    """The host of a Host header, without port, brackets or a final dot, lower case;
+    None when it is malformed."""
+    value = header.strip().lower()
+    if value.startswith("["):  # [v6]:port
+        name, bracket, port = value[1:].partition("]")
+        return name if bracket and name and (not port or _PORT.fullmatch(port)) else None
+    name, colon, port = value.partition(":")
+    if colon and not _PORT.fullmatch(colon + port):
+        return None
+    return name.rstrip(".") or None
+
+
+def host_name_of(configured: str) -> str:
+    """A configured host (api.listen's host, an api.allowed_hosts entry) as host_name
+    gives it for a Host header."""
+    return configured.strip().lower().strip("[]").rstrip(".")
 
 
 # --- the application --------------------------------------------------------------------------
@@ -371,7 +461,8 @@ API_KEY = web.AppKey("api", "Api")
 def build_app(deps: ApiDeps, *, tuning: ApiTuning | None = None) -> web.Application:
     api = Api(deps, tuning or ApiTuning())
     app = web.Application(
-        middlewares=[_errors, _authenticate], client_max_size=deps.config.api.max_body_bytes
+        middlewares=[_errors, _check_host, _authenticate],
+        client_max_size=deps.config.api.max_body_bytes,
     )
     app[API_KEY] = api
     app.on_response_prepare.append(_security_headers)
@@ -412,6 +503,19 @@ async def _errors(
     except Exception:
         log.exception("api_request_failed", method=request.method, path=request.path)
         return ApiError(500, "internal error: see the daemon log").response()
+
+
+@web.middleware
+async def _check_host(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    settings = request.app[API_KEY].deps.config.api
+    host = request.headers.get("Host")
+    if not host_allowed(host, settings.host, settings.allowed_hosts):
+        # Worth a warning: a proxy or Forgejo using a name not in api.allowed_hosts shows here.
+        log.warning("api_host_refused", host=ascii(host)[:120], path=request.path)
+        raise ApiError(421, MISDIRECTED, field="Host")
+    return await handler(request)
 
 
 @web.middleware
@@ -514,7 +618,7 @@ class Api:
         return task_json(task, self._position(task))
 
     async def _task(self, request: web.Request) -> Task:
-        task_id = int(request.match_info["id"])
+        task_id = bounded_int(request.match_info["id"], "id", 1, SQLITE_INTEGER_MAX)
         task = await self.deps.store.get(task_id)
         if task is None:
             raise ApiError(404, f"no task {task_id}")
@@ -600,6 +704,9 @@ class Api:
     async def submit_task(self, request: web.Request) -> web.Response:
         if not self.deps.accepting():
             raise ApiError(503, SHUTTING_DOWN)
+        if request.content_type != "application/json":  # aiohttp: lower case, no parameters
+            sent = request.headers.get("Content-Type", "none")
+            raise ApiError(415, f"Content-Type must be application/json, got {sent!r:.80}")
         key = idempotency_key(request.headers.get("Idempotency-Key"))
         submission = parse_submission(await self._body(request), self.deps.config.agent_names)
         if not self.deps.config.forgejo.serves(submission.repo):
@@ -762,10 +869,7 @@ class Api:
         event = event_name(request.headers)
         if event is None:
             raise bad_request("X-Forgejo-Event", "header missing")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"body: not valid JSON ({exc})", field="body") from None
+        payload = load_json(body)
         if not isinstance(payload, dict):
             raise bad_request("body", f"must be a JSON object, got {type(payload).__name__}")
         try:

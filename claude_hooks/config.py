@@ -9,6 +9,7 @@ together). Every error names the file, the key and what is wrong.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import stat
@@ -148,6 +149,13 @@ class ApiConfig:
     )
     max_body_bytes: int = field(
         default=1_048_576, metadata=_doc("Largest request body accepted (API and webhooks)")
+    )
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Host names the API answers besides the listen host, localhost and loopback"
+            " addresses (a reverse proxy's, the one Forgejo's webhook uses); others get 421"
+        ),
     )
 
     @property
@@ -387,6 +395,16 @@ def expand_path(text: str) -> Path:
 
 
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+
+
+def is_host(text: str) -> bool:
+    """A DNS name or an IP address (IPv6 with or without brackets), as a Host header has it."""
+    try:
+        ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(text))
+    return True
 
 
 def _validate(config: Config, warnings: list[str]) -> None:
@@ -405,6 +423,13 @@ def _validate(config: Config, warnings: list[str]) -> None:
         ) from None
     if not 0 <= port <= 65535:
         raise ConfigError(path, "api.listen", f"port {port} is out of range")
+    for i, host in enumerate(config.api.allowed_hosts):
+        if not is_host(host):
+            raise ConfigError(
+                path,
+                f"api.allowed_hosts[{i}]",
+                f"{host!r} is not a host name or IP address (write it without scheme or port)",
+            )
     if not config.agents:
         raise ConfigError(path, "agents", "no [[agents]] configured: add at least one")
     seen: set[str] = set()

@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from claude_hooks.api import (
     OPENAPI_FILE,
@@ -38,6 +39,7 @@ from claude_hooks.api import (
     bearer_matches,
     build_app,
     ends_run,
+    host_allowed,
     idempotency_key,
     parse_submission,
     sse_message,
@@ -184,9 +186,10 @@ class ApiHarness:
                 await asyncio.sleep(0.01)
 
 
-def harness_config(factory: ConfigFactory) -> Config:
+def harness_config(factory: ConfigFactory, api: Mapping[str, Any] | None = None) -> Config:
+    token = str(factory.secret("api-token", TOKEN))
     return factory.load(
-        api={"token_file": str(factory.secret("api-token", TOKEN)), "max_body_bytes": MAX_BODY},
+        api={"token_file": token, "max_body_bytes": MAX_BODY, **(api or {})},
         forgejo={
             "webhook_secret_file": str(factory.secret("hook", WEBHOOK_SECRET.decode())),
             "repositories": ["owner/*", "acme/*"],
@@ -197,9 +200,13 @@ def harness_config(factory: ConfigFactory) -> Config:
 
 @asynccontextmanager
 async def open_harness(
-    factory: ConfigFactory, tmp_path: Path, *, tuning: ApiTuning | None = None
+    factory: ConfigFactory,
+    tmp_path: Path,
+    *,
+    tuning: ApiTuning | None = None,
+    api: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[ApiHarness]:
-    config = harness_config(factory)
+    config = harness_config(factory, api)
     store = await Store.open(tmp_path / "tasks.sqlite3")
     runs = FakeRuns()
     holder: list[ApiHarness] = []
@@ -431,6 +438,7 @@ async def test_agent_names_are_matched_without_case(api: ApiHarness) -> None:
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "number": true}', "number"),
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "number": 0}', "number"),
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "kind": "deploy"}', "kind"),
+        (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "kind": ["api"]}', "kind"),
         (b'{"agent": "dev", "repo": "o/r", "prompt": "x", "agnet": "dev"}', "agnet"),
     ],
 )
@@ -901,6 +909,12 @@ async def test_real_answers_match_the_openapi_document(api: ApiHarness) -> None:
         ("POST", "/tasks/2/cancel", {}, None),
         ("POST", "/tasks/2/cancel", {}, None),
         ("GET", "/tasks", {"Authorization": "Bearer nope"}, None),
+        ("POST", "/tasks", {"Content-Type": "text/plain"}, b"{}"),
+        ("GET", f"/tasks/{HUGE}", {}, None),
+        ("GET", f"/tasks/{HUGE}/events", {}, None),
+        ("POST", f"/tasks/{HUGE}/cancel", {}, None),
+        ("GET", "/healthz", {"Host": "evil.example"}, None),
+        ("GET", "/tasks", {"Host": "evil.example"}, None),
     ]
     problems = []
     for method, target, extra, body in exchanges:
@@ -987,7 +1001,7 @@ async def test_an_oversized_webhook_is_refused_before_its_body_is_read(api: ApiH
     host, port = api.client.host, api.client.port
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
-        b"POST /hooks/forgejo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n"
+        b"POST /hooks/forgejo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n"
         b"X-Forgejo-Signature: 00\r\nX-Forgejo-Event: issues\r\n\r\n"
     )
     await writer.drain()
@@ -1038,6 +1052,250 @@ async def test_an_unknown_path_is_a_json_404_once_authenticated(api: ApiHarness)
     response = await api.client.get("/tasks/abc", headers=api.auth())
     assert response.status == 404
     assert await response.json() == {"error": "not found: GET /tasks/abc"}
+
+
+# --- hostile requests: bytes, bounds, nesting, names, content types, hosts ---------------------
+
+HUGE = "99999999999999999999999"  # more than SQLite's INTEGER (int64) holds
+SQLITE_MAX = 2**63 - 1
+
+
+async def raw_request(api: ApiHarness, head: bytes) -> tuple[int, bytes]:
+    """Status and body of a request written byte for byte (headers aiohttp would not send)."""
+    reader, writer = await asyncio.open_connection(api.client.host, api.client.port)
+    writer.write(head + b"Connection: close\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        answer = await reader.read()  # the server closes after its answer
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_a_non_utf8_authorization_header_is_401_and_logs_no_error(api: ApiHarness) -> None:
+    head = b"GET /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe-x\r\n"
+    with capture_logs() as logs:
+        status, body = await raw_request(api, head)
+    assert (status, json.loads(body)) == (401, {"error": UNAUTHORIZED})
+    assert [entry for entry in logs if entry["log_level"] in ("error", "critical")] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "field_name"),
+    [
+        ("GET", f"/tasks/{HUGE}", "id"),
+        ("GET", f"/tasks/{SQLITE_MAX + 1}", "id"),
+        pytest.param("GET", "/tasks/" + "9" * 5000, "id", id="5000_digits"),  # past int()'s limit
+        ("GET", f"/tasks/{HUGE}/events", "id"),
+        ("POST", f"/tasks/{HUGE}/cancel", "id"),
+        ("GET", f"/tasks?cursor={HUGE}", "cursor"),
+        ("GET", f"/tasks?limit={HUGE}", "limit"),
+        ("GET", f"/tasks/1/events?after={HUGE}", "after"),
+    ],
+)
+async def test_integers_sqlite_cannot_hold_are_400_naming_them(
+    api: ApiHarness, method: str, target: str, field_name: str
+) -> None:
+    await api.submit()
+    response = await api.client.request(method, target, headers=api.auth())
+    assert response.status == 400, await response.text()
+    answer = await response.json()
+    assert answer["field"] == field_name and "between" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    "last_id",
+    [HUGE, str(SQLITE_MAX + 1), "9" * 5000, "١٢", "1_0"],
+    ids=["huge", "int64_max_plus_1", "5000_digits", "arabic_digits", "underscore"],
+)
+async def test_a_last_event_id_sqlite_cannot_hold_is_400(api: ApiHarness, last_id: str) -> None:
+    task_id = (await api.submit())["task_id"]
+    headers = {**stream_headers(api), "Last-Event-ID": last_id}
+    response = await api.client.get(f"/tasks/{task_id}/events", headers=headers)
+    assert response.status == 400  # not a stream opened (its body would never end)
+    assert (await response.json())["field"] == "Last-Event-ID"
+
+
+@pytest.mark.parametrize("number", [SQLITE_MAX + 1, 2**64, 10**30])
+async def test_an_issue_number_sqlite_cannot_hold_is_400(api: ApiHarness, number: int) -> None:
+    body = {"agent": "dev", "repo": "acme/app", "number": number, "prompt": "x"}
+    response = await api.client.post("/tasks", json=body, headers=api.auth())
+    assert response.status == 400, await response.text()
+    answer = await response.json()
+    assert answer["field"] == "number" and str(SQLITE_MAX) in answer["error"]
+    assert await api.store.list_tasks() == []
+
+
+# Beyond the JSON parser's recursion limit, and within it but past the API's depth bound.
+NESTINGS = {"past_recursion_limit": 1500, "past_depth_bound": 100}
+
+
+@pytest.mark.parametrize("depth", NESTINGS.values(), ids=NESTINGS.keys())
+async def test_deeply_nested_json_is_400_in_submissions_and_signed_webhooks(
+    api: ApiHarness, depth: int
+) -> None:
+    nested = b"[" * depth + b"]" * depth
+    body = b'{"agent": "dev", "repo": "acme/app", "prompt": "x", "number": ' + nested + b"}"
+    headers = {**api.auth(), "Content-Type": "application/json"}
+    response = await api.client.post("/tasks", data=body, headers=headers)
+    assert response.status == 400, await response.text()
+    answer = await response.json()
+    assert answer["field"] == "body" and "nested" in answer["error"]
+    hook = b'{"action": "created", "comment": ' + nested + b"}"
+    response = await api.client.post("/hooks/forgejo", data=hook, headers=signed(hook))
+    assert response.status == 400, await response.text()
+    assert "nested" in (await response.json())["error"]
+    assert api.webhooks == [] and await api.store.list_tasks() == []
+
+
+BAD_REPOS = [
+    "acme/..",
+    "../app",
+    "acme/.",
+    "./app",
+    "-acme/app",
+    "acme/-app",
+    ".acme/app",
+    "acme/.app",
+    "acme/app/issues",
+    "acme/app%2F..",
+    "acme/ap p",
+    "acme/äpp",
+    "a" * 41 + "/app",
+    "acme/" + "a" * 101,
+]
+
+
+@pytest.mark.parametrize("repo", BAD_REPOS)
+async def test_a_repo_forgejo_would_not_name_is_400(api: ApiHarness, repo: str) -> None:
+    body = {"agent": "dev", "repo": repo, "prompt": "x"}
+    response = await api.client.post("/tasks", json=body, headers=api.auth())
+    assert response.status == 400, await response.text()
+    assert (await response.json())["field"] == "repo"
+    assert await api.store.list_tasks() == []
+
+
+@pytest.mark.parametrize("repo", ["acme/app", "Acme/My.App_2-x", "a_b/c..d", "a" * 40 + "/b"])
+def test_forgejo_valid_repo_names_are_accepted(repo: str) -> None:
+    body = json.dumps({"agent": "dev", "repo": repo, "prompt": "x"}).encode()
+    assert parse_submission(body, ("dev",)).repo == repo
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+async def test_a_submission_not_sent_as_json_is_415(
+    api: ApiHarness, content_type: str | None
+) -> None:
+    body = json.dumps({"agent": "dev", "repo": "acme/app", "prompt": "x"}).encode()
+    headers = {**api.auth(), **({"Content-Type": content_type} if content_type else {})}
+    response = await api.client.post(
+        "/tasks", data=body, headers=headers, skip_auto_headers=["Content-Type"]
+    )
+    assert response.status == 415, await response.text()
+    assert "application/json" in (await response.json())["error"]
+    assert await api.store.list_tasks() == []
+
+
+async def test_a_submission_with_a_charset_parameter_is_json_still(api: ApiHarness) -> None:
+    body = json.dumps({"agent": "dev", "repo": "acme/app", "prompt": "x"}).encode()
+    headers = {**api.auth(), "Content-Type": "Application/JSON; charset=utf-8"}
+    response = await api.client.post("/tasks", data=body, headers=headers)
+    assert response.status == 201, await response.text()
+
+
+# A DNS-rebinding page reaches the daemon under its own host name.
+FOREIGN_HOSTS = [
+    "evil.example",
+    "evil.example:8765",
+    "127.0.0.1.evil.example",
+    "localhost.evil.example",
+    "[::2]:8765",
+    "10.0.0.1",
+    "",
+]
+EVERY_KIND_OF_ROUTE = [
+    ("GET", "/"),
+    ("GET", "/static/app.js"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/tasks"),
+    ("GET", "/tasks/1"),
+    ("POST", "/tasks"),
+    ("POST", "/hooks/forgejo"),
+    ("GET", "/no/such/path"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), EVERY_KIND_OF_ROUTE)
+async def test_a_request_for_another_host_is_421_on_every_route(
+    api: ApiHarness, method: str, path: str
+) -> None:
+    for host in FOREIGN_HOSTS:
+        headers = {**api.auth(), **signed(PAYLOAD, delivery=f"d-{host}"), "Host": host}
+        response = await api.client.request(method, path, data=PAYLOAD, headers=headers)
+        assert response.status == 421, (host, await response.text())
+        answer = await response.json()
+        assert answer["field"] == "Host" and "api.allowed_hosts" in answer["error"]
+    assert api.webhooks == [] and await api.store.list_tasks() == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:8765",
+        "127.3.4.5:80",
+        "localhost",
+        "LocalHost:8765",
+        "localhost.",
+        "[::1]",
+        "[::1]:8765",
+    ],
+)
+async def test_loopback_and_localhost_are_served_with_or_without_a_port(
+    api: ApiHarness, host: str
+) -> None:
+    response = await api.client.get("/metrics", headers={"Host": host})
+    assert response.status == 200, await response.text()
+
+
+async def test_a_request_without_a_host_header_is_served(api: ApiHarness) -> None:
+    status, _ = await raw_request(api, b"GET /healthz HTTP/1.0\r\n")  # no browser sends this
+    assert status == 200
+
+
+async def test_api_allowed_hosts_adds_the_names_a_proxy_or_forgejo_uses(
+    config_factory: ConfigFactory, tmp_path: Path
+) -> None:
+    extra = {"allowed_hosts": ["hooks.example.org", "192.0.2.7"]}
+    async with open_harness(config_factory, tmp_path, api=extra) as harness:
+        answers = {}
+        for n, host in enumerate(
+            ["hooks.example.org", "Hooks.Example.Org:443", "192.0.2.7:8765", "localhost", "x.org"]
+        ):
+            headers = {**signed(PAYLOAD, delivery=f"d-{n}"), "Host": host}
+            response = await harness.client.post("/hooks/forgejo", data=PAYLOAD, headers=headers)
+            answers[host] = response.status
+    assert answers == {
+        "hooks.example.org": 202,
+        "Hooks.Example.Org:443": 202,
+        "192.0.2.7:8765": 202,
+        "localhost": 202,
+        "x.org": 421,
+    }
+
+
+def test_the_host_check_serves_the_listen_host_loopback_and_allowed_names_only() -> None:
+    allowed = ("proxy.example", "2001:db8::5")
+    for host in ("192.0.2.7", "192.0.2.7:8765", "proxy.example:443", "[2001:db8::5]:1", "[::1]"):
+        assert host_allowed(host, "192.0.2.7", allowed), host
+    assert host_allowed(None, "192.0.2.7", allowed)  # HTTP/1.0 without Host: not a browser
+    for host in ("192.0.2.8", "evil.example", "proxy.example.evil", "[::1", "a:b:c", "\udcff"):
+        assert not host_allowed(host, "192.0.2.7", allowed), host
+    assert host_allowed("[::1]:8765", "::1", ())  # a listen host spelt without brackets
 
 
 async def test_a_task_for_an_unconfigured_repository_is_refused_and_not_stored(

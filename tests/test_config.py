@@ -102,6 +102,17 @@ def test_wrong_type_and_bad_enum_are_explained(config_factory: ConfigFactory) ->
         config_factory.load(agents=[config_factory.agent(role="coder")])
 
 
+def test_api_allowed_hosts_are_host_names_without_scheme_or_port(
+    config_factory: ConfigFactory,
+) -> None:
+    assert config_factory.load().api.allowed_hosts == ()
+    hosts = ["hooks.example.org", "192.0.2.7", "2001:db8::5"]
+    assert config_factory.load(api={"allowed_hosts": hosts}).api.allowed_hosts == tuple(hosts)
+    for bad in ("https://hooks.example.org", "hooks.example.org:443", "", "a b", "x/y"):
+        with pytest.raises(ConfigError, match=r"api.allowed_hosts\[1\]: .*host name"):
+            config_factory.load(api={"allowed_hosts": ["ok.example", bad]})
+
+
 def test_duplicate_agent_and_unknown_review_by_are_refused(config_factory: ConfigFactory) -> None:
     with pytest.raises(ConfigError, match="configured twice"):
         config_factory.load(agents=[config_factory.agent("dev"), config_factory.agent("DEV")])

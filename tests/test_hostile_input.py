@@ -190,9 +190,27 @@ def test_config_parser_refuses_arbitrary_tables_with_a_config_error_only(raw: An
 @given(body=st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_api_submission_parser_refuses_arbitrary_bodies_with_400_only(body: bytes) -> None:
     try:
-        parse_submission(body, ["dev", "review"])
+        submission = parse_submission(body, ["dev", "review"])
     except ApiError as exc:
         assert exc.status == 400
+    else:  # what it lets through, the store can hold
+        assert submission.number is None or 1 <= submission.number < 2**63
+
+
+@FUZZ
+@given(number=st.integers(min_value=2**63, max_value=2**200))
+def test_api_submission_parser_refuses_numbers_sqlite_cannot_hold(number: int) -> None:
+    body = json.dumps({"agent": "dev", "repo": "acme/app", "number": number, "prompt": "x"})
+    with pytest.raises(ApiError) as caught:
+        parse_submission(body.encode(), ["dev"])
+    assert caught.value.status == 400 and caught.value.extra == {"field": "number"}
+
+
+def test_api_submission_parser_refuses_deep_nesting_without_recursion_error() -> None:
+    for body in (b"[" * 100_000, b'{"prompt": ' + b"[" * 100 + b"]" * 100 + b"}"):
+        with pytest.raises(ApiError) as caught:
+            parse_submission(body, ["dev"])
+        assert caught.value.status == 400 and "nested" in caught.value.message
 
 
 SECRET = b"webhook-secret-0123"
@@ -328,7 +346,8 @@ async def check_api_refusals(driver: ChaosDriver) -> None:
         assert len(answers) == 1 and next(iter(answers))[0] == 401, answers
 
         huge = b"x" * (driver.config.api.max_body_bytes + 1)
-        async with session.post(f"{base}/tasks", data=huge, headers=good) as response:
+        as_json = {**good, "Content-Type": "application/json"}
+        async with session.post(f"{base}/tasks", data=huge, headers=as_json) as response:
             assert response.status == 413
 
         hook = json.dumps({"action": "closed", "repository": {"full_name": REPO}}).encode()

@@ -209,3 +209,21 @@ def test_a_payload_without_repository_is_a_data_error() -> None:
     payload = {"action": "opened", "issue": _issue(), "sender": _user("a")}
     with pytest.raises(ForgejoDataError, match="repository"):
         parse_webhook("issues", payload)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("issue", {"number": 2**63}), ("comment", {"id": 10**30}), ("sender", {"id": -(2**63) - 1})],
+)
+def test_a_number_sqlite_cannot_hold_is_a_data_error(where: str, value: dict) -> None:
+    payload: dict = {
+        "action": "created",
+        "issue": _issue(),
+        "repository": REPO,
+        "sender": _user("alice"),
+        "comment": {"id": 9, "body": "@dev hi", "user": _user("alice")},
+    }
+    payload[where] = {**payload[where], **value}  # type: ignore[dict-item]
+    field = next(iter(value))
+    with pytest.raises(ForgejoDataError, match=f"field '{field}'.*64-bit"):
+        parse_webhook("issue_comment", payload)
