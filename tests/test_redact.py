@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from claude_hooks.config import read_secret
 from claude_hooks.redact import MIN_SECRET_LENGTH, REDACTED, Redactor
 from tests.fakes.leaks import leaks, shapes
 
@@ -103,3 +104,19 @@ def test_the_tokens_inside_a_credentials_file_are_secrets(tmp_path: Path) -> Non
     text = " ".join(shapes(access).values()) + " " + " ".join(shapes(refresh).values())
     assert leaks({"access": access, "refresh": refresh}, "text", redact(text)) == []
 
+
+def test_read_secret_teaches_the_shared_redactor_each_value_it_reads(tmp_path: Path) -> None:
+    """Fails before this change: a rotated token file was read and used, never redacted."""
+    from claude_hooks.log import redactor
+
+    file = tmp_path / "token"
+    file.write_text("first-token-of-dev-6d1f0a\n")
+    redactor.add_files([file])  # what the daemon learns at start
+    file.write_text("rotated-token-of-dev-93be27\n")  # the operator rotates it
+    assert read_secret(file) == "rotated-token-of-dev-93be27"  # the next Forgejo request
+    rotated_b64 = base64.b64encode(b"rotated-token-of-dev-93be27").decode()
+    text = f"old first-token-of-dev-6d1f0a new rotated-token-of-dev-93be27 {rotated_b64}"
+    redacted = redactor(text)
+    assert redacted.startswith(f"old {REDACTED} new {REDACTED} ")
+    secrets = {"old": "first-token-of-dev-6d1f0a", "new": "rotated-token-of-dev-93be27"}
+    assert leaks(secrets, "text", redacted) == []
