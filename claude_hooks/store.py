@@ -236,12 +236,15 @@ def make_private(db_path: Path) -> None:
 
     Stored events hold what Claude and git printed; redacted, but still nobody
     else's business. Only permissions are taken away, never given: a directory
-    made read-only on purpose stays read-only. The database file is created here,
-    0600, so SQLite never makes it with its default 0644.
+    made read-only on purpose stays read-only. A missing database file is created
+    here, 0600, so SQLite never makes it with its default 0644; SQLite gives the
+    -wal and -shm it creates the database's mode. Runs before the connection opens,
+    and never opens an existing database: closing any descriptor of a file drops
+    every POSIX lock this process holds on it, SQLite's included.
     """
     _take_away(db_path.parent, 0o077)
-    with contextlib.suppress(OSError):  # unwritable directory: SQLite says so next
-        os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+    with contextlib.suppress(OSError):  # it exists; or an unwritable dir, SQLite says so next
+        os.close(os.open(db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     for file in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
         _take_away(file, 0o177)
 
@@ -375,8 +378,6 @@ class _Db:
             conn = connect(path)
         except sqlite3.Error as exc:
             raise StoreError(path, f"cannot open the task store: {exc}{_hint(path)}") from exc
-        # SQLite gives -wal and -shm the database file's mode; an older run's may be looser.
-        make_private(path)
         try:
             migrate(conn)
         except sqlite3.Error as exc:

@@ -411,3 +411,28 @@ async def test_the_state_directory_and_the_database_files_are_private(tmp_path: 
     path.chmod(0o644)  # a database an older version left behind
     await (await Store.open(path)).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+READ_AND_CLOSE = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.execute("SELECT COUNT(*) FROM tasks").fetchone()
+conn.close()
+"""
+
+
+async def test_a_reader_elsewhere_leaves_the_open_stores_wal_alone(tmp_path: Path) -> None:
+    """Opening must keep SQLite's locks: closing any descriptor of the database drops them,
+    and a reader that then thinks itself the last one deletes the WAL under the store."""
+    path = tmp_path / "state" / "tasks.sqlite3"
+    await open_and_close(path)  # an existing store: opening it reads, and locks, at once
+    store = await Store.open(path)
+    await store.enqueue(make_spec(1))
+    reader = [sys.executable, "-c", READ_AND_CLOSE, str(path)]
+    await asyncio.to_thread(subprocess.run, reader, check=True, timeout=30)
+    assert path.with_name(path.name + "-wal").exists()
+    await store.enqueue(make_spec(2))
+    await store.close()
+    reopened = await Store.open(path)
+    assert len(await reopened.list_tasks()) == 2
+    await reopened.close()
