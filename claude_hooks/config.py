@@ -22,6 +22,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from claude_hooks.redact import redactor
+
 # Below systemd's TimeoutStopSec=300 in deploy/claude-hooks.service: at 300 s systemd
 # sends SIGKILL, so a drain that long would lose its bookkeeping.
 SYSTEMD_STOP_TIMEOUT = 300.0
@@ -553,5 +555,20 @@ def check_secret_file(file: Path, path: Path, key: str, what: str, warnings: lis
 
 
 def read_secret(file: Path) -> str:
-    """The secret in a file, whitespace-trimmed. Read at use so rotation needs no restart."""
-    return file.read_text(encoding="utf-8").strip()
+    """The secret in a file, whitespace-trimmed. Read at use so rotation needs no restart.
+
+    Every value read is taught to the shared redactor first, so a rotated secret is
+    hidden from its first use on (and the old one stays hidden).
+    """
+    text = file.read_text(encoding="utf-8")
+    redactor.learn(text)
+    return text.strip()
+
+
+def learn_secret_file(file: Path) -> bool:
+    """Teach the redactor what `file` holds now (a rewritten credentials file); readable?"""
+    try:
+        read_secret(file)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True

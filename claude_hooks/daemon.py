@@ -65,7 +65,12 @@ class ShutdownSignals:
 
 async def run_daemon(config: Config, *, signals: ShutdownSignals | None = None) -> int:
     """Run until told to stop; 0 after a clean drain, 1 when work had to be interrupted."""
-    redactor.add_files(config_secret_files(config))
+    for file in redactor.add_files(config_secret_files(config)):
+        log.warning(
+            "secret_file_unreadable",
+            file=str(file),
+            hint="the daemon cannot redact what it cannot read: let its user read the file",
+        )
     for warning in config.warnings:
         log.warning("config_warning", detail=warning)
     loop = asyncio.get_running_loop()

@@ -2,8 +2,9 @@
 
 One event per line. Under systemd (JOURNAL_STREAM set) the `journal` renderer
 prefixes each line with `<N>` so journald records its PRIORITY, and leaves the
-timestamp to journald. Every configured secret is replaced by `***` in every
-field, exception text included, before any renderer sees the event.
+timestamp to journald. Every configured secret, and its encodings, is replaced by
+`***` in every field, exception text included, before any renderer sees the event
+(the shared `redactor` of claude_hooks.redact).
 """
 
 from __future__ import annotations
@@ -11,88 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
 from claude_hooks.config import Config, LogFormat
+from claude_hooks.redact import REDACTED, Redactor, redactor
 
-REDACTED = "***"
-# Shorter values are too likely to occur by chance in ordinary text to redact safely.
-MIN_SECRET_LENGTH = 6
+__all__ = ["REDACTED", "Redactor", "config_secret_files", "redactor", "setup_logging"]
 
 # syslog priorities, as journald reads them from a `<N>` line prefix (sd-daemon.h)
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
-
-
-class Redactor:
-    """Holds the secret values to hide; shared by the log pipeline and report text."""
-
-    def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
-        self._lock = threading.Lock()
-
-    def add(self, *values: str) -> None:
-        fresh = {v.strip() for v in values if v and len(v.strip()) >= MIN_SECRET_LENGTH}
-        with self._lock:
-            # Longest first, so a secret containing another is hidden whole.
-            self._secrets = tuple(sorted(set(self._secrets) | fresh, key=len, reverse=True))
-
-    def add_files(self, files: Iterable[Path]) -> None:
-        for file in files:
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            self.add(text.strip(), *_json_string_values(text))
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
-
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self(value)
-        if isinstance(value, dict):
-            return {k: self.value(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(self.value(v) for v in value)
-        if isinstance(value, BaseException | Path):
-            return self(str(value))
-        return value
-
-
-def _json_string_values(text: str) -> list[str]:
-    """String leaves of a JSON document (the tokens inside .credentials.json)."""
-    import json
-
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return []
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, str):
-            found.append(node)
-        elif isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(doc)
-    return found
-
-
-# One process-wide instance: every logger and every report goes through it.
-redactor = Redactor()
 
 
 def config_secret_files(config: Config) -> list[Path]:

@@ -68,7 +68,7 @@ class Services:
         runtime: AgentRuntime | None = None,
     ) -> Services:
         """Open, wire and start everything; `runtime` replaces Docker (the demo only)."""
-        config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = await Store.open(config.daemon.db_path)
         docker = aiodocker.Docker()
         labels = {**instance_labels(config.daemon.state_dir), **(extra_labels or {})}

@@ -15,10 +15,12 @@ cap, detail events are dropped behind one `truncated` marker, while `state` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import sqlite3
+import stat
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from claude_hooks.redact import redactor
 from claude_hooks.tasks import (
     FINAL_STATES,
     Outcome,
@@ -228,6 +231,41 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     return max(current, target)
 
 
+def make_private(db_path: Path) -> None:
+    """State directory owner-only, the database and its -wal/-shm files 0600.
+
+    Stored events hold what Claude and git printed; redacted, but still nobody
+    else's business. Only permissions are taken away, never given: a directory
+    made read-only on purpose stays read-only. A missing database file is created
+    here, 0600, so SQLite never makes it with its default 0644; SQLite gives the
+    -wal and -shm it creates the database's mode. Runs before the connection opens,
+    and never opens an existing database: closing any descriptor of a file drops
+    every POSIX lock this process holds on it, SQLite's included.
+    """
+    _take_away(db_path.parent, 0o077)
+    with contextlib.suppress(OSError):  # it exists; or an unwritable dir, SQLite says so next
+        os.close(os.open(db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for file in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
+        _take_away(file, 0o177)
+
+
+def _take_away(path: Path, bits: int) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & bits:
+        return
+    try:
+        path.chmod(mode & ~bits)
+    except OSError as exc:
+        log.warning("state_permissions_not_fixed", path=str(path), error=exc.strerror)
+    else:
+        log.warning(
+            "state_permissions_fixed", path=str(path), was=f"{mode:04o}", now=f"{mode & ~bits:04o}"
+        )
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, foreign keys on."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -313,19 +351,29 @@ def _state_event(ts: float, state: TaskState, summary: str, reason: str | None =
 class _Db:
     """The synchronous side: every method runs in the store's one worker thread."""
 
-    def __init__(self, conn: sqlite3.Connection, cap: EventCap, clock: Callable[[], float]):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        cap: EventCap,
+        clock: Callable[[], float],
+        redact: Callable[[str], str],
+    ):
         self.conn = conn
         self.cap = cap
         self.clock = clock
+        self.redact = redact  # every text stored passes through it, here in the worker thread
         self.transactions = 0
         self._usage: dict[int, _EventUsage] = {}
 
     @classmethod
-    def open(cls, path: Path, cap: EventCap, clock: Callable[[], float]) -> _Db:
+    def open(
+        cls, path: Path, cap: EventCap, clock: Callable[[], float], redact: Callable[[str], str]
+    ) -> _Db:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(path, f"cannot create the state directory: {exc.strerror}") from exc
+        make_private(path)
         try:
             conn = connect(path)
         except sqlite3.Error as exc:
@@ -335,7 +383,7 @@ class _Db:
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(path, f"cannot migrate the task store: {exc}{_hint(path)}") from exc
-        return cls(conn, cap, clock)
+        return cls(conn, cap, clock, redact)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -370,6 +418,7 @@ class _Db:
         return _task_from_row(row) if row is not None else None
 
     def enqueue(self, spec: TaskSpec) -> tuple[Task, bool]:
+        spec = replace(spec, request=self.redact(spec.request))
         columns = _spec_columns(spec) | {"state": str(TaskState.QUEUED), "created_at": self.clock()}
         names = ", ".join(columns)
         marks = ", ".join("?" for _ in columns)
@@ -439,6 +488,11 @@ class _Db:
     def finish(self, task_id: int, outcome: Outcome) -> Task:
         if outcome.state not in FINAL_STATES | {TaskState.INTERRUPTED}:
             raise ValueError(f"task {task_id}: {outcome.state} is not how a run ends")
+        outcome = replace(
+            outcome,
+            reason=None if outcome.reason is None else self.redact(outcome.reason),
+            result=None if outcome.result is None else self.redact(outcome.result),
+        )
         changes: dict[str, Any] = {
             "finished_at": self.clock(),
             "error": outcome.reason,
@@ -463,6 +517,7 @@ class _Db:
 
     def requeue(self, task_id: int, reason: str) -> Task:
         """Queue a finished or interrupted task again, as a fresh chance (retry)."""
+        reason = self.redact(reason)
         changes = {
             "finished_at": None,
             "error": None,
@@ -481,6 +536,7 @@ class _Db:
 
     def update_spec(self, task_id: int, spec: TaskSpec) -> Task:
         """Replace what a queued task will do (e.g. a moved PR head); same key, same agent."""
+        spec = replace(spec, request=self.redact(spec.request))
         with self.transaction() as conn:
             old = self.get(task_id)
             if old is None:
@@ -628,7 +684,9 @@ class _Db:
         rows = []
         for event in admit_events(usage, events, self.cap):
             usage.last_seq += 1
-            rows.append((task_id, usage.last_seq, event.ts, event.type, event.summary, event.data))
+            summary, data = self.redact(event.summary), event.data
+            data = None if data is None else self.redact(data)
+            rows.append((task_id, usage.last_seq, event.ts, event.type, summary, data))
         self.conn.executemany(
             "INSERT INTO task_events (task_id, seq, ts, type, summary, data)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -690,13 +748,15 @@ class Store:
         *,
         event_cap: EventCap | None = None,
         clock: Callable[[], float] = time.time,
+        redact: Callable[[str], str] = redactor,
     ) -> Store:
+        """`redact` hides secrets in every text before it is stored (the shared redactor)."""
         path = Path(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claude-hooks-store")
         loop = asyncio.get_running_loop()
         try:
             db = await loop.run_in_executor(
-                executor, _Db.open, path, event_cap or EventCap(), clock
+                executor, _Db.open, path, event_cap or EventCap(), clock, redact
             )
         except BaseException:
             executor.shutdown(wait=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from claude_hooks.config import AgentConfig, Config, Role, read_secret
+from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, read_secret
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
 from claude_hooks.intake import PermissionCache
@@ -148,6 +148,9 @@ class TaskWorker:
 
     async def execute(self, task: Task) -> Outcome:
         agent = self._config.agent(task.spec.agent)
+        # Claude reads these credentials, so they may show up in what it prints: redact
+        # the values the file holds now (it may have been rewritten since the start).
+        learn_secret_file(agent.credentials_file)
         bound = log.bind(
             task_id=task.id, agent=agent.name, repo=task.spec.repo, number=task.spec.number
         )

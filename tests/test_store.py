@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from claude_hooks.store import (
     SCHEMA_VERSION,
@@ -21,6 +25,7 @@ from claude_hooks.store import (
 )
 from claude_hooks.tasks import Outcome, TaskKind, TaskSpec, TaskState, TriggerSource
 from tests.conftest import REPO_ROOT
+from tests.fakes.leaks import leaks
 
 
 def make_spec(n: int = 1, *, agent: str = "dev", number: int | None = 7, **changes) -> TaskSpec:
@@ -345,8 +350,89 @@ def test_a_read_only_state_directory_gives_store_error(tmp_path: Path) -> None:
         )
     finally:
         tmp_path.chmod(0o755)
-    lines = probe.stdout.splitlines()
+    # (structlog's default prints to stdout too: the directory's modes were tightened)
+    lines = [line for line in probe.stdout.splitlines() if line.startswith(("opened", "Store"))]
     assert len(lines) == 2, probe.stderr
     for line, path in zip(lines, (fresh, existing), strict=True):
         assert line.startswith(f"StoreError {path}: cannot open the task store"), line
         assert f"{tmp_path} is not writable by this user" in line
+
+
+LEAKED = "forgejo-token-of-store-test-4e1a9c"  # as the agent's token file would hold it
+
+
+async def test_what_claude_and_git_print_is_stored_redacted(tmp_path: Path) -> None:
+    """Fails before this change: raw lines, results and errors went into the WAL verbatim."""
+    from claude_hooks.log import redactor
+
+    redactor.add(LEAKED)
+    encoded = base64.b64encode(f"Authorization: token {LEAKED}\n".encode()).decode()
+    path = tmp_path / "state" / "tasks.sqlite3"
+    store = await Store.open(path)
+    task, _ = await store.enqueue(make_spec(1, request=f"@dev use {LEAKED}"))
+    await store.mark_running(task.id)
+    sink = store.event_sink(task.id)
+    sink.add("tool_result", f"env printed {LEAKED}", json.dumps({"content": encoded}))
+    await sink.close()
+    outcome = Outcome(TaskState.FAILED, reason=f"git said {LEAKED}", result=f"done {encoded}")
+    await store.finish(task.id, outcome)
+    stored = await store.get(task.id)
+    events = await store.events(task.id)
+    files = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    await store.close()
+
+    assert set(files) >= {path.name, path.name + "-wal"}  # the WAL holds the rows by now
+    found = [leak for name, data in files.items() for leak in leaks({"token": LEAKED}, name, data)]
+    assert found == []
+    assert stored is not None and stored.error == "git said ***"
+    assert stored.spec.request == "@dev use ***" and "***" in (stored.result or "")
+    views = [e.summary + (e.data or "") for e in events] + [stored.result or ""]
+    assert leaks({"token": LEAKED}, "store answers", "\n".join(views)) == []
+
+
+async def test_the_state_directory_and_the_database_files_are_private(tmp_path: Path) -> None:
+    """Fails before this change: an existing state dir stayed 0755 and the database 0644."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)  # as Services used to create it, whatever the umask
+    path = state / "tasks.sqlite3"
+    with capture_logs() as logs:
+        store = await Store.open(path)
+    await store.enqueue(make_spec(1))
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [state, *state.iterdir()]}
+    await store.close()
+    assert modes == {
+        "state": 0o700, "tasks.sqlite3": 0o600, "tasks.sqlite3-wal": 0o600,
+        "tasks.sqlite3-shm": 0o600,
+    }  # fmt: skip
+    fixed = [e for e in logs if e["event"] == "state_permissions_fixed"]
+    assert [(e["path"], e["was"], e["now"]) for e in fixed] == [(str(state), "0755", "0700")]
+
+    path.chmod(0o644)  # a database an older version left behind
+    await (await Store.open(path)).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+READ_AND_CLOSE = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.execute("SELECT COUNT(*) FROM tasks").fetchone()
+conn.close()
+"""
+
+
+async def test_a_reader_elsewhere_leaves_the_open_stores_wal_alone(tmp_path: Path) -> None:
+    """Opening must keep SQLite's locks: closing any descriptor of the database drops them,
+    and a reader that then thinks itself the last one deletes the WAL under the store."""
+    path = tmp_path / "state" / "tasks.sqlite3"
+    await open_and_close(path)  # an existing store: opening it reads, and locks, at once
+    store = await Store.open(path)
+    await store.enqueue(make_spec(1))
+    reader = [sys.executable, "-c", READ_AND_CLOSE, str(path)]
+    await asyncio.to_thread(subprocess.run, reader, check=True, timeout=30)
+    assert path.with_name(path.name + "-wal").exists()
+    await store.enqueue(make_spec(2))
+    await store.close()
+    reopened = await Store.open(path)
+    assert len(await reopened.list_tasks()) == 2
+    await reopened.close()

@@ -28,7 +28,8 @@ from aiodocker.exceptions import DockerError
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner.containers import ContainerManager
 
-TEST_IMAGE = "claude-hooks-test:latest"
+# CLAUDE_HOOKS_TEST_IMAGE: a tag of its own, for sessions that change the image side by side
+TEST_IMAGE = os.environ.get("CLAUDE_HOOKS_TEST_IMAGE", "claude-hooks-test:latest")
 TEST_LABEL = "claude-hooks.test"
 RUN_LABEL = "claude-hooks.test-run"
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "docker" / "build-test-image.sh"

@@ -15,6 +15,9 @@
 #   ignore-term=1   ...and ignore SIGTERM, so only SIGKILL stops it
 #   lines=N         print N synthetic assistant lines as fast as possible, then a result
 #   exit=N          exit with N instead
+#   run=BASE64      run the base64-encoded shell command, as a prompt-injected Claude
+#                   would with its Bash tool, and reply with what it printed (the
+#                   assistant's text and the result); the delay comes first
 # With FAKE_CLAUDE_RECORD=DIR it writes its argv (one per line), prompt and env there.
 
 prompt=$(cat)
@@ -26,6 +29,7 @@ ignore_term=0
 hang_once=0
 lines=0
 exit_code=
+run=
 
 directive=$(printf '%s\n' "$prompt" | grep -m1 '^fake-claude:' | cut -d: -f2-)
 for setting in $directive; do
@@ -37,6 +41,7 @@ for setting in $directive; do
         ignore-term=*) ignore_term=${setting#*=} ;;
         lines=*) lines=${setting#*=} ;;
         exit=*) exit_code=${setting#*=} ;;
+        run=*) run=${setting#*=} ;;
     esac
 done
 
@@ -68,6 +73,21 @@ emit() {  # emit FILE [SKIP-PATTERN]: print the file's lines, with the delay bet
         printf '%s\n' "$line"
     done
 }
+
+json_string() {  # stdin → one JSON string literal (newlines, quotes, backslashes escaped)
+    awk 'BEGIN { ORS = ""; printf "\"" }
+        { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/\r/, "\\r")
+          if (NR > 1) printf "\\n"; printf "%s", $0 }
+        END { printf "\"" }'
+}
+
+if [ -n "$run" ]; then
+    [ "$delay" = 0 ] || sleep "$delay"
+    text=$(printf '%s' "$run" | base64 -d | sh 2>&1 | json_string)
+    printf '{"type":"assistant","message":{"id":"msg_fake","type":"message","role":"assistant","content":[{"type":"text","text":%s}]},"session_id":"fake-session"}\n' "$text"
+    printf '{"type":"result","subtype":"success","is_error":false,"result":%s,"num_turns":1,"session_id":"fake-session","terminal_reason":"completed"}\n' "$text"
+    exit "${exit_code:-0}"
+fi
 
 if [ "$lines" -gt 0 ]; then
     awk -v n="$lines" 'BEGIN {
