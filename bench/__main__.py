@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import drain, idle, memory, reaction, scheduling, stream
 from bench.stats import Row, render_table
-from claude_hooks.log import setup_logging
+from claude_hooks.daemon.log import setup_logging
 
 Benchmark = Callable[[], Awaitable[list[Row]]]
 

@@ -30,8 +30,8 @@ import aiodocker
 import aiohttp
 
 from claude_hooks.config import Config
-from claude_hooks.sim.agent_image import ensure_image
-from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.demo.agent_image import ensure_image
+from claude_hooks.demo.sim.forgejo import ForgejoSim
 from tests.fakes.configs import ConfigFactory
 
 IMAGE = "claude-hooks-bench:latest"

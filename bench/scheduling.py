@@ -34,9 +34,9 @@ import aiohttp
 from bench.harness import ExecWatcher, Lab, TaskRow, submit, task_rows, wait_until
 from bench.stats import Row, sample_row, value_row
 from claude_hooks.config import Config
-from claude_hooks.scheduler import Scheduler
-from claude_hooks.store import Store
+from claude_hooks.store.db import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
+from claude_hooks.work.scheduler import Scheduler
 
 TASKS = int(os.environ.get("BENCH_SCHED_TASKS", "1000"))
 RUN_SECONDS = tuple(

@@ -23,10 +23,10 @@ from contextlib import closing
 from bench.harness import Lab
 from bench.stats import Row, value_row
 from claude_hooks.config import Config
-from claude_hooks.log import setup_logging
+from claude_hooks.daemon.log import setup_logging
+from claude_hooks.daemon.services import Services
 from claude_hooks.runner.execution import LineSplitter
 from claude_hooks.runner.stream import parse_line
-from claude_hooks.services import Services
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TriggerSource
 
 LINES = int(os.environ.get("BENCH_STREAM_LINES", "200000"))

@@ -29,7 +29,7 @@ from typing import Any
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from claude_hooks.sim.gateway import API_PREFIX, RecordedRequest
+from claude_hooks.demo.sim.gateway import API_PREFIX, RecordedRequest
 
 SPEC_FILE = Path(__file__).parent / "data" / "openapi.v3.json"
 HOST = "http://forgejo.invalid"

@@ -28,7 +28,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from claude_hooks.api import (
+from claude_hooks.api.app import (
     OPENAPI_FILE,
     UNAUTHORIZED,
     ApiDeps,
@@ -45,10 +45,9 @@ from claude_hooks.api import (
     sse_message,
 )
 from claude_hooks.config import Config
+from claude_hooks.daemon.metrics import Metrics
 from claude_hooks.forgejo.models import ForgejoDataError
-from claude_hooks.metrics import Metrics
-from claude_hooks.scheduler import Scheduler
-from claude_hooks.store import Store
+from claude_hooks.store.db import Store
 from claude_hooks.tasks import (
     Outcome,
     Task,
@@ -58,6 +57,7 @@ from claude_hooks.tasks import (
     TaskState,
     TriggerSource,
 )
+from claude_hooks.work.scheduler import Scheduler
 from tests.fakes.configs import ConfigFactory
 
 TOKEN = "api-token-0123456789abcdef"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.check import container_user_warnings, subuid_owner
-from claude_hooks.cli import main
+from claude_hooks.cli.check import container_user_warnings, subuid_owner
+from claude_hooks.cli.main import main
 from claude_hooks.config import DEFAULT_AGENT_UID, AgentConfig
 from tests.fakes.configs import ConfigFactory
 

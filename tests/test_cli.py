@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from claude_hooks import __version__
-from claude_hooks.cli import main
+from claude_hooks.cli.main import main
 from tests.conftest import REPO_ROOT
 from tests.fakes.configs import ConfigFactory
 

@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from claude_hooks import cli_client
-from claude_hooks.cli_client import (
+from claude_hooks.cli import client as cli_client
+from claude_hooks.cli.client import (
     ApiClient,
     Progress,
     SseParser,

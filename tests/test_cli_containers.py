@@ -17,8 +17,7 @@ from pathlib import Path
 import aiodocker
 import pytest
 
-from claude_hooks.cli import build_parser, main
-from claude_hooks.cli_containers import (
+from claude_hooks.cli.containers import (
     ContainerState,
     UsageError,
     describe_up,
@@ -28,6 +27,7 @@ from claude_hooks.cli_containers import (
     shell_argv,
     user_ids,
 )
+from claude_hooks.cli.main import build_parser, main
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner.claude import CREDENTIALS_PATH, TASK_MARKER
 from claude_hooks.runner.containers import INSTANCE_LABEL, instance_labels, run_exec

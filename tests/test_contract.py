@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from multidict import MultiDict, MultiDictProxy
 
+from claude_hooks.demo.sim.forgejo import ForgejoSim, RecordedRequest
 from claude_hooks.forgejo.client import ForgejoClient
-from claude_hooks.sim.forgejo import ForgejoSim, RecordedRequest
 from tests.contract import ForgejoContract, forgejo_contract
 
 pytest_plugins = ["pytester"]

@@ -22,7 +22,7 @@ import aiodocker
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.tasks import TaskState
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID

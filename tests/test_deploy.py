@@ -15,7 +15,7 @@ from pathlib import Path
 import aiodocker
 import pytest
 
-from claude_hooks.cli import build_parser
+from claude_hooks.cli.main import build_parser
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner.claude import (
     CLAUDE_CONFIG_DIR,

@@ -24,15 +24,15 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.config import AgentConfig, Config, ConfigError, bind_spec_problem
-from claude_hooks.report import find_marker
+from claude_hooks.daemon.services import Services
+from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.git import git_available
+from claude_hooks.intake.decide import mentioned_names
+from claude_hooks.report.tracker import find_marker
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import git_auth_env
 from claude_hooks.runner.containers import ContainerManager
-from claude_hooks.services import Services
-from claude_hooks.sim.forgejo import ForgejoSim
-from claude_hooks.sim.git import git_available
 from claude_hooks.tasks import Task, TaskState
-from claude_hooks.triggers import mentioned_names
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, samples_dir  # noqa: F401
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID

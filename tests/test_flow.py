@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.report import find_marker
-from claude_hooks.services import Services
-from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.daemon.services import Services
+from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.report.tracker import find_marker
 from claude_hooks.tasks import Task, TaskState
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from claude_hooks.sim.mentions import find_mentions
+from claude_hooks.demo.sim.mentions import find_mentions
 from tests.fakes.forgejo import ForgejoSim, Team, add_team
 
 

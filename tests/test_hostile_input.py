@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from claude_hooks.api import ApiError, parse_submission
+from claude_hooks.api.app import ApiError, parse_submission
 from claude_hooks.config import ConfigError, load_config, parse_config
 from claude_hooks.forgejo.models import (
     Comment,

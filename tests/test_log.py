@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from claude_hooks.config import LogFormat
-from claude_hooks.log import config_secret_files, redactor, setup_logging
+from claude_hooks.daemon.log import config_secret_files, redactor, setup_logging
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.leaks import leaks
 

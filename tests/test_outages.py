@@ -19,7 +19,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.forgejo import ForgejoSim
 from tests.chaos.driver import REPO, ChaosDriver, TaskRow, chaos_config
 from tests.fakes.configs import ConfigFactory
 

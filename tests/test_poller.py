@@ -12,14 +12,14 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from claude_hooks.config import AgentConfig
+from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
 from claude_hooks.forgejo.webhook import delivery_id, event_name, parse_webhook, verify_signature
-from claude_hooks.intake import PermissionCache, WebhookIntake
-from claude_hooks.poller import Poller, SharedBackoff
-from claude_hooks.sim.forgejo import ForgejoSim
-from claude_hooks.store import Store
+from claude_hooks.intake.decide import Policy
+from claude_hooks.intake.poller import Poller, SharedBackoff
+from claude_hooks.intake.reader import PermissionCache, WebhookIntake
+from claude_hooks.store.db import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, Trigger
-from claude_hooks.triggers import Policy
 
 REPO = "acme/app"
 SERVED = ("acme/*",)

@@ -10,8 +10,9 @@ import pytest
 
 from claude_hooks.config import Role
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest, User
-from claude_hooks.report import marker
-from claude_hooks.runner.prompts import (
+from claude_hooks.report.tracker import marker
+from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
+from claude_hooks.work.prompts import (
     PLACEHOLDERS,
     PromptContext,
     PromptLimits,
@@ -25,7 +26,6 @@ from claude_hooks.runner.prompts import (
     system_prompt,
     unknown_placeholders,
 )
-from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
 
 WRITERS = frozenset({"alice"})
 AGENTS = frozenset({"dev", "reviewer", "lead"})

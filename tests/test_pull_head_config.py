@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.git import git_available
 from claude_hooks.runner import workspace
-from claude_hooks.sim.forgejo import ForgejoSim
-from claude_hooks.sim.git import git_available
 from tests.test_dev_flow import REPO, Scripts
 
 pytestmark = pytest.mark.skipif(

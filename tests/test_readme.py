@@ -53,7 +53,7 @@ def test_readme_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_readme_commands_are_real_subcommands() -> None:
-    from claude_hooks.cli import build_parser
+    from claude_hooks.cli.main import build_parser
 
     known = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     used = set(re.findall(r"^\s*claude-hooks ([a-z-]+)", "\n".join(code_blocks("sh")), re.M))

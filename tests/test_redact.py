@@ -107,7 +107,7 @@ def test_the_tokens_inside_a_credentials_file_are_secrets(tmp_path: Path) -> Non
 
 def test_read_secret_teaches_the_shared_redactor_each_value_it_reads(tmp_path: Path) -> None:
     """Fails before this change: a rotated token file was read and used, never redacted."""
-    from claude_hooks.log import redactor
+    from claude_hooks.daemon.log import redactor
 
     file = tmp_path / "token"
     file.write_text("first-token-of-dev-6d1f0a\n")

@@ -12,7 +12,7 @@ import pytest
 from claude_hooks.config import MergeStyle
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.forgejo.models import InlineComment
-from claude_hooks.report import (
+from claude_hooks.report.tracker import (
     INTERRUPTED_REASON,
     Phase,
     ProgressThrottle,
@@ -34,7 +34,7 @@ from claude_hooks.report import (
     timeout_reason,
 )
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
-from claude_hooks.verdict import ReviewEvent, ValidatedVerdict, review_from_result
+from claude_hooks.work.verdict import ReviewEvent, ValidatedVerdict, review_from_result
 from tests.fakes.forgejo import TEAM_REPO, ForgejoSim, Team, add_team
 
 NOW = 1_700_000_000.0

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from claude_hooks.scheduler import (
+from claude_hooks.store.db import Store
+from claude_hooks.tasks import Outcome, Task, TaskState
+from claude_hooks.work.scheduler import (
     Precheck,
     Scheduler,
     SchedulerError,
     format_duration,
     pick_agent,
 )
-from claude_hooks.store import Store
-from claude_hooks.tasks import Outcome, Task, TaskState
 from tests.test_store import make_spec
 
 DONE = Outcome(TaskState.SUCCEEDED, result="done")

@@ -34,7 +34,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.forgejo import ForgejoSim
 from tests.chaos.driver import REPO, ChaosDriver, free_port
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID

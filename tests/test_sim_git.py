@@ -16,9 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from claude_hooks.runner.claude import git_auth_env
-from claude_hooks.sim.forgejo import ForgejoSim
-from claude_hooks.sim.git import (
+from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.git import (
     RECEIVE_PACK,
     UPLOAD_PACK,
     git_available,
@@ -26,6 +25,7 @@ from claude_hooks.sim.git import (
     service_of,
     token_of,
 )
+from claude_hooks.runner.claude import git_auth_env
 from tests.fakes.forgejo import Team, add_team
 
 pytestmark = pytest.mark.skipif(

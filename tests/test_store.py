@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from claude_hooks.store import (
+from claude_hooks.store.db import (
     SCHEMA_VERSION,
     EventCap,
     InvalidTransition,
@@ -313,7 +313,7 @@ def test_a_state_directory_under_a_file_gives_store_error(tmp_path: Path) -> Non
 READ_ONLY_PROBE = """
 import asyncio, sys
 from pathlib import Path
-from claude_hooks.store import Store, StoreError
+from claude_hooks.store.db import Store, StoreError
 
 async def main():
     for name in sys.argv[1:]:
@@ -363,7 +363,7 @@ LEAKED = "forgejo-token-of-store-test-4e1a9c"  # as the agent's token file would
 
 async def test_what_claude_and_git_print_is_stored_redacted(tmp_path: Path) -> None:
     """Fails before this change: raw lines, results and errors went into the WAL verbatim."""
-    from claude_hooks.log import redactor
+    from claude_hooks.daemon.log import redactor
 
     redactor.add(LEAKED)
     encoded = base64.b64encode(f"Authorization: token {LEAKED}\n".encode()).decode()

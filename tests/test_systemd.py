@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.systemd import SystemdNotifier
+from claude_hooks.daemon.systemd import SystemdNotifier
 
 
 @pytest.fixture

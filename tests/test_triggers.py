@@ -7,9 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from claude_hooks.forgejo.webhook import parse_webhook
-from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, TriggerSource
-from claude_hooks.text import marker
-from claude_hooks.triggers import (
+from claude_hooks.intake.decide import (
     Assignment,
     Decision,
     Policy,
@@ -28,6 +26,8 @@ from claude_hooks.triggers import (
     split_by_watermark,
     task_markers,
 )
+from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, TriggerSource
+from claude_hooks.text import marker
 
 REPO = "acme/app"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

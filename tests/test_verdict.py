@@ -7,7 +7,7 @@ import json
 import pytest
 
 from claude_hooks.forgejo.models import InlineComment
-from claude_hooks.verdict import (
+from claude_hooks.work.verdict import (
     LeadAction,
     ReviewEvent,
     ReviewVerdict,

@@ -2,7 +2,7 @@
 
 `DockerRuntime` is the product: the agent's own container, a workspace in it, and
 `claude -p` as a `docker exec`. The demo has a second runtime for machines
-without a Docker engine (claude_hooks/sim/local_runtime.py); nothing else does.
+without a Docker engine (claude_hooks/demo/local_runtime.py); nothing else does.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SIGKILL the daemon at random moments while mentions and API tasks arrive; nothing is lost.
 
 Seeded (CHAOS_SEED, default 1) and sized (CHAOS_CYCLES, default 30) from the environment.
-The policy pinned down (claude_hooks/store.py recover): a task running when the daemon
+The policy pinned down (claude_hooks/store/db.py recover): a task running when the daemon
 dies is re-queued once; interrupted a second time it fails with "interrupted twice". So
 every accepted trigger ends as exactly one task that succeeded, or failed for exactly
 that reason, reported by exactly one tracking comment.
@@ -19,7 +19,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from claude_hooks.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.forgejo import ForgejoSim
 from tests.chaos.driver import ChaosDriver, Figures, chaos_config, claude_processes
 from tests.fakes.configs import ConfigFactory
 

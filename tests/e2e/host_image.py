@@ -8,7 +8,7 @@ the host's. /sbin stays a real directory: Docker bind-mounts docker-init at
 /sbin/docker-init, which cannot be created inside a read-only /usr.
 
 Built through the Docker Engine API from an in-memory tar (nothing is pulled), once
-per set of inputs (a content label), like claude_hooks/sim/agent_image.py.
+per set of inputs (a content label), like claude_hooks/demo/agent_image.py.
 """
 
 from __future__ import annotations
@@ -126,4 +126,4 @@ async def built_host_image(docker: aiodocker.Docker) -> str:
 
 def samples_dir() -> Path:
     """The recorded stream-json runs the fake claudes replay."""
-    return Path(__file__).resolve().parents[2] / "claude_hooks" / "sim" / "agent_image" / "samples"
+    return Path(__file__).resolve().parents[2] / "claude_hooks" / "demo" / "agent_image" / "samples"

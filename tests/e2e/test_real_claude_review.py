@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.services import Services
-from claude_hooks.sim.forgejo import ForgejoSim
-from claude_hooks.sim.git import git_available
+from claude_hooks.daemon.services import Services
+from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.git import git_available
 from claude_hooks.tasks import TaskState
 from tests.e2e.claude_cli import installed_claude  # noqa: F401  (fixture)
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, unavailable  # noqa: F401

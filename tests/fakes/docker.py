@@ -33,7 +33,7 @@ TEST_IMAGE = os.environ.get("CLAUDE_HOOKS_TEST_IMAGE", "claude-hooks-test:latest
 TEST_LABEL = "claude-hooks.test"
 RUN_LABEL = "claude-hooks.test-run"
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "docker" / "build-test-image.sh"
-AGENT_UID = 100000  # the `agent` user of the test image (claude_hooks/sim/agent_image/passwd)
+AGENT_UID = 100000  # the `agent` user of the test image (claude_hooks/demo/agent_image/passwd)
 
 MakeAgent = Callable[..., AgentConfig]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from claude_hooks.sim.forgejo import ForgejoSim, RecordedRequest
-from claude_hooks.sim.state import SimClock, SimError
+from claude_hooks.demo.sim.forgejo import ForgejoSim, RecordedRequest
+from claude_hooks.demo.sim.state import SimClock, SimError
 from tests.contract import ForgejoContract, forgejo_contract
 
 __all__ = [

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import structlog
 
 from claude_hooks.config import Config
-from claude_hooks.log import config_secret_files, redactor
-from claude_hooks.services import Services
-from claude_hooks.systemd import SystemdNotifier
+from claude_hooks.daemon.log import config_secret_files, redactor
+from claude_hooks.daemon.services import Services
+from claude_hooks.daemon.systemd import SystemdNotifier
 from claude_hooks.tasks import TaskState
 
 log = structlog.get_logger(__name__)

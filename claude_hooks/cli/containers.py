@@ -25,7 +25,7 @@ import aiodocker
 from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
 
-from claude_hooks.cli import EXIT_FAIL, EXIT_OK, AddCommand
+from claude_hooks.cli.main import EXIT_FAIL, EXIT_OK, AddCommand
 from claude_hooks.config import AgentConfig, Config, ConfigError, load_config
 from claude_hooks.runner.containers import (
     ANY_TASK,
@@ -399,7 +399,7 @@ async def run_action(config: Config, agents: Sequence[AgentConfig], options: Opt
 
 
 def cmd_containers(args: argparse.Namespace) -> int:
-    from claude_hooks.log import config_secret_files, redactor, setup_logging
+    from claude_hooks.daemon.log import config_secret_files, redactor, setup_logging
 
     try:
         config = load_config(args.config)

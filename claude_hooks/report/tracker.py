@@ -32,10 +32,10 @@ from tenacity import (
 from claude_hooks.config import MergeStyle
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import PullRequest, Review
-from claude_hooks.merge_gate import GateResult, merge_gate, verdict_reviewers
 from claude_hooks.tasks import Outcome, Task, TaskState
 from claude_hooks.text import defuse_mentions, find_marker, marker, strip_markers
-from claude_hooks.verdict import ReviewEvent, ValidatedVerdict
+from claude_hooks.work.merge_gate import GateResult, merge_gate, verdict_reviewers
+from claude_hooks.work.verdict import ReviewEvent, ValidatedVerdict
 
 log = structlog.get_logger(__name__)
 
@@ -576,7 +576,7 @@ class Reporter:
 
     async def merge(self, task: Task, style: MergeStyle, head_sha: str) -> MergeResult:
         """Merge the task's PR, deleting the branch, if the merge gate lets it through at
-        `head_sha` (claude_hooks/merge_gate.py); otherwise say why not."""
+        `head_sha` (claude_hooks/work/merge_gate.py); otherwise say why not."""
         spec = task.spec
         if spec.number is None:
             return MergeResult(False, "no pull request to merge")

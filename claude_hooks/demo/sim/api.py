@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from claude_hooks.sim import notifications as notes
-from claude_hooks.sim.gateway import LOGIN
-from claude_hooks.sim.render import Renderer
-from claude_hooks.sim.state import SimError, SimIssue, SimRepo, SimState, has_access
+from claude_hooks.demo.sim import notifications as notes
+from claude_hooks.demo.sim.gateway import LOGIN
+from claude_hooks.demo.sim.render import Renderer
+from claude_hooks.demo.sim.state import SimError, SimIssue, SimRepo, SimState, has_access
 
 if TYPE_CHECKING:
-    from claude_hooks.sim.forgejo import ForgejoSim
+    from claude_hooks.demo.sim.forgejo import ForgejoSim
 
 DEFAULT_PAGE_SIZE = 30  # [api] DEFAULT_PAGING_NUM
 MAX_PAGE_SIZE = 50  # [api] MAX_RESPONSE_ITEMS

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
-from claude_hooks.sim.state import SimError, SimState
+from claude_hooks.demo.sim.state import SimError, SimState
 
 API_PREFIX = "/api/v1"
 LOGIN = web.RequestKey("login", str)  # the authenticated caller's lower-cased login

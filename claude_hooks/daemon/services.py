@@ -19,20 +19,20 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.config import Config, read_secret
+from claude_hooks.daemon.log import redactor
+from claude_hooks.daemon.metrics import Metrics
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
 from claude_hooks.forgejo.webhook import parse_webhook
-from claude_hooks.intake import PermissionCache, WebhookIntake
-from claude_hooks.log import redactor
-from claude_hooks.metrics import Metrics
-from claude_hooks.poller import Poller, SharedBackoff
-from claude_hooks.report import Reporter
+from claude_hooks.intake.decide import Policy
+from claude_hooks.intake.poller import Poller, SharedBackoff
+from claude_hooks.intake.reader import PermissionCache, WebhookIntake
+from claude_hooks.report.tracker import Reporter
 from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
-from claude_hooks.scheduler import Scheduler, SchedulerError
-from claude_hooks.store import Store
+from claude_hooks.store.db import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, Task, TaskSpec, TaskState, Trigger
-from claude_hooks.triggers import Policy
-from claude_hooks.work import TaskReports, TaskWorker
+from claude_hooks.work.scheduler import Scheduler, SchedulerError
+from claude_hooks.work.worker import TaskReports, TaskWorker
 
 log = structlog.get_logger(__name__)
 
@@ -191,7 +191,7 @@ class Services:
             log.info("orphan_containers_removed", containers=removed)
 
     async def _listen(self) -> None:
-        from claude_hooks.api import ApiDeps, TaskFeed, build_app
+        from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
 
         self.feed = TaskFeed()
         config = self.config

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from claude_hooks.forgejo.models import CombinedStatus, PullRequest, Review
-from claude_hooks.intake import WRITE_LEVELS
+from claude_hooks.intake.reader import WRITE_LEVELS
 
 VERDICT_STATES = ("APPROVED", "REQUEST_CHANGES")
 # "warning" and "skipped" do not hold a merge back; Forgejo ranks warning below pending,

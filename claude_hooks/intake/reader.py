@@ -29,8 +29,7 @@ from claude_hooks.forgejo.webhook import (
     ReviewEvent,
     WebhookEvent,
 )
-from claude_hooks.tasks import TaskSpec, Trigger
-from claude_hooks.triggers import (
+from claude_hooks.intake.decide import (
     Assignment,
     Decision,
     Policy,
@@ -47,6 +46,7 @@ from claude_hooks.triggers import (
     unserved,
     webhook_context,
 )
+from claude_hooks.tasks import TaskSpec, Trigger
 
 log = structlog.get_logger(__name__)
 

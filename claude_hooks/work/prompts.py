@@ -37,7 +37,7 @@ from pathlib import Path
 
 from claude_hooks.config import Role
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
-from claude_hooks.report import find_marker
+from claude_hooks.report.tracker import find_marker
 from claude_hooks.tasks import Task, TaskKind
 
 UNTRUSTED_LABEL = (
@@ -420,7 +420,7 @@ def build_prompt(
 
 @cache
 def builtin_template(role: Role) -> str:
-    return (resources.files("claude_hooks.runner") / "templates" / f"{role.value}.md").read_text(
+    return (resources.files("claude_hooks.work") / "templates" / f"{role.value}.md").read_text(
         encoding="utf-8"
     )
 

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from claude_hooks.sim.state import SimError, SimRepo, SimState, has_access
+from claude_hooks.demo.sim.state import SimError, SimRepo, SimState, has_access
 
 if TYPE_CHECKING:
-    from claude_hooks.sim.forgejo import ForgejoSim
+    from claude_hooks.demo.sim.forgejo import ForgejoSim
 
 log = structlog.get_logger(__name__)
 

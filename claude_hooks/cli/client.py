@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from claude_hooks.cli import EXIT_FAIL, EXIT_OK, AddCommand
+from claude_hooks.cli.main import EXIT_FAIL, EXIT_OK, AddCommand
 from claude_hooks.config import Config, load_config, read_secret
 from claude_hooks.tasks import TaskKind, TaskState
 

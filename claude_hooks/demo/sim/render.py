@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from claude_hooks.sim.state import (
+from claude_hooks.demo.sim.state import (
     SimComment,
     SimIssue,
     SimReaction,

@@ -19,24 +19,24 @@ import structlog
 from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, read_secret
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
-from claude_hooks.intake import PermissionCache
-from claude_hooks.report import INTERRUPTED_REASON, Reporter
+from claude_hooks.intake.reader import PermissionCache
+from claude_hooks.report.tracker import INTERRUPTED_REASON, Reporter
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
 from claude_hooks.runner.execution import ExecResult
-from claude_hooks.runner.prompts import (
+from claude_hooks.runner.runtime import AgentRuntime
+from claude_hooks.runner.stream import StreamEvent, outcome_of
+from claude_hooks.store.db import Store
+from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
+from claude_hooks.work.prompts import (
     PromptContext,
     branch_name,
     build_prompt,
     load_template,
     system_prompt,
 )
-from claude_hooks.runner.runtime import AgentRuntime
-from claude_hooks.runner.stream import StreamEvent, outcome_of
-from claude_hooks.scheduler import Precheck
-from claude_hooks.store import Store
-from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
-from claude_hooks.verdict import LeadAction, parse_lead_verdict, review_from_result
+from claude_hooks.work.scheduler import Precheck
+from claude_hooks.work.verdict import LeadAction, parse_lead_verdict, review_from_result
 
 log = structlog.get_logger(__name__)
 

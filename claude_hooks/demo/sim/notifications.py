@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from claude_hooks.sim.state import SimError, SimIssue, SimState, SimThread, has_access
+from claude_hooks.demo.sim.state import SimError, SimIssue, SimState, SimThread, has_access
 
 STATUSES = ("unread", "read", "pinned")
 SUBJECT_TYPES = ("issue", "pull", "repository")

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from claude_hooks.config import AgentConfig
+from claude_hooks.demo.agent_image import INPUTS
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import STATE_DIR
 from claude_hooks.runner.execution import ExecResult, LineSplitter, TailBuffer
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
-from claude_hooks.sim.agent_image import INPUTS
 
 FAKE_CLAUDE = INPUTS / "fake-claude.sh"
 

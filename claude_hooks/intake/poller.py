@@ -26,8 +26,7 @@ import structlog
 from claude_hooks.config import AgentConfig
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError, rfc3339
 from claude_hooks.forgejo.models import ForgejoDataError, NotificationThread, parse_time
-from claude_hooks.intake import Intake, PermissionCache, TaskHops, ThreadReader, log_decision
-from claude_hooks.triggers import (
+from claude_hooks.intake.decide import (
     Policy,
     ThreadContext,
     Watermark,
@@ -35,6 +34,7 @@ from claude_hooks.triggers import (
     decide_from_thread,
     unserved,
 )
+from claude_hooks.intake.reader import Intake, PermissionCache, TaskHops, ThreadReader, log_decision
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ GONE = (404, 410)  # the issue or repository no longer exists: the thread is noi
 
 
 class CursorStore(Protocol):
-    """Where cursors persist (claude_hooks.store.Store satisfies this)."""
+    """Where cursors persist (claude_hooks.store.db.Store satisfies this)."""
 
     async def get_cursor(self, name: str) -> str | None: ...
     async def set_cursor(self, name: str, value: str) -> None: ...

@@ -26,14 +26,14 @@ from typing import TextIO
 
 import aiodocker
 
-from claude_hooks.cli import AddCommand
+from claude_hooks.cli.main import AddCommand
 from claude_hooks.config import DEFAULT_AGENT_UID, Config, load_config
-from claude_hooks.report import find_marker
+from claude_hooks.daemon.services import Services
+from claude_hooks.demo.agent_image import ImageBuildError, ensure_image
+from claude_hooks.demo.local_runtime import LocalRuntime
+from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.report.tracker import find_marker
 from claude_hooks.runner.runtime import AgentRuntime
-from claude_hooks.services import Services
-from claude_hooks.sim.agent_image import ImageBuildError, ensure_image
-from claude_hooks.sim.forgejo import ForgejoSim
-from claude_hooks.sim.local_runtime import LocalRuntime
 from claude_hooks.tasks import Task, TaskState
 
 DEMO_IMAGE = "claude-hooks-demo:latest"
@@ -55,7 +55,7 @@ def register(add: AddCommand) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from claude_hooks.log import setup_logging
+    from claude_hooks.daemon.log import setup_logging
 
     setup_logging("console", args.log_level or "warning")
     return asyncio.run(run_demo(sys.stdout, keep=args.keep))

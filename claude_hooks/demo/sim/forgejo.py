@@ -28,12 +28,12 @@ from typing import Any, Self
 import structlog
 from aiohttp import web
 
-from claude_hooks.sim import notifications as notes
-from claude_hooks.sim.gateway import ApiGateway, RecordedRequest
-from claude_hooks.sim.git import SIM_IDENTITY, FileCommit, GitHttp, GitStore
-from claude_hooks.sim.mentions import find_mentions
-from claude_hooks.sim.render import Renderer
-from claude_hooks.sim.state import (
+from claude_hooks.demo.sim import notifications as notes
+from claude_hooks.demo.sim.gateway import ApiGateway, RecordedRequest
+from claude_hooks.demo.sim.git import SIM_IDENTITY, FileCommit, GitHttp, GitStore
+from claude_hooks.demo.sim.mentions import find_mentions
+from claude_hooks.demo.sim.render import Renderer
+from claude_hooks.demo.sim.state import (
     ALLOWED_REACTIONS,
     COLLABORATOR_LEVELS,
     SimClock,
@@ -52,7 +52,7 @@ from claude_hooks.sim.state import (
     fake_sha,
     has_access,
 )
-from claude_hooks.sim.webhooks import Delivery, HookEvent, WebhookDispatcher
+from claude_hooks.demo.sim.webhooks import Delivery, HookEvent, WebhookDispatcher
 
 __all__ = ["ForgejoSim", "RecordedRequest", "SimClock", "SimError"]
 
@@ -83,7 +83,7 @@ class ForgejoSim:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on host:port (0: an ephemeral port); returns the base URL."""
-        from claude_hooks.sim.api import api_routes
+        from claude_hooks.demo.sim.api import api_routes
 
         if not self._routes_added:
             self.app.add_routes(api_routes(self))

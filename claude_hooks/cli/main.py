@@ -27,7 +27,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from claude_hooks.check import run_checks
+    from claude_hooks.cli.check import run_checks
 
     try:
         config = _load(args)
@@ -42,9 +42,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
-    from claude_hooks.daemon import run_daemon
-    from claude_hooks.log import setup_logging
-    from claude_hooks.store import StoreError
+    from claude_hooks.daemon.log import setup_logging
+    from claude_hooks.daemon.main import run_daemon
+    from claude_hooks.store.db import StoreError
 
     setup_logging(config.daemon.log_format, args.log_level or config.daemon.log_level)
     try:
@@ -59,7 +59,11 @@ AddCommand = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 # Each module adds its subcommands through register(add): the API client commands
 # (submit, tasks, show, logs, cancel), `containers …` and `demo`.
-_COMMAND_MODULES = ("claude_hooks.cli_client", "claude_hooks.cli_containers", "claude_hooks.demo")
+_COMMAND_MODULES = (
+    "claude_hooks.cli.client",
+    "claude_hooks.cli.containers",
+    "claude_hooks.demo.command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

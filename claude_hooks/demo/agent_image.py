@@ -5,7 +5,7 @@ FROM scratch around the host's static busybox (Debian's busybox-static), an
 (agent_image/fake-claude.sh). Built through the Docker Engine API from an
 in-memory tar; an image built from the same inputs is reused (a content label).
 
-    python -m claude_hooks.sim.agent_image [TAG]
+    python -m claude_hooks.demo.agent_image [TAG]
 """
 
 from __future__ import annotations
