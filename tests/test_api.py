@@ -45,8 +45,8 @@ from claude_hooks.api.app import (
     sse_message,
 )
 from claude_hooks.config import Config
-from claude_hooks.daemon.metrics import Metrics
 from claude_hooks.forgejo.models import ForgejoDataError
+from claude_hooks.metrics import Metrics
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import (
     Outcome,

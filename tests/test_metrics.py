@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from claude_hooks.daemon.metrics import Metrics, QueueSnapshot, task_seconds
+from claude_hooks.metrics import Metrics, QueueSnapshot, task_seconds
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
 
 SPEC = TaskSpec("dev", TaskKind.MENTION, "o/r", 3, "k", "alice", "@dev do it", TriggerSource.POLL)

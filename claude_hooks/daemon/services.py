@@ -20,12 +20,12 @@ from aiohttp import web
 
 from claude_hooks.config import Config, read_secret
 from claude_hooks.daemon.log import redactor
-from claude_hooks.daemon.metrics import Metrics
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
 from claude_hooks.forgejo.webhook import parse_webhook
 from claude_hooks.intake.decide import Policy
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import PermissionCache, WebhookIntake
+from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import Reporter
 from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
