@@ -62,8 +62,13 @@ def _defuse_lines(lines: list[str]) -> Iterator[str]:
     for line in lines:
         opening = _FENCE.match(line)
         if fence is not None:
-            closes = opening is not None and opening[1][0] == fence[0]
-            if closes and len(opening[1]) >= len(fence) and not line.strip().strip(fence[0]):
+            closes = (
+                opening is not None
+                and opening[1][0] == fence[0]
+                and len(opening[1]) >= len(fence)
+                and not line.strip().strip(fence[0])
+            )
+            if closes:
                 fence = None
             yield line
         elif opening is not None:

@@ -455,7 +455,7 @@ def host_name_of(configured: str) -> str:
 
 # --- the application --------------------------------------------------------------------------
 
-API_KEY = web.AppKey("api", "Api")
+API_KEY: web.AppKey[Api] = web.AppKey("api")
 
 
 def build_app(deps: ApiDeps, *, tuning: ApiTuning | None = None) -> web.Application:

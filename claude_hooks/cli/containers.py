@@ -322,12 +322,11 @@ async def act_logs(engine: Engine, agent: AgentConfig, options: Options) -> str:
             f"no container {agent.container_name} (create it: claude-hooks containers up)"
         )
     prefix = f"{agent.name} | " if options.prefix else ""
-    stream = container.log(stdout=True, stderr=True, follow=options.follow, tail=options.tail)
     if options.follow:
-        async for chunk in stream:
+        async for chunk in container.log(stdout=True, stderr=True, follow=True, tail=options.tail):
             _write_lines(prefix, chunk)
     else:
-        for chunk in await stream:
+        for chunk in await container.log(stdout=True, stderr=True, tail=options.tail):
             _write_lines(prefix, chunk)
     return ""
 

@@ -23,7 +23,8 @@ def _req(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> An
     value = data.get(key)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise ForgejoDataError(f"field {key!r}: expected {kind}, got {value!r:.80}")
-    if kind is int and not -(2**63) <= value < 2**63:  # Forgejo's ids are int64, as is SQLite's
+    # Forgejo's ids are int64, as is SQLite's INTEGER.
+    if isinstance(value, int) and kind is int and not -(2**63) <= value < 2**63:
         raise ForgejoDataError(f"field {key!r}: does not fit a 64-bit integer")
     return value
 

@@ -57,7 +57,8 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
-        *lines, rest = self._buffer.split(b"\n")
+        *parts, rest = self._buffer.split(b"\n")
+        lines = [bytes(part) for part in parts]
         if self._discarding and lines:
             lines = lines[1:]
             self._discarding = False
@@ -67,7 +68,7 @@ class LineSplitter:
             self._discarding = True
         if self._discarding:
             self._buffer.clear()
-        return [bytes(line) for line in lines]
+        return lines
 
     def flush(self) -> list[bytes]:
         """The last line, when the output did not end with a newline."""
