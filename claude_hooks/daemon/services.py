@@ -36,8 +36,6 @@ from claude_hooks.work.worker import TaskReports, TaskWorker
 
 log = structlog.get_logger(__name__)
 
-READY_FORGEJO_WITHIN = 300.0  # seconds: "Forgejo reachable recently" for /readyz
-
 
 @dataclass
 class Services:
