@@ -134,3 +134,23 @@ class Outcome:
     exit_code: int | None = None
     stderr_tail: str | None = None
     links: tuple[str, ...] = ()
+
+
+class FailureKind(StrEnum):
+    MAX_TURNS = "max_turns"
+    API_ERROR = "api_error"  # the Claude API kept failing after the CLI's own retries
+    BUDGET = "budget"
+    CLAUDE_ERROR = "claude_error"  # any other error result
+    KILLED = "killed"  # no result: the process died of a signal
+    NO_RESULT = "no_result"  # no result: it exited (or vanished) without one
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """Why a `claude -p` run failed, as the runner saw it; report/render.py words it."""
+
+    kind: FailureKind
+    exit_code: int | None = None
+    api_status: int | None = None  # API_ERROR: the last HTTP status, when the CLI said
+    what: str | None = None  # CLAUDE_ERROR: the CLI's terminal reason or subtype
+    detail: str = ""  # CLAUDE_ERROR: its errors or result; NO_RESULT: stderr's last line

@@ -1,7 +1,9 @@
 """Text conventions shared by what the daemon reads and what it writes on Forgejo.
 
 A leaf module (no claude_hooks imports): the hidden task marker every post of ours
-carries, Forgejo's mention pattern, and the defusing of mentions in text we post.
+carries, Forgejo's mention pattern, the defusing of mentions in text we post, and
+the one copy of each small text helper (one line, a code fence, a duration, a cost)
+that every stage shares, so the same fact reads the same wherever it is shown.
 """
 
 from __future__ import annotations
@@ -89,3 +91,38 @@ def _defuse_inline(line: str) -> str:
 
 def _defuse_plain(text: str) -> str:
     return MENTION.sub(lambda m: f"`{m[1]}`", text)
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def one_line(text: str, limit: int) -> str:
+    """`text` with runs of whitespace (newlines included) collapsed, cut to `limit` chars."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def fence(text: str, info: str = "") -> str:
+    """`text` as a fenced code block longer than any backtick run inside, so it cannot
+    close the fence early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text}\n{ticks}"
+
+
+def format_duration(seconds: float, *, round_to_minutes: bool = False) -> str:
+    """ "45 s", "4 min 12 s", "1 h 3 min"; with round_to_minutes whole minutes read "60 min"."""
+    seconds = max(0.0, seconds)
+    if round_to_minutes and seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def format_cost(usd: float) -> str:
+    """Cents matter below a dollar: "$0.0382"; above, "$2.50"."""
+    return f"${usd:.4f}" if usd < 1 else f"${usd:.2f}"

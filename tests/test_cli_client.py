@@ -193,6 +193,13 @@ async def test_tasks_prints_a_table_filtered_by_state(api: ApiHarness, config: P
     assert [row.split()[0] for row in queued.out.splitlines()[1:]] == ["2"]
 
 
+def test_a_cost_reads_as_the_tracking_comment_on_forgejo_says_it() -> None:
+    # The table said "$2.5000" where the comment on Forgejo said "$2.50" (issue 13, item 6).
+    assert cli_client.format_cost(2.5) == "$2.50"
+    assert cli_client.format_cost(0.0421) == "$0.0421"
+    assert cli_client.format_cost(None) == ""
+
+
 async def test_show_prints_the_whole_record(api: ApiHarness, config: Path) -> None:
     await api.submit("do the thing")
     await api.runs.started[1].wait()

@@ -351,11 +351,11 @@ async def test_rebuild_makes_a_new_container_on_the_same_volume_and_credentials(
 
 
 @pytest.mark.docker
-async def test_up_and_down(
+async def test_ensure_and_down(
     docker: aiodocker.Docker, manager: ContainerManager, make_agent: MakeAgent
 ) -> None:
     agents = [make_agent(), make_agent()]
-    started = await manager.up(agents)
+    started = [await manager.ensure(a) for a in agents]
     assert [(await c.show())["State"]["Running"] for c in started] == [True, True]
     await manager.down(agents)
     for a in agents:
@@ -370,7 +370,8 @@ async def test_orphans_are_removed_and_their_volumes_kept(
     docker: aiodocker.Docker, manager: ContainerManager, make_agent: MakeAgent
 ) -> None:
     kept, gone = make_agent(), make_agent()
-    await manager.up([kept, gone])
+    for a in (kept, gone):
+        await manager.ensure(a)
     removed = await manager.remove_orphans({kept.name})
     assert removed == [gone.container_name]
     assert (await docker.containers.get(kept.container_name))["State"]["Running"]

@@ -28,11 +28,11 @@ from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.demo.sim.git import git_available
 from claude_hooks.intake.decide import mentioned_names
-from claude_hooks.report.tracker import find_marker
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import git_auth_env
 from claude_hooks.runner.containers import ContainerManager
 from claude_hooks.tasks import Task, TaskState
+from claude_hooks.text import find_marker
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, samples_dir  # noqa: F401
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID

@@ -28,6 +28,7 @@ from claude_hooks.runner.containers import (
     task_processes,
 )
 from claude_hooks.runner.execution import (
+    ClaudeExec,
     ExecResult,
     LineSplitter,
     TailBuffer,
@@ -214,16 +215,25 @@ async def run(
     stop_grace: float = 10.0,
 ) -> ExecResult:
     a = agent(user=f"{AGENT_UID}:{AGENT_UID}")
-    return await run_claude(
-        container,
-        argv=claude_argv(a, session_id=None, system_prompt="be brief"),
-        env=exec_env(a, task_id=task_id, daemon_id="d-test", extra=extra),
+    claude = ClaudeExec(
+        task_id=task_id,
+        argv=tuple(claude_argv(a, session_id=None, system_prompt="be brief")),
+        env=tuple(exec_env(a, task_id=task_id, daemon_id="d-test", extra=extra)),
         stdin=prompt.encode(),
         workdir="/state",
-        user=a.user,
-        task_id=task_id,
-        on_event=(events if events is not None else []).append,
         stop_grace=stop_grace,
+    )
+    on_event = (events if events is not None else []).append
+    return await run_claude(container, claude, user=a.user, on_event=on_event)
+
+
+def claude_exec(a: AgentConfig, task_id: int, stdin: bytes) -> ClaudeExec:
+    return ClaudeExec(
+        task_id=task_id,
+        argv=tuple(claude_argv(a, session_id=None, system_prompt="")),
+        env=tuple(exec_env(a, task_id=task_id, daemon_id="d")),
+        stdin=stdin,
+        workdir="/state",
     )
 
 
@@ -255,12 +265,10 @@ async def test_events_are_delivered_while_claude_runs(container: DockerContainer
     a = agent(user=f"{AGENT_UID}:{AGENT_UID}")
     await run_claude(
         container,
-        argv=claude_argv(a, session_id=None, system_prompt=""),
-        env=exec_env(a, task_id=3, daemon_id="d"),
-        stdin=b"fake-claude: scenario=max-turns-1 delay=0.15\n",
-        workdir="/state", user=a.user, task_id=3,
+        claude_exec(a, 3, b"fake-claude: scenario=max-turns-1 delay=0.15\n"),
+        user=a.user,
         on_event=lambda _: seen.append(time.monotonic() - start),
-    )  # fmt: skip
+    )
     assert len(seen) == 5
     assert seen[-1] - seen[0] >= 0.45  # spread out as printed, not all at the end
 
@@ -348,12 +356,8 @@ async def test_a_failing_event_handler_stops_the_task_and_raises(
     a = agent(user=f"{AGENT_UID}:{AGENT_UID}")
     with pytest.raises(RuntimeError, match=r"store is gone \(init\)"):
         await run_claude(
-            container,
-            argv=claude_argv(a, session_id=None, system_prompt=""),
-            env=exec_env(a, task_id=15, daemon_id="d"),
-            stdin=b"fake-claude: hang=1", workdir="/state", user=a.user, task_id=15,
-            on_event=refuse,
-        )  # fmt: skip
+            container, claude_exec(a, 15, b"fake-claude: hang=1"), user=a.user, on_event=refuse
+        )
     assert await task_pids(container, 15) == []
 
 

@@ -17,8 +17,8 @@ import pytest
 from claude_hooks.config import Config
 from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
-from claude_hooks.report.tracker import find_marker
 from claude_hooks.tasks import Task, TaskState
+from claude_hooks.text import find_marker
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
 from tests.fakes.leaks import leaks

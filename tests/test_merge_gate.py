@@ -3,8 +3,8 @@
 The attack (issue #12, finding 3): a user who can only read the repository opens a
 pull request whose text talks the lead into `{"action": "merge"}`, and another
 read-only user approves it. The lead must not merge, and must say why on its
-tracking comment. That run goes through the lead's real TaskWorker, Reporter and
-ForgejoClient against the Forgejo simulator; only Claude is a stand-in, answering
+tracking comment. That run goes through the lead's real TaskWorker, Delivery, Reporter
+and ForgejoClient against the Forgejo simulator; only Claude is a stand-in, answering
 what a prompt-injected Claude would.
 """
 
@@ -19,14 +19,16 @@ import pytest
 from claude_hooks.config import AgentConfig, Config
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.forgejo.models import CombinedStatus, CommitStatus, PullRequest, Review, User
-from claude_hooks.report.tracker import Reporter, find_marker
+from claude_hooks.report.tracker import Reporter, TaskReports
 from claude_hooks.runner import workspace
-from claude_hooks.runner.execution import ExecResult
+from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
+from claude_hooks.text import find_marker
+from claude_hooks.work.delivery import Delivery
 from claude_hooks.work.merge_gate import GateResult, latest_verdicts, merge_gate, verdict_reviewers
-from claude_hooks.work.worker import TaskReports, TaskWorker
+from claude_hooks.work.worker import TaskWorker
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.forgejo import ForgejoSim
 
@@ -256,18 +258,9 @@ class InjectedClaude:
         return ""
 
     async def run(
-        self,
-        agent: AgentConfig,
-        *,
-        argv: Sequence[str],
-        env: Sequence[str],
-        stdin: bytes,
-        workdir: str,
-        task_id: int,
-        on_event: Callable[[StreamEvent], None],
-        stop_grace: float,
+        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
-        self.prompts.append(stdin.decode())
+        self.prompts.append(claude.stdin.decode())
         line = json.dumps({
             "type": "result", "subtype": "success", "is_error": False, "result": self.answer,
             "num_turns": 1, "session_id": "lead-session", "terminal_reason": "completed",
@@ -309,10 +302,11 @@ async def run_lead(
     """One lead task on the pull request, to its final tracking comment."""
     reporter = Reporter(lambda _: client, redact=lambda text: text, final_backoff=0.001)
     reports = TaskReports(reporter, store, lambda _: None)
+    delivery = Delivery(lambda _: client, redact=lambda text: text)
+    claude = InjectedClaude('Looks fine.\n```json\n{"action": "merge"}\n```')
     worker = TaskWorker(
-        config, store, InjectedClaude('Looks fine.\n```json\n{"action": "merge"}\n```'),
-        lambda _: client, reports, daemon_id="test-merge-gate",
-    )  # fmt: skip
+        config, store, claude, lambda _: client, reports, delivery, daemon_id="test-merge-gate"
+    )
     spec = TaskSpec(
         agent=LEAD, kind=TaskKind.MENTION, repo=REPO, number=number, idempotency_key="lead-1",
         requested_by="alice", request="code-lead please triage", source=TriggerSource.POLL,

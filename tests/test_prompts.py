@@ -10,8 +10,8 @@ import pytest
 
 from claude_hooks.config import Role
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest, User
-from claude_hooks.report.tracker import marker
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
+from claude_hooks.text import fence, marker
 from claude_hooks.work.prompts import (
     PLACEHOLDERS,
     PromptContext,
@@ -20,7 +20,6 @@ from claude_hooks.work.prompts import (
     branch_name,
     build_prompt,
     builtin_template,
-    fence,
     load_template,
     strip_hidden,
     system_prompt,

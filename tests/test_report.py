@@ -1,4 +1,5 @@
-"""What the daemon writes back to Forgejo: pure rendering here, the Reporter against the sim."""
+"""What the daemon writes back to Forgejo: pure rendering (report/render.py) here, then the
+Reporter (report/tracker.py) and the delivery (work/delivery.py) against the simulator."""
 
 from __future__ import annotations
 
@@ -12,29 +13,25 @@ import pytest
 from claude_hooks.config import MergeStyle
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.forgejo.models import InlineComment
-from claude_hooks.report.tracker import (
+from claude_hooks.report.render import (
     INTERRUPTED_REASON,
     Phase,
-    ProgressThrottle,
-    Reporter,
     api_error_reason,
     cancelled_reason,
-    find_marker,
-    format_cost,
-    format_duration,
-    marker,
     max_turns_reason,
     phase_of,
     pull_body,
     reason_in_words,
     render_checklist,
     render_tracking,
-    review_attempts,
     stderr_tail,
     timeout_reason,
 )
+from claude_hooks.report.tracker import ProgressThrottle, Reporter
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
-from claude_hooks.work.verdict import ReviewEvent, ValidatedVerdict, review_from_result
+from claude_hooks.text import find_marker, format_cost, format_duration, marker
+from claude_hooks.work.delivery import Delivery, review_attempts
+from claude_hooks.work.verdict import ReviewState, ValidatedVerdict, review_from_result
 from tests.fakes.forgejo import TEAM_REPO, ForgejoSim, Team, add_team
 
 NOW = 1_700_000_000.0
@@ -269,17 +266,11 @@ def test_phase_of_maps_every_state() -> None:
 
 def test_throttle_allows_the_first_edit_then_waits_the_interval() -> None:
     throttle = ProgressThrottle(interval=5.0)
-    assert throttle.due(100.0)
+    assert throttle.wait(100.0) == 0.0
     throttle.mark(100.0)
-    assert not throttle.due(103.0)
     assert throttle.wait(103.0) == pytest.approx(2.0)
-    assert throttle.due(105.0)
-
-
-def test_throttle_final_edit_is_always_due() -> None:
-    throttle = ProgressThrottle(interval=5.0)
-    throttle.mark(100.0)
-    assert throttle.due(100.1, final=True)
+    assert throttle.wait(105.0) == 0.0
+    assert throttle.wait(107.0) == 0.0
 
 
 # ---------------------------------------------------------------- PR and review text
@@ -298,12 +289,12 @@ def test_pull_body_for_an_api_task_has_no_closing_keyword() -> None:
 
 def test_review_attempts_degrade_to_comment_then_to_text() -> None:
     inline = (InlineComment(path="a.py", body="here", new_position=3),)
-    verdict = ValidatedVerdict(ReviewEvent.REQUEST_CHANGES, "Fix it.", inline)
+    verdict = ValidatedVerdict(ReviewState.REQUEST_CHANGES, "Fix it.", inline)
     attempts = review_attempts(verdict)
     assert [a.event for a in attempts] == [
-        ReviewEvent.REQUEST_CHANGES,
-        ReviewEvent.COMMENT,
-        ReviewEvent.COMMENT,
+        ReviewState.REQUEST_CHANGES,
+        ReviewState.COMMENT,
+        ReviewState.COMMENT,
     ]
     assert "Verdict: REQUEST_CHANGES" in attempts[1].body
     assert attempts[1].comments == inline
@@ -312,7 +303,7 @@ def test_review_attempts_degrade_to_comment_then_to_text() -> None:
 
 
 def test_review_attempts_for_a_plain_comment_is_just_the_review() -> None:
-    verdict = ValidatedVerdict(ReviewEvent.COMMENT, "Note.")
+    verdict = ValidatedVerdict(ReviewState.COMMENT, "Note.")
     assert review_attempts(verdict) == [verdict]
 
 
@@ -495,6 +486,18 @@ async def test_finish_writes_the_final_text_and_late_progress_cannot_overwrite_i
     assert "late step" not in body
 
 
+async def test_the_final_edit_does_not_wait_for_the_progress_throttle(
+    forgejo_sim: ForgejoSim, clients: dict[str, ForgejoClient], issue_with_request: tuple[int, int]
+) -> None:
+    number, comment_id = issue_with_request
+    task = thread_task(forgejo_sim, number=number, comment_id=comment_id)
+    reporter = make_reporter(clients, edit_interval=3600.0)
+    await reporter.progress(task, ["Bash: pytest"])  # the throttle's slot is used now
+    await reporter.finish(task, Outcome(TaskState.SUCCEEDED, result="Fixed it."))
+    [body] = agent_comments(forgejo_sim, number)
+    assert "✅ **Done**" in body and "Bash: pytest" not in body
+
+
 async def test_final_edit_is_retried_through_forgejo_errors(
     forgejo_sim: ForgejoSim, clients: dict[str, ForgejoClient], issue_with_request: tuple[int, int]
 ) -> None:
@@ -536,6 +539,9 @@ async def test_a_deleted_tracking_comment_is_posted_again(
     assert "Cancelled by alice" in body
 
 
+# ================================================= work/delivery.py against the simulator
+
+
 # ---------------------------------------------------------------- reviews
 
 
@@ -550,6 +556,10 @@ def pull_number(forgejo_sim: ForgejoSim, team: Team) -> int:
         diff=DIFF,
         reviewers=["reviewer"],
     )
+
+
+def make_delivery(clients: dict[str, ForgejoClient]) -> Delivery:
+    return Delivery(clients.__getitem__, redact=no_redact)
 
 
 def review_task(sim: ForgejoSim, number: int, task_id: int = 43) -> Task:
@@ -578,7 +588,7 @@ async def test_review_is_posted_with_inline_comments_at_absolute_lines(
     verdict = review_from_result(result, DIFF)
     head = forgejo_sim.issue(TEAM_REPO, pull_number).pull.head_sha  # type: ignore[union-attr]
     task = review_task(forgejo_sim, pull_number)
-    await make_reporter(clients).post_review(task, verdict, head)
+    await make_delivery(clients).post_review(task, verdict, head)
     [review] = [r for r in forgejo_sim.reviews(TEAM_REPO, pull_number) if r.user == "reviewer"]
     assert review.state == "REQUEST_CHANGES"
     assert find_marker(review.body) == 43
@@ -592,7 +602,7 @@ async def test_invalid_verdict_posts_a_comment_review_with_the_whole_text(
 ) -> None:
     text = "I could not decide; the change to run() needs a test."
     task = review_task(forgejo_sim, pull_number)
-    await make_reporter(clients).post_review(task, review_from_result(text, DIFF), None)
+    await make_delivery(clients).post_review(task, review_from_result(text, DIFF), None)
     [review] = [r for r in forgejo_sim.reviews(TEAM_REPO, pull_number) if r.user == "reviewer"]
     assert review.state == "COMMENT"
     assert text in review.body
@@ -609,12 +619,12 @@ async def test_stale_pending_review_is_deleted_before_posting(
         comments=[{"path": "src/app.py", "body": "half-written", "new_position": 21}],
     )
     verdict = ValidatedVerdict(
-        ReviewEvent.COMMENT,
+        ReviewState.COMMENT,
         "Looks fine.",
         (InlineComment(path="src/app.py", body="nice", new_position=21),),
     )
     task = review_task(forgejo_sim, pull_number)
-    review = await make_reporter(clients).post_review(task, verdict, None)
+    review = await make_delivery(clients).post_review(task, verdict, None)
     assert stale not in [r.id for r in forgejo_sim.reviews(TEAM_REPO, pull_number)]
     assert [c.body for c in forgejo_sim.review_comments(review.id)] == ["nice"]
 
@@ -622,10 +632,10 @@ async def test_stale_pending_review_is_deleted_before_posting(
 async def test_posting_the_same_tasks_review_twice_makes_one_review(
     forgejo_sim: ForgejoSim, clients: dict[str, ForgejoClient], pull_number: int
 ) -> None:
-    verdict = ValidatedVerdict(ReviewEvent.APPROVED, "Good.")
+    verdict = ValidatedVerdict(ReviewState.APPROVED, "Good.")
     task = review_task(forgejo_sim, pull_number)
-    first = await make_reporter(clients).post_review(task, verdict, None)
-    second = await make_reporter(clients).post_review(task, verdict, None)
+    first = await make_delivery(clients).post_review(task, verdict, None)
+    second = await make_delivery(clients).post_review(task, verdict, None)
     assert first.id == second.id
     assert (
         len(
@@ -643,8 +653,8 @@ async def test_verdict_on_the_agents_own_pull_falls_back_to_a_comment_review(
     forgejo_sim: ForgejoSim, clients: dict[str, ForgejoClient], team: Team
 ) -> None:
     number = forgejo_sim.create_pull(TEAM_REPO, "reviewer", "Mine", "", head="mine", diff=DIFF)
-    verdict = ValidatedVerdict(ReviewEvent.REQUEST_CHANGES, "Needs work.")
-    review = await make_reporter(clients).post_review(
+    verdict = ValidatedVerdict(ReviewState.REQUEST_CHANGES, "Needs work.")
+    review = await make_delivery(clients).post_review(
         review_task(forgejo_sim, number), verdict, None
     )
     assert review.state == "COMMENT"
@@ -660,11 +670,11 @@ async def test_open_or_update_pull_opens_once_closes_the_issue_and_requests_revi
     number, comment_id = issue_with_request
     forgejo_sim.set_branch(TEAM_REPO, "dev/1", "a" * 40)
     task = thread_task(forgejo_sim, number=number, comment_id=comment_id)
-    reporter = make_reporter(clients)
-    url = await reporter.open_or_update_pull(
+    delivery = make_delivery(clients)
+    url = await delivery.open_or_update_pull(
         task, "dev/1", "main", "Fix crash", "Fixed.", review_by="reviewer"
     )
-    again = await reporter.open_or_update_pull(
+    again = await delivery.open_or_update_pull(
         task, "dev/1", "main", "Fix crash", "Fixed v2.", review_by="reviewer"
     )
     assert url == again
@@ -682,7 +692,7 @@ async def test_merge_merges_an_approved_pull_and_deletes_its_branch(
     head = forgejo_sim.issue(TEAM_REPO, pull_number).pull.head_sha  # type: ignore[union-attr]
     forgejo_sim.submit_review(TEAM_REPO, pull_number, "reviewer", "APPROVED", "LGTM")
     task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
-    result = await make_reporter(clients).merge(task, MergeStyle.SQUASH, head)
+    result = await make_delivery(clients).merge(task, MergeStyle.SQUASH, head)
     assert result.merged, result.detail
     assert forgejo_sim.issue(TEAM_REPO, pull_number).pull.merged  # type: ignore[union-attr]
     assert "feature" not in forgejo_sim.state.repo(TEAM_REPO).branches
@@ -693,7 +703,7 @@ async def test_merge_refuses_a_pull_that_is_not_approved(
 ) -> None:
     head = forgejo_sim.issue(TEAM_REPO, pull_number).pull.head_sha  # type: ignore[union-attr]
     task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
-    result = await make_reporter(clients).merge(task, MergeStyle.MERGE, head)
+    result = await make_delivery(clients).merge(task, MergeStyle.MERGE, head)
     assert not result.merged
     assert result.detail == f"did not merge #{pull_number}: nobody approved `{head[:10]}`"
     assert not forgejo_sim.issue(TEAM_REPO, pull_number).pull.merged  # type: ignore[union-attr]
@@ -705,7 +715,7 @@ async def test_merge_by_a_lead_that_cannot_check_permissions_says_what_it_needs(
     head = forgejo_sim.issue(TEAM_REPO, pull_number).pull.head_sha  # type: ignore[union-attr]
     forgejo_sim.submit_review(TEAM_REPO, pull_number, "reviewer", "APPROVED", "LGTM")
     task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
-    result = await make_reporter(clients).merge(task, MergeStyle.MERGE, head)  # lead: write only
+    result = await make_delivery(clients).merge(task, MergeStyle.MERGE, head)  # lead: write only
     assert not result.merged
     assert "make the lead account an admin of the repository" in result.detail
 
@@ -719,12 +729,12 @@ async def test_merge_waits_for_a_failing_or_pending_head(
     forgejo_sim.set_status(TEAM_REPO, head, "success", context="lint")
     forgejo_sim.set_status(TEAM_REPO, head, "pending", context="ci/test")
     task = thread_task(forgejo_sim, agent="code-lead", number=pull_number, comment_id=None)
-    reporter = make_reporter(clients)
-    result = await reporter.merge(task, MergeStyle.MERGE, head)
+    delivery = make_delivery(clients)
+    result = await delivery.merge(task, MergeStyle.MERGE, head)
     assert not result.merged
     assert f"the commit status of `{head[:10]}` is pending (`ci/test` pending)" in result.detail
     forgejo_sim.set_status(TEAM_REPO, head, "success", context="ci/test")
-    assert (await reporter.merge(task, MergeStyle.MERGE, head)).merged
+    assert (await delivery.merge(task, MergeStyle.MERGE, head)).merged
 
 
 async def test_close_drops_a_waiting_progress_edit(

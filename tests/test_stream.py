@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from claude_hooks.report.render import failure_reason
 from claude_hooks.runner.stream import (
     SUMMARY_LIMIT,
     ApiRetry,
@@ -21,11 +22,12 @@ from claude_hooks.runner.stream import (
     ToolResult,
     ToolUse,
     Unknown,
+    failure_of,
     outcome_of,
     parse_line,
     tool_input_summary,
 )
-from claude_hooks.tasks import TaskState
+from claude_hooks.tasks import FailureKind, Outcome, RunFailure, TaskState
 
 SAMPLES = Path(__file__).parent / "data" / "claude-samples"
 
@@ -42,6 +44,11 @@ def sample_result(name: str) -> Result:
     results = [e for e in sample_events(name) if isinstance(e, Result)]
     assert len(results) == 1
     return results[0]
+
+
+def ended(result: Result | None, exit_code: int | None, stderr_tail: str) -> Outcome:
+    """The run's outcome, a failure in the words the tracking comment uses."""
+    return outcome_of(result, exit_code, stderr_tail, failure_reason)
 
 
 EXPECTED_KINDS = {
@@ -325,7 +332,7 @@ def test_any_cut_of_a_sample_line_parses_without_raising(cut: int) -> None:
 
 
 def test_outcome_of_a_successful_run() -> None:
-    outcome = outcome_of(sample_result("tool-run-success"), 0, "")
+    outcome = ended(sample_result("tool-run-success"), 0, "")
     assert outcome.state is TaskState.SUCCEEDED
     assert outcome.reason is None
     assert outcome.result == "Created out.txt containing 'hi'."
@@ -338,12 +345,12 @@ def test_outcome_of_a_successful_run() -> None:
 
 
 def test_outcome_of_a_run_with_denied_tools_is_still_a_success() -> None:
-    outcome = outcome_of(sample_result("default-permission-mode-denied"), 0, "")
+    outcome = ended(sample_result("default-permission-mode-denied"), 0, "")
     assert outcome.state is TaskState.SUCCEEDED
 
 
 def test_outcome_of_max_turns() -> None:
-    outcome = outcome_of(sample_result("max-turns-1"), 1, "")
+    outcome = ended(sample_result("max-turns-1"), 1, "")
     assert outcome.state is TaskState.FAILED
     assert outcome.reason == "max turns reached"
     assert outcome.session_id == "ed6ad1bf-cab6-4831-b250-08fc9fde5bbf"  # resumable
@@ -352,7 +359,7 @@ def test_outcome_of_max_turns() -> None:
 def test_outcome_of_api_error_is_failure_although_subtype_says_success() -> None:
     result = sample_result("error-429-max-retries-2")
     assert result.subtype == "success"
-    outcome = outcome_of(result, 1, "")
+    outcome = ended(result, 1, "")
     assert outcome.state is TaskState.FAILED
     assert outcome.reason == "Claude API error 429 after retries"
 
@@ -363,11 +370,11 @@ def test_outcome_of_api_error_names_the_status() -> None:
     )
     result = parse_line(line)
     assert isinstance(result, Result)
-    assert outcome_of(result, 1, "").reason == "Claude API error 529 after retries"
+    assert ended(result, 1, "").reason == "Claude API error 529 after retries"
 
 
 def test_outcome_of_unknown_resume_session_quotes_the_error() -> None:
-    outcome = outcome_of(sample_result("resume-unknown-session"), 1, "")
+    outcome = ended(sample_result("resume-unknown-session"), 1, "")
     assert outcome.state is TaskState.FAILED
     assert outcome.reason == (
         "Claude Code failed (error_during_execution): "
@@ -375,8 +382,19 @@ def test_outcome_of_unknown_resume_session_quotes_the_error() -> None:
     )
 
 
+def test_the_runner_states_why_a_run_failed_as_facts_not_words() -> None:
+    # The words are report/render.py's; the runner (a layer below work/) only says what
+    # happened, so the two cannot drift apart as they had.
+    max_turns = failure_of(sample_result("max-turns-1"), 1, "")
+    assert max_turns == RunFailure(FailureKind.MAX_TURNS, exit_code=1)
+    api = failure_of(sample_result("error-429-max-retries-2"), 1, "")
+    assert api == RunFailure(FailureKind.API_ERROR, exit_code=1, api_status=429)
+    assert failure_of(None, 137, "Killed") == RunFailure(FailureKind.KILLED, exit_code=137)
+    assert failure_of(sample_result("tool-run-success"), 0, "") is None
+
+
 def test_outcome_without_result_after_sigterm_says_killed() -> None:
-    outcome = outcome_of(None, 143, "")
+    outcome = ended(None, 143, "")
     assert outcome.state is TaskState.FAILED
     assert outcome.reason == "claude exited 143 without a result (killed)"
     assert outcome.exit_code == 143
@@ -386,7 +404,7 @@ def test_outcome_without_result_quotes_the_last_stderr_line() -> None:
     tail = (
         "some noise\nError: When using --print, --output-format=stream-json requires --verbose\n\n"
     )
-    outcome = outcome_of(None, 1, tail)
+    outcome = ended(None, 1, tail)
     assert outcome.reason == (
         "claude exited 1 without a result: "
         "Error: When using --print, --output-format=stream-json requires --verbose"
@@ -395,7 +413,7 @@ def test_outcome_without_result_quotes_the_last_stderr_line() -> None:
 
 
 def test_outcome_without_result_or_exit_code() -> None:
-    assert outcome_of(None, None, "").reason == "claude ended without a result or an exit code"
+    assert ended(None, None, "").reason == "claude ended without a result or an exit code"
 
 
 @pytest.mark.parametrize(
@@ -412,5 +430,5 @@ def test_outcome_without_result_or_exit_code() -> None:
 def test_outcome_reasons_of_other_errors(fields: dict, reason: str) -> None:
     result = parse_line(json.dumps({"type": "result", "is_error": True, **fields}))
     assert isinstance(result, Result)
-    outcome = outcome_of(result, 1, "")
+    outcome = ended(result, 1, "")
     assert (outcome.state, outcome.reason) == (TaskState.FAILED, reason)

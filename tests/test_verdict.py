@@ -9,7 +9,7 @@ import pytest
 from claude_hooks.forgejo.models import InlineComment
 from claude_hooks.work.verdict import (
     LeadAction,
-    ReviewEvent,
+    ReviewState,
     ReviewVerdict,
     VerdictComment,
     diff_new_lines,
@@ -107,12 +107,12 @@ def test_parse_takes_the_last_fenced_json_block() -> None:
         + fenced({"event": "REQUEST_CHANGES", "body": "Fix the bug."})
     )
     verdict = parse_review_verdict(text)
-    assert verdict == ReviewVerdict(ReviewEvent.REQUEST_CHANGES, "Fix the bug.")
+    assert verdict == ReviewVerdict(ReviewState.REQUEST_CHANGES, "Fix the bug.")
 
 
 def test_parse_accepts_a_bare_json_object_in_prose() -> None:
     text = 'All good. {"event": "approve", "body": "LGTM"} Thanks!'
-    assert parse_review_verdict(text) == ReviewVerdict(ReviewEvent.APPROVED, "LGTM")
+    assert parse_review_verdict(text) == ReviewVerdict(ReviewState.APPROVED, "LGTM")
 
 
 def test_parse_fills_an_empty_body_with_the_prose_before_the_block() -> None:
@@ -144,17 +144,17 @@ def test_parse_reads_inline_comments_and_tolerates_string_line_numbers() -> None
 @pytest.mark.parametrize(
     ("spelling", "event"),
     [
-        ("APPROVED", ReviewEvent.APPROVED),
-        ("approve", ReviewEvent.APPROVED),
-        ("Request changes", ReviewEvent.REQUEST_CHANGES),
-        ("request-changes", ReviewEvent.REQUEST_CHANGES),
-        ("CHANGES_REQUESTED", ReviewEvent.REQUEST_CHANGES),
-        ("comment", ReviewEvent.COMMENT),
+        ("APPROVED", ReviewState.APPROVED),
+        ("approve", ReviewState.APPROVED),
+        ("Request changes", ReviewState.REQUEST_CHANGES),
+        ("request-changes", ReviewState.REQUEST_CHANGES),
+        ("CHANGES_REQUESTED", ReviewState.REQUEST_CHANGES),
+        ("comment", ReviewState.COMMENT),
         ("merge it", None),
         (3, None),
     ],
 )
-def test_event_spellings_are_normalised(spelling: object, event: ReviewEvent | None) -> None:
+def test_event_spellings_are_normalised(spelling: object, event: ReviewState | None) -> None:
     assert normalise_event(spelling) == event
 
 
@@ -177,7 +177,7 @@ def test_parse_without_a_usable_verdict_returns_none(text: str) -> None:
 
 def test_validate_keeps_comments_on_lines_the_diff_shows_at_absolute_lines() -> None:
     verdict = ReviewVerdict(
-        ReviewEvent.REQUEST_CHANGES,
+        ReviewState.REQUEST_CHANGES,
         "Two issues.",
         (VerdictComment("src/app.py", 22, "log level?"), VerdictComment("café.txt", 3, "typo")),
     )
@@ -192,7 +192,7 @@ def test_validate_keeps_comments_on_lines_the_diff_shows_at_absolute_lines() -> 
 
 def test_validate_moves_comments_outside_the_diff_into_the_body() -> None:
     verdict = ReviewVerdict(
-        ReviewEvent.COMMENT,
+        ReviewState.COMMENT,
         "Summary.",
         (
             VerdictComment("src/app.py", 10, "not in a hunk"),
@@ -209,27 +209,27 @@ def test_validate_moves_comments_outside_the_diff_into_the_body() -> None:
 
 
 def test_validate_accepts_paths_with_git_prefixes() -> None:
-    verdict = ReviewVerdict(ReviewEvent.COMMENT, "x", (VerdictComment("b/src/app.py", 2, "hm"),))
+    verdict = ReviewVerdict(ReviewState.COMMENT, "x", (VerdictComment("b/src/app.py", 2, "hm"),))
     validated = validate_against_diff(verdict, DIFF)
     assert validated.comments == (InlineComment(path="src/app.py", body="hm", new_position=2),)
 
 
-@pytest.mark.parametrize("event", [ReviewEvent.REQUEST_CHANGES, ReviewEvent.COMMENT])
+@pytest.mark.parametrize("event", [ReviewState.REQUEST_CHANGES, ReviewState.COMMENT])
 def test_validate_gives_an_empty_body_a_text_where_forgejo_requires_one(
-    event: ReviewEvent,
+    event: ReviewState,
 ) -> None:
     validated = validate_against_diff(ReviewVerdict(event, "  "), DIFF)
     assert validated.body.strip()
 
 
 def test_validate_leaves_an_approval_without_body_empty() -> None:
-    assert validate_against_diff(ReviewVerdict(ReviewEvent.APPROVED, ""), DIFF).body == ""
+    assert validate_against_diff(ReviewVerdict(ReviewState.APPROVED, ""), DIFF).body == ""
 
 
 def test_review_from_unstructured_text_falls_back_to_comment_with_the_whole_text() -> None:
     text = "I looked at it; the loop in run() never ends."
     validated = review_from_result(text, DIFF)
-    assert validated.event is ReviewEvent.COMMENT
+    assert validated.event is ReviewState.COMMENT
     assert validated.body == text
     assert validated.fallback
     assert validated.comments == ()
@@ -237,7 +237,7 @@ def test_review_from_unstructured_text_falls_back_to_comment_with_the_whole_text
 
 def test_review_from_empty_result_still_has_a_body() -> None:
     validated = review_from_result(None, DIFF)
-    assert validated.event is ReviewEvent.COMMENT
+    assert validated.event is ReviewState.COMMENT
     assert validated.body
 
 
@@ -248,7 +248,7 @@ def test_review_from_structured_result_is_validated() -> None:
         "comments": [{"path": "src/app.py", "line": 3, "body": "nice"}],
     }
     validated = review_from_result("Reviewed.\n" + fenced(data), DIFF)
-    assert validated.event is ReviewEvent.APPROVED
+    assert validated.event is ReviewState.APPROVED
     assert not validated.fallback
     assert validated.comments == (InlineComment(path="src/app.py", body="nice", new_position=3),)
 

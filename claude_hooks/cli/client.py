@@ -26,6 +26,7 @@ import aiohttp
 from claude_hooks.cli.main import EXIT_FAIL, EXIT_OK, AddCommand
 from claude_hooks.config import Config, load_config, read_secret
 from claude_hooks.tasks import TaskKind, TaskState
+from claude_hooks.text import format_cost as format_usd
 
 REQUEST_TIMEOUT = 30.0
 STREAM_READ_TIMEOUT = (
@@ -131,7 +132,7 @@ def format_age(seconds: float) -> str:
 
 
 def format_cost(cost: float | None) -> str:
-    return "" if cost is None else f"${cost:.4f}"
+    return "" if cost is None else format_usd(cost)  # as the tracking comment says it
 
 
 def run_seconds(task: Mapping[str, Any], now: float) -> float | None:

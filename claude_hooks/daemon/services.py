@@ -26,17 +26,16 @@ from claude_hooks.intake.decide import Policy
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import PermissionCache, WebhookIntake
 from claude_hooks.metrics import Metrics
-from claude_hooks.report.tracker import Reporter
+from claude_hooks.report.tracker import Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, Task, TaskSpec, TaskState, Trigger
+from claude_hooks.work.delivery import Delivery
 from claude_hooks.work.scheduler import Scheduler, SchedulerError
-from claude_hooks.work.worker import TaskReports, TaskWorker
+from claude_hooks.work.worker import TaskWorker
 
 log = structlog.get_logger(__name__)
-
-READY_FORGEJO_WITHIN = 300.0  # seconds: "Forgejo reachable recently" for /readyz
 
 
 @dataclass
@@ -121,7 +120,10 @@ class Services:
         reports = TaskReports(
             reporter, store, lambda task_id: holder[0].scheduler.position(task_id)
         )
-        worker = TaskWorker(config, store, runtime, client_for, reports, daemon_id=daemon_id)
+        delivery = Delivery(client_for, redact=redactor)
+        worker = TaskWorker(
+            config, store, runtime, client_for, reports, delivery, daemon_id=daemon_id
+        )
         scheduler = Scheduler(
             store,
             max_concurrency=config.daemon.max_concurrency,

@@ -32,9 +32,9 @@ from claude_hooks.daemon.services import Services
 from claude_hooks.demo.agent_image import ImageBuildError, ensure_image
 from claude_hooks.demo.local_runtime import LocalRuntime
 from claude_hooks.demo.sim.forgejo import ForgejoSim
-from claude_hooks.report.tracker import find_marker
 from claude_hooks.runner.runtime import AgentRuntime
 from claude_hooks.tasks import Task, TaskState
+from claude_hooks.text import find_marker
 
 DEMO_IMAGE = "claude-hooks-demo:latest"
 DEMO_LABELS = {"claude-hooks.demo": "1"}

@@ -17,7 +17,7 @@ from claude_hooks.config import AgentConfig
 from claude_hooks.demo.agent_image import INPUTS
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import STATE_DIR
-from claude_hooks.runner.execution import ExecResult, LineSplitter, TailBuffer
+from claude_hooks.runner.execution import ClaudeExec, ExecResult, LineSplitter, TailBuffer
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 
 FAKE_CLAUDE = INPUTS / "fake-claude.sh"
@@ -51,26 +51,18 @@ class LocalRuntime:
         return workspace.Published(commits=0, log=())
 
     async def run(
-        self,
-        agent: AgentConfig,
-        *,
-        argv: Sequence[str],
-        env: Sequence[str],
-        stdin: bytes,
-        workdir: str,
-        task_id: int,
-        on_event: Callable[[StreamEvent], None],
-        stop_grace: float,
+        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
         process = await asyncio.create_subprocess_exec(
-            "sh", str(FAKE_CLAUDE), *argv[1:], cwd=self.local(workdir), env=self._env(env),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            "sh", str(FAKE_CLAUDE), *claude.argv[1:], cwd=self.local(claude.workdir),
+            env=self._env(claude.env), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )  # fmt: skip
         try:
-            return await self._communicate(process, stdin, on_event)
+            return await self._communicate(process, claude.stdin, on_event)
         except BaseException:
-            await asyncio.shield(_stop(process, stop_grace))
+            await asyncio.shield(_stop(process, claude.stop_grace))
             raise
 
     async def _communicate(

@@ -1,25 +1,24 @@
-"""Everything the daemon writes back to Forgejo: reaction, tracking comment, review, PR, merge.
+"""The tracking comment on Forgejo, and the order of each task's writes there.
 
 One task, one tracking comment from the agent: queued (with position) → working
 (a checklist of the latest steps, edited at most every few seconds) → finished,
 failed, cancelled or interrupted. The comment carries a hidden marker with the
 task id, so a re-run (after a restart) finds and edits it instead of posting a
-duplicate. Reviews carry the same marker, so a re-run does not review twice.
+duplicate.
 
-Rendering is pure (`render_tracking` and friends); `Reporter` is the thin I/O
-shell. Reporting never crashes a task: a failed edit is logged and the next edit
-tries again. Outputs that *are* the task's work (the review, the pull request)
-raise ForgejoError when they cannot be made, so the task is recorded as failed.
+`Reporter` is the thin I/O shell around report/render.py; `TaskReports` turns the
+scheduler's state changes and the worker's steps into Reporter calls, in order per
+task. Reporting never crashes a task: a failed edit is logged and the next edit
+tries again. The outputs that *are* the work (pull request, review, merge) are
+work/delivery.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
 import structlog
 from tenacity import (
@@ -29,243 +28,20 @@ from tenacity import (
     wait_exponential,
 )
 
-from claude_hooks.config import MergeStyle
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
-from claude_hooks.forgejo.models import PullRequest, Review
+from claude_hooks.report.render import (
+    INTERRUPTED_REASON,
+    MAX_STEPS,
+    Phase,
+    Redact,
+    phase_of,
+    render_tracking,
+)
+from claude_hooks.store.db import Store
 from claude_hooks.tasks import Outcome, Task, TaskState
-from claude_hooks.text import defuse_mentions, find_marker, marker, strip_markers
-from claude_hooks.work.merge_gate import GateResult, merge_gate, verdict_reviewers
-from claude_hooks.work.verdict import ReviewEvent, ValidatedVerdict
+from claude_hooks.text import find_marker
 
-log = structlog.get_logger(__name__)
-
-Redact = Callable[[str], str]
-
-MAX_STEPS = 10
-MAX_STEP_CHARS = 160
-MAX_RESULT_CHARS = 30_000  # Forgejo stores comments as TEXT: keep well under 64 KiB
-STDERR_TAIL_LINES = 40
-STDERR_TAIL_CHARS = 4_000
-
-
-# ---------------------------------------------------------------- words and numbers
-
-
-class Phase(StrEnum):
-    QUEUED = "queued"
-    WORKING = "working"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def is_final(self) -> bool:
-        return self not in (Phase.QUEUED, Phase.WORKING)
-
-
-def phase_of(outcome: Outcome) -> Phase:
-    return {
-        TaskState.SUCCEEDED: Phase.SUCCEEDED,
-        TaskState.CANCELLED: Phase.CANCELLED,
-        TaskState.INTERRUPTED: Phase.INTERRUPTED,
-    }.get(outcome.state, Phase.FAILED)
-
-
-INTERRUPTED_REASON = "interrupted by shutdown — will resume"
-
-
-def timeout_reason(seconds: float) -> str:
-    return f"timeout after {format_duration(seconds, round_to_minutes=True)}"
-
-
-def max_turns_reason(max_turns: int | None = None) -> str:
-    return "max turns reached" + (f" ({max_turns})" if max_turns else "")
-
-
-def api_error_reason(status: int | None) -> str:
-    return (
-        f"Claude API error {status} after retries" if status else "Claude API error after retries"
-    )
-
-
-def cancelled_reason(by: str | None = None) -> str:
-    return f"cancelled by {by}" if by else "cancelled"
-
-
-def reason_in_words(outcome: Outcome) -> str:
-    """Why a run ended badly, for people: the runner's words, else what the state says."""
-    if outcome.reason:
-        return outcome.reason
-    if outcome.state is TaskState.CANCELLED:
-        return cancelled_reason()
-    if outcome.state is TaskState.INTERRUPTED:
-        return INTERRUPTED_REASON
-    if outcome.state is TaskState.FAILED:
-        code = outcome.exit_code
-        return f"Claude Code exited with code {code}" if code else "failed for an unknown reason"
-    return ""
-
-
-def format_duration(seconds: float, *, round_to_minutes: bool = False) -> str:
-    """ "45 s", "4 min 12 s", "1 h 3 min"; with round_to_minutes whole minutes read "60 min"."""
-    seconds = max(0.0, seconds)
-    if round_to_minutes and seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)} min"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"
-
-
-def format_cost(usd: float) -> str:
-    return f"${usd:.4f}" if usd < 1 else f"${usd:.2f}"
-
-
-# ---------------------------------------------------------------- rendering
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-
-
-def _fence(text: str, info: str = "") -> str:
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{info}\n{text}\n{ticks}"
-
-
-def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(strip_markers(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def stderr_tail(stderr: str) -> str:
-    lines = _ANSI.sub("", stderr).rstrip().splitlines()[-STDERR_TAIL_LINES:]
-    return "\n".join(lines)[-STDERR_TAIL_CHARS:]
-
-
-def render_checklist(steps: Sequence[str], *, done: bool) -> str:
-    """The latest steps as a task list; the last one is in progress unless done."""
-    shown = list(steps)[-MAX_STEPS:]
-    lines = [f"- … {len(steps) - len(shown)} earlier steps"] if len(steps) > len(shown) else []
-    for i, step in enumerate(shown):
-        box = "x" if done or i < len(shown) - 1 else " "
-        lines.append(f"- [{box}] {_one_line(step, MAX_STEP_CHARS)}")
-    return "\n".join(lines)
-
-
-def _elapsed(task: Task, outcome: Outcome | None, now: float) -> float | None:
-    if task.started_at is not None:
-        return (task.finished_at or now) - task.started_at
-    if outcome is not None and outcome.duration_ms is not None:
-        return outcome.duration_ms / 1000
-    return None
-
-
-def render_stats(task: Task, outcome: Outcome, now: float) -> str:
-    parts = [f"status: {outcome.state.value}"]
-    if (elapsed := _elapsed(task, outcome, now)) is not None:
-        parts.append(format_duration(elapsed))
-    turns = outcome.num_turns if outcome.num_turns is not None else task.num_turns
-    if turns is not None:
-        parts.append(f"{turns} turn" + ("" if turns == 1 else "s"))
-    cost = outcome.cost_usd if outcome.cost_usd is not None else task.cost_usd
-    if cost is not None:
-        parts.append(format_cost(cost))
-    return " · ".join(parts)
-
-
-_HEADLINES = {
-    Phase.SUCCEEDED: "✅ **Done**",
-    Phase.FAILED: "❌ **Failed: {reason}**",
-    Phase.CANCELLED: "🛑 **{reason}**",
-    Phase.INTERRUPTED: "⏸️ **{reason}**",
-}
-
-
-def _headline(phase: Phase, outcome: Outcome) -> str:
-    reason = reason_in_words(outcome)
-    return _HEADLINES[phase].format(reason=reason[:1].upper() + reason[1:])
-
-
-def _final_body(task: Task, phase: Phase, outcome: Outcome, now: float) -> list[str]:
-    parts = [_headline(phase, outcome), render_stats(task, outcome, now)]
-    result = strip_markers((outcome.result or "").strip())
-    if len(result) > MAX_RESULT_CHARS:
-        result = result[:MAX_RESULT_CHARS] + "\n\n[… truncated]"
-    if result:
-        parts.append(result)
-    links = outcome.links or task.links
-    if links:
-        parts.append("\n".join(f"- {link}" for link in links))
-    if phase is Phase.FAILED and outcome.stderr_tail and outcome.stderr_tail.strip():
-        tail = _fence(stderr_tail(outcome.stderr_tail), "text")
-        parts.append(f"<details><summary>Last lines of stderr</summary>\n\n{tail}\n\n</details>")
-    return parts
-
-
-def render_tracking(
-    task: Task,
-    phase: Phase,
-    *,
-    position: int | None = None,
-    steps: Sequence[str] = (),
-    outcome: Outcome | None = None,
-    now: float,
-    redact: Redact,
-) -> str:
-    """The whole tracking comment for one phase; `redact` hides secrets in every part."""
-    parts = [marker(task.id)]
-    if phase is Phase.QUEUED:
-        where = f" — position {position} in {task.spec.agent}'s queue" if position else ""
-        parts.append(f"⏳ **Queued**{where}. Requested by {task.spec.requested_by}.")
-    elif phase is Phase.WORKING:
-        since = task.started_at if task.started_at is not None else now
-        parts.append(f"🔧 **Working** for {format_duration(now - since)}…")
-        if steps:
-            parts.append(render_checklist(steps, done=False))
-    else:
-        if outcome is None:
-            raise ValueError(f"render_tracking: phase {phase} needs an outcome")
-        parts += _final_body(task, phase, outcome, now)
-    parts.append(f"<sub>claude-hooks task {task.id} · {task.spec.agent}</sub>")
-    # The marker goes back first after redaction, which could never touch it anyway.
-    return redact(defuse_mentions("\n\n".join(parts)))
-
-
-def pull_body(task: Task, summary: str) -> str:
-    """Body of the PR a dev task opens: its summary, the closing keyword, our marker."""
-    spec = task.spec
-    closes = f"\n\nCloses #{spec.number}" if spec.number is not None and not spec.is_pull else ""
-    asked = f"\n\nRequested by {spec.requested_by} in {spec.thread}." if spec.number else ""
-    return defuse_mentions(f"{marker(task.id)}\n{strip_markers(summary).strip()}{closes}{asked}")
-
-
-def review_body(task: Task, body: str) -> str:
-    return defuse_mentions(f"{marker(task.id)}\n{strip_markers(body).strip()}")
-
-
-def review_attempts(verdict: ValidatedVerdict) -> list[ValidatedVerdict]:
-    """What to try when Forgejo refuses a review (422), most faithful first.
-
-    APPROVED / REQUEST_CHANGES on the agent's own PR is refused: retry as COMMENT
-    naming the intended verdict. Inline comments Forgejo cannot place: retry with
-    them in the body.
-    """
-    attempts = [verdict]
-    if verdict.event is not ReviewEvent.COMMENT:
-        note = f"(Verdict: {verdict.event.value}; Forgejo only accepted a comment review.)"
-        body = f"{verdict.body}\n\n{note}".strip()
-        attempts.append(
-            ValidatedVerdict(ReviewEvent.COMMENT, body, verdict.comments, verdict.moved)
-        )
-    if verdict.comments:
-        texts = [f"(on {c.path}:{c.new_position}) {c.body}" for c in verdict.comments]
-        body = "\n\n".join([attempts[-1].body, *texts]).strip()
-        attempts.append(ValidatedVerdict(ReviewEvent.COMMENT, body, (), verdict.moved))
-    return attempts
+log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 
 
 # ---------------------------------------------------------------- throttle
@@ -273,13 +49,10 @@ def review_attempts(verdict: ValidatedVerdict) -> list[ValidatedVerdict]:
 
 @dataclass
 class ProgressThrottle:
-    """Edit at most every `interval` seconds; the final edit is always due."""
+    """Edit at most every `interval` seconds (the final edit does not wait for it)."""
 
     interval: float
     last: float | None = None
-
-    def due(self, now: float, *, final: bool = False) -> bool:
-        return final or self.last is None or now - self.last >= self.interval
 
     def wait(self, now: float) -> float:
         """Seconds until the next edit is due."""
@@ -290,12 +63,6 @@ class ProgressThrottle:
 
 
 # ---------------------------------------------------------------- I/O
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    merged: bool
-    detail: str  # in words, for the tracking comment
 
 
 @dataclass
@@ -487,136 +254,91 @@ class Reporter:
         except ForgejoError as exc:
             self._log(task).warning("reaction_failed", error=str(exc))
 
-    # -- outputs of the work itself: these raise ForgejoError when they cannot be made
 
-    async def post_review(
-        self, task: Task, verdict: ValidatedVerdict, head_sha: str | None
-    ) -> Review:
-        """Post the review (inline comments at absolute new-side lines); idempotent per task."""
-        spec = task.spec
-        if spec.number is None:
-            raise ValueError(f"task {task.id}: a review needs a pull request number")
-        client = self._client_for(spec.agent)
-        existing = await self._clear_pending_reviews(task, client)
-        if existing is not None:
-            return existing
-        attempts = review_attempts(verdict)
-        for i, attempt in enumerate(attempts):
+# ---------------------------------------------------------------- per-task ordering
+
+
+def outcome_of_task(task: Task) -> Outcome:
+    """The outcome a stored task records, for the final report."""
+    return Outcome(
+        state=task.state,
+        reason=task.error,
+        result=task.result,
+        session_id=task.session_id,
+        cost_usd=task.cost_usd,
+        num_turns=task.num_turns,
+        duration_ms=task.duration_ms,
+        links=task.links,
+    )
+
+
+class TaskReports:
+    """Each task's Forgejo writes, in order, off the scheduler's path.
+
+    The scheduler waits for on_change before it dispatches the next task; a
+    Forgejo round trip there would slow every start. So each change queues its
+    report on the task's own chain and returns at once; `close` lets the chains
+    finish (bounded) at shutdown.
+    """
+
+    def __init__(
+        self, reporter: Reporter, store: Store, scheduler_position: Callable[[int], int | None]
+    ) -> None:
+        self._reporter = reporter
+        self._store = store
+        self._position = scheduler_position
+        self._chains: dict[int, asyncio.Task[None]] = {}
+
+    def _chain(self, task_id: int, make: Callable[[], Awaitable[None]]) -> None:
+        previous = self._chains.get(task_id)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
             try:
-                return await client.create_review(
-                    spec.repo,
-                    spec.number,
-                    event=attempt.event.value,
-                    body=self._redact(review_body(task, attempt.body)),
-                    commit_id=head_sha,
-                    comments=[
-                        replace(c, body=self._redact(defuse_mentions(c.body)))
-                        for c in attempt.comments
-                    ],
-                )
-            except ForgejoError as exc:
-                if exc.status != 422 or i == len(attempts) - 1:
-                    raise
-                self._log(task).warning(
-                    "review_refused", review_event=attempt.event.value, error=str(exc)
-                )
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                await make()
+            except Exception:
+                log.exception("report_failed", task_id=task_id)
 
-    async def _clear_pending_reviews(self, task: Task, client: ForgejoClient) -> Review | None:
-        """Delete the agent's stale PENDING reviews (they would swallow new inline comments);
-        return the review this task already posted, if a previous run got that far."""
-        spec, agent = task.spec, task.spec.agent.lower()
-        assert spec.number is not None
-        mine = [
-            r
-            for r in await client.list_reviews(spec.repo, spec.number)
-            if r.user is not None and r.user.login.lower() == agent
-        ]
-        for review in mine:
-            if review.state == "PENDING":
-                await client.delete_review(spec.repo, spec.number, review.id)
-                self._log(task).info("stale_pending_review_deleted", review_id=review.id)
-        return next(
-            (r for r in mine if r.state != "PENDING" and find_marker(r.body) == task.id), None
+        chain = asyncio.create_task(run(), name=f"report-{task_id}")
+        self._chains[task_id] = chain
+        chain.add_done_callback(
+            lambda t: self._chains.get(task_id) is t and self._chains.pop(task_id)
         )
 
-    async def open_or_update_pull(
-        self,
-        task: Task,
-        branch: str,
-        base: str,
-        title: str,
-        summary: str,
-        *,
-        review_by: str | None = None,
-    ) -> str:
-        """Open the PR for a dev task's branch (or update the one already open); its URL."""
-        spec = task.spec
-        client = self._client_for(spec.agent)
-        body = self._redact(pull_body(task, summary))
-        open_pulls = await client.list_pulls(spec.repo, "open")
-        pull = next((p for p in open_pulls if p.head_ref == branch and p.base_ref == base), None)
-        if pull is None:
-            pull = await client.create_pull(
-                spec.repo, head=branch, base=base, title=title, body=body
-            )
-            self._log(task).info("pull_opened", number=pull.number, branch=branch)
-        else:
-            pull = await client.edit_pull(spec.repo, pull.number, title=title, body=body)
-            self._log(task).info("pull_updated", number=pull.number, branch=branch)
-        wanted = review_by is not None and review_by.lower() not in {
-            r.lower() for r in pull.requested_reviewers
-        }
-        if wanted:
-            try:
-                await client.request_reviewers(spec.repo, pull.number, [review_by])  # type: ignore[list-item]
-            except ForgejoError as exc:
-                self._log(task).warning("review_request_failed", reviewer=review_by, error=str(exc))
-        return pull.html_url
+    async def on_change(self, task: Task) -> None:
+        if task.spec.number is None:
+            return
+        if task.state is TaskState.QUEUED:
+            self._chain(task.id, lambda: self._acknowledge(task))
+        elif task.state.is_final or task.state is TaskState.INTERRUPTED:
+            outcome = outcome_of_task(task)
+            if task.state is TaskState.INTERRUPTED and not outcome.reason:
+                outcome = replace(outcome, reason=INTERRUPTED_REASON)
+            self._chain(task.id, lambda: self._reporter.finish(task, outcome))
 
-    async def merge(self, task: Task, style: MergeStyle, head_sha: str) -> MergeResult:
-        """Merge the task's PR, deleting the branch, if the merge gate lets it through at
-        `head_sha` (claude_hooks/work/merge_gate.py); otherwise say why not."""
-        spec = task.spec
-        if spec.number is None:
-            return MergeResult(False, "no pull request to merge")
-        client = self._client_for(spec.agent)
-        try:
-            pull = await client.get_pull(spec.repo, spec.number)
-            if pull.merged:
-                return MergeResult(True, f"#{pull.number} was already merged")
-            if pull.state != "open":
-                return MergeResult(False, f"#{pull.number} is {pull.state}, not open")
-            gate = await self._merge_gate(client, spec.repo, pull, head_sha)
-            if not gate.ok:
-                self._log(task).info("merge_gate_closed", number=pull.number, reasons=gate.reasons)
-                because = "; ".join(gate.reasons)
-                return MergeResult(False, f"did not merge #{pull.number}: {because}")
-            merged = await client.merge_pull(
-                spec.repo,
-                spec.number,
-                style=style.value,
-                head_commit_id=head_sha or pull.head_sha,  # the commit the gate let through
-                delete_branch=True,
-            )
-        except ForgejoError as exc:
-            self._log(task).warning("merge_refused", error=str(exc))
-            return MergeResult(False, f"Forgejo refused the merge: {exc.message} ({exc.status})")
-        if not merged:  # 405 / 409: not mergeable (conflict, WIP) or the head moved
-            return MergeResult(
-                False,
-                f"Forgejo refused to merge #{spec.number}: not mergeable "
-                f"now, or its head moved past {head_sha[:10]}",
-            )
-        self._log(task).info("pull_merged", number=spec.number, style=style.value)
-        return MergeResult(True, f"merged #{spec.number} ({style.value}) and deleted its branch")
+    def progress(self, task: Task, steps: tuple[str, ...]) -> None:
+        if task.spec.number is not None:
+            self._chain(task.id, lambda: self._reporter.progress(task, steps))
 
-    async def _merge_gate(
-        self, client: ForgejoClient, repo: str, pull: PullRequest, head_sha: str
-    ) -> GateResult:
-        """The gate's facts, fresh from Forgejo: reviews, reviewers' access, the head's status."""
-        reviews = await client.list_reviews(repo, pull.number)
-        access = {login: await client.repo_permission(repo, login)
-                  for login in verdict_reviewers(reviews)}  # fmt: skip
-        status = await client.combined_status(repo, pull.head_sha) if pull.head_sha else None
-        return merge_gate(pull, reviews, access, status, head_sha=head_sha)
+    def checklist(self, task: Task) -> Callable[[str], None]:
+        """One run's `step(text)`: a line more on its checklist, shown (throttled) at once."""
+        steps: list[str] = []
+
+        def step(text: str) -> None:
+            steps.append(text)
+            del steps[:-MAX_STEPS]
+            self.progress(task, tuple(steps))
+
+        return step
+
+    async def _acknowledge(self, task: Task) -> None:
+        comment_id = await self._reporter.acknowledge(task, self._position(task.id))
+        if comment_id is not None and comment_id != task.tracking_comment_id:
+            await self._store.set_tracking_comment(task.id, comment_id)
+
+    async def close(self, limit: float = 10.0) -> None:
+        pending = list(self._chains.values())
+        if pending:
+            await asyncio.wait(pending, timeout=limit)
+        await self._reporter.close()

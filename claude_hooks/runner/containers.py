@@ -291,9 +291,6 @@ class ContainerManager:
                 await container.delete(force=True)
             return await self._create(agent)
 
-    async def up(self, agents: Iterable[AgentConfig]) -> list[DockerContainer]:
-        return [await self.ensure(agent) for agent in agents]
-
     async def down(self, agents: Iterable[AgentConfig]) -> None:
         """Stop the agents' containers; the containers and their volumes stay."""
         for agent in agents:

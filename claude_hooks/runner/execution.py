@@ -16,7 +16,7 @@ of the task runs any more.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -37,6 +37,18 @@ STDERR_TAIL_BYTES = 8192
 MAX_LINE_BYTES = 64 << 20  # a longer "line" is not stream-json; it is cut and reported
 STDOUT, STDERR = 1, 2  # docker's stream ids in exec output frames
 KILL_SETTLE = 5.0  # seconds for the exec's stream to end, and the kernel to reap, after SIGKILL
+
+
+@dataclass(frozen=True)
+class ClaudeExec:
+    """One `claude -p` of a task: the command, its environment and input, where it runs."""
+
+    task_id: int  # CLAUDE_HOOKS_TASK in `env`: how every process of the run is found
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    stdin: bytes  # the prompt
+    workdir: str
+    stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when it is stopped
 
 
 @dataclass(frozen=True)
@@ -127,24 +139,24 @@ class _OutputReader:
 
 async def run_claude(
     container: DockerContainer,
+    claude: ClaudeExec,
     *,
-    argv: Sequence[str],
-    env: Sequence[str],
-    stdin: bytes,
-    workdir: str,
     user: str,
-    task_id: int,
     on_event: Callable[[StreamEvent], None],
-    stop_grace: float = 10.0,
 ) -> ExecResult:
     """Run claude in the container until it exits; stop all its processes if cancelled."""
     reader = _OutputReader(on_event)
+    task_id = claude.task_id
     execution = await container.exec(
-        list(argv), stdin=True, environment=list(env), workdir=workdir, user=user
+        list(claude.argv),
+        stdin=True,
+        environment=list(claude.env),
+        workdir=claude.workdir,
+        user=user,
     )
     stream = execution.start(detach=False)
     try:
-        await stream.write_in(stdin)
+        await stream.write_in(claude.stdin)
         _close_stdin(stream)
         await reader.pump(stream)
         exit_code = await _exit_code(execution)
@@ -154,7 +166,9 @@ async def run_claude(
     except BaseException:
         # Cancelled (cancel, timeout, drain) or the stream broke: nothing may keep running.
         await _run_to_end(
-            _stop_task(container, stream, reader, task_id=task_id, user=user, grace=stop_grace)
+            _stop_task(
+                container, stream, reader, task_id=task_id, user=user, grace=claude.stop_grace
+            )
         )
         raise
     finally:

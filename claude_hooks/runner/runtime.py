@@ -13,7 +13,7 @@ from typing import Protocol
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner import workspace
 from claude_hooks.runner.containers import ContainerManager
-from claude_hooks.runner.execution import ExecResult, run_claude
+from claude_hooks.runner.execution import ClaudeExec, ExecResult, run_claude
 from claude_hooks.runner.stream import StreamEvent
 
 
@@ -25,16 +25,7 @@ class AgentRuntime(Protocol):
         ...
 
     async def run(
-        self,
-        agent: AgentConfig,
-        *,
-        argv: Sequence[str],
-        env: Sequence[str],
-        stdin: bytes,
-        workdir: str,
-        task_id: int,
-        on_event: Callable[[StreamEvent], None],
-        stop_grace: float,
+        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
         """Run claude to its end; when cancelled, stop every process of the task first."""
         ...
@@ -59,22 +50,10 @@ class DockerRuntime:
         return await workspace.prepare(container, plan, user=agent.user, env=env)
 
     async def run(
-        self,
-        agent: AgentConfig,
-        *,
-        argv: Sequence[str],
-        env: Sequence[str],
-        stdin: bytes,
-        workdir: str,
-        task_id: int,
-        on_event: Callable[[StreamEvent], None],
-        stop_grace: float,
+        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
         container = await self.containers.ensure(agent)
-        return await run_claude(
-            container, argv=argv, env=env, stdin=stdin, workdir=workdir, user=agent.user,
-            task_id=task_id, on_event=on_event, stop_grace=stop_grace,
-        )  # fmt: skip
+        return await run_claude(container, claude, user=agent.user, on_event=on_event)
 
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]

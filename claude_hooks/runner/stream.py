@@ -7,26 +7,28 @@ unless the process was killed. New line types appear between CLI versions, so
 anything unrecognised becomes `Unknown`, and anything unreadable `Malformed`:
 `parse_line` never raises.
 
-`outcome_of` turns the result line (or its absence) and the exit code into an
-`Outcome` in words, the way the task's final comment states it.
+`failure_of` says why a run failed, as facts (a `RunFailure`), from the result line
+(or its absence) and the exit code; `outcome_of` makes the run's `Outcome`, with the
+failure in the words it is given (report/render.py's, which the runner does not import).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeGuard
 
-from claude_hooks.tasks import Outcome, TaskState
+from claude_hooks.tasks import FailureKind, Outcome, RunFailure, TaskState
+from claude_hooks.text import format_cost, format_duration, one_line
 
 SUMMARY_LIMIT = 160  # characters of one summary line (log line, progress comment)
 _SIGNAL_EXIT_BASE = 128  # a shell's exit code for "killed by signal N" is 128 + N
 
 
-def one_line(text: str, limit: int = SUMMARY_LIMIT) -> str:
-    """`text` with runs of whitespace (newlines included) collapsed, cut to `limit` chars."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def summary_line(text: str) -> str:
+    """One event's summary: one line of at most SUMMARY_LIMIT characters."""
+    return one_line(text, SUMMARY_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class Init:
 
     @property
     def summary(self) -> str:
-        return one_line(
+        return summary_line(
             f"session {self.session_id} started: model {self.model}, cwd {self.cwd}, "
             f"{len(self.tools)} tools"
         )
@@ -57,7 +59,7 @@ class AssistantText:
 
     @property
     def summary(self) -> str:
-        return one_line(self.text)
+        return summary_line(self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,9 @@ class ToolUse:
 
     @property
     def summary(self) -> str:
-        return one_line(f"{self.name}: {self.input_summary}" if self.input_summary else self.name)
+        return summary_line(
+            f"{self.name}: {self.input_summary}" if self.input_summary else self.name
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,7 @@ class Thinking:
 
     @property
     def summary(self) -> str:
-        return one_line(f"thinking: {self.text}" if self.text else "thinking")
+        return summary_line(f"thinking: {self.text}" if self.text else "thinking")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +100,7 @@ class ToolResult:
 
     @property
     def summary(self) -> str:
-        return one_line(f"{'error' if self.is_error else 'ok'}: {self.content}")
+        return summary_line(f"{'error' if self.is_error else 'ok'}: {self.content}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +117,7 @@ class ApiRetry:
     def summary(self) -> str:
         status = " ".join(str(p) for p in (self.error_status, self.error) if p is not None)
         delay = f", next in {self.retry_delay_ms / 1000:.1f}s" if self.retry_delay_ms else ""
-        return one_line(
+        return summary_line(
             f"Claude API retry {self.attempt}/{self.max_retries} after {status or 'error'}{delay}"
         )
 
@@ -128,7 +132,7 @@ class PermissionDenied:
 
     @property
     def summary(self) -> str:
-        return one_line(f"permission denied for {self.tool_name}: {self.message}")
+        return summary_line(f"permission denied for {self.tool_name}: {self.message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +154,13 @@ class Result:
     def summary(self) -> str:
         parts = [f"{self.num_turns} turns" if self.num_turns is not None else None]
         if self.total_cost_usd is not None:
-            parts.append(f"${self.total_cost_usd:.4f}")
+            parts.append(format_cost(self.total_cost_usd))
         if self.duration_ms is not None:
-            parts.append(f"{self.duration_ms / 1000:.1f}s")
+            parts.append(format_duration(self.duration_ms / 1000))
         how = "error" if self.is_error else "done"
         reason = self.terminal_reason or self.subtype
         stats = ", ".join(p for p in parts if p)
-        return one_line(f"{how} ({reason}): {stats}" if stats else f"{how} ({reason})")
+        return summary_line(f"{how} ({reason}): {stats}" if stats else f"{how} ({reason})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,7 @@ class Unknown:
 
     @property
     def summary(self) -> str:
-        return one_line(f"unrecognised line: {self.type}")
+        return summary_line(f"unrecognised line: {self.type}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +182,7 @@ class Malformed:
 
     @property
     def summary(self) -> str:
-        return one_line(f"unreadable line ({self.error}): {self.raw}")
+        return summary_line(f"unreadable line ({self.error}): {self.raw}")
 
 
 StreamEvent = (
@@ -348,10 +352,10 @@ def tool_input_summary(name: str, tool_input: object) -> str:
     for key in (*_TOOL_KEYS.get(name, ()), *_FALLBACK_KEYS):
         value = tool_input.get(key)
         if isinstance(value, str) and value.strip():
-            return one_line(value)
+            return summary_line(value)
     for value in tool_input.values():
         if isinstance(value, str) and value.strip():
-            return one_line(value)
+            return summary_line(value)
     return ""
 
 
@@ -386,23 +390,48 @@ def _int(value: object) -> int | None:
     return None
 
 
-def outcome_of(result: Result | None, exit_code: int | None, stderr_tail: str) -> Outcome:
-    """How a run ended, from its result line (if any), exit code and the end of stderr.
+def failure_of(result: Result | None, exit_code: int | None, stderr_tail: str) -> RunFailure | None:
+    """Why a run failed, from its result line (if any), exit code and the end of stderr;
+    None when it succeeded.
 
     Decided by `is_error` and `terminal_reason`, never by `subtype`: an API failure
     after all retries ends with subtype "success" but is_error true (NOTES.md).
     """
-    tail = stderr_tail or None
     if result is None:
-        return Outcome(
-            state=TaskState.FAILED,
-            reason=_no_result_reason(exit_code, stderr_tail),
-            exit_code=exit_code,
-            stderr_tail=tail,
-        )
+        if exit_code is not None and exit_code > _SIGNAL_EXIT_BASE:
+            return RunFailure(FailureKind.KILLED, exit_code)
+        last = next((ln for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
+        return RunFailure(FailureKind.NO_RESULT, exit_code, detail=last)
+    if not result.is_error:
+        return None
+    reason = result.terminal_reason
+    if reason == "max_turns" or (reason is None and result.subtype == "error_max_turns"):
+        return RunFailure(FailureKind.MAX_TURNS, exit_code)
+    if reason == "api_error":
+        return RunFailure(FailureKind.API_ERROR, exit_code, api_status=result.api_error_status)
+    if result.subtype == "error_max_budget_usd":
+        return RunFailure(FailureKind.BUDGET, exit_code)
+    detail = "; ".join(e for e in result.errors if e) or result.result or ""
+    what = reason or result.subtype
+    return RunFailure(FailureKind.CLAUDE_ERROR, exit_code, what=what, detail=detail)
+
+
+def outcome_of(
+    result: Result | None,
+    exit_code: int | None,
+    stderr_tail: str,
+    words: Callable[[RunFailure], str],
+) -> Outcome:
+    """How a run ended; a failure is stated in `words` (report/render.failure_reason)."""
+    failure = failure_of(result, exit_code, stderr_tail)
+    tail = stderr_tail or None
+    state = TaskState.SUCCEEDED if failure is None else TaskState.FAILED
+    reason = None if failure is None else words(failure)
+    if result is None:
+        return Outcome(state=state, reason=reason, exit_code=exit_code, stderr_tail=tail)
     return Outcome(
-        state=TaskState.FAILED if result.is_error else TaskState.SUCCEEDED,
-        reason=_error_reason(result) if result.is_error else None,
+        state=state,
+        reason=reason,
         result=result.result,
         session_id=result.session_id,
         cost_usd=result.total_cost_usd,
@@ -411,30 +440,3 @@ def outcome_of(result: Result | None, exit_code: int | None, stderr_tail: str) -
         exit_code=exit_code,
         stderr_tail=tail,
     )
-
-
-def _error_reason(result: Result) -> str:
-    reason = result.terminal_reason
-    if reason == "max_turns" or (reason is None and result.subtype == "error_max_turns"):
-        return "max turns reached"
-    if reason == "api_error":
-        status = f" {result.api_error_status}" if result.api_error_status is not None else ""
-        return f"Claude API error{status} after retries"
-    if result.subtype == "error_max_budget_usd":
-        return "budget limit reached"
-    detail = "; ".join(e for e in result.errors if e) or result.result
-    what = reason or result.subtype or "error"
-    return one_line(
-        f"Claude Code failed ({what}): {detail}" if detail else f"Claude Code failed ({what})",
-        limit=400,
-    )
-
-
-def _no_result_reason(exit_code: int | None, stderr_tail: str) -> str:
-    if exit_code is None:
-        return "claude ended without a result or an exit code"
-    if exit_code > _SIGNAL_EXIT_BASE:
-        return f"claude exited {exit_code} without a result (killed)"
-    last = next((ln for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
-    suffix = f": {one_line(last, limit=300)}" if last else ""
-    return f"claude exited {exit_code} without a result{suffix}"

@@ -51,10 +51,6 @@ def task_directory(repo: str, number: int | None, task_id: int) -> str:
     return f"{WORK_ROOT}/{repo}/{number}"
 
 
-def dev_branch(agent: str, number: int | None, task_id: int) -> str:
-    return f"{agent}/{number}" if number is not None else f"{agent}/task-{task_id}"
-
-
 # What Claude Code reads from a working tree by itself, at any depth: settings with
 # hooks (shell commands), permissions and env; MCP servers; CLAUDE.md instructions;
 # commands, agents and skills. Plus .gitmodules (git fetch may follow it) and

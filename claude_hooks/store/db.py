@@ -112,7 +112,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 ALWAYS_KEPT = frozenset({"state", "result", "truncated"})
 # A task interrupted this many times is failed instead of re-queued again.
 MAX_INTERRUPTIONS = 2
-DRAIN_INTERRUPTION = "interrupted by shutdown — will resume"
 CRASH_INTERRUPTION = "interrupted: the daemon stopped while it ran (crash or kill)"
 
 

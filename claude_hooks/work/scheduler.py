@@ -12,10 +12,12 @@ scheduler stops runs through asyncio alone and records the state from *why* it
 stopped one:
 
 - user cancel → cancelled, "cancelled by @login"
-- timeout → failed, "timeout after N min"
+- timeout → failed, "timeout after 1 min 30 s"
 - drain (shutdown) → interrupted, "interrupted by shutdown — will resume"
 - precheck says the task no longer makes sense → cancelled, "skipped: <reason>"
 - execute raised → failed with the exception text
+
+(the words are report/render.py's, as everywhere people read them).
 
 Recording (store.finish, then on_change) runs in its own task, shielded from the
 run's cancellation, and the run's slot is freed only once the record is written:
@@ -33,7 +35,13 @@ from enum import StrEnum
 
 import structlog
 
-from claude_hooks.store.db import DRAIN_INTERRUPTION, RecoveryReport, Store, TaskNotFound
+from claude_hooks.report.render import (
+    INTERRUPTED_REASON,
+    cancelled_reason,
+    skipped_reason,
+    timeout_reason,
+)
+from claude_hooks.store.db import RecoveryReport, Store, TaskNotFound
 from claude_hooks.tasks import FINAL_STATES, Outcome, Task, TaskSpec, TaskState
 
 log = structlog.get_logger(__name__)
@@ -85,12 +93,6 @@ def pick_agent(
         if waiting.get(agent, 0) > 0 and running.get(agent, 0) < limit:
             return agent
     return None
-
-
-def format_duration(seconds: float) -> str:
-    if seconds >= 60:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
 
 
 def checked_outcome(outcome: object) -> Outcome:
@@ -201,7 +203,7 @@ class Scheduler:
 
     async def cancel(self, task_id: int, by: str) -> Task:
         """A queued task is cancelled at once; a running one is stopped, then recorded."""
-        reason = f"cancelled by {by}"
+        reason = cancelled_reason(by)
         run = self._running.get(task_id)
         if run is not None:
             if run.stop is None and run.job is not None:
@@ -323,11 +325,11 @@ class Scheduler:
     async def _attempt(self, run: _Run) -> Outcome | None:
         """Precheck, start and execute; the outcome to record, None for nothing to record."""
         try:
-            verdict = await self._checked(run.task)
-            if verdict.skip_reason is not None:
-                return Outcome(TaskState.CANCELLED, reason=f"skipped: {verdict.skip_reason}")
-            if verdict.spec is not None and verdict.spec != run.task.spec:
-                run.task = await self._store.update_spec(run.task.id, verdict.spec)
+            check = await self._checked(run.task)
+            if check.skip_reason is not None:
+                return Outcome(TaskState.CANCELLED, reason=skipped_reason(check.skip_reason))
+            if check.spec is not None and check.spec != run.task.spec:
+                run.task = await self._store.update_spec(run.task.id, check.spec)
             run.task = await self._store.mark_running(run.task.id)
             run.started = True
             log.info("task_started", attempt=run.task.attempts)
@@ -354,7 +356,7 @@ class Scheduler:
 
     async def _execute_within_timeout(self, task: Task) -> Outcome:
         limit = self._timeouts.get(task.spec.agent)
-        timed_out = Outcome(TaskState.FAILED, reason=f"timeout after {format_duration(limit or 0)}")
+        timed_out = Outcome(TaskState.FAILED, reason=timeout_reason(limit or 0))
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:
@@ -367,9 +369,9 @@ class Scheduler:
 
     def _stop_outcome(self, run: _Run) -> Outcome | None:
         if run.stop is StopReason.USER:
-            return Outcome(TaskState.CANCELLED, reason=f"cancelled by {run.stopped_by}")
+            return Outcome(TaskState.CANCELLED, reason=cancelled_reason(run.stopped_by))
         if run.started:
-            return Outcome(TaskState.INTERRUPTED, reason=DRAIN_INTERRUPTION)
+            return Outcome(TaskState.INTERRUPTED, reason=INTERRUPTED_REASON)
         return None  # drained before it started: it stays queued for the next start
 
     async def _complete(self, run: _Run, outcome: Outcome) -> None:

@@ -23,9 +23,12 @@ from enum import StrEnum
 from typing import Any
 
 from claude_hooks.forgejo.models import InlineComment
+from claude_hooks.report.render import comment_as_text
 
 
-class ReviewEvent(StrEnum):
+class ReviewState(StrEnum):
+    """The state a posted review has on Forgejo (its API's "event" when creating one)."""
+
     APPROVED = "APPROVED"
     REQUEST_CHANGES = "REQUEST_CHANGES"
     COMMENT = "COMMENT"
@@ -33,22 +36,22 @@ class ReviewEvent(StrEnum):
 
 # Spellings Claude has been seen to use (GitHub's among them), squeezed to letters.
 _EVENT_SPELLINGS = {
-    "approved": ReviewEvent.APPROVED,
-    "approve": ReviewEvent.APPROVED,
-    "approval": ReviewEvent.APPROVED,
-    "lgtm": ReviewEvent.APPROVED,
-    "requestchanges": ReviewEvent.REQUEST_CHANGES,
-    "requestedchanges": ReviewEvent.REQUEST_CHANGES,
-    "changesrequested": ReviewEvent.REQUEST_CHANGES,
-    "reject": ReviewEvent.REQUEST_CHANGES,
-    "rejected": ReviewEvent.REQUEST_CHANGES,
-    "comment": ReviewEvent.COMMENT,
-    "commented": ReviewEvent.COMMENT,
+    "approved": ReviewState.APPROVED,
+    "approve": ReviewState.APPROVED,
+    "approval": ReviewState.APPROVED,
+    "lgtm": ReviewState.APPROVED,
+    "requestchanges": ReviewState.REQUEST_CHANGES,
+    "requestedchanges": ReviewState.REQUEST_CHANGES,
+    "changesrequested": ReviewState.REQUEST_CHANGES,
+    "reject": ReviewState.REQUEST_CHANGES,
+    "rejected": ReviewState.REQUEST_CHANGES,
+    "comment": ReviewState.COMMENT,
+    "commented": ReviewState.COMMENT,
 }
 
 DEFAULT_BODIES = {
-    ReviewEvent.REQUEST_CHANGES: "Changes requested; see the inline comments.",
-    ReviewEvent.COMMENT: "Review comments are inline.",
+    ReviewState.REQUEST_CHANGES: "Changes requested; see the inline comments.",
+    ReviewState.COMMENT: "Review comments are inline.",
 }
 
 
@@ -63,7 +66,7 @@ class VerdictComment:
 
 @dataclass(frozen=True)
 class ReviewVerdict:
-    event: ReviewEvent
+    event: ReviewState
     body: str
     comments: tuple[VerdictComment, ...] = ()
 
@@ -72,7 +75,7 @@ class ReviewVerdict:
 class ValidatedVerdict:
     """A review ready to post: every inline comment sits on a line the diff shows."""
 
-    event: ReviewEvent
+    event: ReviewState
     body: str
     comments: tuple[InlineComment, ...] = ()
     moved: tuple[VerdictComment, ...] = ()  # comments outside the diff, now in the body
@@ -143,7 +146,7 @@ def _last_object_with(text: str, key: str) -> _Found | None:
 # ---------------------------------------------------------------- review verdict
 
 
-def normalise_event(value: object) -> ReviewEvent | None:
+def normalise_event(value: object) -> ReviewState | None:
     if not isinstance(value, str):
         return None
     return _EVENT_SPELLINGS.get(re.sub(r"[^a-z]", "", value.lower()))
@@ -194,7 +197,7 @@ def parse_review_verdict(result_text: str) -> ReviewVerdict | None:
 
 def fallback_verdict(result_text: str) -> ValidatedVerdict:
     body = result_text.strip() or "The review produced no text."
-    return ValidatedVerdict(ReviewEvent.COMMENT, body, fallback=True)
+    return ValidatedVerdict(ReviewState.COMMENT, body, fallback=True)
 
 
 # ---------------------------------------------------------------- the diff
@@ -279,15 +282,12 @@ def validate_against_diff(verdict: ReviewVerdict, diff_text: str) -> ValidatedVe
             moved.append(comment)
     body = verdict.body.strip()
     if moved:
-        body = "\n\n".join([body, *(_moved_text(c) for c in moved)]).strip()
-    if not body and verdict.event is not ReviewEvent.APPROVED:
+        body = "\n\n".join(
+            [body, *(comment_as_text(c.path, c.line, c.body) for c in moved)]
+        ).strip()
+    if not body and verdict.event is not ReviewState.APPROVED:
         body = DEFAULT_BODIES[verdict.event]
     return ValidatedVerdict(verdict.event, body, tuple(inline), tuple(moved))
-
-
-def _moved_text(comment: VerdictComment) -> str:
-    where = f"{comment.path}:{comment.line}" if comment.line else comment.path
-    return f"(on {where}) {comment.body}"
 
 
 def review_from_result(result_text: str | None, diff_text: str) -> ValidatedVerdict:

@@ -3,15 +3,15 @@
 The scheduler calls `precheck` and `execute`; `execute` walks the steps in order:
 container → thread context → workspace → prompt → `claude -p` (events to the log,
 the store and the progress comment) → what the role delivers (a pushed branch and
-a pull request, a review, a merge). Reporting on state changes goes through
-`TaskReports`, which keeps each task's Forgejo writes in order without ever
-holding up the scheduler.
+a pull request, a review, a merge: work/delivery.py). The steps go to the tracking
+comment through report/tracker.py's `TaskReports`, which keeps each task's Forgejo
+writes in order without ever holding up the scheduler.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import structlog
@@ -20,14 +20,16 @@ from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, re
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
 from claude_hooks.intake.reader import PermissionCache
-from claude_hooks.report.tracker import INTERRUPTED_REASON, Reporter
+from claude_hooks.report.render import delivery_failed_reason, failure_reason, with_merge_note
+from claude_hooks.report.tracker import TaskReports
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
-from claude_hooks.runner.execution import ExecResult
+from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.runtime import AgentRuntime
 from claude_hooks.runner.stream import StreamEvent, outcome_of
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
+from claude_hooks.work.delivery import Delivery
 from claude_hooks.work.prompts import (
     PromptContext,
     branch_name,
@@ -39,8 +41,6 @@ from claude_hooks.work.scheduler import Precheck
 from claude_hooks.work.verdict import LeadAction, parse_lead_verdict, review_from_result
 
 log = structlog.get_logger(__name__)
-
-STEPS_SHOWN = 10  # checklist lines in the progress comment
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,6 @@ class ThreadFacts:
     clone_url: str
 
 
-def outcome_of_task(task: Task) -> Outcome:
-    """The outcome a stored task records, for the final report."""
-    return Outcome(
-        state=task.state,
-        reason=task.error,
-        result=task.result,
-        session_id=task.session_id,
-        cost_usd=task.cost_usd,
-        num_turns=task.num_turns,
-        duration_ms=task.duration_ms,
-        links=task.links,
-    )
-
-
 def workspace_plan(
     task: Task, agent: AgentConfig, facts: ThreadFacts | None
 ) -> workspace.WorkspacePlan:
@@ -77,28 +63,36 @@ def workspace_plan(
     path = workspace.task_directory(spec.repo, spec.number, task.id)
     if facts is None or not facts.clone_url or not agent.checkout:
         return workspace.WorkspacePlan(path=path, checkout=workspace.Checkout.NONE)
-    common = {"path": path, "clone_url": facts.clone_url, "base": facts.default_branch}
+    default = workspace.WorkspacePlan(
+        path=path,
+        checkout=workspace.Checkout.DEFAULT,
+        clone_url=facts.clone_url,
+        base=facts.default_branch,
+    )
     if agent.role is Role.DEV and facts.pull is None:
-        branch = branch_name(task)
-        return workspace.WorkspacePlan(checkout=workspace.Checkout.BRANCH, branch=branch, **common)
+        return replace(default, checkout=workspace.Checkout.BRANCH, branch=branch_name(task))
     if facts.pull is not None:
-        return workspace.WorkspacePlan(
-            checkout=workspace.Checkout.PULL_HEAD, pull_number=facts.pull.number,
-            head_sha=spec.head_sha or facts.pull.head_sha, **common,
-        )  # fmt: skip
-    return workspace.WorkspacePlan(checkout=workspace.Checkout.DEFAULT, **common)
+        return replace(
+            default,
+            checkout=workspace.Checkout.PULL_HEAD,
+            pull_number=facts.pull.number,
+            head_sha=spec.head_sha or facts.pull.head_sha,
+        )
+    return default
 
 
-class Progress:
-    """The run's checklist: the last few steps, one line each."""
+@dataclass(frozen=True)
+class TaskRun:
+    """One run of a task: what every step after reading the thread needs."""
 
-    def __init__(self) -> None:
-        self.steps: list[str] = []
-
-    def note(self, step: str) -> tuple[str, ...]:
-        self.steps.append(step)
-        del self.steps[:-STEPS_SHOWN]
-        return tuple(self.steps)
+    task: Task
+    agent: AgentConfig
+    facts: ThreadFacts | None  # None: an API task without a thread
+    plan: workspace.WorkspacePlan
+    env: tuple[str, ...]  # the Claude exec's: never the Forgejo token
+    git_env: tuple[str, ...]  # clone and push: the token, as a header
+    step: Callable[[str], None]  # one line more on the tracking comment's checklist
+    log: structlog.typing.FilteringBoundLogger
 
 
 class TaskWorker:
@@ -111,6 +105,7 @@ class TaskWorker:
         runtime: AgentRuntime,
         client_for: Callable[[str], ForgejoClient],
         reports: TaskReports,
+        delivery: Delivery,
         *,
         daemon_id: str,
         stop_grace: float = 10.0,
@@ -120,6 +115,7 @@ class TaskWorker:
         self._runtime = runtime
         self._client_for = client_for
         self._reports = reports
+        self._delivery = delivery
         self._daemon_id = daemon_id
         self._stop_grace = stop_grace
         self._permissions: dict[str, PermissionCache] = {}
@@ -147,6 +143,28 @@ class TaskWorker:
     # --- execute ----------------------------------------------------------------------------
 
     async def execute(self, task: Task) -> Outcome:
+        run = await self._start(task)
+        session = await self._store.last_session(run.agent.name, task.spec.repo, task.spec.number)
+        prompt = self._prompt(run, follow_up=session is not None)
+        run.log.info("claude_started", resume=session, workdir=run.plan.path)
+        result = await self._claude(run, prompt, session)
+        outcome = outcome_of(
+            result.result_event, result.exit_code, result.stderr_tail, failure_reason
+        )
+        if outcome.state is TaskState.SUCCEEDED:
+            outcome = await self._deliver(run, outcome)
+        run.log.info(
+            "claude_finished",
+            state=str(outcome.state),
+            reason=outcome.reason,
+            cost_usd=outcome.cost_usd,
+            turns=outcome.num_turns,
+            lines=result.lines,
+        )
+        return outcome
+
+    async def _start(self, task: Task) -> TaskRun:
+        """The container, the thread's facts and the prepared working tree."""
         agent = self._config.agent(task.spec.agent)
         # Claude reads these credentials, so they may show up in what it prints: redact
         # the values the file holds now (it may have been rewritten since the start).
@@ -154,11 +172,7 @@ class TaskWorker:
         bound = log.bind(
             task_id=task.id, agent=agent.name, repo=task.spec.repo, number=task.spec.number
         )
-        progress = Progress()
-
-        def step(text: str) -> None:
-            self._reports.progress(task, progress.note(text))
-
+        step = self._reports.checklist(task)
         step("starting the agent's container")
         facts = await self._thread_facts(task) if task.spec.number is not None else None
         env = exec_env(
@@ -169,73 +183,51 @@ class TaskWorker:
         plan = workspace_plan(task, agent, facts)
         step(f"preparing {plan.path}")
         await self._runtime.prepare(agent, plan, git_env)
-        session = await self._store.last_session(agent.name, task.spec.repo, task.spec.number)
-        prompt = self._prompt(
-            task, agent, facts, follow_up=session is not None,
-            config_from_base=plan.checkout is workspace.Checkout.PULL_HEAD,
-        )  # fmt: skip
-        bound.info("claude_started", resume=session, workdir=plan.path)
-        result = await self._run(task, agent, env, plan, prompt, session, step, bound)
-        outcome = outcome_of(result.result_event, result.exit_code, result.stderr_tail)
-        if outcome.state is TaskState.SUCCEEDED:
-            outcome = await self._deliver(task, agent, git_env, plan, facts, outcome, step)
-        bound.info(
-            "claude_finished",
-            state=str(outcome.state),
-            reason=outcome.reason,
-            cost_usd=outcome.cost_usd,
-            turns=outcome.num_turns,
-            lines=result.lines,
-        )
-        return outcome
+        return TaskRun(task, agent, facts, plan, tuple(env), tuple(git_env), step, bound)
 
-    async def _run(
-        self,
-        task: Task,
-        agent: AgentConfig,
-        env: list[str],
-        plan: workspace.WorkspacePlan,
-        prompt: str,
-        session: str | None,
-        step: Callable[[str], None],
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> ExecResult:
-        sink = self._store.event_sink(task.id)
+    async def _claude(self, run: TaskRun, prompt: str, session: str | None) -> ExecResult:
+        sink = self._store.event_sink(run.task.id)
 
         def on_event(event: StreamEvent) -> None:
             sink.add(event.kind, event.summary, event.raw)
-            bound.info("claude_event", type=event.kind, text=event.summary)
+            run.log.info("claude_event", type=event.kind, text=event.summary)
             if event.kind in ("tool_use", "api_retry", "permission_denied"):
-                step(event.summary)
+                run.step(event.summary)
 
+        agent = run.agent
         argv = claude_argv(agent, session_id=session, system_prompt=system_prompt(agent.role))
+        claude = ClaudeExec(
+            task_id=run.task.id,
+            argv=tuple(argv),
+            env=run.env,
+            stdin=prompt.encode(),
+            workdir=run.plan.path,
+            stop_grace=self._stop_grace,
+        )
         try:
-            return await self._runtime.run(
-                agent, argv=argv, env=env, stdin=prompt.encode(), workdir=plan.path,
-                task_id=task.id, on_event=on_event, stop_grace=self._stop_grace,
-            )  # fmt: skip
+            return await self._runtime.run(agent, claude, on_event)
         finally:
             await asyncio.shield(sink.close())
 
-    def _prompt(
-        self,
-        task: Task,
-        agent: AgentConfig,
-        facts: ThreadFacts | None,
-        *,
-        follow_up: bool,
-        config_from_base: bool,
-    ) -> str:
+    def _prompt(self, run: TaskRun, *, follow_up: bool) -> str:
+        task, facts = run.task, run.facts
         if facts is None:
             return task.spec.request
         ctx = PromptContext(
-            task=task, repo=task.spec.repo, issue=facts.issue, pull=facts.pull,
-            comments=facts.comments, writers=facts.writers,
-            agents=frozenset(a.lower() for a in self._config.agent_names), diff=facts.diff,
-            is_follow_up=follow_up, default_branch=facts.default_branch,
-            config_from_base=config_from_base,
-        )  # fmt: skip
-        return build_prompt(agent.role, ctx, load_template(agent.role, agent.prompt_file))
+            task=task,
+            repo=task.spec.repo,
+            issue=facts.issue,
+            pull=facts.pull,
+            comments=facts.comments,
+            writers=facts.writers,
+            agents=frozenset(a.lower() for a in self._config.agent_names),
+            diff=facts.diff,
+            is_follow_up=follow_up,
+            default_branch=facts.default_branch,
+            config_from_base=run.plan.checkout is workspace.Checkout.PULL_HEAD,
+        )
+        role, template = run.agent.role, load_template(run.agent.role, run.agent.prompt_file)
+        return build_prompt(role, ctx, template)
 
     async def _thread_facts(self, task: Task) -> ThreadFacts:
         spec = task.spec
@@ -264,68 +256,46 @@ class TaskWorker:
 
     # --- delivery ---------------------------------------------------------------------------
 
-    async def _deliver(
-        self,
-        task: Task,
-        agent: AgentConfig,
-        env: list[str],
-        plan: workspace.WorkspacePlan,
-        facts: ThreadFacts | None,
-        outcome: Outcome,
-        step: Callable[[str], None],
-    ) -> Outcome:
+    async def _deliver(self, run: TaskRun, outcome: Outcome) -> Outcome:
+        facts, role = run.facts, run.agent.role
         if facts is None:
             return outcome
         try:
-            if plan.checkout is workspace.Checkout.BRANCH:
-                return await self._deliver_branch(task, agent, env, plan, facts, outcome, step)
-            if facts.pull is not None and agent.role is Role.REVIEWER:
-                step("posting the review")
+            if run.plan.checkout is workspace.Checkout.BRANCH:
+                return await self._deliver_branch(run, facts, outcome)
+            if facts.pull is not None and role is Role.REVIEWER:
+                run.step("posting the review")
                 review = review_from_result(outcome.result, facts.diff or "")
-                await self._reports.reporter.post_review(task, review, _head_sha(task, facts))
+                await self._delivery.post_review(run.task, review, _head_sha(run.task, facts))
                 return outcome
-            if facts.pull is not None and agent.role is Role.LEAD:
-                return await self._deliver_merge(task, agent, facts, outcome, step)
+            if facts.pull is not None and role is Role.LEAD:
+                return await self._deliver_merge(run, facts, outcome)
         except (ForgejoError, workspace.WorkspaceError) as exc:
-            return replace(outcome, state=TaskState.FAILED, reason=f"delivering failed: {exc}")
+            return replace(outcome, state=TaskState.FAILED, reason=delivery_failed_reason(exc))
         return outcome
 
-    async def _deliver_branch(
-        self,
-        task: Task,
-        agent: AgentConfig,
-        env: list[str],
-        plan: workspace.WorkspacePlan,
-        facts: ThreadFacts,
-        outcome: Outcome,
-        step: Callable[[str], None],
-    ) -> Outcome:
-        step(f"pushing {plan.branch}")
-        published = await self._runtime.publish(agent, plan, env)
+    async def _deliver_branch(self, run: TaskRun, facts: ThreadFacts, outcome: Outcome) -> Outcome:
+        plan = run.plan
+        run.step(f"pushing {plan.branch}")
+        published = await self._runtime.publish(run.agent, plan, run.git_env)
         if published.commits == 0:
             return outcome
-        title = facts.issue.title if facts.issue.title else f"Work on #{task.spec.number}"
-        url = await self._reports.reporter.open_or_update_pull(
-            task, plan.branch, plan.base, title, outcome.result or "", review_by=agent.review_by
+        title = facts.issue.title or f"Work on #{run.task.spec.number}"
+        summary, review_by = outcome.result or "", run.agent.review_by
+        url = await self._delivery.open_or_update_pull(
+            run.task, plan.branch, plan.base, title, summary, review_by=review_by
         )
-        step(f"pull request {url}")
+        run.step(f"pull request {url}")
         return replace(outcome, links=(*outcome.links, url))
 
-    async def _deliver_merge(
-        self,
-        task: Task,
-        agent: AgentConfig,
-        facts: ThreadFacts,
-        outcome: Outcome,
-        step: Callable[[str], None],
-    ) -> Outcome:
+    async def _deliver_merge(self, run: TaskRun, facts: ThreadFacts, outcome: Outcome) -> Outcome:
         verdict = parse_lead_verdict(outcome.result or "")
         if verdict.action is not LeadAction.MERGE:
             return outcome
-        step("merging")
-        merged = await self._reports.reporter.merge(task, agent.merge_style, _head_sha(task, facts))
-        note = f"merge: {merged.detail}"
-        return replace(outcome, result=f"{outcome.result or ''}\n\n{note}".strip())
+        run.step("merging")
+        head_sha = _head_sha(run.task, facts)
+        merged = await self._delivery.merge(run.task, run.agent.merge_style, head_sha)
+        return replace(outcome, result=with_merge_note(outcome.result, merged.detail))
 
 
 def _head_sha(task: Task, facts: ThreadFacts) -> str:
@@ -336,67 +306,8 @@ def _head_sha(task: Task, facts: ThreadFacts) -> str:
 def _git_identity(agent: AgentConfig) -> dict[str, str]:
     email = f"{agent.name}@claude-hooks.invalid"
     return {
-        "GIT_AUTHOR_NAME": agent.name, "GIT_AUTHOR_EMAIL": email,
-        "GIT_COMMITTER_NAME": agent.name, "GIT_COMMITTER_EMAIL": email,
-    }  # fmt: skip
-
-
-class TaskReports:
-    """Each task's Forgejo writes, in order, off the scheduler's path.
-
-    The scheduler waits for on_change before it dispatches the next task; a
-    Forgejo round trip there would slow every start. So each change queues its
-    report on the task's own chain and returns at once; `close` lets the chains
-    finish (bounded) at shutdown.
-    """
-
-    def __init__(
-        self, reporter: Reporter, store: Store, scheduler_position: Callable[[int], int | None]
-    ) -> None:
-        self.reporter = reporter
-        self._store = store
-        self._position = scheduler_position
-        self._chains: dict[int, asyncio.Task[None]] = {}
-
-    def _chain(self, task_id: int, make: Callable[[], Awaitable[None]]) -> None:
-        previous = self._chains.get(task_id)
-
-        async def run() -> None:
-            if previous is not None:
-                await asyncio.gather(previous, return_exceptions=True)
-            try:
-                await make()
-            except Exception:
-                log.exception("report_failed", task_id=task_id)
-
-        chain = asyncio.create_task(run(), name=f"report-{task_id}")
-        self._chains[task_id] = chain
-        chain.add_done_callback(
-            lambda t: self._chains.get(task_id) is t and self._chains.pop(task_id)
-        )
-
-    async def on_change(self, task: Task) -> None:
-        if task.spec.number is None:
-            return
-        if task.state is TaskState.QUEUED:
-            self._chain(task.id, lambda: self._acknowledge(task))
-        elif task.state.is_final or task.state is TaskState.INTERRUPTED:
-            outcome = outcome_of_task(task)
-            if task.state is TaskState.INTERRUPTED and not outcome.reason:
-                outcome = replace(outcome, reason=INTERRUPTED_REASON)
-            self._chain(task.id, lambda: self.reporter.finish(task, outcome))
-
-    def progress(self, task: Task, steps: tuple[str, ...]) -> None:
-        if task.spec.number is not None:
-            self._chain(task.id, lambda: self.reporter.progress(task, steps))
-
-    async def _acknowledge(self, task: Task) -> None:
-        comment_id = await self.reporter.acknowledge(task, self._position(task.id))
-        if comment_id is not None and comment_id != task.tracking_comment_id:
-            await self._store.set_tracking_comment(task.id, comment_id)
-
-    async def close(self, limit: float = 10.0) -> None:
-        pending = list(self._chains.values())
-        if pending:
-            await asyncio.wait(pending, timeout=limit)
-        await self.reporter.close()
+        "GIT_AUTHOR_NAME": agent.name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": agent.name,
+        "GIT_COMMITTER_EMAIL": email,
+    }

@@ -26,7 +26,7 @@ import aiohttp
 
 from claude_hooks.config import Config
 from claude_hooks.demo.sim.forgejo import ForgejoSim
-from claude_hooks.report.tracker import find_marker
+from claude_hooks.text import find_marker
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
 

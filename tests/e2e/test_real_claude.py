@@ -25,8 +25,8 @@ from claude_hooks.config import Config
 from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.demo.sim.git import git_available
-from claude_hooks.report.tracker import find_marker, format_cost
 from claude_hooks.tasks import Task, TaskState
+from claude_hooks.text import find_marker, format_cost
 from tests.e2e.claude_cli import CLAUDE_CODE_VERSION, installed_claude  # noqa: F401
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, unavailable  # noqa: F401
 from tests.fakes.configs import ConfigFactory

@@ -1,0 +1,259 @@
+"""The words people read on Forgejo, in one place: pure functions, no I/O.
+
+Phases of the tracking comment, why a run ended (timeout, max turns, API error,
+cancelled, skipped, interrupted…), durations and costs, the tracking comment
+itself, the pull request body and the review body. The scheduler, the worker and
+the delivery all take their words from here, so one fact reads the same wherever
+it is shown; the runner reports facts (`RunFailure`) and this module words them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+
+from claude_hooks.tasks import FailureKind, Outcome, RunFailure, Task, TaskState
+from claude_hooks.text import (
+    defuse_mentions,
+    fence,
+    format_cost,
+    format_duration,
+    marker,
+    one_line,
+    strip_markers,
+)
+
+Redact = Callable[[str], str]
+
+MAX_STEPS = 10  # checklist lines in the progress comment
+MAX_STEP_CHARS = 160
+MAX_RESULT_CHARS = 30_000  # Forgejo stores comments as TEXT: keep well under 64 KiB
+MAX_REASON_CHARS = 400
+MAX_STDERR_LINE_CHARS = 300
+STDERR_TAIL_LINES = 40
+STDERR_TAIL_CHARS = 4_000
+
+
+# ---------------------------------------------------------------- phases
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"
+    WORKING = "working"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (Phase.QUEUED, Phase.WORKING)
+
+
+def phase_of(outcome: Outcome) -> Phase:
+    return {
+        TaskState.SUCCEEDED: Phase.SUCCEEDED,
+        TaskState.CANCELLED: Phase.CANCELLED,
+        TaskState.INTERRUPTED: Phase.INTERRUPTED,
+    }.get(outcome.state, Phase.FAILED)
+
+
+# ---------------------------------------------------------------- why a run ended
+
+INTERRUPTED_REASON = "interrupted by shutdown — will resume"
+
+
+def timeout_reason(seconds: float) -> str:
+    return f"timeout after {format_duration(seconds, round_to_minutes=True)}"
+
+
+def max_turns_reason(max_turns: int | None = None) -> str:
+    return "max turns reached" + (f" ({max_turns})" if max_turns else "")
+
+
+def api_error_reason(status: int | None) -> str:
+    return (
+        f"Claude API error {status} after retries" if status else "Claude API error after retries"
+    )
+
+
+def cancelled_reason(by: str | None = None) -> str:
+    return f"cancelled by {by}" if by else "cancelled"
+
+
+def skipped_reason(why: str) -> str:
+    return f"skipped: {why}"
+
+
+def delivery_failed_reason(error: Exception) -> str:
+    return f"delivering failed: {error}"
+
+
+def with_merge_note(result: str | None, detail: str) -> str:
+    """A lead's answer, then what its merge did (or why it did not merge)."""
+    return f"{result or ''}\n\nmerge: {detail}".strip()
+
+
+def failure_reason(failure: RunFailure) -> str:
+    """The runner's facts about a failed run, in words."""
+    match failure.kind:
+        case FailureKind.MAX_TURNS:
+            return max_turns_reason()
+        case FailureKind.API_ERROR:
+            return api_error_reason(failure.api_status)
+        case FailureKind.BUDGET:
+            return "budget limit reached"
+        case FailureKind.CLAUDE_ERROR:
+            what = failure.what or "error"
+            said = f": {failure.detail}" if failure.detail else ""
+            return one_line(f"Claude Code failed ({what}){said}", MAX_REASON_CHARS)
+        case FailureKind.KILLED:
+            return f"claude exited {failure.exit_code} without a result (killed)"
+        case FailureKind.NO_RESULT if failure.exit_code is None:
+            return "claude ended without a result or an exit code"
+        case FailureKind.NO_RESULT:
+            last = one_line(failure.detail, MAX_STDERR_LINE_CHARS)
+            return f"claude exited {failure.exit_code} without a result" + (
+                f": {last}" if last else ""
+            )
+
+
+def reason_in_words(outcome: Outcome) -> str:
+    """Why a run ended badly, for people: the runner's words, else what the state says."""
+    if outcome.reason:
+        return outcome.reason
+    if outcome.state is TaskState.CANCELLED:
+        return cancelled_reason()
+    if outcome.state is TaskState.INTERRUPTED:
+        return INTERRUPTED_REASON
+    if outcome.state is TaskState.FAILED:
+        code = outcome.exit_code
+        return f"Claude Code exited with code {code}" if code else "failed for an unknown reason"
+    return ""
+
+
+# ---------------------------------------------------------------- the tracking comment
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def stderr_tail(stderr: str) -> str:
+    lines = _ANSI.sub("", stderr).rstrip().splitlines()[-STDERR_TAIL_LINES:]
+    return "\n".join(lines)[-STDERR_TAIL_CHARS:]
+
+
+def render_checklist(steps: Sequence[str], *, done: bool) -> str:
+    """The latest steps as a task list; the last one is in progress unless done."""
+    shown = list(steps)[-MAX_STEPS:]
+    lines = [f"- … {len(steps) - len(shown)} earlier steps"] if len(steps) > len(shown) else []
+    for i, step in enumerate(shown):
+        box = "x" if done or i < len(shown) - 1 else " "
+        lines.append(f"- [{box}] {one_line(strip_markers(step), MAX_STEP_CHARS)}")
+    return "\n".join(lines)
+
+
+def _elapsed(task: Task, outcome: Outcome | None, now: float) -> float | None:
+    if task.started_at is not None:
+        return (task.finished_at or now) - task.started_at
+    if outcome is not None and outcome.duration_ms is not None:
+        return outcome.duration_ms / 1000
+    return None
+
+
+def render_stats(task: Task, outcome: Outcome, now: float) -> str:
+    parts = [f"status: {outcome.state.value}"]
+    if (elapsed := _elapsed(task, outcome, now)) is not None:
+        parts.append(format_duration(elapsed))
+    turns = outcome.num_turns if outcome.num_turns is not None else task.num_turns
+    if turns is not None:
+        parts.append(f"{turns} turn" + ("" if turns == 1 else "s"))
+    cost = outcome.cost_usd if outcome.cost_usd is not None else task.cost_usd
+    if cost is not None:
+        parts.append(format_cost(cost))
+    return " · ".join(parts)
+
+
+_HEADLINES = {
+    Phase.SUCCEEDED: "✅ **Done**",
+    Phase.FAILED: "❌ **Failed: {reason}**",
+    Phase.CANCELLED: "🛑 **{reason}**",
+    Phase.INTERRUPTED: "⏸️ **{reason}**",
+}
+
+
+def _headline(phase: Phase, outcome: Outcome) -> str:
+    reason = reason_in_words(outcome)
+    return _HEADLINES[phase].format(reason=reason[:1].upper() + reason[1:])
+
+
+def _final_body(task: Task, phase: Phase, outcome: Outcome, now: float) -> list[str]:
+    parts = [_headline(phase, outcome), render_stats(task, outcome, now)]
+    result = strip_markers((outcome.result or "").strip())
+    if len(result) > MAX_RESULT_CHARS:
+        result = result[:MAX_RESULT_CHARS] + "\n\n[… truncated]"
+    if result:
+        parts.append(result)
+    links = outcome.links or task.links
+    if links:
+        parts.append("\n".join(f"- {link}" for link in links))
+    if phase is Phase.FAILED and outcome.stderr_tail and outcome.stderr_tail.strip():
+        tail = fence(stderr_tail(outcome.stderr_tail), "text")
+        parts.append(f"<details><summary>Last lines of stderr</summary>\n\n{tail}\n\n</details>")
+    return parts
+
+
+def render_tracking(
+    task: Task,
+    phase: Phase,
+    *,
+    position: int | None = None,
+    steps: Sequence[str] = (),
+    outcome: Outcome | None = None,
+    now: float,
+    redact: Redact,
+) -> str:
+    """The whole tracking comment for one phase; `redact` hides secrets in every part."""
+    parts = [marker(task.id)]
+    if phase is Phase.QUEUED:
+        where = f" — position {position} in {task.spec.agent}'s queue" if position else ""
+        parts.append(f"⏳ **Queued**{where}. Requested by {task.spec.requested_by}.")
+    elif phase is Phase.WORKING:
+        since = task.started_at if task.started_at is not None else now
+        parts.append(f"🔧 **Working** for {format_duration(now - since)}…")
+        if steps:
+            parts.append(render_checklist(steps, done=False))
+    else:
+        if outcome is None:
+            raise ValueError(f"render_tracking: phase {phase} needs an outcome")
+        parts += _final_body(task, phase, outcome, now)
+    parts.append(f"<sub>claude-hooks task {task.id} · {task.spec.agent}</sub>")
+    # The marker goes back first after redaction, which could never touch it anyway.
+    return redact(defuse_mentions("\n\n".join(parts)))
+
+
+# ---------------------------------------------------------------- pull request and review
+
+
+def pull_body(task: Task, summary: str) -> str:
+    """Body of the PR a dev task opens: its summary, the closing keyword, our marker."""
+    spec = task.spec
+    closes = f"\n\nCloses #{spec.number}" if spec.number is not None and not spec.is_pull else ""
+    asked = f"\n\nRequested by {spec.requested_by} in {spec.thread}." if spec.number else ""
+    return defuse_mentions(f"{marker(task.id)}\n{strip_markers(summary).strip()}{closes}{asked}")
+
+
+def review_body(task: Task, body: str) -> str:
+    return defuse_mentions(f"{marker(task.id)}\n{strip_markers(body).strip()}")
+
+
+def comment_only_note(intended: str) -> str:
+    """Added to a review Forgejo would only take as a comment (e.g. on the agent's own PR)."""
+    return f"(Verdict: {intended}; Forgejo only accepted a comment review.)"
+
+
+def comment_as_text(path: str, line: int | None, body: str) -> str:
+    """An inline comment that cannot sit on a line of the diff, moved into the review body."""
+    where = f"{path}:{line}" if line else path
+    return f"(on {where}) {body}"
