@@ -279,6 +279,17 @@ async def test_a_conflicting_divergence_fails_prepare_with_the_reason(scripts: S
     assert not (Path(plan.path) / ".git" / "rebase-merge").exists()  # no rebase left half-done
 
 
+async def test_a_kept_tree_fetches_from_where_the_plan_says_now(scripts: Scripts) -> None:
+    # A tree kept for follow-ups remembers the URL it was cloned from; after forgejo.url
+    # changed (or a test's simulator moved to another port) every fetch went there.
+    plan = scripts.plan(workspace.Checkout.BRANCH, branch="dev/3")
+    assert (await scripts.run(workspace.prepare_args(plan)))[0] == 0
+    moved = ["git", "-C", plan.path, "remote", "set-url", "origin", "http://127.0.0.1:9/x.git"]
+    assert (await scripts.run(moved))[0] == 0
+    code, out = await scripts.run(workspace.prepare_args(plan))
+    assert code == 0, out
+
+
 async def test_nothing_committed_means_nothing_pushed(scripts: Scripts) -> None:
     plan = scripts.plan(workspace.Checkout.BRANCH, branch="dev/2")
     assert (await scripts.run(workspace.prepare_args(plan)))[0] == 0

@@ -93,6 +93,8 @@ mkdir -p "$dir"
 [ "$mode" = none ] && exit 0
 command -v git >/dev/null 2>&1 || { echo "git is not installed in this image" >&2; exit 127; }
 if [ -d "$dir/.git" ]; then
+    # The tree was cloned from what forgejo.url said then: fetch from where it says now.
+    git -C "$dir" remote set-url origin "$url"
     git -C "$dir" fetch --quiet --prune --no-recurse-submodules origin
 else
     git clone --quiet --no-checkout "$url" "$dir"
