@@ -42,7 +42,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
-    from claude_hooks.daemon import run_daemon
+    from claude_hooks.daemon import EXIT_STORE, run_daemon
     from claude_hooks.log import setup_logging
     from claude_hooks.store import StoreError
 
@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(run_daemon(config))
     except StoreError as exc:  # a broken state dir is the operator's to fix: say so, no traceback
         structlog.get_logger(__name__).error("daemon_start_failed", path=exc.path, error=str(exc))
-        return EXIT_FAIL
+        return EXIT_STORE
 
 
 Handler = Callable[[argparse.Namespace], int]

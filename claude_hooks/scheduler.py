@@ -169,13 +169,16 @@ class Scheduler:
         self._dispatch()
         return report
 
-    async def drain(self, drain_timeout: float, *, skip: asyncio.Event | None = None) -> bool:
+    async def drain(
+        self, drain_timeout: float, *, skip: asyncio.Event | None = None
+    ) -> tuple[int, ...]:
         """Stop dispatching; let running tasks end until the timeout (or `skip`), then
-        interrupt the rest. True if nothing had to be interrupted."""
+        interrupt the rest. The ids of the tasks cut short (they resume on the next
+        start); empty when every running task ended in time."""
         self._draining = True
         runs = list(self._running.values())
         if await _wait_released(runs, drain_timeout, skip):
-            return True
+            return ()
         left = [run for run in runs if not run.released.done()]
         for run in left:
             if run.stop is None and run.job is not None:
@@ -184,7 +187,7 @@ class Scheduler:
         if left:
             await asyncio.wait([run.released for run in left])
         log.warning("drain_interrupted", tasks=[run.task.id for run in left])
-        return not left
+        return tuple(run.task.id for run in left)
 
     # --- requests ---
 

@@ -267,7 +267,7 @@ async def test_drain_lets_tasks_that_end_in_time_finish(
     drain = asyncio.create_task(scheduler.drain(5))
     await asyncio.sleep(0.02)
     runner.release(running.id)
-    assert await asyncio.wait_for(drain, 2) is True
+    assert await asyncio.wait_for(drain, 2) == ()
     assert await state_of(store, running.id) is TaskState.SUCCEEDED
     assert await state_of(store, queued.id) is TaskState.QUEUED  # resumes on the next start
     assert runner.started_ids == [running.id]
@@ -280,7 +280,7 @@ async def test_drain_interrupts_tasks_that_outlive_it_and_the_next_start_resumes
     task, _ = await scheduler.submit(make_spec(1))
     await until(lambda: runner.started_ids == [task.id])
 
-    assert await scheduler.drain(0.05) is False
+    assert await scheduler.drain(0.05) == (task.id,)
     interrupted = await store.get(task.id)
     assert interrupted.state is TaskState.INTERRUPTED
     assert interrupted.error == "interrupted by shutdown — will resume"
@@ -302,7 +302,7 @@ async def test_a_second_signal_skips_the_rest_of_the_drain(
     drain = asyncio.create_task(scheduler.drain(60, skip=skip))
     await asyncio.sleep(0.02)
     skip.set()
-    assert await asyncio.wait_for(drain, 2) is False
+    assert await asyncio.wait_for(drain, 2) == (task.id,)
     assert await state_of(store, task.id) is TaskState.INTERRUPTED
 
 
