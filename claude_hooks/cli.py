@@ -13,6 +13,7 @@ import structlog
 
 from claude_hooks import __version__
 from claude_hooks.config import Config, ConfigError, load_config
+from claude_hooks.journal import cli_line
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -32,11 +33,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        print(f"FAIL config: {exc}")
+        cli_line(f"FAIL config: {exc}", "error", sys.stdout)
         return EXIT_FAIL
     results = asyncio.run(run_checks(config, offline=args.offline))
     for result in results:
-        print(result.line())
+        cli_line(result.line(), result.level, sys.stdout)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
 
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"claude-hooks: config error: {exc}", file=sys.stderr)
+        cli_line(f"claude-hooks: config error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

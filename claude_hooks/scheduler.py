@@ -379,7 +379,9 @@ class Scheduler:
         """Record the outcome, then free the slot; runs shielded from the run's cancellation."""
         try:
             run.task = await self._store.finish(run.task.id, outcome)
-            log.info(
+            # A failure is worth an operator's look: `journalctl -p warning` shows it.
+            emit = log.warning if outcome.state is TaskState.FAILED else log.info
+            emit(
                 "task_finished",
                 task_id=run.task.id,
                 agent=run.agent,

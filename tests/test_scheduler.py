@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from claude_hooks.scheduler import (
     Precheck,
@@ -426,3 +427,20 @@ async def test_retry_queues_an_ended_task_again_but_not_a_running_one(
     assert retried.state is TaskState.QUEUED and retried.error is None
     done = await until_state(store, task.id, TaskState.SUCCEEDED)
     assert done.attempts == 2 and runner.started_ids == [task.id, task.id]
+
+
+async def test_a_failed_task_is_logged_at_warning_so_journalctl_p_warning_shows_it(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()
+    failing, _ = await scheduler.submit(make_spec(1))
+    runner.outcomes[failing.id] = Outcome(TaskState.FAILED, reason="claude exited 1")
+    fine, _ = await scheduler.submit(make_spec(2))
+    with capture_logs() as logs:
+        runner.release(failing.id)
+        runner.release(fine.id)
+        await until_state(store, failing.id, TaskState.FAILED)
+        await until_state(store, fine.id, TaskState.SUCCEEDED)
+        await until(lambda: sum(e["event"] == "task_finished" for e in logs) == 2)
+    levels = {e["task_id"]: e["log_level"] for e in logs if e["event"] == "task_finished"}
+    assert levels == {failing.id: "warning", fine.id: "info"}
