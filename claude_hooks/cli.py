@@ -43,16 +43,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
-    from claude_hooks.daemon import EXIT_STORE, run_daemon
+    from claude_hooks.daemon import EXIT_CRASHED, EXIT_STORE, run_daemon
     from claude_hooks.log import setup_logging
     from claude_hooks.store import StoreError
 
     setup_logging(config.daemon.log_format, args.log_level or config.daemon.log_level)
+    log = structlog.get_logger(__name__)
     try:
         return asyncio.run(run_daemon(config))
     except StoreError as exc:  # a broken state dir is the operator's to fix: say so, no traceback
-        structlog.get_logger(__name__).error("daemon_start_failed", path=exc.path, error=str(exc))
+        log.error("daemon_start_failed", path=exc.path, error=str(exc))
         return EXIT_STORE
+    except Exception:  # through the log, not Python's bare traceback: at error priority
+        log.exception("daemon_crashed")
+        return EXIT_CRASHED
 
 
 Handler = Callable[[argparse.Namespace], int]

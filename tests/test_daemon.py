@@ -23,7 +23,7 @@ import aiodocker
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.daemon import EXIT_STORE
+from claude_hooks.daemon import EXIT_CRASHED, EXIT_STORE
 from claude_hooks.sim.forgejo import ForgejoSim
 from claude_hooks.tasks import TaskState
 from tests.fakes.configs import ConfigFactory
@@ -236,6 +236,24 @@ async def test_drain_deadline_interrupts_a_task_that_does_not_finish(
     events = [json.loads(line) for line in daemon.output().splitlines() if line[:1] == "{"]
     stopped = [e for e in events if e["event"] == "daemon_stopped"]
     assert [(e["clean"], e["resume"]) for e in stopped] == [(False, [rows[0][0]])]
+
+
+async def test_a_crash_is_logged_as_an_error_with_its_traceback_and_exits_1(
+    setup, daemons: list[Daemon]
+) -> None:
+    """Python's own traceback would reach the journal at info: `-p warning` would hide it."""
+    config = setup()
+    with socket.socket() as taken:  # the API's address is in use: the start fails
+        taken.bind((config.api.host, config.api.port))
+        taken.listen()
+        daemon = await start_daemon(config, daemons)
+        async with asyncio.timeout(30):
+            code = await daemon.process.wait()
+    assert code == EXIT_CRASHED, daemon.output()
+    events = [json.loads(line) for line in daemon.output().splitlines() if line[:1] == "{"]
+    crashed = [e for e in events if e["event"] == "daemon_crashed"]
+    assert len(crashed) == 1 and crashed[0]["level"] == "error", daemon.output()
+    assert "Traceback" in crashed[0]["exception"] and "in use" in crashed[0]["exception"]
 
 
 async def test_a_store_that_will_not_open_exits_with_its_own_code(
