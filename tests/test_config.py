@@ -135,7 +135,7 @@ def test_a_left_out_state_dir_is_the_home_directory_s_wherever_the_daemon_starts
     elsewhere.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(elsewhere)
-    explicit = f'state_dir = {toml_value(str(config_factory.root / "state"))}\n'
+    explicit = f"state_dir = {toml_value(str(config_factory.root / 'state'))}\n"
     text = config_factory.text()
     assert explicit in text
     config = load_config(config_factory.write(text.replace(explicit, "")))
