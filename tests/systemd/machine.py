@@ -254,9 +254,12 @@ class Machine:
     def op(self, *argv: str, **options: Any) -> subprocess.CompletedProcess[str]:
         return self.run(*argv, user=OP, **options)
 
+    async def arun(self, *argv: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        """`run`, off the event loop (the Forgejo simulator serves on it meanwhile)."""
+        return await asyncio.to_thread(lambda: self.run(*argv, **options))
+
     async def aop(self, *argv: str, **options: Any) -> subprocess.CompletedProcess[str]:
-        """As op, off the event loop (the Forgejo simulator serves on it meanwhile)."""
-        return await asyncio.to_thread(self.op, *argv, **options)
+        return await self.arun(*argv, user=OP, **options)
 
     async def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return await self.aop("systemctl", "--user", *args, check=check)
@@ -281,8 +284,12 @@ class Machine:
         return int(lines[-1]["__REALTIME_TIMESTAMP"]) if lines else 0
 
     def write_file(self, path: str, text: str, mode: str = "600") -> None:
+        """A file of op's (its directories made as needed)."""
         script = f'mkdir -p "$(dirname {path})" && cat > {path} && chmod {mode} {path}'
         self.op("sh", "-c", script, stdin=text)
+
+    async def awrite_file(self, path: str, text: str, mode: str = "600") -> None:
+        await asyncio.to_thread(self.write_file, path, text, mode)
 
 
 async def until(check: Any, what: str, within: float = 60) -> Any:

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from tests.systemd.machine import (
     install_for_op,
     make_op_a_lingering_docker_user,
     remove,
+    unavailable,
     until,
     wheelhouse,
 )
@@ -93,7 +94,7 @@ def secret(directory: Path, name: str, value: str, owner: int) -> None:
 @pytest.fixture(scope="module")
 def rig(test_image: str) -> Iterator[Rig]:
     if shutil.which("docker") is None:
-        pytest.skip("no docker command")
+        unavailable("no docker command")
     if os.geteuid() != 0:
         pytest.skip("needs root: the secret files belong to the machine's op and agent uids")
     socket = docker_socket()
@@ -156,13 +157,13 @@ class Deployment:
 
 
 @pytest.fixture
-async def deployment(rig: Rig, forgejo_sim: ForgejoSim) -> Iterator[Deployment]:
+async def deployment(rig: Rig, forgejo_sim: ForgejoSim) -> AsyncIterator[Deployment]:
     forgejo_sim.add_user("alice", token="forgejo-token-of-alice-0123456789")
     forgejo_sim.add_user(AGENT, token=AGENT_TOKEN)
     repo = f"acme/app-{uuid.uuid4().hex[:6]}"
     forgejo_sim.add_repo(repo, collaborators={"alice": "write", AGENT: "admin"})
     port = free_port()
-    rig.machine.write_file(
+    await rig.machine.awrite_file(
         f"{OP_HOME}/.config/claude-hooks/config.toml", rig.config(forgejo_sim, port)
     )
     yield Deployment(rig, forgejo_sim, f"http://127.0.0.1:{port}", repo)
@@ -182,7 +183,7 @@ async def test_an_exec_start_pre_failure_shows_at_warning_priority(
 ) -> None:
     machine = deployment.machine
     missing = "claude-hooks-absent:systemd-test"
-    machine.write_file(
+    await machine.awrite_file(
         f"{OP_HOME}/.config/claude-hooks/config.toml",
         rig.config(deployment.sim, free_port(), image=missing),
     )
@@ -212,9 +213,14 @@ async def test_start_waits_for_ready_and_a_task_s_lines_carry_its_fields(
     shown = await machine.show("ActiveState", "SubState", "StatusText")
     assert (shown["ActiveState"], shown["SubState"]) == ("active", "running"), shown
     assert STATUS.match(shown["StatusText"]), shown
+    ordering = await machine.show("After", "Wants", "Requires")
+    named = {unit for value in ordering.values() for unit in value.split()}
+    for unit in named:  # a system unit would be LoadState=not-found in the user manager
+        loaded = await machine.systemctl("show", "-p", "LoadState", "--value", unit)
+        assert loaded.stdout.strip() == "loaded", f"{UNIT} names {unit}: {loaded.stdout}"
     # README's small config has no state_dir: the store is op's, not ./~/… of the unit's cwd.
-    machine.op("test", "-f", f"{OP_HOME}/.local/state/claude-hooks/claude-hooks.sqlite3")
-    assert machine.op("test", "-e", f"{OP_HOME}/~", check=False).returncode != 0
+    await machine.aop("test", "-f", f"{OP_HOME}/.local/state/claude-hooks/claude-hooks.sqlite3")
+    assert (await machine.aop("test", "-e", f"{OP_HOME}/~", check=False)).returncode != 0
 
     number = deployment.mention("scenario=error-429-max-retries-2")  # Claude's run fails
     task = await until(lambda: _finished(deployment, number), "the failing task to end", within=90)
@@ -275,7 +281,7 @@ async def test_the_watchdog_restarts_a_stopped_daemon_and_kill_9_is_restarted(
     before = await machine.show("MainPID", "NRestarts")
     since = await machine.mark()
 
-    machine.run("kill", "-STOP", before["MainPID"])
+    await machine.arun("kill", "-STOP", before["MainPID"])
     after_watchdog = await until(
         lambda: _restarted(machine, before), "a restart after SIGSTOP", within=60
     )
@@ -283,7 +289,7 @@ async def test_the_watchdog_restarts_a_stopped_daemon_and_kill_9_is_restarted(
     assert any("Watchdog timeout" in m for m in logged), logged
 
     since = await machine.mark()
-    machine.run("kill", "-9", after_watchdog["MainPID"])
+    await machine.arun("kill", "-9", after_watchdog["MainPID"])
     await until(lambda: _restarted(machine, after_watchdog), "a restart after kill -9")
     logged = messages(await machine.journal(after=since))
     assert any("status=9/KILL" in m for m in logged), logged
