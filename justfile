@@ -21,11 +21,16 @@ install:
     share="${XDG_DATA_HOME:-$HOME/.local/share}/claude-hooks"
     config="${XDG_CONFIG_HOME:-$HOME/.config}/claude-hooks/config.toml"
     units="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user"
+    # The `journal` extra (cysystemd) logs natively to the journal, with fields; where it
+    # has no wheel (glibc < 2.34) the daemon writes `<N>` lines instead, which journald reads.
+    nojournal="no cysystemd for this platform: the daemon logs to the journal as <N> lines"
     if command -v pipx >/dev/null; then
         PIPX_BIN_DIR="$bin" pipx install --force .
+        pipx inject claude-hooks 'cysystemd>=2.0' || echo "$nojournal"
     else
         python3 -m venv "$share/venv"
-        "$share/venv/bin/pip" install --quiet --disable-pip-version-check --upgrade .
+        pip=("$share/venv/bin/pip" install --quiet --disable-pip-version-check --upgrade)
+        "${pip[@]}" '.[journal]' || { echo "$nojournal"; "${pip[@]}" .; }
         mkdir -p "$bin"
         ln -sfn "$share/venv/bin/claude-hooks" "$bin/claude-hooks"
     fi

@@ -327,6 +327,10 @@ def _build(cls: type, table: Mapping[str, Any], path: Path, where: str) -> Any:
         key = _join(where, f.name)
         if f.name in table:
             values[f.name] = _coerce(table[f.name], hints[f.name], f.metadata, path, key)
+        elif isinstance(f.default, Path):
+            # Defaults are spelt as an operator would ("~/…"): expand them alike, or a
+            # relative `~` directory appears wherever the daemon was started.
+            values[f.name] = expand_path(str(f.default))
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(path, key, f"missing required key ({f.metadata.get('doc', '')})")
     return cls(**values)

@@ -13,12 +13,13 @@ from claude_hooks.config import (
     AgentConfig,
     ConfigError,
     Role,
+    expand_path,
     load_config,
     parse_duration,
     repository_served,
 )
 from tests.conftest import REPO_ROOT
-from tests.fakes.configs import ConfigFactory
+from tests.fakes.configs import ConfigFactory, toml_value
 
 EXAMPLE = REPO_ROOT / "deploy" / "config.example.toml"
 
@@ -135,6 +136,40 @@ def test_paths_expand_home_and_variables(
     monkeypatch.setenv("HOOKS_STATE", str(config_factory.root / "from-var"))
     config = config_factory.load(daemon={"state_dir": "$HOOKS_STATE/x"})
     assert config.daemon.state_dir == config_factory.root / "from-var" / "x"
+
+
+def test_a_left_out_state_dir_is_the_home_directory_s_wherever_the_daemon_starts(
+    config_factory: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's small config has no state_dir: the store must not land in `./~/…`."""
+    home, elsewhere = config_factory.root / "home", config_factory.root / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    explicit = f"state_dir = {toml_value(str(config_factory.root / 'state'))}\n"
+    text = config_factory.text()
+    assert explicit in text
+    config = load_config(config_factory.write(text.replace(explicit, "")))
+    assert config.daemon.state_dir == home / ".local" / "state" / "claude-hooks"
+    assert config.daemon.db_path.is_absolute()
+
+
+def test_every_path_default_is_expanded_as_an_explicit_value_would_be(
+    config_factory: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(config_factory.root / "home"))
+    text = config_factory.text()
+    config = load_config(config_factory.write(re.sub(r"(?m)^state_dir = .*\n", "", text)))
+    sections = {**{name: getattr(config, name) for name in SECTIONS}, "agents": config.agents[0]}
+    checked = []
+    for name, section in sections.items():
+        for f in dataclasses.fields(section):
+            if isinstance(f.default, Path):
+                value = getattr(section, f.name)
+                assert value == expand_path(str(f.default)), f"{name}.{f.name} = {value}"
+                assert value.is_absolute() and "~" not in str(value), f"{name}.{f.name}"
+                checked.append(f"{name}.{f.name}")
+    assert checked, "no section has a path default: this test checks nothing"
 
 
 def test_agent_env_is_read_only(config_factory: ConfigFactory) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import aiodocker
 import pytest
 
 from claude_hooks.config import Config
+from claude_hooks.daemon.main import EXIT_CRASHED, EXIT_STORE
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.tasks import TaskState
 from tests.fakes.configs import ConfigFactory
@@ -226,9 +228,45 @@ async def test_drain_deadline_interrupts_a_task_that_does_not_finish(
     await wait_for_state(config, TaskState.RUNNING)
     loop = asyncio.get_running_loop()
     asked = loop.time()
-    assert await daemon.stop(limit=20) == 1, daemon.output()
+    # Asked to stop and drained as designed: a success for systemd, not `failed` (#17).
+    assert await daemon.stop(limit=20) == 0, daemon.output()
     assert loop.time() - asked < 2 + 10 + 3  # drain_timeout + stop grace + bookkeeping
-    assert [row[1] for row in task_rows(config)] == ["interrupted"]
+    rows = task_rows(config)
+    assert [row[1] for row in rows] == ["interrupted"]
+    events = [json.loads(line) for line in daemon.output().splitlines() if line[:1] == "{"]
+    stopped = [e for e in events if e["event"] == "daemon_stopped"]
+    assert [(e["clean"], e["resume"]) for e in stopped] == [(False, [rows[0][0]])]
+
+
+async def test_a_crash_is_logged_as_an_error_with_its_traceback_and_exits_1(
+    setup, daemons: list[Daemon]
+) -> None:
+    """Python's own traceback would reach the journal at info: `-p warning` would hide it."""
+    config = setup()
+    with socket.socket() as taken:  # the API's address is in use: the start fails
+        taken.bind((config.api.host, config.api.port))
+        taken.listen()
+        daemon = await start_daemon(config, daemons)
+        async with asyncio.timeout(30):
+            code = await daemon.process.wait()
+    assert code == EXIT_CRASHED, daemon.output()
+    events = [json.loads(line) for line in daemon.output().splitlines() if line[:1] == "{"]
+    crashed = [e for e in events if e["event"] == "daemon_crashed"]
+    assert len(crashed) == 1 and crashed[0]["level"] == "error", daemon.output()
+    assert "Traceback" in crashed[0]["exception"] and "in use" in crashed[0]["exception"]
+
+
+async def test_a_store_that_will_not_open_exits_with_its_own_code(
+    setup, daemons: list[Daemon]
+) -> None:
+    config = setup()
+    config.daemon.db_path.mkdir(parents=True)  # a directory where the database file belongs
+    daemon = await start_daemon(config, daemons)
+    async with asyncio.timeout(30):
+        code = await daemon.process.wait()
+    assert code == EXIT_STORE, daemon.output()
+    assert code not in (0, 1, 2)  # not a clean stop, a crash (traceback) or a config error
+    assert "daemon_start_failed" in daemon.output()
 
 
 async def test_restart_after_sigkill_reruns_the_interrupted_task_exactly_once(

@@ -166,6 +166,7 @@ def test_install_puts_unit_and_config_in_place_and_keeps_an_existing_config(
     assert config.stat().st_mode & 0o777 == 0o600
     assert calls.read_text().splitlines() == [
         "pipx install --force .",
+        "pipx inject claude-hooks cysystemd>=2.0",  # the `journal` extra: native journal entries
         "systemctl --user daemon-reload",
         "systemctl --user enable claude-hooks",
     ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from claude_hooks.report.render import timeout_reason
 from claude_hooks.store.db import Store
@@ -263,7 +264,7 @@ async def test_drain_lets_tasks_that_end_in_time_finish(
     drain = asyncio.create_task(scheduler.drain(5))
     await asyncio.sleep(0.02)
     runner.release(running.id)
-    assert await asyncio.wait_for(drain, 2) is True
+    assert await asyncio.wait_for(drain, 2) == ()
     assert await state_of(store, running.id) is TaskState.SUCCEEDED
     assert await state_of(store, queued.id) is TaskState.QUEUED  # resumes on the next start
     assert runner.started_ids == [running.id]
@@ -276,7 +277,7 @@ async def test_drain_interrupts_tasks_that_outlive_it_and_the_next_start_resumes
     task, _ = await scheduler.submit(make_spec(1))
     await until(lambda: runner.started_ids == [task.id])
 
-    assert await scheduler.drain(0.05) is False
+    assert await scheduler.drain(0.05) == (task.id,)
     interrupted = await store.get(task.id)
     assert interrupted.state is TaskState.INTERRUPTED
     assert interrupted.error == "interrupted by shutdown — will resume"
@@ -298,7 +299,7 @@ async def test_a_second_signal_skips_the_rest_of_the_drain(
     drain = asyncio.create_task(scheduler.drain(60, skip=skip))
     await asyncio.sleep(0.02)
     skip.set()
-    assert await asyncio.wait_for(drain, 2) is False
+    assert await asyncio.wait_for(drain, 2) == (task.id,)
     assert await state_of(store, task.id) is TaskState.INTERRUPTED
 
 
@@ -422,3 +423,20 @@ async def test_retry_queues_an_ended_task_again_but_not_a_running_one(
     assert retried.state is TaskState.QUEUED and retried.error is None
     done = await until_state(store, task.id, TaskState.SUCCEEDED)
     assert done.attempts == 2 and runner.started_ids == [task.id, task.id]
+
+
+async def test_a_failed_task_is_logged_at_warning_so_journalctl_p_warning_shows_it(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()
+    failing, _ = await scheduler.submit(make_spec(1))
+    runner.outcomes[failing.id] = Outcome(TaskState.FAILED, reason="claude exited 1")
+    fine, _ = await scheduler.submit(make_spec(2))
+    with capture_logs() as logs:
+        runner.release(failing.id)
+        runner.release(fine.id)
+        await until_state(store, failing.id, TaskState.FAILED)
+        await until_state(store, fine.id, TaskState.SUCCEEDED)
+        await until(lambda: sum(e["event"] == "task_finished" for e in logs) == 2)
+    levels = {e["task_id"]: e["log_level"] for e in logs if e["event"] == "task_finished"}
+    assert levels == {failing.id: "warning", fine.id: "info"}

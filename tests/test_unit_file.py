@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import shutil
 import subprocess
@@ -51,6 +52,30 @@ def test_unit_is_notify_with_a_stop_timeout_above_the_drain() -> None:
     assert service["Restart"] == "on-failure" and "WatchdogSec" in service
 
 
-def test_unit_does_not_pretend_to_require_a_system_service() -> None:
-    assert "Requires" not in unit()["Unit"]  # ignored in user scope; see the unit's comment
-    assert "docker.service" in unit()["Unit"]["After"]
+def test_unit_names_no_system_unit_a_user_manager_cannot_see() -> None:
+    """docker.service and network-online.target are LoadState=not-found in a user manager:
+    ordering on them or pulling them in does nothing (the systemd test shows it)."""
+    section = unit()["Unit"]
+    for key in ("Requires", "Wants", "After", "BindsTo", "Requisite"):
+        named = section.get(key, "").split()
+        assert not {"docker.service", "network-online.target"} & set(named), f"{key}={named}"
+
+
+def start_limit_hit_after(interval: float, burst: int, period: float) -> float:
+    """Seconds of back-to-back failing starts, one per `period`, until systemd refuses
+    with start-limit-hit: its rate limit allows `burst` starts per window of `interval`
+    opened by the first start; infinity when a window closes before the burst is spent."""
+    return math.inf if burst * period >= interval else burst * period
+
+
+def test_restarts_outlast_minutes_of_docker_being_down() -> None:
+    """ExecStartPre fails while Docker is down (a restart, or starting after this unit at
+    boot) and Restart= retries: that must last minutes, not the 50 s of 5 per 600 s."""
+    limits, service = unit()["Unit"], unit()["Service"]
+    attempt = 1.0  # one `containers up` finding no Docker: about a second
+    period = float(service["RestartSec"]) + attempt
+    window = start_limit_hit_after(
+        float(limits["StartLimitIntervalSec"]), int(limits["StartLimitBurst"]), period
+    )
+    assert 5 * 60 <= window < math.inf  # minutes of retries, yet a hopeless loop stops
+    assert start_limit_hit_after(600, 5, 10 + attempt) < 60  # what it was

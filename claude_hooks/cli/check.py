@@ -24,6 +24,13 @@ class CheckResult:
     def line(self) -> str:
         return f"{'OK  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
 
+    @property
+    def level(self) -> str:
+        """Its priority in the journal, when `check` runs under systemd."""
+        if not self.ok:
+            return "error"
+        return "warning" if self.detail.startswith("warning:") else "info"
+
 
 async def run_checks(config: Config, *, offline: bool = False) -> list[CheckResult]:
     results = [CheckResult("config", True, f"{config.path} is valid")]

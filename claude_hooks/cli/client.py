@@ -25,6 +25,7 @@ import aiohttp
 
 from claude_hooks.cli.main import EXIT_FAIL, EXIT_OK, AddCommand
 from claude_hooks.config import Config, load_config, read_secret
+from claude_hooks.daemon.journal import cli_line
 from claude_hooks.tasks import TaskKind, TaskState
 from claude_hooks.text import format_cost as format_usd
 
@@ -436,7 +437,7 @@ def _run(args: argparse.Namespace, command: Command) -> int:
     try:
         return asyncio.run(main())
     except ClientError as exc:
-        print(f"claude-hooks: {exc}", file=sys.stderr)
+        cli_line(f"claude-hooks: {exc}")
         return EXIT_FAIL
 
 
@@ -512,7 +513,7 @@ async def logs(client: ApiClient, args: argparse.Namespace) -> int:
 async def cancel(client: ApiClient, args: argparse.Namespace) -> int:
     status, task = await client.call("POST", f"/tasks/{args.id}/cancel", ok=(202, 409))
     if status == 409:
-        print(f"task {args.id} already {task.get('state')}: nothing to cancel", file=sys.stderr)
+        cli_line(f"task {args.id} already {task.get('state')}: nothing to cancel", "warning")
         return EXIT_FAIL
     still = " (still stopping)" if task["state"] == TaskState.RUNNING else ""
     print(f"task {task['id']} {task['state']}{still}")

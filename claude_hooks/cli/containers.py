@@ -27,6 +27,7 @@ from aiodocker.exceptions import DockerError
 
 from claude_hooks.cli.main import EXIT_FAIL, EXIT_OK, AddCommand
 from claude_hooks.config import AgentConfig, Config, ConfigError, load_config
+from claude_hooks.daemon.journal import cli_line
 from claude_hooks.runner.containers import (
     ANY_TASK,
     CONFIG_LABEL,
@@ -362,7 +363,10 @@ async def run_action(config: Config, agents: Sequence[AgentConfig], options: Opt
     for agent in agents:
         findings = preflight(agent)
         for finding in findings:
-            print(finding.line(), file=sys.stderr if finding.fatal else sys.stdout)
+            if finding.fatal:
+                cli_line(finding.line(), "error")
+            else:
+                cli_line(finding.line(), "warning", sys.stdout)
         if any(finding.fatal for finding in findings):
             failed = True
         else:
@@ -376,20 +380,17 @@ async def run_action(config: Config, agents: Sequence[AgentConfig], options: Opt
                 try:
                     line = await action(engine, agent, options)
                 except (Refused, ContainerError) as exc:
-                    print(f"{agent.name}: FAILED: {exc}", file=sys.stderr)
+                    cli_line(f"{agent.name}: FAILED: {exc}")
                     failed = True
                     continue
                 except DockerError as exc:
-                    print(
-                        f"{agent.name}: FAILED: Docker answered {exc.status}: {exc.message}",
-                        file=sys.stderr,
-                    )
+                    cli_line(f"{agent.name}: FAILED: Docker answered {exc.status}: {exc.message}")
                     failed = True
                     continue
                 if line:
                     print(f"{agent.name}: {line}", flush=True)
     except DockerUnavailable as exc:
-        print(f"claude-hooks containers: {exc}", file=sys.stderr)
+        cli_line(f"claude-hooks containers: {exc}")
         return EXIT_FAIL
     return EXIT_FAIL if failed else EXIT_OK
 
@@ -404,14 +405,14 @@ def cmd_containers(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         agents = select_agents(config, args.agents)
     except ConfigError as exc:
-        print(f"claude-hooks containers: config error: {exc}", file=sys.stderr)
+        cli_line(f"claude-hooks containers: config error: {exc}")
         return EXIT_FAIL
     except UsageError as exc:
-        print(f"claude-hooks containers: {exc}", file=sys.stderr)
+        cli_line(f"claude-hooks containers: {exc}")
         return EXIT_FAIL
     if args.action == "shell" and len(agents) != 1:
         names = ", ".join(a.name for a in agents)
-        print(f"claude-hooks containers shell: name one agent (one of {names})", file=sys.stderr)
+        cli_line(f"claude-hooks containers shell: name one agent (one of {names})")
         return EXIT_FAIL
     # The manager's own log lines: warnings only, unless --log-level asks for more.
     redactor.add_files(config_secret_files(config))
@@ -435,7 +436,7 @@ def exec_shell(agent: AgentConfig) -> int:
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
-        print(f"claude-hooks containers shell: cannot run {argv[0]}: {exc}", file=sys.stderr)
+        cli_line(f"claude-hooks containers shell: cannot run {argv[0]}: {exc}")
     return EXIT_FAIL
 
 

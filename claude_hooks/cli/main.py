@@ -13,6 +13,7 @@ import structlog
 
 from claude_hooks import __version__
 from claude_hooks.config import Config, ConfigError, load_config
+from claude_hooks.daemon.journal import cli_line
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -32,26 +33,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        print(f"FAIL config: {exc}")
+        cli_line(f"FAIL config: {exc}", "error", sys.stdout)
         return EXIT_FAIL
     results = asyncio.run(run_checks(config, offline=args.offline))
     for result in results:
-        print(result.line())
+        cli_line(result.line(), result.level, sys.stdout)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     from claude_hooks.daemon.log import setup_logging
-    from claude_hooks.daemon.main import run_daemon
+    from claude_hooks.daemon.main import EXIT_CRASHED, EXIT_STORE, run_daemon
     from claude_hooks.store.db import StoreError
 
     setup_logging(config.daemon.log_format, args.log_level or config.daemon.log_level)
+    log = structlog.get_logger(__name__)
     try:
         return asyncio.run(run_daemon(config))
     except StoreError as exc:  # a broken state dir is the operator's to fix: say so, no traceback
-        structlog.get_logger(__name__).error("daemon_start_failed", path=exc.path, error=str(exc))
-        return EXIT_FAIL
+        log.error("daemon_start_failed", path=exc.path, error=str(exc))
+        return EXIT_STORE
+    except Exception:  # through the log, not Python's bare traceback: at error priority
+        log.exception("daemon_crashed")
+        return EXIT_CRASHED
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"claude-hooks: config error: {exc}", file=sys.stderr)
+        cli_line(f"claude-hooks: config error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -1,10 +1,12 @@
 """Structured logs for journald, a terminal, or a log shipper — with secrets redacted.
 
-One event per line. Under systemd (JOURNAL_STREAM set) the `journal` renderer
-prefixes each line with `<N>` so journald records its PRIORITY, and leaves the
-timestamp to journald. Every configured secret, and its encodings, is replaced by
-`***` in every field, exception text included, before any renderer sees the event
-(the shared `redactor` of claude_hooks.redact).
+One event per line. Under systemd (JOURNAL_STREAM set) the `journal` format sends
+each event to journald natively with its fields (TASK_ID, AGENT…) when cysystemd is
+installed, else prefixes each line with `<N>` so journald records its PRIORITY
+(claude_hooks/daemon/journal.py); either way journald stamps the time. Every
+configured secret, and its encodings, is replaced by `***` in every field, exception
+text included, before any renderer sees the event (the shared `redactor` of
+claude_hooks.redact).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from typing import Any, TextIO
 import structlog
 
 from claude_hooks.config import Config, LogFormat
+from claude_hooks.daemon.journal import (
+    EntryRenderer,
+    JournalHandler,
+    JournalRenderer,
+    native_sender,
+)
 from claude_hooks.redact import REDACTED, Redactor, redactor
 
 __all__ = ["REDACTED", "Redactor", "config_secret_files", "redactor", "setup_logging"]
-
-# syslog priorities, as journald reads them from a `<N>` line prefix (sd-daemon.h)
-_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
 
 
 def config_secret_files(config: Config) -> list[Path]:
@@ -40,26 +45,6 @@ def config_secret_files(config: Config) -> list[Path]:
 
 def _redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
     return {key: redactor.value(value) for key, value in event.items()}
-
-
-class JournalRenderer:
-    """`<6>event key=value …` — journald takes the priority from the prefix."""
-
-    def __init__(self) -> None:
-        self._kv = structlog.processors.LogfmtRenderer()
-
-    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
-        level = str(event.pop("level", "info"))
-        event.pop("timestamp", None)
-        text = event.pop("event", "")
-        exc = event.pop("exception", None)
-        rest = self._kv(logger, name, event) if event else ""
-        line = f"<{_PRIORITY.get(level, 6)}>{text}" + (f" {rest}" if rest else "")
-        if exc:
-            # journald splits on newlines; keep the traceback one record per line, same priority.
-            prefix = f"<{_PRIORITY.get(level, 6)}>"
-            line += "\n" + "\n".join(prefix + part for part in str(exc).splitlines())
-        return line
 
 
 def choose_format(requested: LogFormat | str, stream: TextIO) -> LogFormat:
@@ -96,16 +81,23 @@ def setup_logging(
     # The exception must be text before redaction, or a token inside it would escape.
     tail: list[Any] = [structlog.processors.format_exc_info, _redact_processor]
     numeric = logging.getLevelName(level.upper())
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-        processors=[
-            *tail,
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            _renderer(chosen, stream),
-        ],
-    )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
+
+    def formatter(renderer: Any) -> logging.Formatter:
+        return structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            processors=[
+                *tail,
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+        )
+
+    handler: logging.Handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter(_renderer(chosen, stream)))
+    send = native_sender(stream) if chosen is LogFormat.JOURNAL else None
+    if send is not None:  # the `<N>` lines stay, for an entry journald will not take
+        handler = JournalHandler(send, fallback=handler)
+        handler.setFormatter(formatter(EntryRenderer()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)

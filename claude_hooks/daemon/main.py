@@ -5,6 +5,10 @@ Two scopes, as in Forgejo runner's poller:
 - **work** (running tasks) continues until `drain_timeout`, then is stopped and
   recorded `interrupted`, so the next start re-runs it.
 A second SIGTERM/SIGINT skips the rest of the drain. SIGHUP is logged, never fatal.
+
+Exit codes (docs/OPERATIONS.md, "Exit codes"): a stop that was asked for exits 0 even
+when the drain cut tasks short, since they resume on the next start and systemd must
+not mark every routine restart `failed`. Real failures keep codes of their own.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from claude_hooks.tasks import TaskState
 
 log = structlog.get_logger(__name__)
 
-EXIT_CLEAN, EXIT_INTERRUPTED = 0, 1
+EXIT_STOPPED = 0  # stopped when asked, drained; tasks cut short resume on the next start
+EXIT_CRASHED = 1  # an uncaught exception: Python's own code, its traceback in the journal
+EXIT_CONFIG = 2  # the config does not load (cli.EXIT_USAGE)
+EXIT_STORE = 3  # the task store cannot be opened (StoreError names the file)
 
 
 @dataclass
@@ -64,7 +71,7 @@ class ShutdownSignals:
 
 
 async def run_daemon(config: Config, *, signals: ShutdownSignals | None = None) -> int:
-    """Run until told to stop; 0 after a clean drain, 1 when work had to be interrupted."""
+    """Run until told to stop, then drain; EXIT_STOPPED, whatever the drain had to cut."""
     for file in redactor.add_files(config_secret_files(config)):
         log.warning(
             "secret_file_unreadable",
@@ -80,19 +87,20 @@ async def run_daemon(config: Config, *, signals: ShutdownSignals | None = None) 
     daemon_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     services = await Services.start(config, daemon_id=daemon_id)
     try:
-        clean = await _serve(config, services, signals, notifier)
+        cut_short = await _serve(config, services, signals, notifier)
     finally:
         await asyncio.shield(services.close())
         notifier.close()
         if own_signals:
             ShutdownSignals.remove(loop)
-    log.info("daemon_stopped", clean=clean)
-    return EXIT_CLEAN if clean else EXIT_INTERRUPTED
+    log.info("daemon_stopped", clean=not cut_short, resume=list(cut_short))
+    return EXIT_STOPPED
 
 
 async def _serve(
     config: Config, services: Services, signals: ShutdownSignals, notifier: SystemdNotifier
-) -> bool:
+) -> tuple[int, ...]:
+    """Serve until the first stop signal, then drain: the ids of the tasks cut short."""
     helpers = [
         asyncio.create_task(notifier.watchdog(), name="watchdog"),
         asyncio.create_task(_report_status(services, notifier), name="status"),

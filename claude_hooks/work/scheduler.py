@@ -171,13 +171,16 @@ class Scheduler:
         self._dispatch()
         return report
 
-    async def drain(self, drain_timeout: float, *, skip: asyncio.Event | None = None) -> bool:
+    async def drain(
+        self, drain_timeout: float, *, skip: asyncio.Event | None = None
+    ) -> tuple[int, ...]:
         """Stop dispatching; let running tasks end until the timeout (or `skip`), then
-        interrupt the rest. True if nothing had to be interrupted."""
+        interrupt the rest. The ids of the tasks cut short (they resume on the next
+        start); empty when every running task ended in time."""
         self._draining = True
         runs = list(self._running.values())
         if await _wait_released(runs, drain_timeout, skip):
-            return True
+            return ()
         left = [run for run in runs if not run.released.done()]
         for run in left:
             if run.stop is None and run.job is not None:
@@ -186,7 +189,7 @@ class Scheduler:
         if left:
             await asyncio.wait([run.released for run in left])
         log.warning("drain_interrupted", tasks=[run.task.id for run in left])
-        return not left
+        return tuple(run.task.id for run in left)
 
     # --- requests ---
 
@@ -378,7 +381,9 @@ class Scheduler:
         """Record the outcome, then free the slot; runs shielded from the run's cancellation."""
         try:
             run.task = await self._store.finish(run.task.id, outcome)
-            log.info(
+            # A failure is worth an operator's look: `journalctl -p warning` shows it.
+            emit = log.warning if outcome.state is TaskState.FAILED else log.info
+            emit(
                 "task_finished",
                 task_id=run.task.id,
                 agent=run.agent,
