@@ -19,7 +19,7 @@ import structlog
 from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, read_secret
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
-from claude_hooks.intake.reader import PermissionCache
+from claude_hooks.intake.reader import Permissions
 from claude_hooks.report.tracker import INTERRUPTED_REASON, Reporter
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
@@ -113,6 +113,7 @@ class TaskWorker:
         reports: TaskReports,
         *,
         daemon_id: str,
+        permissions: Permissions,
         stop_grace: float = 10.0,
     ) -> None:
         self._config = config
@@ -122,7 +123,7 @@ class TaskWorker:
         self._reports = reports
         self._daemon_id = daemon_id
         self._stop_grace = stop_grace
-        self._permissions: dict[str, PermissionCache] = {}
+        self._permissions = permissions  # the daemon's one view, shared with the intake
 
     # --- precheck ---------------------------------------------------------------------------
 
@@ -246,20 +247,10 @@ class TaskWorker:
         pull = await client.get_pull(spec.repo, spec.number) if issue.is_pull else None
         comments = tuple(await client.list_comments(spec.repo, spec.number))
         authors = {issue.user.login, *(c.user.login for c in comments)}
-        writers = await self._writers(spec.agent, spec.repo, authors)
+        writers = await self._permissions.trusted(spec.agent, spec.repo, authors)
         diff = await client.pull_diff(spec.repo, spec.number) if pull is not None else None
         return ThreadFacts(
             issue, pull, comments, writers, diff, repo.default_branch, repo.clone_url
-        )
-
-    async def _writers(self, agent: str, repo: str, logins: set[str]) -> frozenset[str]:
-        cache = self._permissions.get(agent)
-        if cache is None:
-            cache = PermissionCache(self._client_for(agent).repo_permission)
-            self._permissions[agent] = cache
-        allowed = {u.lower() for u in self._config.daemon.allowed_users}
-        return (await cache.writers(repo, logins)) | frozenset(
-            allowed & {x.lower() for x in logins}
         )
 
     # --- delivery ---------------------------------------------------------------------------
