@@ -20,6 +20,7 @@ from claude_hooks.intake.intake import Intake, Submit
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import PermissionCache, Permissions
 from claude_hooks.intake.webhooks import WebhookHandler
+from claude_hooks.metrics import Metrics
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, Trigger
 
@@ -106,6 +107,7 @@ def make_poller(
     *,
     hop_limit: int = 3,
     outage: SharedBackoff | None = None,
+    metrics: Metrics | None = None,
     submit: Submit | None = None,
     interval: float = 0.05,
 ) -> Poller:
@@ -115,6 +117,7 @@ def make_poller(
         make_intake(clients, submit or recorder, hop_limit=hop_limit),
         recorder.store,
         interval=interval,
+        metrics=metrics or Metrics(),
         outage=outage,
     )
 
@@ -307,6 +310,33 @@ async def test_a_crash_between_enqueue_and_mark_read_makes_no_duplicate(
     assert len(await recorder.tasks()) == 1  # …but stored once
     assert recorder.created == [True, False]
     assert [t.status for t in sim.threads("dev")] == ["read"]
+
+
+async def test_every_failed_poll_counts_once_as_a_poll_error(sim, store) -> None:
+    # Issue 13: claude_hooks_poll_errors_total was exported but nothing counted into it.
+    recorder = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev please")
+    single = {a: ForgejoClient(sim.base_url, TOKENS[a], max_attempts=1) for a in AGENTS}
+    metrics = Metrics()
+    poller = make_poller(
+        "dev", single, recorder, metrics=metrics, outage=SharedBackoff(initial=0.01, maximum=0.05)
+    )
+    sim.fail_next(2, status=502)  # Forgejo down: two polls fail, one backoff
+    sim.fail_next(1, status=404)  # a failure that is not an outage fails a third
+    stop = asyncio.Event()
+    try:
+        running = asyncio.create_task(poller.run(stop))
+        async with asyncio.timeout(10):
+            await recorder.stored.wait()  # the fourth poll gets through
+        stop.set()
+        await running
+    finally:
+        for client in single.values():
+            await client.close()
+    errors = metrics.registry.get_sample_value("claude_hooks_poll_errors_total", {"agent": "dev"})
+    assert errors == 3
+    assert len(await recorder.tasks()) == 1
 
 
 async def test_run_stops_promptly_when_asked(sim, clients, store) -> None:

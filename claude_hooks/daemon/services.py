@@ -163,6 +163,7 @@ class Services:
                     intake,
                     store,
                     interval=config.daemon.poll_interval,
+                    metrics=metrics,
                     outage=outage,
                 )
                 for agent in config.agents

@@ -27,6 +27,7 @@ from claude_hooks.forgejo.client import ForgejoClient, ForgejoError, rfc3339
 from claude_hooks.forgejo.models import ForgejoDataError, NotificationThread, parse_time
 from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.thread import Watermark
+from claude_hooks.metrics import Metrics
 from claude_hooks.tasks import TriggerSource
 
 log = structlog.get_logger(__name__)
@@ -113,6 +114,7 @@ class Poller:
         cursors: CursorStore,
         *,
         interval: float,
+        metrics: Metrics,
         outage: SharedBackoff | None = None,
         jitter: float = 0.1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -122,6 +124,7 @@ class Poller:
         self._intake = intake
         self._cursors = cursors
         self._interval = interval
+        self._metrics = metrics
         self._jitter = jitter
         self._clock = clock
         self._outage = outage or SharedBackoff()
@@ -142,6 +145,7 @@ class Poller:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                self._metrics.poll_error(self.agent)
                 wait = self._after_failure(error, failures)
                 failures += 1
             else:
