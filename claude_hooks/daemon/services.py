@@ -210,7 +210,7 @@ class Services:
         await site.start()
         log.info("api_listening", url=config.api.base_url)
 
-    # --- intake -----------------------------------------------------------------------------
+    # --- API submissions --------------------------------------------------------------------
 
     async def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
         if not self.accepting:
