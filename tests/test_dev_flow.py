@@ -27,7 +27,7 @@ from claude_hooks.config import AgentConfig, Config, ConfigError, bind_spec_prob
 from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.demo.sim.git import git_available
-from claude_hooks.intake.decide import mentioned_names
+from claude_hooks.intake.mentions import mentioned_names
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import git_auth_env
 from claude_hooks.runner.containers import ContainerManager

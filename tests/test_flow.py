@@ -121,6 +121,19 @@ async def test_a_mention_becomes_one_finished_task_reported_on_the_issue(
     assert task.result and task.result.splitlines()[0][:40] in bodies[0]
 
 
+async def test_the_intake_and_the_worker_ask_forgejo_once_who_may_write(
+    forgejo_sim: ForgejoSim, running: Callable[..., object]
+) -> None:
+    # Issue 13: the worker kept permission caches of its own beside the pollers' and the
+    # webhook's, so one mention asked Forgejo twice whether its author may write.
+    services = await running()  # type: ignore[misc]
+    number = forgejo_sim.create_issue(REPO, ALICE, "Add a greeting", "Please say hello.")
+    forgejo_sim.add_comment(REPO, number, ALICE, "@dev please implement this")
+    await wait_for_task(services, TaskState.SUCCEEDED)
+    path = f"/api/v1/repos/{REPO}/collaborators/{ALICE}/permission"
+    assert [r.path for r in forgejo_sim.requests].count(path) == 1
+
+
 async def test_a_mention_by_a_user_without_write_access_runs_nothing(
     forgejo_sim: ForgejoSim, running: Callable[..., object]
 ) -> None:

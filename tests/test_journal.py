@@ -17,8 +17,8 @@ from typing import Any, TextIO
 import pytest
 import structlog
 
-from claude_hooks.daemon import journal, log
 from claude_hooks.config import LogFormat
+from claude_hooks.daemon import journal, log
 from claude_hooks.daemon.journal import (
     field_name,
     journal_entry,

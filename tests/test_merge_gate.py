@@ -19,6 +19,8 @@ import pytest
 from claude_hooks.config import AgentConfig, Config
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.forgejo.models import CombinedStatus, CommitStatus, PullRequest, Review, User
+from claude_hooks.intake.decide import Policy
+from claude_hooks.intake.reader import Permissions
 from claude_hooks.report.tracker import Reporter, TaskReports
 from claude_hooks.runner import workspace
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
@@ -305,7 +307,14 @@ async def run_lead(
     delivery = Delivery(lambda _: client, redact=lambda text: text)
     claude = InjectedClaude('Looks fine.\n```json\n{"action": "merge"}\n```')
     worker = TaskWorker(
-        config, store, claude, lambda _: client, reports, delivery, daemon_id="test-merge-gate"
+        config,
+        store,
+        claude,
+        lambda _: client,
+        reports,
+        delivery,
+        daemon_id="test-merge-gate",
+        permissions=Permissions(Policy.from_config(config), {LEAD: client.repo_permission}),
     )
     spec = TaskSpec(
         agent=LEAD, kind=TaskKind.MENTION, repo=REPO, number=number, idempotency_key="lead-1",

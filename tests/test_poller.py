@@ -1,4 +1,4 @@
-"""The poller and the webhook intake against the Forgejo simulator and a real Store."""
+"""The poller and the webhook handler, through the Intake, against the Forgejo simulator."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
 from claude_hooks.forgejo.webhook import delivery_id, event_name, parse_webhook, verify_signature
 from claude_hooks.intake.decide import Policy
+from claude_hooks.intake.intake import Intake, Submit
 from claude_hooks.intake.poller import Poller, SharedBackoff
-from claude_hooks.intake.reader import PermissionCache, WebhookIntake
+from claude_hooks.intake.reader import PermissionCache, Permissions
+from claude_hooks.intake.webhooks import WebhookHandler
+from claude_hooks.metrics import Metrics
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, Trigger
 
@@ -50,7 +53,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 class Recorder:
-    """The intake: stores TaskSpecs durably, keeps control commands for inspection."""
+    """The Intake's submit: stores TaskSpecs durably, keeps control commands for inspection."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -91,23 +94,30 @@ def agent_config(name: str) -> AgentConfig:
     )
 
 
+def make_intake(clients: dict[str, ForgejoClient], submit: Submit, *, hop_limit: int = 3) -> Intake:
+    policy = Policy(AGENTS, hop_limit=hop_limit, repositories=SERVED)
+    permissions = Permissions(policy, {a: c.repo_permission for a, c in clients.items()})
+    return Intake(policy, clients, permissions, submit)
+
+
 def make_poller(
     agent: str,
     clients: dict[str, ForgejoClient],
-    intake: Recorder,
+    recorder: Recorder,
     *,
     hop_limit: int = 3,
     outage: SharedBackoff | None = None,
+    metrics: Metrics | None = None,
+    submit: Submit | None = None,
+    interval: float = 0.05,
 ) -> Poller:
     return Poller(
         agent_config(agent),
         clients[agent],
-        intake,
-        intake.store,
-        interval=0.05,
-        agents=AGENTS,
-        hop_limit=hop_limit,
-        repositories=SERVED,
+        make_intake(clients, submit or recorder, hop_limit=hop_limit),
+        recorder.store,
+        interval=interval,
+        metrics=metrics or Metrics(),
         outage=outage,
     )
 
@@ -123,16 +133,16 @@ def requests_since(sim: ForgejoSim, start: int) -> list[str]:
 
 
 async def test_a_mention_comment_yields_exactly_one_task(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Parser crash", "It crashes on empty input.")
     comment_id = sim.add_comment(REPO, number, "alice", "@dev please fix this")
-    poller = make_poller("dev", clients, intake)
+    poller = make_poller("dev", clients, recorder)
     assert await poller.poll_once() == 1
-    [spec] = await intake.tasks()
+    [spec] = await recorder.tasks()
     assert (spec.agent, spec.kind, spec.comment_id) == ("dev", TaskKind.MENTION, comment_id)
     assert spec.idempotency_key == f"{REPO}#{number}/comment/{comment_id}/dev"
     assert [t.status for t in sim.threads("dev")] == ["read"]
-    assert await poller.poll_once() == 0 and len(await intake.tasks()) == 1
+    assert await poller.poll_once() == 0 and len(await recorder.tasks()) == 1
 
 
 async def test_an_idle_poll_is_exactly_one_request(sim, clients, store) -> None:
@@ -143,20 +153,20 @@ async def test_an_idle_poll_is_exactly_one_request(sim, clients, store) -> None:
 
 
 async def test_a_new_issue_mentioning_the_agent_is_a_task(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Add --verbose", "@dev add a verbose flag")
-    assert await make_poller("dev", clients, intake).poll_once() == 1
-    [spec] = await intake.tasks()
+    assert await make_poller("dev", clients, recorder).poll_once() == 1
+    [spec] = await recorder.tasks()
     assert spec.idempotency_key == f"{REPO}#{number}/body/dev"
 
 
 async def test_an_unauthorised_mention_yields_no_task_and_is_logged(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "mallory", "@dev delete the repository")
     with capture_logs() as logs:
-        assert await make_poller("dev", clients, intake).poll_once() == 0
-    assert await intake.tasks() == []
+        assert await make_poller("dev", clients, recorder).poll_once() == 0
+    assert await recorder.tasks() == []
     refused = [e for e in logs if e["event"] == "trigger_refused"]
     assert [(e["reason"], e["user"], e["repo"]) for e in refused] == [
         ("not_a_writer", "mallory", REPO)
@@ -166,18 +176,18 @@ async def test_an_unauthorised_mention_yields_no_task_and_is_logged(sim, clients
 
 async def test_a_refused_permission_check_fails_closed(sim, clients, store) -> None:
     sim.state.repo(REPO).collaborators["dev"] = "write"  # no longer allowed to ask
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "alice", "@dev please")
     with capture_logs() as logs:
-        assert await make_poller("dev", clients, intake).poll_once() == 0
-    assert await intake.tasks() == []
+        assert await make_poller("dev", clients, recorder).poll_once() == 0
+    assert await recorder.tasks() == []
     assert {"permission_unknown", "trigger_refused"} <= {e["event"] for e in logs}
 
 
 async def test_an_edit_adding_a_mention_does_not_trigger(sim, clients, store) -> None:
-    intake = Recorder(store)
-    poller = make_poller("dev", clients, intake)
+    recorder = Recorder(store)
+    poller = make_poller("dev", clients, recorder)
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "alice", "@dev look")
     await poller.poll_once()
@@ -189,16 +199,16 @@ async def test_an_edit_adding_a_mention_does_not_trigger(sim, clients, store) ->
     sim.advance(5)
     sim.add_comment(REPO, number, "alice", "any news?")
     assert await poller.poll_once() == 0
-    assert len(await intake.tasks()) == 1
+    assert len(await recorder.tasks()) == 1
 
 
 async def test_stop_is_a_control_command(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Parser crash")
     comment_id = sim.add_comment(REPO, number, "alice", "@dev stop")
-    assert await make_poller("dev", clients, intake).poll_once() == 1
-    assert await intake.tasks() == []
-    [command] = intake.controls
+    assert await make_poller("dev", clients, recorder).poll_once() == 1
+    assert await recorder.tasks() == []
+    [command] = recorder.controls
     assert (command.action, command.comment_id, command.number) == (
         ControlAction.STOP,
         comment_id,
@@ -207,27 +217,27 @@ async def test_stop_is_a_control_command(sim, clients, store) -> None:
 
 
 async def test_a_review_request_yields_a_review_task(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_pull(REPO, "alice", "Fix parser", head="fix", head_sha="f00d" * 10)
     sim.request_review(REPO, number, "alice", "reviewer")
-    assert await make_poller("reviewer", clients, intake).poll_once() == 1
-    [spec] = await intake.tasks()
+    assert await make_poller("reviewer", clients, recorder).poll_once() == 1
+    [spec] = await recorder.tasks()
     assert (spec.kind, spec.head_sha, spec.requested_by) == (TaskKind.REVIEW, "f00d" * 10, "alice")
     assert spec.idempotency_key == f"{REPO}#{number}/review-request/{'f00d' * 10}/reviewer"
 
 
 async def test_an_assignment_yields_an_assignment_task(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.assign(REPO, number, "alice", "dev")
-    assert await make_poller("dev", clients, intake).poll_once() == 1
-    [spec] = await intake.tasks()
+    assert await make_poller("dev", clients, recorder).poll_once() == 1
+    [spec] = await recorder.tasks()
     assert spec.kind is TaskKind.ASSIGNMENT and spec.requested_by == "alice"
 
 
 async def test_an_agent_to_agent_chain_stops_at_the_hop_limit(sim, clients, store) -> None:
-    intake = Recorder(store)
-    pollers = {a: make_poller(a, clients, intake, hop_limit=2) for a in AGENTS}
+    recorder = Recorder(store)
+    pollers = {a: make_poller(a, clients, recorder, hop_limit=2) for a in AGENTS}
     number = sim.create_issue(REPO, "alice", "Ping pong", "@dev start")
     await pollers["dev"].poll_once()
     for i, (author, target) in enumerate(
@@ -236,7 +246,7 @@ async def test_an_agent_to_agent_chain_stops_at_the_hop_limit(sim, clients, stor
         sim.advance(2)
         sim.add_comment(REPO, number, author, f"@{target} round {i}")
         await pollers[target].poll_once()
-    assert [(s.agent, s.hop) for s in await intake.tasks()] == [
+    assert [(s.agent, s.hop) for s in await recorder.tasks()] == [
         ("dev", 0),
         ("reviewer", 1),
         ("dev", 2),
@@ -244,36 +254,36 @@ async def test_an_agent_to_agent_chain_stops_at_the_hop_limit(sim, clients, stor
 
 
 async def test_a_restart_neither_loses_nor_replays_a_window(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "alice", "@dev one")
-    await make_poller("dev", clients, intake).poll_once()
+    await make_poller("dev", clients, recorder).poll_once()
     sim.advance(3)
     sim.add_comment(REPO, number, "alice", "@dev two")
-    restarted = make_poller("dev", clients, intake)
+    restarted = make_poller("dev", clients, recorder)
     assert await restarted.poll_once() == 1
-    assert [s.request for s in await intake.tasks()] == ["@dev one", "@dev two"]
-    assert all(intake.created)
+    assert [s.request for s in await recorder.tasks()] == ["@dev one", "@dev two"]
+    assert all(recorder.created)
 
 
 # --- faults -----------------------------------------------------------------------------------
 
 
 async def test_five_502s_then_recovery_lose_no_trigger(sim, clients, store) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "alice", "@dev please")
     sim.fail_next(5, status=502)
     outage = SharedBackoff(initial=0.01, maximum=0.05)
-    poller = make_poller("dev", clients, intake, outage=outage)
+    poller = make_poller("dev", clients, recorder, outage=outage)
     stop = asyncio.Event()
     with capture_logs() as logs:
         running = asyncio.create_task(poller.run(stop))
         async with asyncio.timeout(10):
-            await intake.stored.wait()
+            await recorder.stored.wait()
         stop.set()
         await running
-    assert len(await intake.tasks()) == 1
+    assert len(await recorder.tasks()) == 1
     events = [e["event"] for e in logs]
     assert events.count("forgejo_unreachable") == 1
     assert events.count("forgejo_recovered") == 1
@@ -283,43 +293,54 @@ async def test_five_502s_then_recovery_lose_no_trigger(sim, clients, store) -> N
 async def test_a_crash_between_enqueue_and_mark_read_makes_no_duplicate(
     sim, clients, store
 ) -> None:
-    intake = Recorder(store)
+    recorder = Recorder(store)
 
     async def enqueue_then_crash(triggers: Sequence[Trigger]) -> None:
-        await intake(triggers)
+        await recorder(triggers)
         raise RuntimeError("killed right after the commit")
 
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "alice", "@dev please")
-    crashing = Poller(
-        agent_config("dev"),
-        clients["dev"],
-        enqueue_then_crash,
-        store,
-        interval=0.05,
-        agents=AGENTS,
-        repositories=SERVED,
-    )
+    crashing = make_poller("dev", clients, recorder, submit=enqueue_then_crash)
     with pytest.raises(RuntimeError):
         await crashing.poll_once()
     assert [t.status for t in sim.threads("dev")] == ["unread"]
-    restarted = make_poller("dev", clients, intake)
+    restarted = make_poller("dev", clients, recorder)
     assert await restarted.poll_once() == 1  # read again…
-    assert len(await intake.tasks()) == 1  # …but stored once
-    assert intake.created == [True, False]
+    assert len(await recorder.tasks()) == 1  # …but stored once
+    assert recorder.created == [True, False]
     assert [t.status for t in sim.threads("dev")] == ["read"]
 
 
-async def test_run_stops_promptly_when_asked(sim, clients, store) -> None:
-    poller = Poller(
-        agent_config("dev"),
-        clients["dev"],
-        Recorder(store),
-        store,
-        interval=3600,
-        agents=AGENTS,
-        repositories=SERVED,
+async def test_every_failed_poll_counts_once_as_a_poll_error(sim, store) -> None:
+    # Issue 13: claude_hooks_poll_errors_total was exported but nothing counted into it.
+    recorder = Recorder(store)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev please")
+    single = {a: ForgejoClient(sim.base_url, TOKENS[a], max_attempts=1) for a in AGENTS}
+    metrics = Metrics()
+    poller = make_poller(
+        "dev", single, recorder, metrics=metrics, outage=SharedBackoff(initial=0.01, maximum=0.05)
     )
+    sim.fail_next(2, status=502)  # Forgejo down: two polls fail, one backoff
+    sim.fail_next(1, status=404)  # a failure that is not an outage fails a third
+    stop = asyncio.Event()
+    try:
+        running = asyncio.create_task(poller.run(stop))
+        async with asyncio.timeout(10):
+            await recorder.stored.wait()  # the fourth poll gets through
+        stop.set()
+        await running
+    finally:
+        for client in single.values():
+            await client.close()
+    errors = metrics.registry.get_sample_value("claude_hooks_poll_errors_total", {"agent": "dev"})
+    assert errors == 3
+    assert len(await recorder.tasks()) == 1
+
+
+async def test_run_stops_promptly_when_asked(sim, clients, store) -> None:
+    poller = make_poller("dev", clients, Recorder(store), interval=3600)
     stop = asyncio.Event()
     running = asyncio.create_task(poller.run(stop))
     await asyncio.sleep(0.1)
@@ -332,12 +353,10 @@ async def test_run_stops_promptly_when_asked(sim, clients, store) -> None:
 
 
 @pytest.fixture
-async def hook(sim, clients, store) -> AsyncIterator[tuple[WebhookIntake, Recorder]]:
-    """A webhook endpoint like the daemon's: verify, parse, hand to the intake."""
-    intake = Recorder(store)
-    client = clients["dev"]
-    policy = Policy(AGENTS, repositories=SERVED)
-    receiver = WebhookIntake(client, policy, PermissionCache(client.repo_permission), intake)
+async def hook(sim, clients, store) -> AsyncIterator[tuple[WebhookHandler, Recorder]]:
+    """A webhook endpoint like the daemon's: verify, parse, hand to the webhook handler."""
+    recorder = Recorder(store)
+    receiver = WebhookHandler(make_intake(clients, recorder))
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
@@ -358,32 +377,32 @@ async def hook(sim, clients, store) -> AsyncIterator[tuple[WebhookIntake, Record
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     sim.add_webhook(f"http://127.0.0.1:{port}/hooks/forgejo", SECRET)
-    yield receiver, intake
+    yield receiver, recorder
     await runner.cleanup()
 
 
 async def test_the_same_comment_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
-    _, intake = hook
+    _, recorder = hook
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "alice", "@dev please fix")
     await delivered(sim)
-    assert len(await intake.tasks()) == 1
-    assert await make_poller("dev", clients, intake).poll_once() == 1
-    assert len(await intake.tasks()) == 1
-    assert intake.created == [True, False]
+    assert len(await recorder.tasks()) == 1
+    assert await make_poller("dev", clients, recorder).poll_once() == 1
+    assert len(await recorder.tasks()) == 1
+    assert recorder.created == [True, False]
 
 
 async def test_an_agents_own_comment_by_webhook_yields_none(sim, hook) -> None:
-    _, intake = hook
+    _, recorder = hook
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.add_comment(REPO, number, "dev", "Working on it, @dev-bot style notes aside")
     sim.add_comment(REPO, number, "dev", "note to self: @dev check CI")
     await delivered(sim)
-    assert await intake.tasks() == []
+    assert await recorder.tasks() == []
 
 
 async def test_a_review_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
-    _, intake = hook
+    _, recorder = hook
     number = sim.create_pull(REPO, "dev", "Fix parser", head="fix")
     sim.advance(2)
     sim.submit_review(
@@ -395,30 +414,44 @@ async def test_a_review_by_webhook_and_by_polling_is_one_task(sim, clients, hook
         comments=[{"path": "a.py", "body": "@dev rename this", "new_position": 3}],
     )
     await delivered(sim)
-    [spec] = await intake.tasks()
+    [spec] = await recorder.tasks()
     assert spec.review_id is not None and "rename this" in spec.request
-    assert await make_poller("dev", clients, intake).poll_once() == 1
-    assert len(await intake.tasks()) == 1 and intake.created == [True, False]
+    assert await make_poller("dev", clients, recorder).poll_once() == 1
+    assert len(await recorder.tasks()) == 1 and recorder.created == [True, False]
 
 
 async def test_an_assignment_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
-    _, intake = hook
+    _, recorder = hook
     number = sim.create_issue(REPO, "alice", "Parser crash")
     sim.assign(REPO, number, "alice", "dev")
     await delivered(sim)
-    assert len(await intake.tasks()) == 1
-    await make_poller("dev", clients, intake).poll_once()
-    assert len(await intake.tasks()) == 1 and intake.created == [True, False]
+    assert len(await recorder.tasks()) == 1
+    await make_poller("dev", clients, recorder).poll_once()
+    assert len(await recorder.tasks()) == 1 and recorder.created == [True, False]
 
 
 async def test_a_review_request_by_webhook_and_by_polling_is_one_task(sim, clients, hook) -> None:
-    _, intake = hook
+    _, recorder = hook
     number = sim.create_pull(REPO, "alice", "Fix parser", head="fix")
     sim.request_review(REPO, number, "alice", "reviewer")
     await delivered(sim)
-    assert [s.kind for s in await intake.tasks()] == [TaskKind.REVIEW]
-    await make_poller("reviewer", clients, intake).poll_once()
-    assert len(await intake.tasks()) == 1 and intake.created == [True, False]
+    assert [s.kind for s in await recorder.tasks()] == [TaskKind.REVIEW]
+    await make_poller("reviewer", clients, recorder).poll_once()
+    assert len(await recorder.tasks()) == 1 and recorder.created == [True, False]
+
+
+async def test_a_webhook_trigger_is_checked_by_the_agent_it_is_for(sim, hook) -> None:
+    # Issue 13: every webhook permission check asked as the first configured agent (dev);
+    # an account that is no repository admin may not ask, so reviewer's mention was refused.
+    sim.state.repo(REPO).collaborators["dev"] = "write"
+    _, recorder = hook
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    with capture_logs() as logs:
+        sim.add_comment(REPO, number, "alice", "@reviewer @dev please look")
+        await delivered(sim)
+    assert [(s.agent, s.requested_by) for s in await recorder.tasks()] == [("reviewer", "alice")]
+    refused = [(e["agent"], e["reason"]) for e in logs if e["event"] == "trigger_refused"]
+    assert refused == [("dev", "not_a_writer")]  # dev may not ask: fails closed, as polling
 
 
 # --- pure parts: shared backoff, permission cache ---------------------------------------------
@@ -507,11 +540,11 @@ async def test_a_mention_in_an_unconfigured_repository_is_refused_by_polling(
     sim, clients, store
 ) -> None:
     repo, number = evil_repo(sim)
-    intake = Recorder(store)
+    recorder = Recorder(store)
     sim.requests.clear()
     with capture_logs() as logs:
-        assert await make_poller("dev", clients, intake).poll_once() == 0
-    assert await intake.tasks() == []
+        assert await make_poller("dev", clients, recorder).poll_once() == 0
+    assert await recorder.tasks() == []
     refused = [e for e in logs if e["event"] == "trigger_refused"]
     assert [(e["reason"], e["repo"]) for e in refused] == [("repository_not_configured", repo)]
     assert touched(sim, repo) == []  # the thread was never even read
@@ -521,12 +554,12 @@ async def test_a_mention_in_an_unconfigured_repository_is_refused_by_polling(
 
 
 async def test_a_mention_in_an_unconfigured_repository_is_refused_by_webhook(sim, hook) -> None:
-    _, intake = hook
+    _, recorder = hook
     sim.requests.clear()
     with capture_logs() as logs:
         repo, number = evil_repo(sim)
         await delivered(sim)
-    assert await intake.tasks() == []
+    assert await recorder.tasks() == []
     reasons = [e["reason"] for e in logs if e["event"] == "trigger_refused"]
     # Two deliveries (the issue opened, the comment): both refused before any lookup.
     assert reasons == ["repository_not_configured"] * 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from claude_hooks.intake.decide import mentioned_names
+from claude_hooks.intake.mentions import mentioned_names
 from claude_hooks.report.render import Phase, pull_body, render_tracking, review_body
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.text import defuse_mentions, find_marker, marker

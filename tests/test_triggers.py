@@ -1,31 +1,34 @@
-"""triggers.py: mention rules, authorisation, loop guard, keys — pure, no network."""
+"""intake/ decisions: mention rules, authorisation, loop guard, keys — pure, no network."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from claude_hooks.forgejo.webhook import parse_webhook
+from claude_hooks.forgejo.webhook import WebhookEvent, parse_webhook
 from claude_hooks.intake.decide import (
-    Assignment,
     Decision,
     Policy,
+    chain_hop,
+    decide_from_thread,
+    propose,
+    task_markers,
+)
+from claude_hooks.intake.mentions import find_mentions, parse_control
+from claude_hooks.intake.thread import (
+    Assignment,
     Post,
     PostKind,
     ReviewRequest,
     ThreadContext,
     ThreadEvent,
     Watermark,
-    authors_to_check,
-    chain_hop,
-    decide_from_thread,
-    decide_from_webhook,
-    find_mentions,
-    parse_control,
     split_by_watermark,
-    task_markers,
 )
+from claude_hooks.intake.webhooks import delivered_thread
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, TriggerSource
 from claude_hooks.text import marker
 
@@ -239,14 +242,14 @@ def test_the_agents_own_comment_never_triggers_it() -> None:
     assert decision.triggers == () and decision.refusals == ()
 
 
-def test_authors_to_check_lists_only_who_would_trigger() -> None:
+def test_only_who_would_trigger_is_asked_about() -> None:
     ctx = thread(
         comment(1, "alice", "@dev go", 0),
         comment(2, "carol", "unrelated chatter", 1),
         comment(3, "mallory", "@dev also", 2),
         writers=frozenset(),
     )
-    assert authors_to_check("dev", ctx, POLICY) == {"alice", "mallory"}
+    assert propose("dev", ctx, POLICY).requesters(POLICY) == {"alice", "mallory"}
 
 
 # --- agent-to-agent loop guard ---------------------------------------------------------------
@@ -408,6 +411,24 @@ def _comment_payload(action: str, cid: int, author: str, body: str) -> dict[str,
             "created_at": "2025-03-01T12:01:00Z",
         },
     }
+
+
+def decide_from_webhook(
+    event: WebhookEvent,
+    policy: Policy,
+    *,
+    writers: Iterable[str],
+    resolved: Sequence[ThreadEvent] = (),
+) -> Decision:
+    """Every configured agent's decision on one delivery, its writers known."""
+    ctx = delivered_thread(event, resolved)
+    if ctx is None:
+        return Decision()
+    ctx = replace(ctx, writers=frozenset(writers))
+    decision = Decision()
+    for agent in policy.agents:
+        decision = decision + decide_from_thread(agent, ctx, policy, TriggerSource.WEBHOOK)
+    return decision
 
 
 def test_the_same_comment_by_webhook_and_by_poll_has_the_same_key() -> None:

@@ -151,7 +151,7 @@ class ApiDeps:
     config: Config
     store: Store
     scheduler: Scheduler
-    submit: Submit  # the daemon's intake: submits and acknowledges on Forgejo
+    submit: Submit  # the daemon's API submission: queues and acknowledges on Forgejo
     on_webhook: OnWebhook  # (event, payload, delivery id) → number of tasks created
     webhook_secret: Callable[[], bytes | None]  # None: webhooks are not configured
     api_token: Callable[[], str | None]  # re-read on every request so rotation works

@@ -1,7 +1,8 @@
 """`claude-hooks run`: wire config → store → scheduler → pollers → HTTP listener.
 
 Two scopes, as in Forgejo runner's poller:
-- **intake** (pollers, webhooks, API submissions) stops at the first SIGTERM/SIGINT;
+- **accepting** new work (pollers, webhooks, API submissions) stops at the first
+  SIGTERM/SIGINT;
 - **work** (running tasks) continues until `drain_timeout`, then is stopped and
   recorded `interrupted`, so the next start re-runs it.
 A second SIGTERM/SIGINT skips the rest of the drain. SIGHUP is logged, never fatal.
@@ -37,9 +38,9 @@ EXIT_STORE = 3  # the task store cannot be opened (StoreError names the file)
 
 @dataclass
 class ShutdownSignals:
-    """First SIGTERM/SIGINT ends intake; a second one ends the drain too."""
+    """First SIGTERM/SIGINT ends accepting new work; a second one ends the drain too."""
 
-    stop_intake: asyncio.Event
+    stop_accepting: asyncio.Event
     skip_drain: asyncio.Event
 
     @classmethod
@@ -51,12 +52,12 @@ class ShutdownSignals:
         return signals
 
     def _on_stop(self, sig: signal.Signals) -> None:
-        if self.stop_intake.is_set():
+        if self.stop_accepting.is_set():
             log.warning("drain_skipped", signal=sig.name)
             self.skip_drain.set()
         else:
             log.info("shutdown_requested", signal=sig.name)
-            self.stop_intake.set()
+            self.stop_accepting.set()
 
     def _on_hup(self) -> None:
         log.info(
@@ -106,7 +107,7 @@ async def _serve(
         asyncio.create_task(_report_status(services, notifier), name="status"),
     ]
     pollers = [
-        asyncio.create_task(poller.run(signals.stop_intake), name=f"poll-{poller.agent}")
+        asyncio.create_task(poller.run(signals.stop_accepting), name=f"poll-{poller.agent}")
         for poller in services.pollers
     ]
     for task in pollers:
@@ -120,8 +121,8 @@ async def _serve(
             poll_interval=config.daemon.poll_interval,
         )
 
-        # --- intake scope: pollers, webhooks and API submissions end at the first signal ---
-        await signals.stop_intake.wait()
+        # --- accepting scope: pollers, webhooks and API submissions end at the first signal
+        await signals.stop_accepting.wait()
         services.stop_accepting()
         await asyncio.gather(*pollers, return_exceptions=True)
 

@@ -1,18 +1,15 @@
 """Builds every long-lived part of the daemon from the config, and closes them again.
 
 This is the only place that knows how the parts fit: the store, the scheduler
-and its worker, the Docker containers, one Forgejo client per agent, the pollers,
-the webhook intake and the HTTP listener. daemon.py runs them; tests and the
-demo build them the same way.
+and its worker, the Docker containers, one Forgejo client per agent, the Intake
+(with its pollers and webhook handler) and the HTTP listener. daemon.py runs them;
+tests and the demo build them the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import aiodocker
 import structlog
@@ -21,16 +18,18 @@ from aiohttp import web
 from claude_hooks.config import Config, read_secret
 from claude_hooks.daemon.log import redactor
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
-from claude_hooks.forgejo.webhook import parse_webhook
 from claude_hooks.intake.decide import Policy
+from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.poller import Poller, SharedBackoff
-from claude_hooks.intake.reader import PermissionCache, WebhookIntake
+from claude_hooks.intake.reader import Permissions
+from claude_hooks.intake.submit import Submitter
+from claude_hooks.intake.webhooks import WebhookHandler
 from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store.db import Store
-from claude_hooks.tasks import ControlAction, ControlCommand, Task, TaskSpec, TaskState, Trigger
+from claude_hooks.tasks import Task, TaskSpec
 from claude_hooks.work.delivery import Delivery
 from claude_hooks.work.scheduler import Scheduler, SchedulerError
 from claude_hooks.work.worker import TaskWorker
@@ -49,12 +48,13 @@ class Services:
     metrics: Metrics
     reports: TaskReports
     scheduler: Scheduler
+    submitter: Submitter
+    intake: Intake
     pollers: Sequence[Poller]
     outage: SharedBackoff
-    webhooks: WebhookIntake
+    webhooks: WebhookHandler
     web_runner: web.AppRunner | None = None
     accepting: bool = True
-    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     async def start(
@@ -116,13 +116,22 @@ class Services:
             return clients[config.agent(agent).name]
 
         holder: list[Services] = []
+        policy = Policy.from_config(config)  # the daemon's one policy and permission view
+        permissions = Permissions(policy, {n: c.repo_permission for n, c in clients.items()})
         reporter = Reporter(client_for, redact=redactor)
         reports = TaskReports(
             reporter, store, lambda task_id: holder[0].scheduler.position(task_id)
         )
         delivery = Delivery(client_for, redact=redactor)
         worker = TaskWorker(
-            config, store, runtime, client_for, reports, delivery, daemon_id=daemon_id
+            config,
+            store,
+            runtime,
+            client_for,
+            reports,
+            delivery,
+            daemon_id=daemon_id,
+            permissions=permissions,
         )
         scheduler = Scheduler(
             store,
@@ -134,13 +143,8 @@ class Services:
             on_change=lambda task: holder[0].on_change(task),
         )
         outage = SharedBackoff()
-        policy = Policy(
-            config.agent_names,
-            frozenset(config.daemon.allowed_users),
-            config.daemon.hop_limit,
-            config.forgejo.repositories,
-        )
-        first = clients[config.agents[0].name]
+        submitter = Submitter(scheduler, store, config.forgejo.serves)
+        intake = Intake(policy, clients, permissions, submitter.submit, task_hops=store.task_hop)
         services = cls(
             config=config,
             daemon_id=daemon_id,
@@ -151,33 +155,24 @@ class Services:
             metrics=metrics,
             reports=reports,
             scheduler=scheduler,
-            pollers=[],
+            submitter=submitter,
+            intake=intake,
+            pollers=[
+                Poller(
+                    agent,
+                    clients[agent.name],
+                    intake,
+                    store,
+                    interval=config.daemon.poll_interval,
+                    metrics=metrics,
+                    outage=outage,
+                )
+                for agent in config.agents
+            ],
             outage=outage,
-            webhooks=WebhookIntake(
-                first,
-                policy,
-                PermissionCache(first.repo_permission),
-                intake=lambda triggers: holder[0].accept(triggers),
-                task_hops=store.task_hop,
-            ),
+            webhooks=WebhookHandler(intake),
         )
         holder.append(services)
-        services.pollers = [
-            Poller(
-                agent,
-                clients[agent.name],
-                services.accept,
-                store,
-                interval=config.daemon.poll_interval,
-                agents=config.agent_names,
-                hop_limit=config.daemon.hop_limit,
-                allowed_users=config.daemon.allowed_users,
-                repositories=config.forgejo.repositories,
-                outage=outage,
-                task_hops=store.task_hop,
-            )
-            for agent in config.agents
-        ]
         return services
 
     async def _housekeeping(self) -> None:
@@ -202,7 +197,7 @@ class Services:
             store=self.store,
             scheduler=self.scheduler,
             submit=self.submit,
-            on_webhook=self.on_webhook,
+            on_webhook=self.webhooks.receive,
             webhook_secret=self._webhook_secret,
             api_token=self._api_token,
             readiness=self.readiness,
@@ -216,7 +211,7 @@ class Services:
         await site.start()
         log.info("api_listening", url=config.api.base_url)
 
-    # --- intake -----------------------------------------------------------------------------
+    # --- API submissions --------------------------------------------------------------------
 
     async def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
         if not self.accepting:
@@ -225,48 +220,6 @@ class Services:
             raise RepositoryNotServed(spec.repo)
         return await self.scheduler.submit(spec)
 
-    async def accept(self, triggers: Sequence[Trigger]) -> None:
-        """Store what triggers ask for; the caller marks its source read after this."""
-        for trigger in triggers:
-            if not self.config.forgejo.serves(trigger.repo):  # intake checked; never store it
-                log.warning(
-                    "trigger_refused", reason="repository_not_configured", repo=trigger.repo
-                )
-                continue
-            if isinstance(trigger, ControlCommand):
-                await self._control(trigger)
-            else:
-                await self.scheduler.submit(trigger)
-
-    async def _control(self, command: ControlCommand) -> None:
-        seen = f"control:{command.idempotency_key}"
-        if await self.store.get_cursor(seen):
-            return  # the same command seen by webhook and by poll
-        await self.store.set_cursor(seen, str(time.time()))
-        task = await self.store.latest_on_thread(command.agent, command.repo, command.number)
-        if task is None:
-            log.info("control_without_task", action=str(command.action), agent=command.agent)
-            return
-        if command.action is ControlAction.STOP and task.state in (
-            TaskState.QUEUED,
-            TaskState.RUNNING,
-        ):
-            # A running task takes up to the stop grace to end: don't hold up intake.
-            self._spawn(self.scheduler.cancel(task.id, by=command.requested_by))
-        elif (
-            command.action is ControlAction.RETRY
-            and task.state is not TaskState.RUNNING
-            and task.state is not TaskState.QUEUED
-        ):
-            await self.scheduler.retry(task.id, by=command.requested_by)
-
-    async def on_webhook(self, event: str, payload: dict, delivery: str | None) -> int:
-        parsed = parse_webhook(event, payload, delivery)
-        if parsed is None:
-            return 0
-        decision = await self.webhooks.handle(parsed)
-        return len(decision.triggers)
-
     async def on_change(self, task: Task) -> None:
         await self.reports.on_change(task)
         feed = getattr(self, "feed", None)
@@ -274,11 +227,6 @@ class Services:
             feed.publish(task)
         if task.state.is_final:
             self.metrics.task_finished(task)
-
-    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -307,8 +255,7 @@ class Services:
 
     async def close(self) -> None:
         await self.reports.close()
-        if self.background:
-            await asyncio.wait(self.background, timeout=5)
+        await self.submitter.close()  # stops asked for by `@agent stop`, still under way
         if self.web_runner is not None:
             await self.web_runner.cleanup()
         for client in self.clients.values():

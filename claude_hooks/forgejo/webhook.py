@@ -1,7 +1,7 @@
 """Forgejo webhook deliveries: signature check and typed events.
 
 The HTTP handler (api.py) reads the raw body, calls `verify_signature` before parsing
-anything, then `parse_webhook`; the intake turns the event into triggers. Only the
+anything, then `parse_webhook`; the Intake turns the event into triggers. Only the
 events that can ask something of an agent are parsed; everything else is None.
 """
 
@@ -131,7 +131,7 @@ class ReviewRequestEvent:
 @dataclass(frozen=True)
 class ReviewEvent:
     """pull_request_{approved,rejected,comment}: a submitted review (without its id or
-    inline comments: the intake looks those up)."""
+    inline comments: the Intake looks those up)."""
 
     delivery: str | None
     repo: str

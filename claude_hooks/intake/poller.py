@@ -1,9 +1,9 @@
 """One notification poll loop per agent: the safety net under the webhooks.
 
 Each poll costs one request when nothing is unread (GET /notifications/new). When
-something is, the poller lists the threads updated since its cursor, reads each
-one since that thread's watermark, hands the triggers to the intake (the durable
-store) and only then marks the thread read: a crash in between re-reads the thread
+something is, the poller lists the threads updated since its cursor, has the
+Intake read each one since that thread's watermark, decide and store the triggers,
+and only then marks the thread read: a crash in between re-reads the thread
 after the restart, and the idempotency keys make the second reading harmless.
 
 Cursors (the `since` of the listing and one watermark per thread) live in the
@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -26,15 +25,10 @@ import structlog
 from claude_hooks.config import AgentConfig
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError, rfc3339
 from claude_hooks.forgejo.models import ForgejoDataError, NotificationThread, parse_time
-from claude_hooks.intake.decide import (
-    Policy,
-    ThreadContext,
-    Watermark,
-    authors_to_check,
-    decide_from_thread,
-    unserved,
-)
-from claude_hooks.intake.reader import Intake, PermissionCache, TaskHops, ThreadReader, log_decision
+from claude_hooks.intake.intake import Intake
+from claude_hooks.intake.thread import Watermark
+from claude_hooks.metrics import Metrics
+from claude_hooks.tasks import TriggerSource
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +104,7 @@ class SharedBackoff:
 
 
 class Poller:
-    """Polls the notifications of one agent account and enqueues what they ask for."""
+    """Polls the notifications of one agent account; the Intake takes what they ask for."""
 
     def __init__(
         self,
@@ -120,13 +114,8 @@ class Poller:
         cursors: CursorStore,
         *,
         interval: float,
-        agents: Iterable[str],
-        hop_limit: int = 3,
-        allowed_users: Iterable[str] = (),
-        repositories: Iterable[str] = (),
+        metrics: Metrics,
         outage: SharedBackoff | None = None,
-        permissions: PermissionCache | None = None,
-        task_hops: TaskHops | None = None,
         jitter: float = 0.1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -135,14 +124,10 @@ class Poller:
         self._intake = intake
         self._cursors = cursors
         self._interval = interval
+        self._metrics = metrics
         self._jitter = jitter
         self._clock = clock
-        self.policy = Policy(
-            tuple(agents), frozenset(allowed_users), hop_limit, tuple(repositories)
-        )
         self._outage = outage or SharedBackoff()
-        self._permissions = permissions or PermissionCache(client.repo_permission)
-        self._reader = ThreadReader(client, self.policy, task_hops)
         self._done: dict[int, datetime | None] = {}  # thread id → updated_at handled
         self._log = log.bind(agent=self.agent)
 
@@ -160,6 +145,7 @@ class Poller:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                self._metrics.poll_error(self.agent)
                 wait = self._after_failure(error, failures)
                 failures += 1
             else:
@@ -176,7 +162,7 @@ class Poller:
             self._log.error("poll_failed", error=str(error))
         else:
             self._log.exception("poll_crashed")
-        return min(self._interval * 2**failures, self._interval * 20)
+        return min(self._interval * 2.0**failures, self._interval * 20)
 
     def _next_interval(self) -> float:
         return self._interval * (1 + self._jitter * (2 * random.random() - 1))
@@ -184,7 +170,7 @@ class Poller:
     # --- one poll --------------------------------------------------------------------------
 
     async def poll_once(self) -> int:
-        """One poll; returns how many triggers it handed to the intake."""
+        """One poll; returns how many triggers the Intake stored."""
         if await self._client.unread_count() == 0:
             return 0
         since = await self._get_time(self._since_name)
@@ -210,37 +196,27 @@ class Poller:
         number = thread.subject.number
         if number is None:  # a repository or commit notification: nothing to ask
             return 0 if await self._mark_read(thread) else None
-        if not self.policy.serves(thread.repo):
-            # Anyone can add the agent to a repository of theirs: never read it, never run.
-            log_decision(unserved(self.agent, thread.repo, number), source="poll")
-            return 0 if await self._mark_read(thread) else None
+        if not self._intake.serves(thread.repo, number, agent=self.agent, source="poll"):
+            return 0 if await self._mark_read(thread) else None  # never read, never run
         watermark_name = self._thread_name(thread.id)
         stored = Watermark.decode(await self._cursors.get_cursor(watermark_name))
         watermark = stored or Watermark(baseline)
         try:
-            ctx = await self._reader.read(thread.repo, number, agent=self.agent, since=watermark)
+            ctx = await self._intake.read(self.agent, thread.repo, number, since=watermark)
         except ForgejoError as error:
             if is_outage(error):
                 raise
             report = self._log.info if error.status in GONE else self._log.error
             report("thread_unreadable", repo=thread.repo, number=number, error=str(error))
             return 0 if await self._mark_read(thread) else None
-        count = await self._decide_and_store(ctx)
+        # Stored before the thread is marked read: a crash in between reads it again.
+        decision = await self._intake.take(ctx, (self.agent,), TriggerSource.POLL)
         if not await self._mark_read(thread):
             self._done[thread.id] = thread.updated_at
             return None
         reached = Watermark.after((*ctx.history, *ctx.new), floor=thread.updated_at)
         await self._cursors.set_cursor(watermark_name, reached.encode())
         self._done[thread.id] = thread.updated_at
-        return count
-
-    async def _decide_and_store(self, ctx: ThreadContext) -> int:
-        askers = authors_to_check(self.agent, ctx, self.policy)
-        writers = await self._permissions.writers(ctx.repo, askers)
-        decision = decide_from_thread(self.agent, replace(ctx, writers=writers), self.policy)
-        log_decision(decision, source="poll")
-        if decision.triggers:
-            await self._intake(decision.triggers)  # durable before the thread is marked read
         return len(decision.triggers)
 
     async def _mark_read(self, thread: NotificationThread) -> bool:

@@ -1,15 +1,14 @@
-"""The I/O around triggers.py: read a thread from Forgejo, resolve write access, take webhooks.
+"""Reading a thread from Forgejo, and who has write access: the Intake's I/O.
 
-The poller and the webhook path both come through here, so they read the same facts
-the same way (and triggers.py builds the same idempotency keys from them). Nothing
-here decides anything: it fetches, hands frozen values to triggers.py, logs what it
-refused, and passes the triggers on to the intake callable (the durable store).
+The poller and the webhook path both read through here, so they see the same facts
+the same way (and build the same idempotency keys from them). Nothing here decides
+anything: it fetches and hands frozen ThreadContexts to the Intake.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
@@ -24,33 +23,20 @@ from claude_hooks.forgejo.models import (
     ReviewComment,
     TimelineEvent,
 )
-from claude_hooks.forgejo.webhook import (
-    IssueEvent,
-    ReviewEvent,
-    WebhookEvent,
-)
-from claude_hooks.intake.decide import (
+from claude_hooks.intake.decide import Policy, task_markers
+from claude_hooks.intake.thread import (
     Assignment,
-    Decision,
-    Policy,
     Post,
     PostKind,
     ReviewRequest,
     ThreadContext,
     ThreadEvent,
     Watermark,
-    authors_to_check,
-    decide_from_webhook,
     split_by_watermark,
-    task_markers,
-    unserved,
-    webhook_context,
 )
-from claude_hooks.tasks import TaskSpec, Trigger
 
 log = structlog.get_logger(__name__)
 
-Intake = Callable[[Sequence[Trigger]], Awaitable[None]]
 # The stored hop of a task, or None when the store has no such task (Store.task_hop).
 TaskHops = Callable[[int], Awaitable[int | None]]
 
@@ -68,7 +54,7 @@ SUBMITTED_REVIEW_STATES = frozenset({"APPROVED", "REQUEST_CHANGES", "COMMENT"})
 
 
 class ThreadSource(Protocol):
-    """The ForgejoClient calls the intake reads with (a test may pass a stand-in)."""
+    """The ForgejoClient calls the reader makes (a test may pass a stand-in)."""
 
     async def get_issue(self, repo: str, number: int) -> Issue: ...
     async def get_pull(self, repo: str, number: int) -> PullRequest: ...
@@ -88,6 +74,10 @@ class ThreadSource(Protocol):
 # --- write access ---------------------------------------------------------------------------
 
 
+# (repo, login) → Forgejo's permission level, None when Forgejo would not say
+PermissionLookup = Callable[[str, str], Awaitable[str | None]]
+
+
 class PermissionCache:
     """Who has write access to which repository, asked once per TTL.
 
@@ -98,7 +88,7 @@ class PermissionCache:
 
     def __init__(
         self,
-        lookup: Callable[[str, str], Awaitable[str | None]],
+        lookup: PermissionLookup,
         *,
         ttl: float = 300.0,
         refused_ttl: float = 60.0,
@@ -136,30 +126,42 @@ class PermissionCache:
         return allowed
 
 
-def log_decision(decision: Decision, **context: object) -> None:
-    for refusal in decision.refusals:
-        log.warning(
-            "trigger_refused",
-            reason=refusal.reason,
-            user=refusal.user,
-            repo=refusal.repo,
-            number=refusal.number,
-            agent=refusal.agent,
-            key=refusal.idempotency_key,
-            **context,
-        )
-    for trigger in decision.triggers:
-        kind = trigger.kind if isinstance(trigger, TaskSpec) else f"control:{trigger.action}"
-        log.info(
-            "trigger_accepted",
-            agent=trigger.agent,
-            kind=str(kind),
-            repo=trigger.repo,
-            number=trigger.number,
-            user=trigger.requested_by,
-            key=trigger.idempotency_key,
-            **context,
-        )
+class Permissions:
+    """The daemon's one view of who may direct its agents, shared by the intake and the
+    worker (whose prompts mark what writers said as trusted).
+
+    Forgejo tells only a repository admin who else can write, so each agent asks with
+    its own account (one cache per account): a trigger is checked by the agent it is
+    for. The allow list (daemon.allowed_users) needs no question.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        lookups: Mapping[str, PermissionLookup],
+        *,
+        ttl: float = 300.0,
+        refused_ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._policy = policy
+        self._caches = {
+            agent.lower(): PermissionCache(lookup, ttl=ttl, refused_ttl=refused_ttl, clock=clock)
+            for agent, lookup in lookups.items()
+        }
+
+    async def writers(self, agent: str, repo: str, logins: Iterable[str]) -> frozenset[str]:
+        """The `logins` (lower-cased) with write access to `repo`, as `agent`'s account is told."""
+        cache = self._caches.get(agent.lower())
+        if cache is None:
+            raise KeyError(f"no Forgejo account to ask permissions with for agent {agent!r}")
+        return await cache.writers(repo, logins)
+
+    async def trusted(self, agent: str, repo: str, logins: Iterable[str]) -> frozenset[str]:
+        """The `logins` (lower-cased) that may direct agents on `repo` (Policy.may_direct)."""
+        names = frozenset(n.lower() for n in logins)
+        writers = await self.writers(agent, repo, self._policy.unproven(names))
+        return self._policy.trusted(names, writers)
 
 
 # --- reading a thread ----------------------------------------------------------------------
@@ -249,7 +251,50 @@ class ThreadReader:
             task_hops=await stored_hops(self._task_hops, markers),
         )
 
-    async def history(self, repo: str, number: int) -> list[ThreadEvent]:
+    async def with_history(self, ctx: ThreadContext) -> ThreadContext:
+        """`ctx` (a delivered event) with the thread's earlier events and their tasks' hops:
+        what an agent's event needs for its hop count."""
+        earlier = await self._history(ctx.repo, ctx.number)
+        for delivered in ctx.new:  # the delivered event is already in Forgejo's history
+            match = next((e for e in reversed(earlier) if _same(e, delivered)), None)
+            if match is not None:
+                earlier.remove(match)
+        markers = task_markers((*earlier, *ctx.new), self._policy) if earlier else ()
+        hops = await stored_hops(self._task_hops, markers)
+        return replace(ctx, history=tuple(earlier), task_hops=hops)
+
+    async def submitted_review(self, repo: str, number: int, author: str) -> list[ThreadEvent]:
+        """`author`'s latest submitted review with its inline comments (a webhook's review
+        carries neither its id nor those), as polling reads it; none when not found."""
+        reviews = [
+            r
+            for r in await self._client.list_reviews(repo, number)
+            if r.user is not None
+            and r.user.login.lower() == author.lower()
+            and r.state in SUBMITTED_REVIEW_STATES
+        ]
+        if not reviews:
+            log.info("webhook_review_not_found", repo=repo, number=number, user=author)
+            return []
+        review = max(reviews, key=lambda r: r.id)
+        inline = await self._client.review_comments(repo, number, review.id)
+        return [p for p in review_posts(review, inline) if p.kind is PostKind.REVIEW]
+
+    async def latest_assignments(
+        self, repo: str, number: int, assignees: Iterable[str]
+    ) -> list[ThreadEvent]:
+        """The latest timeline assignment of each of `assignees` (a webhook carries no
+        timeline id): the item polling keys the assignment by."""
+        wanted = {a.lower() for a in assignees}
+        if not wanted:
+            return []
+        latest: dict[str, ThreadEvent] = {}
+        for item in timeline_events(await self._client.timeline(repo, number)):
+            if isinstance(item, Assignment) and item.assignee.lower() in wanted:
+                latest[item.assignee.lower()] = item  # the timeline is oldest first
+        return list(latest.values())
+
+    async def _history(self, repo: str, number: int) -> list[ThreadEvent]:
         """Everything on the thread, oldest first (inline comments left out: a review's
         own post is enough to count it in a chain)."""
         issue = await self._client.get_issue(repo, number)
@@ -303,104 +348,6 @@ def _at_or_after(moment: datetime | None, since: datetime | None) -> bool:
     return moment >= since
 
 
-# --- webhooks ------------------------------------------------------------------------------------
-
-
-class WebhookIntake:
-    """Turns one verified, parsed webhook delivery into stored triggers.
-
-    Comments, new issues and review requests carry all they need; a submitted review
-    (no id, no inline comments) and an assignment (no timeline id) are looked up, the
-    same lookups the poller makes, so both paths build the same keys.
-    """
-
-    def __init__(
-        self,
-        client: ThreadSource,
-        policy: Policy,
-        permissions: PermissionCache,
-        intake: Intake,
-        task_hops: TaskHops | None = None,
-    ) -> None:
-        self._client = client
-        self._policy = policy
-        self._permissions = permissions
-        self._intake = intake
-        self._task_hops = task_hops
-        self._reader = ThreadReader(client, policy, task_hops)
-
-    async def handle(self, event: WebhookEvent) -> Decision:
-        if not self._policy.serves(event.repo):
-            decision = unserved("-", event.repo, event.number, event.sender)
-            log_decision(decision, source="webhook", delivery=event.delivery)
-            return decision
-        resolved = await self._resolve(event)
-        ctx = webhook_context(event, resolved=resolved)
-        if ctx is None or not ctx.new:
-            return Decision()
-        history = await self._history(event, ctx.new)
-        markers = task_markers((*history, *ctx.new), self._policy) if history else ()
-        hops = await stored_hops(self._task_hops, markers)
-        ctx = replace(ctx, history=tuple(history), task_hops=hops)
-        hopeful = frozenset().union(
-            *(authors_to_check(agent, ctx, self._policy) for agent in self._policy.agents)
-        )
-        writers = await self._permissions.writers(event.repo, hopeful)
-        decision = decide_from_webhook(
-            event, self._policy, writers=writers, history=history, resolved=resolved,
-            task_hops=hops,
-        )  # fmt: skip
-        log_decision(decision, source="webhook", delivery=event.delivery)
-        if decision.triggers:
-            await self._intake(decision.triggers)
-        return decision
-
-    async def _resolve(self, event: WebhookEvent) -> list[ThreadEvent]:
-        if isinstance(event, ReviewEvent):
-            return await self._submitted_review(event)
-        if isinstance(event, IssueEvent) and event.action == "assigned":
-            return await self._assignments(event)
-        return []
-
-    async def _submitted_review(self, event: ReviewEvent) -> list[ThreadEvent]:
-        sender = event.sender.lower()
-        reviews = [
-            r
-            for r in await self._client.list_reviews(event.repo, event.number)
-            if r.user is not None
-            and r.user.login.lower() == sender
-            and r.state in SUBMITTED_REVIEW_STATES
-        ]
-        if not reviews:
-            log.info(
-                "webhook_review_not_found", repo=event.repo, number=event.number, user=event.sender
-            )
-            return []
-        review = max(reviews, key=lambda r: r.id)
-        inline = await self._client.review_comments(event.repo, event.number, review.id)
-        return [p for p in review_posts(review, inline) if p.kind is PostKind.REVIEW]
-
-    async def _assignments(self, event: IssueEvent) -> list[ThreadEvent]:
-        assigned = {a.lower() for a in event.issue.assignees if self._policy.is_agent(a)}
-        if not assigned:
-            return []
-        latest: dict[str, ThreadEvent] = {}
-        for item in timeline_events(await self._client.timeline(event.repo, event.number)):
-            if isinstance(item, Assignment) and item.assignee.lower() in assigned:
-                latest[item.assignee.lower()] = item  # the timeline is oldest first
-        return list(latest.values())
-
-    async def _history(self, event: WebhookEvent, new: Sequence[ThreadEvent]) -> list[ThreadEvent]:
-        if not self._policy.is_agent(event.sender):
-            return []  # a person's event is hop 0 whatever came before
-        earlier = await self._reader.history(event.repo, event.number)
-        for event_now in new:  # the delivered event is already in Forgejo's history
-            match = next((e for e in reversed(earlier) if _same(e, event_now)), None)
-            if match is not None:
-                earlier.remove(match)
-        return earlier
-
-
 def _same(a: ThreadEvent, b: ThreadEvent) -> bool:
     if isinstance(a, Post) and isinstance(b, Post):
         return (a.kind, a.id) == (b.kind, b.id)
@@ -409,12 +356,3 @@ def _same(a: ThreadEvent, b: ThreadEvent) -> bool:
     if isinstance(a, ReviewRequest) and isinstance(b, ReviewRequest):
         return (a.reviewer.lower(), a.author.lower()) == (b.reviewer.lower(), b.author.lower())
     return False
-
-
-__all__ = [
-    "Intake",
-    "PermissionCache",
-    "ThreadReader",
-    "WebhookIntake",
-    "log_decision",
-]

@@ -19,7 +19,7 @@ import structlog
 from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, read_secret
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
-from claude_hooks.intake.reader import PermissionCache
+from claude_hooks.intake.reader import Permissions
 from claude_hooks.report.render import delivery_failed_reason, failure_reason, with_merge_note
 from claude_hooks.report.tracker import TaskReports
 from claude_hooks.runner import workspace
@@ -108,6 +108,7 @@ class TaskWorker:
         delivery: Delivery,
         *,
         daemon_id: str,
+        permissions: Permissions,
         stop_grace: float = 10.0,
     ) -> None:
         self._config = config
@@ -118,7 +119,7 @@ class TaskWorker:
         self._delivery = delivery
         self._daemon_id = daemon_id
         self._stop_grace = stop_grace
-        self._permissions: dict[str, PermissionCache] = {}
+        self._permissions = permissions  # the daemon's one view, shared with the intake
 
     # --- precheck ---------------------------------------------------------------------------
 
@@ -238,20 +239,10 @@ class TaskWorker:
         pull = await client.get_pull(spec.repo, spec.number) if issue.is_pull else None
         comments = tuple(await client.list_comments(spec.repo, spec.number))
         authors = {issue.user.login, *(c.user.login for c in comments)}
-        writers = await self._writers(spec.agent, spec.repo, authors)
+        writers = await self._permissions.trusted(spec.agent, spec.repo, authors)
         diff = await client.pull_diff(spec.repo, spec.number) if pull is not None else None
         return ThreadFacts(
             issue, pull, comments, writers, diff, repo.default_branch, repo.clone_url
-        )
-
-    async def _writers(self, agent: str, repo: str, logins: set[str]) -> frozenset[str]:
-        cache = self._permissions.get(agent)
-        if cache is None:
-            cache = PermissionCache(self._client_for(agent).repo_permission)
-            self._permissions[agent] = cache
-        allowed = {u.lower() for u in self._config.daemon.allowed_users}
-        return (await cache.writers(repo, logins)) | frozenset(
-            allowed & {x.lower() for x in logins}
         )
 
     # --- delivery ---------------------------------------------------------------------------
