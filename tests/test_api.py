@@ -47,7 +47,7 @@ from claude_hooks.api.app import (
 from claude_hooks.config import Config
 from claude_hooks.forgejo.models import ForgejoDataError
 from claude_hooks.metrics import Metrics
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import (
     Outcome,
     Task,

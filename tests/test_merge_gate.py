@@ -23,7 +23,7 @@ from claude_hooks.report.tracker import Reporter, find_marker
 from claude_hooks.runner import workspace
 from claude_hooks.runner.execution import ExecResult
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.work.merge_gate import GateResult, latest_verdicts, merge_gate, verdict_reviewers
 from claude_hooks.work.worker import TaskReports, TaskWorker

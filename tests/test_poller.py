@@ -18,7 +18,7 @@ from claude_hooks.forgejo.webhook import delivery_id, event_name, parse_webhook,
 from claude_hooks.intake.decide import Policy
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import PermissionCache, WebhookIntake
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, Trigger
 
 REPO = "acme/app"

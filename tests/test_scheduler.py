@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskState
 from claude_hooks.work.scheduler import (
     Precheck,

@@ -29,7 +29,7 @@ from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import Reporter
 from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, Task, TaskSpec, TaskState, Trigger
 from claude_hooks.work.scheduler import Scheduler, SchedulerError
 from claude_hooks.work.worker import TaskReports, TaskWorker

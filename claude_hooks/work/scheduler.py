@@ -33,7 +33,7 @@ from enum import StrEnum
 
 import structlog
 
-from claude_hooks.store.db import DRAIN_INTERRUPTION, RecoveryReport, Store, TaskNotFound
+from claude_hooks.store import DRAIN_INTERRUPTION, RecoveryReport, Store, TaskNotFound
 from claude_hooks.tasks import FINAL_STATES, Outcome, Task, TaskSpec, TaskState
 
 log = structlog.get_logger(__name__)
