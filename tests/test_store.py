@@ -144,7 +144,11 @@ async def test_waiting_reader_gets_events_after_the_interval_flush(store: Store)
     task, _ = await store.enqueue(make_spec(1))
     sink = store.event_sink(task.id, interval=0.02)
     reader = asyncio.create_task(store.wait_for_events(task.id, after_seq=1, max_wait=5))
-    await asyncio.sleep(0.01)
+    # Jobs on the store's one thread run in order, and so do the wake-ups they cause: once a
+    # read submitted after the reader's has returned, the reader found nothing and waits.
+    await store.events(task.id)  # lets the reader start and submit its read
+    await store.events(task.id)  # submitted after it
+    assert not reader.done()
     sink.add("text", "hello")
     sink.add("tool_use", "Bash: ls")
     events = await asyncio.wait_for(reader, 2)
