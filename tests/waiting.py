@@ -12,19 +12,41 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+    what: str | None = ...,
+    details: Callable[[], object] | None = ...,
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+    what: str | None = ...,
+    details: Callable[[], object] | None = ...,
+) -> T: ...
+
+
+async def wait_until(
+    predicate: Callable[[], Any],
     *,
     timeout: float = 10.0,  # noqa: ASYNC109 - the bound is the point: its expiry names the condition
     interval: float = 0.02,
     what: str | None = None,
     details: Callable[[], object] | None = None,
-) -> T:
+) -> Any:
     """Poll `predicate` (sync or async) until it returns something truthy; return that.
 
     `what` names the condition in the error (default: the predicate's source line);
@@ -37,7 +59,7 @@ async def wait_until(
                 if inspect.isawaitable(value):
                     value = await value
                 if value:
-                    return value  # type: ignore[return-value]
+                    return value
                 await asyncio.sleep(interval)
     except TimeoutError:
         if not deadline.expired():
