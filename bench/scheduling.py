@@ -34,7 +34,7 @@ import aiohttp
 from bench.harness import ExecWatcher, Lab, TaskRow, submit, task_rows, wait_until
 from bench.stats import Row, sample_row, value_row
 from claude_hooks.config import Config
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.work.scheduler import Scheduler
 

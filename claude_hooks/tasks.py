@@ -1,6 +1,6 @@
 """The typed values that flow between modules: what was asked, what is stored, how it ended.
 
-Every arrow in DESIGN.md's flow passes one of these. They are frozen so that no
+Every hand-off in docs/ARCHITECTURE.md's flow passes one of these. They are frozen so that no
 module can change what another one holds; a new state is a new value.
 """
 

@@ -47,7 +47,7 @@ from claude_hooks.api.app import (
 from claude_hooks.config import Config
 from claude_hooks.forgejo.models import ForgejoDataError
 from claude_hooks.metrics import Metrics
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import (
     Outcome,
     Task,
@@ -59,6 +59,7 @@ from claude_hooks.tasks import (
 )
 from claude_hooks.work.scheduler import Scheduler
 from tests.fakes.configs import ConfigFactory
+from tests.waiting import wait_until
 
 TOKEN = "api-token-0123456789abcdef"
 WEBHOOK_SECRET = b"webhook-secret-0123456789"
@@ -177,13 +178,12 @@ class ApiHarness:
         await sink.close()
 
     async def wait_state(self, task_id: int, state: TaskState) -> Task:
-        async with asyncio.timeout(5):
-            while True:
-                task = await self.store.get(task_id)
-                assert task is not None
-                if task.state is state:
-                    return task
-                await asyncio.sleep(0.01)
+        async def in_state() -> Task | None:
+            task = await self.store.get(task_id)
+            assert task is not None
+            return task if task.state is state else None
+
+        return await wait_until(in_state, timeout=5, what=f"task {task_id} {state}")
 
 
 def harness_config(factory: ConfigFactory, api: Mapping[str, Any] | None = None) -> Config:

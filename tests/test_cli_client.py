@@ -36,6 +36,7 @@ from claude_hooks.cli.client import (
 from claude_hooks.tasks import Outcome, TaskState
 from tests.fakes.configs import ConfigFactory
 from tests.test_api import TOKEN, ApiHarness, open_harness
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -75,6 +76,19 @@ async def finish_cli(process: asyncio.subprocess.Process) -> Run:
     async with asyncio.timeout(20):
         out, err = await process.communicate()
     return Run(process.returncode, out.decode(), err.decode())
+
+
+async def read_until(process: asyncio.subprocess.Process, marker: str) -> str:
+    """What a running command printed, up to and including the line holding `marker`."""
+    assert process.stdout is not None
+    stdout, lines = process.stdout, []
+
+    async def marker_printed() -> bool:
+        lines.append((await stdout.readline()).decode())
+        return marker in lines[-1] or not lines[-1]  # not lines[-1]: it exited
+
+    await wait_until(marker_printed, interval=0, what=f"{marker!r} in the output")
+    return "".join(lines)
 
 
 async def cli(config: Path, *args: str) -> Run:
@@ -137,12 +151,12 @@ async def test_logs_follow_renders_the_stream_until_the_task_ends(
     await api.runs.started[1].wait()
     await api.emit(1, ("tool_use", "Read: README.md"), ("tool_result", "ok: 40 lines"))
     process = await start_cli(config, "logs", "1", "-f")
-    await asyncio.sleep(0.3)  # the command is following by now; the rest arrives live
+    backlog = await read_until(process, "tool_result")  # it follows live from here
     await api.emit(1, ("result", "done (success): 3 turns, $0.0421, 61.0s"))
     api.runs.finish(1)
     run = await finish_cli(process)
     assert run.code == 0, run.err
-    lines = [line.split(" ", 1)[1] for line in run.out.splitlines()[:-1]]  # minus the clock
+    lines = [line.split(" ", 1)[1] for line in (backlog + run.out).splitlines()[:-1]]  # no clock
     assert lines == [
         "● state: queued",
         "● state: running (attempt 1)",

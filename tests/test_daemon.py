@@ -28,6 +28,7 @@ from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.tasks import TaskState
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -118,29 +119,32 @@ def task_rows(config: Config) -> list[tuple[int, str, int, str | None]]:
 async def wait_for_state(
     config: Config, state: TaskState, limit: float = 30, daemon: Daemon | None = None
 ) -> None:
-    try:
-        async with asyncio.timeout(limit):
-            while not any(row[1] == state for row in _rows_or_empty(config)):
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        log = daemon.output()[-4000:] if daemon else ""
-        raise AssertionError(f"no task {state}: {_rows_or_empty(config)}\n{log}") from None
+    await wait_until(
+        lambda: any(row[1] == state for row in _rows_or_empty(config)),
+        timeout=limit,
+        interval=0.1,
+        what=f"a task {state}",
+        details=lambda: f"{_rows_or_empty(config)}\n{daemon.output()[-4000:] if daemon else ''}",
+    )
 
 
 async def wait_for_event(config: Config, kind: str, daemon: Daemon, limit: float = 30) -> None:
-    query = "SELECT count(*) FROM task_events WHERE type = ?"
-    try:
-        async with asyncio.timeout(limit):
-            while True:
-                with (
-                    contextlib.suppress(sqlite3.OperationalError),
-                    sqlite3.connect(config.daemon.db_path) as db,
-                ):
-                    if db.execute(query, (kind,)).fetchone()[0]:
-                        return
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"no {kind} event:\n{daemon.output()[-4000:]}") from None
+    def stored() -> bool:
+        query = "SELECT count(*) FROM task_events WHERE type = ?"
+        with (
+            contextlib.suppress(sqlite3.OperationalError),  # no store yet
+            sqlite3.connect(config.daemon.db_path) as db,
+        ):
+            return bool(db.execute(query, (kind,)).fetchone()[0])
+        return False
+
+    await wait_until(
+        stored,
+        timeout=limit,
+        interval=0.1,
+        what=f"a stored {kind} event",
+        details=lambda: daemon.output()[-4000:],
+    )
 
 
 def _rows_or_empty(config: Config) -> list[tuple[int, str, int, str | None]]:
@@ -195,10 +199,11 @@ async def test_sighup_is_logged_and_does_not_stop_the_daemon(
     setup,
     daemons: list[Daemon],
 ) -> None:
-    daemon = await start_daemon(setup(), daemons)
-    await asyncio.sleep(2)
+    config = setup()
+    daemon = await start_daemon(config, daemons)
+    await wait_for_ready(config, daemon)  # the signal handlers are in place by then
     daemon.process.send_signal(signal.SIGHUP)
-    await asyncio.sleep(1)
+    await wait_until(lambda: "sighup_ignored" in daemon.output(), details=daemon.output)
     assert daemon.process.returncode is None
     assert await daemon.stop() == 0
     assert "sighup_ignored" in daemon.output()
@@ -318,10 +323,18 @@ async def test_cli_submit_wait_and_logs_follow_a_task_on_a_running_daemon(
 async def wait_for_ready(config: Config, daemon: Daemon) -> None:
     import aiohttp
 
-    async with asyncio.timeout(20), aiohttp.ClientSession() as session:
-        while True:
+    async with aiohttp.ClientSession() as session:
+
+        async def healthy() -> bool:
             with contextlib.suppress(aiohttp.ClientError):
                 async with session.get(f"{config.api.base_url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
+                    return response.status == 200
+            return False
+
+        await wait_until(
+            healthy,
+            timeout=20,
+            interval=0.1,
+            what="/healthz to answer 200",
+            details=lambda: daemon.output()[-4000:],
+        )

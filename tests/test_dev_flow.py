@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ from claude_hooks.text import find_marker
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, samples_dir  # noqa: F401
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
     not git_available(), reason="git with git-http-backend is not installed"
@@ -128,18 +129,13 @@ async def services(
 
 async def finished(services: Services, count: int, limit: float = 30) -> list[Task]:
     """The first `count` tasks, once all of them have ended."""
-    async with asyncio.timeout(limit):
-        while True:
-            tasks = sorted(await services.store.list_tasks(limit=10), key=lambda t: t.id)
-            if len(tasks) >= count and all(t.state.is_final for t in tasks[:count]):
-                return tasks[:count]
-            await asyncio.sleep(0.1)
 
+    async def ended() -> list[Task] | None:
+        tasks = sorted(await services.store.list_tasks(limit=10), key=lambda t: t.id)
+        done = len(tasks) >= count and all(t.state.is_final for t in tasks[:count])
+        return tasks[:count] if done else None
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 10) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.05)
+    return await wait_until(ended, timeout=limit, interval=0.1, what=f"{count} tasks to end")
 
 
 def bare_git(sim: ForgejoSim, *args: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import types
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiodocker
@@ -45,6 +46,7 @@ from tests.fakes.docker import (  # noqa: F401  (fixtures)
     docker_client,
     labels_removed_after_test,
 )
+from tests.waiting import wait_until
 
 SAMPLES = Path(__file__).parent / "data" / "claude-samples"
 TOKEN = "forgejo-secret-token-0123456789abcdef"
@@ -183,15 +185,17 @@ def test_tail_buffer_keeps_only_the_last_bytes() -> None:
 
 
 async def test_run_to_end_finishes_the_work_despite_a_second_cancel() -> None:
-    finished = asyncio.Event()
+    started, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def slow_cleanup() -> None:
-        await asyncio.sleep(0.2)
+        started.set()
+        await release.wait()  # still cleaning up when the cancel arrives
         finished.set()
 
     task = asyncio.create_task(_run_to_end(slow_cleanup()))
-    await asyncio.sleep(0.05)
+    await started.wait()
     task.cancel()
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert finished.is_set()
@@ -312,7 +316,7 @@ async def test_exit_without_result_gives_code_and_stderr(container: DockerContai
 async def test_cancel_stops_every_process_of_the_task(container: DockerContainer) -> None:
     events: list[StreamEvent] = []
     task = asyncio.create_task(run(container, "fake-claude: hang=1", task_id=11, events=events))
-    await _until(lambda: len(events) == 5)
+    await wait_until(lambda: len(events) == 5, timeout=5)
     assert len(await task_pids(container, 11)) == 2  # claude (sleeping) + its setsid child
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -337,7 +341,7 @@ async def test_processes_ignoring_sigterm_are_killed_after_the_grace(
         run(container, "fake-claude: hang=1 ignore-term=1 scenario=none", task_id=13,
             stop_grace=0.3)
     )  # fmt: skip
-    await _until_async(lambda: task_pids(container, 13), count=2)
+    await wait_until(lambda: _count_is(task_pids(container, 13), 2), timeout=5)
     start = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -365,8 +369,8 @@ async def test_a_failing_event_handler_stops_the_task_and_raises(
 async def test_stopping_one_task_leaves_other_tasks_running(container: DockerContainer) -> None:
     other = asyncio.create_task(run(container, "fake-claude: hang=1 scenario=none", task_id=21))
     victim = asyncio.create_task(run(container, "fake-claude: hang=1 scenario=none", task_id=2))
-    await _until_async(lambda: task_pids(container, 2), count=2)
-    await _until_async(lambda: task_pids(container, 21), count=2)
+    await wait_until(lambda: _count_is(task_pids(container, 2), 2), timeout=5)
+    await wait_until(lambda: _count_is(task_pids(container, 21), 2), timeout=5)
     victim.cancel()
     with pytest.raises(asyncio.CancelledError):
         await victim
@@ -382,7 +386,7 @@ async def test_token_is_not_in_docker_inspect_of_the_container_or_the_exec(
     docker: aiodocker.Docker, container: DockerContainer
 ) -> None:
     task = asyncio.create_task(run(container, "fake-claude: hang=1 scenario=none", task_id=14))
-    await _until_async(lambda: task_pids(container, 14), count=2)
+    await wait_until(lambda: _count_is(task_pids(container, 14), 2), timeout=5)
     info = await container.show()
     exec_infos = [await docker.containers.exec(i).inspect() for i in info["ExecIDs"] or []]
     task.cancel()
@@ -394,15 +398,5 @@ async def test_token_is_not_in_docker_inspect_of_the_container_or_the_exec(
         assert TOKEN not in json.dumps(document)
 
 
-async def _until(condition: object, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-async def _until_async(pids: object, *, count: int, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while len(await pids()) != count:  # type: ignore[operator]
-        assert time.monotonic() < deadline, "processes did not appear in time"
-        await asyncio.sleep(0.05)
+async def _count_is(pids: Awaitable[list[int]], count: int) -> bool:
+    return len(await pids) == count

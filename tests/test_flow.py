@@ -22,6 +22,7 @@ from claude_hooks.text import find_marker
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
 from tests.fakes.leaks import leaks
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -78,19 +79,11 @@ async def running(
 
 
 async def wait_for_task(services: Services, state: TaskState, limit: float = 30) -> Task:
-    async with asyncio.timeout(limit):
-        while True:
-            tasks = await services.store.list_tasks(limit=10)
-            done = [t for t in tasks if t.state is state]
-            if done:
-                return done[0]
-            await asyncio.sleep(0.1)
+    async def in_state() -> Task | None:
+        tasks = await services.store.list_tasks(limit=10)
+        return next((t for t in tasks if t.state is state), None)
 
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 10) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.05)
+    return await wait_until(in_state, timeout=limit, interval=0.1, what=f"a task {state}")
 
 
 async def test_a_mention_becomes_one_finished_task_reported_on_the_issue(

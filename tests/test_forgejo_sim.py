@@ -1,4 +1,4 @@
-"""The Forgejo simulator keeps Forgejo's semantics (../shared/forgejo/API-NOTES.md).
+"""The Forgejo simulator keeps Forgejo's semantics (docs/FORGEJO.md).
 
 Driven as a team would drive Forgejo (direct calls) and as an agent would
 (HTTP with a token); every HTTP exchange is contract-checked at teardown.

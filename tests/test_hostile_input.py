@@ -7,7 +7,6 @@ ConfigError, ApiError 400). Example counts and deadlines are bounded so the file
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -39,6 +38,7 @@ from claude_hooks.forgejo.webhook import parse_webhook, verify_signature
 from claude_hooks.runner.containers import run_exec
 from claude_hooks.runner.stream import Malformed, parse_line
 from tests.chaos.driver import API_TOKEN, REPO, ChaosDriver, chaos_config
+from tests.waiting import wait_until
 
 FUZZ = settings(
     max_examples=200, deadline=500, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -256,12 +256,6 @@ async def daemon(
         await (await docker.volumes.get(config.agents[0].volume_name)).delete()
 
 
-async def until(predicate: Any, limit: float = 30) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.1)
-
-
 def ready(log: Path) -> bool:
     return log.exists() and "daemon_ready" in log.read_text(errors="replace")
 
@@ -286,8 +280,8 @@ async def test_hostile_mentions_never_run_and_hidden_text_never_reaches_claude(
     wanted = sim.add_comment(REPO, number, "alice", f"@{agent} please look")
 
     log = await daemon.start()
-    await until(lambda: [row.state for row in daemon.rows()] == ["succeeded"], limit=60)
-    await until(lambda: all(t.status == "read" for t in sim.threads(agent)))
+    await wait_until(lambda: [row.state for row in daemon.rows()] == ["succeeded"], timeout=60)
+    await wait_until(lambda: all(t.status == "read" for t in sim.threads(agent)), timeout=30)
     [row] = daemon.rows()
     assert row.comment_id == wanted  # nothing for mallory, itself, the code block or quote
     assert ready(log)
@@ -321,7 +315,7 @@ async def test_the_api_refuses_without_saying_what_exists(
     driver = ChaosDriver(forgejo_sim, config, agent, random.Random(0))
     try:
         log = await driver.start()
-        await until(lambda: ready(log))
+        await wait_until(lambda: ready(log), timeout=30)
         await check_api_refusals(driver)
         assert await driver.stop() == 0
     finally:

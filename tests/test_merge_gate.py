@@ -25,7 +25,7 @@ from claude_hooks.report.tracker import Reporter, TaskReports
 from claude_hooks.runner import workspace
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.text import find_marker
 from claude_hooks.work.delivery import Delivery

@@ -12,7 +12,7 @@ import json
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiodocker
@@ -22,6 +22,7 @@ import pytest
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from tests.chaos.driver import REPO, ChaosDriver, TaskRow, chaos_config
 from tests.fakes.configs import ConfigFactory
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -59,10 +60,9 @@ def logged(log: Path, event: str) -> bool:
     return any(record.get("event") == event for record in events(log))
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 30) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.1)
+def turned_away(driver: ChaosDriver) -> int:
+    """How many requests the simulated outage has answered with an injected failure."""
+    return sum(request.injected for request in driver.sim.all_requests)
 
 
 def finished_rows(driver: ChaosDriver) -> list[TaskRow]:
@@ -80,17 +80,19 @@ async def test_mentions_during_a_forgejo_outage_are_all_done_after_it(
     driver: ChaosDriver,
 ) -> None:
     log = await driver.start()
-    await wait_until(lambda: logged(log, "daemon_ready"))
+    await wait_until(lambda: logged(log, "daemon_ready"), timeout=30)
     # One poll's request and the client's 4 retries (~17 s of its backoff), then the first
     # two after the shared backoff: a stretch of 502s the daemon must wait out.
     driver.sim.fail_next(7)
     for _ in range(3):
+        before = turned_away(driver)
         driver.mention()
-        await asyncio.sleep(0.3)
+        # Each mention lands while the daemon is being turned away, between two refusals.
+        await wait_until(lambda before=before: turned_away(driver) > before, timeout=40)
 
-    await wait_until(lambda: logged(log, "forgejo_unreachable"), limit=40)
-    await wait_until(lambda: logged(log, "forgejo_recovered"), limit=40)
-    await wait_until(lambda: len(finished_rows(driver)) == 3, limit=60)
+    await wait_until(lambda: logged(log, "forgejo_unreachable"), timeout=40)
+    await wait_until(lambda: logged(log, "forgejo_recovered"), timeout=40)
+    await wait_until(lambda: len(finished_rows(driver)) == 3, timeout=60)
 
     assert driver.process is not None and driver.process.returncode is None
     rows = driver.rows()
@@ -98,7 +100,7 @@ async def test_mentions_during_a_forgejo_outage_are_all_done_after_it(
     assert [row.state for row in rows] == ["succeeded"] * 3
     for row in rows:
         assert row.number is not None
-        await wait_until(lambda n=row.number: "$" in final_comment(driver, n))
+        await wait_until(lambda n=row.number: "$" in final_comment(driver, n), timeout=30)
     assert await driver.stop() == 0
 
 
@@ -106,14 +108,14 @@ async def test_a_result_posted_while_forgejo_fails_is_retried_until_it_lands(
     driver: ChaosDriver,
 ) -> None:
     log = await driver.start()
-    await wait_until(lambda: logged(log, "daemon_ready"))
+    await wait_until(lambda: logged(log, "daemon_ready"), timeout=30)
     number = driver.sim.create_issue(REPO, "alice", "Slow", "Take your time.")
     driver.sim.add_comment(REPO, number, "alice", f"@{driver.agent} go\n\nfake-claude: delay=0.3")
-    await wait_until(lambda: any(row.state == "running" for row in driver.rows()))
+    await wait_until(lambda: any(row.state == "running" for row in driver.rows()), timeout=30)
     driver.sim.fail_next(3)  # the failures land on the reports of the running task
 
-    await wait_until(lambda: len(finished_rows(driver)) == 1)
-    await wait_until(lambda: "$" in final_comment(driver, number))
+    await wait_until(lambda: len(finished_rows(driver)) == 1, timeout=30)
+    await wait_until(lambda: "$" in final_comment(driver, number), timeout=30)
     bodies = [c.body for c in driver.sim.comments(REPO, number) if c.user == driver.agent]
     assert len(bodies) == 1, bodies
     assert driver.rows()[0].state == "succeeded"
@@ -132,15 +134,18 @@ async def test_an_unreachable_docker_engine_fails_readiness_and_the_task_but_not
 ) -> None:
     dead = f"unix://{tmp_path}/no-docker-here.sock"
     log = await driver.start(env={"DOCKER_HOST": dead})
-    await wait_until(lambda: logged(log, "daemon_ready"))
+    await wait_until(lambda: logged(log, "daemon_ready"), timeout=30)
     status, body = await readyz(driver)
     assert status == 503 and body["checks"]["docker"] is False  # type: ignore[index]
 
     driver.mention()
-    await wait_until(lambda: len(finished_rows(driver)) == 1)
+    await wait_until(lambda: len(finished_rows(driver)) == 1, timeout=30)
     [row] = driver.rows()
     assert row.state == "failed" and row.error and "docker" in row.error.lower(), row
-    await asyncio.sleep(0.5)
+    assert row.number is not None
+    # The failure is reported (its reason names Docker), so the task is fully handled.
+    await wait_until(lambda: "docker" in final_comment(driver, row.number).lower(), timeout=30)
+    assert (await readyz(driver))[0] == 503  # and the daemon still serves
     assert driver.process is not None and driver.process.returncode is None
     assert await driver.stop() in (0, 1)
 
@@ -154,7 +159,7 @@ async def test_a_read_only_state_directory_is_refused_naming_the_path_and_keeps_
 ) -> None:
     log = await driver.start()
     driver.mention()
-    await wait_until(lambda: len(finished_rows(driver)) == 1)
+    await wait_until(lambda: len(finished_rows(driver)) == 1, timeout=30)
     assert await driver.stop() == 0
     state = driver.config.daemon.state_dir
     before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}

@@ -21,8 +21,9 @@ from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import PermissionCache, Permissions
 from claude_hooks.intake.webhooks import WebhookHandler
 from claude_hooks.metrics import Metrics
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, Trigger
+from tests.waiting import wait_until
 
 REPO = "acme/app"
 SERVED = ("acme/*",)
@@ -343,7 +344,7 @@ async def test_run_stops_promptly_when_asked(sim, clients, store) -> None:
     poller = make_poller("dev", clients, Recorder(store), interval=3600)
     stop = asyncio.Event()
     running = asyncio.create_task(poller.run(stop))
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: sim.api_requests("GET"), what="the first poll")
     stop.set()
     async with asyncio.timeout(1):
         await running

@@ -58,3 +58,113 @@ def test_readme_commands_are_real_subcommands() -> None:
     known = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     used = set(re.findall(r"^\s*claude-hooks ([a-z-]+)", "\n".join(code_blocks("sh")), re.M))
     assert used and used <= known, used - known
+
+
+# --- the design notes live in docs/, and every citation resolves ---------------------------
+
+DOCS = REPO_ROOT / "docs"
+PACKAGES = (
+    "api",
+    "cli",
+    "daemon",
+    "demo",
+    "forgejo",
+    "intake",
+    "report",
+    "runner",
+    "store",
+    "work",
+)
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".sh", ".service", ".txt", ".cfg"}
+# A path outside the repository, however it is spelt: ../shared/…, shared/claude/…, DESIGN.md.
+# "services/webhook/shared/payloader.go" (a file in Forgejo's own source) is not one.
+OUTSIDE = re.compile(r"(?<![\w/.-])(?:\.\./)*shared/|\bDESIGN\.md\b")
+DOC_CITE = re.compile(r"(?<![\w/.-])docs/([\w.-]+\.md)\b")
+REPO_PATH = re.compile(r"(?<![\w/.<-])((?:claude_hooks|tests|deploy|docs|examples)/[\w/.-]*\w)")
+MODULE_PATH = re.compile(rf"(?<![\w/.<-])((?:{'|'.join(PACKAGES)})/[\w/-]*\w\.(?:py|md|json))\b")
+MD_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def readable_files() -> list[Path]:
+    """README and every text file of the package, the docs, the tests and the benchmarks."""
+    files = [REPO_ROOT / "README.md"]
+    for top in ("claude_hooks", "docs", "tests", "bench", "deploy"):
+        files += [
+            path
+            for path in sorted((REPO_ROOT / top).rglob("*"))
+            if path.is_file()
+            and (path.suffix in TEXT_SUFFIXES or path.name == "Dockerfile")
+            and not any(part.startswith(".") or part == "__pycache__" for part in path.parts)
+        ]
+    return [path for path in files if path != Path(__file__).resolve()]
+
+
+def test_nothing_cites_a_document_outside_the_repository() -> None:
+    cited = [
+        f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}"
+        for path in readable_files()
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert cited == []
+
+
+def test_every_cited_doc_exists() -> None:
+    missing = {
+        f"{path.relative_to(REPO_ROOT)}: docs/{name}"
+        for path in readable_files()
+        if not path.is_relative_to(REPO_ROOT / "tests")  # test data names docs/ of repos too
+        for name in DOC_CITE.findall(path.read_text(errors="replace"))
+        if not (DOCS / name).is_file()
+    }
+    assert missing == set()
+
+
+def test_the_docs_and_readme_name_only_files_that_exist() -> None:
+    """A module moved or renamed must take its mentions in docs/ and the README along."""
+    missing = set()
+    for doc in [REPO_ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = doc.read_text()
+        where = doc.relative_to(REPO_ROOT)
+        missing |= {
+            f"{where}: {p}" for p in REPO_PATH.findall(text) if not (REPO_ROOT / p).exists()
+        }
+        missing |= {
+            f"{where}: {p}"
+            for p in MODULE_PATH.findall(text)
+            if not (REPO_ROOT / "claude_hooks" / p).exists()
+        }
+        missing |= {
+            f"{where}: ({link})"
+            for link in MD_LINK.findall(text)
+            if "://" not in link and not (doc.parent / link).exists()
+        }
+    assert missing == set()
+
+
+def test_the_package_code_cites_only_files_that_exist() -> None:
+    package = REPO_ROOT / "claude_hooks"
+    missing = {
+        f"{path.relative_to(REPO_ROOT)}: {p}"
+        for path in sorted(package.rglob("*.py"))
+        for p in REPO_PATH.findall(path.read_text())
+        if p.startswith(("claude_hooks/", "docs/")) and not (REPO_ROOT / p).exists()
+    }
+    assert missing == set()
+
+
+def test_readme_diagram_names_the_packages_in_the_order_data_visits_them() -> None:
+    diagram = README[README.index("## Architecture") :].split("```")[1]
+    rows = [line.split()[0] for line in diagram.splitlines() if re.match(r"^ \w+/ ", line)]
+    assert rows[:5] == ["intake/", "store/", "work/", "runner/", "report/"]
+    for package in PACKAGES:
+        assert f"{package}/" in diagram, package
+    for doc in ("ARCHITECTURE", "FORGEJO", "CLAUDE-CLI", "VERDICTS", "OPERATIONS"):
+        assert f"](docs/{doc}.md)" in README, doc
+
+
+def test_the_architecture_follows_a_task_through_the_packages_in_order() -> None:
+    flow = (DOCS / "ARCHITECTURE.md").read_text().split("## The flow of one task", 1)[1]
+    headings = re.findall(r"^### \d+\. .*\(`([\w/ →`]+)`\)$", flow, re.M)
+    order = [package for heading in headings for package in re.findall(r"(\w+)/", heading)]
+    assert order == ["intake", "store", "work", "runner", "work", "report"]

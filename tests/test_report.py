@@ -3,7 +3,6 @@ Reporter (report/tracker.py) and the delivery (work/delivery.py) against the sim
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from claude_hooks.text import find_marker, format_cost, format_duration, marker
 from claude_hooks.work.delivery import Delivery, review_attempts
 from claude_hooks.work.verdict import ReviewState, ValidatedVerdict, review_from_result
 from tests.fakes.forgejo import TEAM_REPO, ForgejoSim, Team, add_team
+from tests.waiting import wait_until
 
 NOW = 1_700_000_000.0
 
@@ -458,8 +458,7 @@ async def test_progress_is_throttled_and_a_skipped_edit_is_flushed_later(
     assert len(forgejo_sim.api_requests("PATCH")) == 1
     [body] = agent_comments(forgejo_sim, number)
     assert "- [ ] Read the issue" in body
-    await asyncio.sleep(0.4)
-    assert len(forgejo_sim.api_requests("PATCH")) == 2
+    await wait_until(lambda: len(forgejo_sim.api_requests("PATCH")) == 2, what="the later flush")
     [body] = agent_comments(forgejo_sim, number)
     assert "- [ ] Edit: app.py" in body
 
@@ -746,6 +745,14 @@ async def test_close_drops_a_waiting_progress_edit(
     await reporter.progress(task, ["first"])
     await reporter.progress(task, ["first", "second"])
     await reporter.close()
-    await asyncio.sleep(0.2)
+    # The dropped edit was due 0.1 s after the first; another task's edit, throttled the
+    # same way but started after the close, comes due later still: once it lands, the
+    # dropped one's moment has passed.
+    later = forgejo_sim.create_issue(TEAM_REPO, "alice", "Later", "Another one.")
+    control = make_reporter(clients, edit_interval=0.1)
+    other = thread_task(forgejo_sim, number=later, comment_id=None, task_id=43)
+    await control.progress(other, ["one"])
+    await control.progress(other, ["one", "two"])
+    await wait_until(lambda: any("two" in body for body in agent_comments(forgejo_sim, later)))
     [body] = agent_comments(forgejo_sim, number)
     assert "second" not in body

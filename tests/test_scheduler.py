@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from claude_hooks.report.render import timeout_reason
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskState
 from claude_hooks.work.scheduler import (
     Precheck,
@@ -21,6 +21,7 @@ from claude_hooks.work.scheduler import (
     pick_agent,
 )
 from tests.test_store import make_spec
+from tests.waiting import wait_until
 
 DONE = Outcome(TaskState.SUCCEEDED, result="done")
 
@@ -53,7 +54,7 @@ class FakeRunner:
                 await self.before_run(task)
             if self.auto is not None:
                 await self.hold.wait()
-                await asyncio.sleep(self.auto.uniform(0.002, 0.02))
+                await asyncio.sleep(self.auto.uniform(0.002, 0.02))  # not a wait: a run's length
             else:
                 await self.gates[task.id].wait()
             outcome = self.outcomes.get(task.id, DONE)
@@ -72,12 +73,6 @@ class FakeRunner:
     @property
     def started_ids(self) -> list[int]:
         return [t.id for t in self.started]
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.002)
 
 
 async def state_of(store: Store, task_id: int) -> TaskState:
@@ -152,7 +147,7 @@ async def test_one_agents_tasks_start_in_submission_order(
     runner = FakeRunner(auto=random.Random(1))
     scheduler = await make_scheduler(execute=runner, agent_limits={"dev": 3}, max_concurrency=3)
     ids = [(await scheduler.submit(make_spec(n)))[0].id for n in range(30)]
-    await until(lambda: len(runner.started) == 30 and not scheduler.running_ids())
+    await wait_until(lambda: len(runner.started) == 30 and not scheduler.running_ids())
     assert runner.started_ids == ids
 
 
@@ -164,7 +159,7 @@ async def test_a_busy_agent_cannot_starve_the_others(
         for n in range(10):
             await scheduler.submit(make_spec(n, agent=agent))
     for k in range(40):
-        await until(lambda k=k: len(runner.started) == k + 1)
+        await wait_until(lambda k=k: len(runner.started) == k + 1)
         runner.release(runner.started[k].id)
     agents = [t.spec.agent for t in runner.started]
     assert agents[:2] == ["a", "d"]  # a newcomer goes before the agent just served
@@ -182,11 +177,11 @@ async def test_limits_hold_under_load_of_200_tasks_over_4_agents(
         await store.enqueue(make_spec(n, agent=rng.choice("abcd")))
     runner.hold.clear()
     scheduler = await make_scheduler(execute=runner, max_concurrency=5, agent_limits=limits)
-    await until(lambda: sum(runner.running.values()) == 5)  # the backlog fills every slot
+    await wait_until(lambda: sum(runner.running.values()) == 5)  # the backlog fills every slot
     runner.hold.set()
     for n in range(100, 200):  # ... and more arriving while it runs
         await scheduler.submit(make_spec(n, agent=rng.choice("abcd")))
-    await until(lambda: len(runner.started) == 200 and not scheduler.running_ids(), within=30)
+    await wait_until(lambda: len(runner.started) == 200 and not scheduler.running_ids(), timeout=30)
     assert runner.peak_total == 5
     for agent, limit in limits.items():
         assert 1 <= runner.peak[agent] <= limit
@@ -222,12 +217,12 @@ async def test_cancelling_a_running_task_stops_it_and_frees_the_slot(
     scheduler = await make_scheduler(max_concurrency=1)
     running, _ = await scheduler.submit(make_spec(1))
     queued, _ = await scheduler.submit(make_spec(2))
-    await until(lambda: runner.started_ids == [running.id])
+    await wait_until(lambda: runner.started_ids == [running.id])
 
     cancelled = await scheduler.cancel(running.id, by="bob")
     assert cancelled.state is TaskState.CANCELLED and cancelled.error == "cancelled by bob"
     assert runner.cancelled == [running.id]
-    await until(lambda: runner.started_ids == [running.id, queued.id])
+    await wait_until(lambda: runner.started_ids == [running.id, queued.id])
 
 
 async def test_a_run_over_its_timeout_is_stopped_and_failed(
@@ -259,11 +254,11 @@ async def test_drain_lets_tasks_that_end_in_time_finish(
     scheduler = await make_scheduler(max_concurrency=1)
     running, _ = await scheduler.submit(make_spec(1))
     queued, _ = await scheduler.submit(make_spec(2))
-    await until(lambda: runner.started_ids == [running.id])
+    await wait_until(lambda: runner.started_ids == [running.id])
 
     drain = asyncio.create_task(scheduler.drain(5))
-    await asyncio.sleep(0.02)
-    runner.release(running.id)
+    # Callbacks run in the order scheduled: the drain has begun when the task is released.
+    asyncio.get_running_loop().call_soon(runner.release, running.id)
     assert await asyncio.wait_for(drain, 2) == ()
     assert await state_of(store, running.id) is TaskState.SUCCEEDED
     assert await state_of(store, queued.id) is TaskState.QUEUED  # resumes on the next start
@@ -275,7 +270,7 @@ async def test_drain_interrupts_tasks_that_outlive_it_and_the_next_start_resumes
 ) -> None:
     scheduler = await make_scheduler()
     task, _ = await scheduler.submit(make_spec(1))
-    await until(lambda: runner.started_ids == [task.id])
+    await wait_until(lambda: runner.started_ids == [task.id])
 
     assert await scheduler.drain(0.05) == (task.id,)
     interrupted = await store.get(task.id)
@@ -294,11 +289,10 @@ async def test_a_second_signal_skips_the_rest_of_the_drain(
 ) -> None:
     scheduler = await make_scheduler()
     task, _ = await scheduler.submit(make_spec(1))
-    await until(lambda: runner.started_ids == [task.id])
+    await wait_until(lambda: runner.started_ids == [task.id])
     skip = asyncio.Event()
     drain = asyncio.create_task(scheduler.drain(60, skip=skip))
-    await asyncio.sleep(0.02)
-    skip.set()
+    asyncio.get_running_loop().call_soon(skip.set)  # after the drain has begun waiting
     assert await asyncio.wait_for(drain, 2) == (task.id,)
     assert await state_of(store, task.id) is TaskState.INTERRUPTED
 
@@ -314,7 +308,7 @@ async def test_start_reruns_a_task_a_crash_left_running(
     await store.mark_running(twice.id)  # ... and died again on the same task
 
     scheduler = await make_scheduler()
-    await until(lambda: runner.started_ids == [crashed.id])
+    await wait_until(lambda: runner.started_ids == [crashed.id])
     runner.release(crashed.id)
     assert (await until_state(store, crashed.id, TaskState.SUCCEEDED)).attempts == 2
     failed = await store.get(twice.id)
@@ -343,7 +337,7 @@ async def test_a_moved_pr_head_is_reviewed_at_the_new_head(
 
     scheduler = await make_scheduler(precheck=precheck)
     task, _ = await scheduler.submit(make_spec(1, head_sha="old", is_pull=True))
-    await until(lambda: len(runner.started) == 1)
+    await wait_until(lambda: len(runner.started) == 1)
     assert runner.started[0].spec.head_sha == "new"
     runner.release(task.id)
     assert (await until_state(store, task.id, TaskState.SUCCEEDED)).spec.head_sha == "new"
@@ -373,7 +367,7 @@ async def test_on_change_sees_every_state_in_order_and_its_errors_are_not_fatal(
     scheduler = await make_scheduler(on_change=on_change)
     task, _ = await scheduler.submit(make_spec(1))
     runner.release(task.id)
-    await until(lambda: len(seen) == 3)
+    await wait_until(lambda: len(seen) == 3)
     assert seen == [
         (task.id, TaskState.QUEUED),
         (task.id, TaskState.RUNNING),
@@ -411,7 +405,7 @@ async def test_retry_queues_an_ended_task_again_but_not_a_running_one(
 ) -> None:
     scheduler = await make_scheduler()
     task, _ = await scheduler.submit(make_spec(1))
-    await until(lambda: runner.started_ids == [task.id])
+    await wait_until(lambda: runner.started_ids == [task.id])
     with pytest.raises(SchedulerError, match="is running"):
         await scheduler.retry(task.id)
 
@@ -437,6 +431,6 @@ async def test_a_failed_task_is_logged_at_warning_so_journalctl_p_warning_shows_
         runner.release(fine.id)
         await until_state(store, failing.id, TaskState.FAILED)
         await until_state(store, fine.id, TaskState.SUCCEEDED)
-        await until(lambda: sum(e["event"] == "task_finished" for e in logs) == 2)
+        await wait_until(lambda: sum(e["event"] == "task_finished" for e in logs) == 2)
     levels = {e["task_id"]: e["log_level"] for e in logs if e["event"] == "task_finished"}
     assert levels == {failing.id: "warning", fine.id: "info"}

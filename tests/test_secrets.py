@@ -39,6 +39,7 @@ from tests.chaos.driver import REPO, ChaosDriver, free_port
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
 from tests.fakes.leaks import leaks
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -208,7 +209,7 @@ async def watch_execs(docker: aiodocker.Docker, name: str, seen: dict[str, str])
                 with contextlib.suppress(aiodocker.DockerError):
                     info = await docker._query_json(f"exec/{exec_id}/json")
                     seen[f"exec {exec_id[:12]}"] = json.dumps(info)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # not a wait: it samples beside the whole test
 
 
 async def docker_views(
@@ -224,9 +225,13 @@ async def docker_views(
 
 
 async def wait_succeeded(driver: ChaosDriver, count: int, limit: float = 60) -> None:
-    async with asyncio.timeout(limit):
-        while [row.state for row in driver.rows()] != ["succeeded"] * count:
-            await asyncio.sleep(0.2)
+    await wait_until(
+        lambda: [row.state for row in driver.rows()] == ["succeeded"] * count,
+        timeout=limit,
+        interval=0.2,
+        what=f"{count} succeeded tasks",
+        details=driver.rows,
+    )
 
 
 async def test_no_canary_secret_appears_anywhere_outside_the_container(
@@ -239,9 +244,9 @@ async def test_no_canary_secret_appears_anywhere_outside_the_container(
     slow = f"fake-claude: delay=0.2 {run_directive(EXFILTRATE)}"
     forgejo_sim.add_comment(REPO, number, "alice", f"@{daemon.agent} go\n\n{slow}")
     number = forgejo_sim.create_issue(REPO, "alice", "API", "Via the API.")
-    async with asyncio.timeout(30):
-        while not log.exists() or "daemon_ready" not in log.read_text(errors="replace"):
-            await asyncio.sleep(0.1)
+    await wait_until(
+        lambda: log.exists() and "daemon_ready" in log.read_text(errors="replace"), timeout=30
+    )
     answers = await api_answers(daemon, number)
     await wait_succeeded(daemon, 2)
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from claude_hooks.store.db import (
+from claude_hooks.store import (
     SCHEMA_VERSION,
     EventCap,
     InvalidTransition,
     Store,
     StoreError,
     TaskNotFound,
-    migrate,
 )
+from claude_hooks.store.schema import migrate
 from claude_hooks.tasks import Outcome, TaskKind, TaskSpec, TaskState, TriggerSource
 from tests.conftest import REPO_ROOT
 from tests.fakes.leaks import leaks
@@ -144,7 +144,11 @@ async def test_waiting_reader_gets_events_after_the_interval_flush(store: Store)
     task, _ = await store.enqueue(make_spec(1))
     sink = store.event_sink(task.id, interval=0.02)
     reader = asyncio.create_task(store.wait_for_events(task.id, after_seq=1, max_wait=5))
-    await asyncio.sleep(0.01)
+    # Jobs on the store's one thread run in order, and so do the wake-ups they cause: once a
+    # read submitted after the reader's has returned, the reader found nothing and waits.
+    await store.events(task.id)  # lets the reader start and submit its read
+    await store.events(task.id)  # submitted after it
+    assert not reader.done()
     sink.add("text", "hello")
     sink.add("tool_use", "Bash: ls")
     events = await asyncio.wait_for(reader, 2)
@@ -313,7 +317,7 @@ def test_a_state_directory_under_a_file_gives_store_error(tmp_path: Path) -> Non
 READ_ONLY_PROBE = """
 import asyncio, sys
 from pathlib import Path
-from claude_hooks.store.db import Store, StoreError
+from claude_hooks.store import Store, StoreError
 
 async def main():
     for name in sys.argv[1:]:
@@ -436,3 +440,35 @@ async def test_a_reader_elsewhere_leaves_the_open_stores_wal_alone(tmp_path: Pat
     reopened = await Store.open(path)
     assert len(await reopened.list_tasks()) == 2
     await reopened.close()
+
+
+def _store_modules() -> dict[str, str]:
+    package = REPO_ROOT / "claude_hooks"
+    return {
+        str(path.relative_to(package)): path.read_text() for path in sorted(package.rglob("*.py"))
+    }
+
+
+def test_the_store_is_the_only_place_with_sql() -> None:
+    sql = ("import sqlite3", "SELECT ", "INSERT INTO", "UPDATE tasks", "CREATE TABLE")
+    outside = [
+        f"{name}: {word.strip()}"
+        for name, text in _store_modules().items()
+        if not name.startswith("store/")
+        for word in sql
+        if word in text
+    ]
+    assert outside == []
+
+
+def test_the_schema_is_in_schema_py_and_queries_in_db_py() -> None:
+    modules = _store_modules()
+    ddl = [
+        name for name, text in modules.items() if "CREATE TABLE" in text or "ALTER TABLE" in text
+    ]
+    assert ddl == ["store/schema.py"]
+    queries = [name for name, text in modules.items() if "SELECT " in text or "INSERT INTO" in text]
+    assert queries == ["store/db.py"]
+    from claude_hooks.store.facade import Store as FacadeStore
+
+    assert Store is FacadeStore  # `from claude_hooks.store import Store` is the facade

@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from claude_hooks.intake.submit import Submitter
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import (
     ControlAction,
     ControlCommand,

@@ -44,7 +44,7 @@ from claude_hooks.forgejo.client import RepositoryNotServed
 from claude_hooks.forgejo.models import ForgejoDataError
 from claude_hooks.forgejo.webhook import delivery_id, event_name, verify_signature
 from claude_hooks.metrics import Metrics, QueueSnapshot
-from claude_hooks.store.db import Store, StoreError
+from claude_hooks.store import Store, StoreError
 from claude_hooks.tasks import Task, TaskEvent, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.work.scheduler import Scheduler, SchedulerError
 

@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     from claude_hooks.daemon.log import setup_logging
     from claude_hooks.daemon.main import EXIT_CRASHED, EXIT_STORE, run_daemon
-    from claude_hooks.store.db import StoreError
+    from claude_hooks.store import StoreError
 
     setup_logging(config.daemon.log_format, args.log_level or config.daemon.log_level)
     log = structlog.get_logger(__name__)

@@ -10,7 +10,7 @@ cysystemd, without journald's socket, or for an entry that cannot be sent, the e
 goes to the stream as `<N>text`, which journald stores at priority N (sd-daemon(3)).
 CLI messages printed under systemd carry the same prefix (`cli_line`).
 
-Secrets are redacted before anything here sees an event (claude_hooks/log.py).
+Secrets are redacted before anything here sees an event (claude_hooks/daemon/log.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskSpec
 from claude_hooks.work.delivery import Delivery
 from claude_hooks.work.scheduler import Scheduler, SchedulerError

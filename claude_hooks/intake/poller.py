@@ -42,7 +42,7 @@ GONE = (404, 410)  # the issue or repository no longer exists: the thread is noi
 
 
 class CursorStore(Protocol):
-    """Where cursors persist (claude_hooks.store.db.Store satisfies this)."""
+    """Where cursors persist (claude_hooks.store.Store satisfies this)."""
 
     async def get_cursor(self, name: str) -> str | None: ...
     async def set_cursor(self, name: str, value: str) -> None: ...

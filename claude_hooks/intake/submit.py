@@ -33,7 +33,7 @@ class TaskQueue(Protocol):
 
 
 class ControlRecords(Protocol):
-    """What a control command looks up and remembers (claude_hooks.store.db.Store)."""
+    """What a control command looks up and remembers (claude_hooks.store.Store)."""
 
     async def get_cursor(self, name: str) -> str | None: ...
     async def set_cursor(self, name: str, value: str) -> None: ...

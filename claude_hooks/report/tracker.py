@@ -37,7 +37,7 @@ from claude_hooks.report.render import (
     phase_of,
     render_tracking,
 )
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskState
 from claude_hooks.text import find_marker
 

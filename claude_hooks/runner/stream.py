@@ -1,6 +1,6 @@
 """One line of `claude -p --output-format stream-json --verbose` → one typed event.
 
-The CLI prints one JSON object per line (see ../shared/claude/NOTES.md): `system/init`
+The CLI prints one JSON object per line (see docs/CLAUDE-CLI.md): `system/init`
 first, then `assistant` lines (one content block each), `user` lines carrying tool
 results, `system` notices (api_retry, permission_denied, …) and a `result` last —
 unless the process was killed. New line types appear between CLI versions, so
@@ -395,7 +395,7 @@ def failure_of(result: Result | None, exit_code: int | None, stderr_tail: str) -
     None when it succeeded.
 
     Decided by `is_error` and `terminal_reason`, never by `subtype`: an API failure
-    after all retries ends with subtype "success" but is_error true (NOTES.md).
+    after all retries ends with subtype "success" but is_error true (docs/CLAUDE-CLI.md).
     """
     if result is None:
         if exit_code is not None and exit_code > _SIGNAL_EXIT_BASE:

@@ -1,0 +1,32 @@
+"""Durable state: tasks, their event logs and the poller's cursors, in SQLite.
+
+The only package with SQL. Read it in this order: schema.py (the tables and
+their migrations), db.py (the connection on its writer thread, and every query),
+events.py (the per-task event cap and the batching sink), facade.py (`Store`,
+the async API everyone else calls).
+"""
+
+from claude_hooks.store.db import (
+    CRASH_INTERRUPTION,
+    MAX_INTERRUPTIONS,
+    InvalidTransition,
+    RecoveryReport,
+    StoreError,
+    TaskNotFound,
+)
+from claude_hooks.store.events import EventCap, EventSink
+from claude_hooks.store.facade import Store
+from claude_hooks.store.schema import SCHEMA_VERSION
+
+__all__ = [
+    "CRASH_INTERRUPTION",
+    "MAX_INTERRUPTIONS",
+    "SCHEMA_VERSION",
+    "EventCap",
+    "EventSink",
+    "InvalidTransition",
+    "RecoveryReport",
+    "Store",
+    "StoreError",
+    "TaskNotFound",
+]

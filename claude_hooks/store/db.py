@@ -1,15 +1,11 @@
-"""The durable task store: SQLite (WAL) task table, append-only event log, cursors.
+"""The task store's SQL: one SQLite (WAL) connection, owned by one writer thread.
 
-The only module with SQL. One connection, owned by one worker thread: every call
-is a job on a single-thread executor, so writes are serialised without locks and
-the event loop never blocks on disk. Each public call is one transaction, so a
-failure (read-only directory, full disk) leaves nothing half-written and surfaces
-as a StoreError naming the database file.
-
-The event log is what the runner streams. An EventSink batches it (one
-transaction per ~100 ms or 500 events) and the log is capped per task: past the
-cap, detail events are dropped behind one `truncated` marker, while `state` and
-`result` events are always kept.
+Every call is a job on a single-thread executor (WriterThread), so writes are
+serialised without locks and the event loop never blocks on disk. Each public
+call of Database is one transaction, so a failure (read-only directory, full
+disk) leaves nothing half-written and surfaces as a StoreError naming the
+database file. The schema is in schema.py, the event cap and batching in
+events.py, the async API the rest of the daemon uses in facade.py (Store).
 """
 
 from __future__ import annotations
@@ -21,8 +17,6 @@ import json
 import os
 import sqlite3
 import stat
-import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,7 +26,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from claude_hooks.redact import redactor
+from claude_hooks.store.events import EventCap, EventUsage, NewEvent, admit_events
+from claude_hooks.store.schema import migrate
 from claude_hooks.tasks import (
     FINAL_STATES,
     Outcome,
@@ -50,66 +45,6 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 
-# Forward migrations, applied in order; PRAGMA user_version is how many have run.
-# Append, never edit: a released migration is part of somebody's database.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 1: tasks and their event log
-    (
-        """CREATE TABLE tasks (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            idempotency_key TEXT NOT NULL UNIQUE,
-            agent TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            source TEXT NOT NULL,
-            repo TEXT NOT NULL,
-            number INTEGER,
-            is_pull INTEGER NOT NULL DEFAULT 0,
-            requested_by TEXT NOT NULL,
-            request TEXT NOT NULL,
-            comment_id INTEGER,
-            review_id INTEGER,
-            head_sha TEXT,
-            hop INTEGER NOT NULL DEFAULT 0,
-            state TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            created_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            session_id TEXT,
-            result TEXT,
-            error TEXT,
-            cost_usd REAL,
-            num_turns INTEGER,
-            duration_ms INTEGER
-        )""",
-        "CREATE INDEX tasks_by_state ON tasks (state, id)",
-        "CREATE INDEX tasks_by_thread ON tasks (agent, repo, number, id)",
-        """CREATE TABLE task_events (
-            task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-            seq INTEGER NOT NULL,
-            ts REAL NOT NULL,
-            type TEXT NOT NULL,
-            summary TEXT NOT NULL,
-            data TEXT,
-            PRIMARY KEY (task_id, seq)
-        ) WITHOUT ROWID""",
-    ),
-    # 2: reporting and recovery bookkeeping, poller watermarks
-    (
-        "ALTER TABLE tasks ADD COLUMN tracking_comment_id INTEGER",
-        "ALTER TABLE tasks ADD COLUMN links TEXT NOT NULL DEFAULT '[]'",
-        "ALTER TABLE tasks ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0",
-        """CREATE TABLE cursors (
-            name TEXT PRIMARY KEY,
-            value TEXT NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-# Always stored, even past the cap: the stream's end and the answer must never be lost.
-ALWAYS_KEPT = frozenset({"state", "result", "truncated"})
 # A task interrupted this many times is failed instead of re-queued again.
 MAX_INTERRUPTIONS = 2
 CRASH_INTERRUPTION = "interrupted: the daemon stopped while it ran (crash or kill)"
@@ -139,95 +74,12 @@ class InvalidTransition(Exception):
 
 
 @dataclass(frozen=True)
-class EventCap:
-    """How much event log one task may keep."""
-
-    max_events: int = 5000
-    max_chars: int = 16_000_000  # summaries + raw lines, in characters
-    max_data_chars: int = 256_000  # one raw line larger than this keeps only its summary
-
-
-@dataclass(frozen=True)
 class RecoveryReport:
     """What start-up recovery did with tasks a previous process left behind."""
 
     requeued: tuple[Task, ...] = ()  # interrupted once: queued again
     failed: tuple[Task, ...] = ()  # interrupted twice: given up
     queued: int = 0  # tasks waiting to run after recovery, re-queued ones included
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    ts: float
-    type: str
-    summary: str
-    data: str | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.summary) + len(self.data or "")
-
-
-@dataclass
-class _EventUsage:
-    """What a task's event log already holds; cached in the worker thread."""
-
-    last_seq: int
-    count: int
-    chars: int
-    truncated: bool
-
-
-def admit_events(usage: _EventUsage, events: Sequence[NewEvent], cap: EventCap) -> list[NewEvent]:
-    """The events to store under the cap, in order; updates `usage` as it goes."""
-    kept: list[NewEvent] = []
-    for event in events:
-        if event.data is not None and len(event.data) > cap.max_data_chars:
-            note = f" [raw line of {len(event.data)} chars not stored]"
-            event = replace(event, summary=event.summary + note, data=None)
-        fits = usage.count < cap.max_events and usage.chars + event.size <= cap.max_chars
-        if not fits and event.type not in ALWAYS_KEPT:
-            if not usage.truncated:
-                usage.truncated = True
-                kept.append(_truncation_marker(event.ts, cap))
-            continue
-        kept.append(event)
-        usage.count += 1
-        usage.chars += event.size
-    return kept
-
-
-def _truncation_marker(ts: float, cap: EventCap) -> NewEvent:
-    return NewEvent(
-        ts=ts,
-        type="truncated",
-        summary=(
-            f"event log cap reached ({cap.max_events} events or {cap.max_chars} chars): "
-            "later detail events are not stored"
-        ),
-    )
-
-
-def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Apply the missing migrations up to `target`, each in its own transaction."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(
-            f"schema version {current} is newer than this claude-hooks knows "
-            f"({SCHEMA_VERSION}); upgrade claude-hooks"
-        )
-    for version in range(current + 1, target + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[version - 1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        log.info("store_migrated", version=version)
-    return max(current, target)
 
 
 def make_private(db_path: Path) -> None:
@@ -347,7 +199,7 @@ def _state_event(ts: float, state: TaskState, summary: str, reason: str | None =
     return NewEvent(ts=ts, type="state", summary=summary, data=data)
 
 
-class _Db:
+class Database:
     """The synchronous side: every method runs in the store's one worker thread."""
 
     def __init__(
@@ -362,12 +214,12 @@ class _Db:
         self.clock = clock
         self.redact = redact  # every text stored passes through it, here in the worker thread
         self.transactions = 0
-        self._usage: dict[int, _EventUsage] = {}
+        self._usage: dict[int, EventUsage] = {}
 
     @classmethod
     def open(
         cls, path: Path, cap: EventCap, clock: Callable[[], float], redact: Callable[[str], str]
-    ) -> _Db:
+    ) -> Database:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -663,7 +515,7 @@ class _Db:
 
     # --- events ---
 
-    def _usage_of(self, task_id: int) -> _EventUsage:
+    def _usage_of(self, task_id: int) -> EventUsage:
         usage = self._usage.get(task_id)
         if usage is None:
             row = self.conn.execute(
@@ -673,7 +525,7 @@ class _Db:
                 " FROM task_events WHERE task_id = ?",
                 (task_id,),
             ).fetchone()
-            usage = _EventUsage(row[0], row[1], row[2], bool(row[3]))
+            usage = EventUsage(row[0], row[1], row[2], bool(row[3]))
             self._usage[task_id] = usage
         return usage
 
@@ -727,247 +579,37 @@ def _hint(path: Path) -> str:
     return ""
 
 
-class Store:
-    """Async facade over the store; every call is one job on the single worker thread."""
+class WriterThread:
+    """The one thread that owns the connection; jobs run on it in the order submitted."""
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: _Db) -> None:
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: Database) -> None:
         self.path = path
+        self.db = db
         self._executor = executor
-        self._db = db
-        self._closed = False
-        self._sinks: set[EventSink] = set()
-        self._signals: weakref.WeakValueDictionary[int, asyncio.Event] = (
-            weakref.WeakValueDictionary()
-        )
+        self.closed = False
 
     @classmethod
     async def open(
-        cls,
-        path: Path,
-        *,
-        event_cap: EventCap | None = None,
-        clock: Callable[[], float] = time.time,
-        redact: Callable[[str], str] = redactor,
-    ) -> Store:
-        """`redact` hides secrets in every text before it is stored (the shared redactor)."""
-        path = Path(path)
+        cls, path: Path, cap: EventCap, clock: Callable[[], float], redact: Callable[[str], str]
+    ) -> WriterThread:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claude-hooks-store")
         loop = asyncio.get_running_loop()
         try:
-            db = await loop.run_in_executor(
-                executor, _Db.open, path, event_cap or EventCap(), clock, redact
-            )
+            db = await loop.run_in_executor(executor, Database.open, path, cap, clock, redact)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        log.info("store_opened", path=str(path), schema_version=SCHEMA_VERSION)
         return cls(path, executor, db)
 
-    async def close(self) -> None:
-        """Flush open event sinks, then close the connection and the worker thread."""
-        if self._closed:
-            return
-        for sink in list(self._sinks):
-            await sink.close()
-        self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
-        self._executor.shutdown(wait=False)
-
-    @property
-    def transactions(self) -> int:
-        """Transactions begun so far (tests and benchmarks measure batching with it)."""
-        return self._db.transactions
-
-    def _submit(self, what: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Queue `fn` on the worker thread; sqlite errors come back as StoreError."""
-        if self._closed:
+    def submit(self, what: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue `fn` on the writer thread; sqlite errors come back as StoreError."""
+        if self.closed:
             raise StoreError(self.path, f"{what}: the store is closed")
         loop = asyncio.get_running_loop()
-        job = functools.partial(self._db.run, self.path, what, fn, *args)
+        job = functools.partial(Database.run, self.path, what, fn, *args)
         return loop.run_in_executor(self._executor, job)
 
-    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        return await self._submit(what, fn, *args)
-
-    def _notify(self, task_id: int) -> None:
-        signal = self._signals.pop(task_id, None)
-        if signal is not None:
-            signal.set()
-
-    # --- tasks ---
-
-    async def enqueue(self, spec: TaskSpec) -> tuple[Task, bool]:
-        """Store a new queued task; the same idempotency key again returns the first one."""
-        task, created = await self._call("enqueue", self._db.enqueue, spec)
-        if created:
-            self._notify(task.id)
-        return task, created
-
-    async def get(self, task_id: int) -> Task | None:
-        return await self._call(f"read task {task_id}", self._db.get, task_id)
-
-    async def task_hop(self, task_id: int) -> int | None:
-        """The agent-to-agent hop stored with a task (None: no such task here)."""
-        task = await self.get(task_id)
-        return task.spec.hop if task is not None else None
-
-    async def list_tasks(
-        self,
-        *,
-        state: TaskState | None = None,
-        agent: str | None = None,
-        limit: int = 50,
-        before_id: int | None = None,
-    ) -> list[Task]:
-        """Newest first; pass the last id of a page as `before_id` for the next page."""
-        return await self._call("list tasks", self._db.list_tasks, state, agent, limit, before_id)
-
-    async def queued(self) -> list[Task]:
-        """Queued tasks, oldest first."""
-        return await self._call("list queued tasks", self._db.queued)
-
-    async def mark_running(self, task_id: int) -> Task:
-        return await self._changed(f"start task {task_id}", self._db.mark_running, task_id)
-
-    async def finish(self, task_id: int, outcome: Outcome) -> Task:
-        """Record how a run ended (a final state, or interrupted by shutdown)."""
-        return await self._changed(f"finish task {task_id}", self._db.finish, task_id, outcome)
-
-    async def requeue(self, task_id: int, reason: str) -> Task:
-        return await self._changed(f"re-queue task {task_id}", self._db.requeue, task_id, reason)
-
-    async def update_spec(self, task_id: int, spec: TaskSpec) -> Task:
-        return await self._changed(f"update task {task_id}", self._db.update_spec, task_id, spec)
-
-    async def _changed(self, what: str, fn: Callable[..., Task], *args: Any) -> Task:
-        task = await self._call(what, fn, *args)
-        self._notify(task.id)
-        return task
-
-    async def recover(self) -> RecoveryReport:
-        """Deal with tasks a crashed or drained process left running or interrupted."""
-        report = await self._call("recover interrupted tasks", self._db.recover)
-        for task in report.requeued + report.failed:
-            self._notify(task.id)
-        return report
-
-    async def last_session(self, agent: str, repo: str, number: int | None) -> str | None:
-        """The newest Claude session of `agent` on this thread, for --resume."""
-        return await self._call("find last session", self._db.last_session, agent, repo, number)
-
-    async def latest_on_thread(self, agent: str, repo: str, number: int) -> Task | None:
-        what = "find latest task on thread"
-        return await self._call(what, self._db.latest_on_thread, agent, repo, number)
-
-    async def set_tracking_comment(self, task_id: int, comment_id: int) -> None:
-        what = f"set tracking comment of task {task_id}"
-        await self._call(what, self._db.set_tracking_comment, task_id, comment_id)
-
-    async def counts(self) -> dict[tuple[str, TaskState], int]:
-        return await self._call("count tasks", self._db.counts)
-
-    async def get_cursor(self, name: str) -> str | None:
-        return await self._call(f"read cursor {name}", self._db.get_cursor, name)
-
-    async def set_cursor(self, name: str, value: str) -> None:
-        await self._call(f"write cursor {name}", self._db.set_cursor, name, value)
-
-    async def integrity_check(self) -> bool:
-        problems = await self._call("integrity check", self._db.integrity_check)
-        if problems != ["ok"]:
-            log.error("store_integrity_check_failed", path=str(self.path), problems=problems[:10])
-        return problems == ["ok"]
-
-    # --- events ---
-
-    def event_sink(self, task_id: int, *, interval: float = 0.1, max_batch: int = 500) -> EventSink:
-        sink = EventSink(self, task_id, interval=interval, max_batch=max_batch)
-        self._sinks.add(sink)
-        return sink
-
-    async def events(self, task_id: int, after_seq: int = 0, limit: int = 1000) -> list[TaskEvent]:
-        what = f"read events of task {task_id}"
-        return await self._call(what, self._db.events, task_id, after_seq, limit)
-
-    async def wait_for_events(
-        self, task_id: int, after_seq: int, max_wait: float, limit: int = 1000
-    ) -> list[TaskEvent]:
-        """Events after `after_seq`, waiting up to `max_wait` seconds for some to be stored."""
-        signal = self._signals.get(task_id)
-        if signal is None:
-            signal = self._signals[task_id] = asyncio.Event()
-        events = await self.events(task_id, after_seq, limit)
-        if events:
-            return events
-        try:
-            async with asyncio.timeout(max_wait):
-                await signal.wait()
-        except TimeoutError:
-            return []
-        return await self.events(task_id, after_seq, limit)
-
-
-class EventSink:
-    """Buffers one task's events and writes them in batches, in order, off the event loop."""
-
-    def __init__(self, store: Store, task_id: int, *, interval: float, max_batch: int) -> None:
-        self.task_id = task_id
-        self._store = store
-        self._interval = interval
-        self._max_batch = max_batch
-        self._pending: list[NewEvent] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._inflight: set[asyncio.Future[None]] = set()
-        self._closed = False
-
-    def add(self, type: str, summary: str, data: str | None = None) -> None:
-        """Cheap and synchronous: the event is written with the next batch."""
-        if self._closed:
-            raise RuntimeError(f"event sink of task {self.task_id} is closed")
-        self._pending.append(NewEvent(ts=time.time(), type=type, summary=summary, data=data))
-        if len(self._pending) >= self._max_batch:
-            self._write_pending()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._interval, self._write_pending)
-
-    def _write_pending(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        what = f"write events of task {self.task_id}"
-        future = self._store._submit(what, self._store._db.write_events, self.task_id, batch)
-        self._inflight.add(future)
-        future.add_done_callback(functools.partial(self._written, len(batch)))
-
-    def _written(self, count: int, future: asyncio.Future[None]) -> None:
-        self._inflight.discard(future)
-        if future.cancelled():
-            return
-        if (exc := future.exception()) is not None:
-            # The run goes on without its detail log rather than failing over it.
-            log.error(
-                "task_events_lost",
-                task_id=self.task_id,
-                events=count,
-                path=str(self._store.path),
-                error=str(exc),
-            )
-            return
-        self._store._notify(self.task_id)
-
-    async def flush(self) -> None:
-        """Write everything added so far and wait until it is stored."""
-        self._write_pending()
-        if self._inflight:
-            await asyncio.wait(list(self._inflight))
-
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self.flush()
-        self._store._sinks.discard(self)
+        self.closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.db.close)
+        self._executor.shutdown(wait=False)

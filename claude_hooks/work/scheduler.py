@@ -41,7 +41,7 @@ from claude_hooks.report.render import (
     skipped_reason,
     timeout_reason,
 )
-from claude_hooks.store.db import RecoveryReport, Store, TaskNotFound
+from claude_hooks.store import RecoveryReport, Store, TaskNotFound
 from claude_hooks.tasks import FINAL_STATES, Outcome, Task, TaskSpec, TaskState
 
 log = structlog.get_logger(__name__)

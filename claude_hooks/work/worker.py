@@ -27,7 +27,7 @@ from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.runtime import AgentRuntime
 from claude_hooks.runner.stream import StreamEvent, outcome_of
-from claude_hooks.store.db import Store
+from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
 from claude_hooks.work.delivery import Delivery
 from claude_hooks.work.prompts import (

@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.waiting import wait_until
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -111,15 +113,19 @@ class Page:
 
     async def wait_for(self, expression: str, seconds: float = 10.0) -> Any:
         """The expression's value once truthy; fails with what it last was."""
-        value = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while loop.time() < deadline:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"still falsy after {seconds}s: {expression} (last: {value!r})")
+        last: list[Any] = [None]
+
+        async def truthy() -> Any:
+            last[0] = await self.evaluate(expression)
+            return last[0]
+
+        return await wait_until(
+            truthy,
+            timeout=seconds,
+            interval=0.05,
+            what=expression,
+            details=lambda: f"last: {last[0]!r}",
+        )
 
 
 class Browser:
@@ -165,14 +171,15 @@ class Browser:
 async def _devtools_url(profile: Path, process: asyncio.subprocess.Process) -> str:
     """Chromium writes its port and browser path to DevToolsActivePort once it listens."""
     marker = profile / "DevToolsActivePort"
-    async with asyncio.timeout(30):
-        while True:
-            if process.returncode is not None:
-                raise CdpError(f"chromium exited with {process.returncode} (see chromium.log)")
-            lines = marker.read_text().split() if marker.exists() else []
-            if len(lines) >= 2:
-                return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
-            await asyncio.sleep(0.05)
+
+    def port_and_path() -> list[str] | None:
+        if process.returncode is not None:
+            raise CdpError(f"chromium exited with {process.returncode} (see chromium.log)")
+        lines = marker.read_text().split() if marker.exists() else []
+        return lines if len(lines) >= 2 else None
+
+    lines = await wait_until(port_and_path, timeout=30, interval=0.05, what=f"{marker}")
+    return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:

@@ -29,10 +29,13 @@ from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.text import find_marker
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
+from tests.waiting import wait_until
 
 REPO = "acme/app"
 API_TOKEN = "chaos-api-token-0123456789"
 FINISHED = ("succeeded", "failed", "cancelled")
+# The tracking comment's headline while a task is not done (claude_hooks/report).
+UNFINISHED = ("**Queued**", "**Working**")
 
 
 def free_port() -> int:
@@ -163,19 +166,22 @@ class ChaosDriver:
                 self.mention()
             else:
                 await self.submit_api(session)
-            await asyncio.sleep(self.rng.uniform(0.1, 0.6))
+            await asyncio.sleep(self.rng.uniform(0.1, 0.6))  # not a wait: the seeded chaos
         await self.kill()
 
     async def reap(self, docker: aiodocker.Docker, left: dict[str, str], limit: float = 8) -> None:
         """Wait for the restarted daemon to kill what its dead predecessor left running."""
         name = self.config.agents[0].container_name
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
         alive = left
-        while alive and loop.time() < deadline:
-            await asyncio.sleep(0.2)
+
+        async def reaped() -> bool:
+            nonlocal alive
             now = await claude_processes(docker, name)
             alive = {pid: args for pid, args in left.items() if now.get(pid) == args}
+            return not alive
+
+        with contextlib.suppress(TimeoutError):  # what outlives the limit is counted, not fatal
+            await wait_until(reaped, timeout=limit, interval=0.2)
         self.survivors += list(alive.values())
 
     def rows(self) -> list[TaskRow]:
@@ -193,17 +199,26 @@ class ChaosDriver:
             return str(db.execute("PRAGMA integrity_check").fetchone()[0])
 
     async def settle(self, limit: float = 90) -> list[TaskRow]:
-        """The final clean run: every mention has a task and every task has finished."""
+        """The final clean run: every mention has a task, every task has finished and
+        every task on a thread shows its final report (posted after the state is final)."""
         await self.start()
-        async with asyncio.timeout(limit):
-            while True:
-                await asyncio.sleep(0.3)
-                rows = self.rows()
-                seen = {row.comment_id for row in rows}
-                if set(self.mentions) <= seen and all(row.state in FINISHED for row in rows):
-                    # Reports are posted after the state is final: give them a moment.
-                    await asyncio.sleep(1.5)
-                    return self.rows()
+
+        def settled() -> list[TaskRow] | None:
+            rows = self.rows()
+            seen = {row.comment_id for row in rows}
+            if not set(self.mentions) <= seen or not all(row.state in FINISHED for row in rows):
+                return None
+            reports = self.final_reports({row.number for row in rows if row.number is not None})
+            threaded = [row.id for row in rows if row.number is not None]
+            return rows if all(reports[task_id] for task_id in threaded) else None
+
+        return await wait_until(
+            settled,
+            timeout=limit,
+            interval=0.3,
+            what="every accepted trigger to finish and be reported",
+            details=lambda: "\n".join(map(str, self.rows())),
+        )
 
     def tracking_comments(self, numbers: set[int]) -> Counter[int]:
         """How many comments on Forgejo carry each task's marker."""
@@ -214,6 +229,16 @@ class ChaosDriver:
                 if task_id is not None and comment.user == self.agent:
                     markers[task_id] += 1
         return markers
+
+    def final_reports(self, numbers: set[int]) -> Counter[int]:
+        """How many of each task's tracking comments are past queued and working."""
+        final: Counter[int] = Counter()
+        for number in numbers:
+            for comment in self.sim.comments(REPO, number):
+                task_id = find_marker(comment.body)
+                if task_id is not None and comment.user == self.agent:
+                    final[task_id] += not any(word in comment.body for word in UNFINISHED)
+        return final
 
 
 async def claude_processes(docker: aiodocker.Docker, name: str) -> dict[str, str]:

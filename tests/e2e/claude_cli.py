@@ -4,7 +4,7 @@
 directory (CLAUDE_HOOKS_E2E_CACHE, default tests/e2e/.cache, git-ignored) yields the
 native, self-contained binary of the platform package; node is not needed to run it.
 The version is pinned: from 2.1.198 on the package declares node >= 22, and npm on
-an older node would otherwise silently pick an older release (../shared/claude/NOTES.md).
+an older node would otherwise silently pick an older release (docs/CLAUDE-CLI.md).
 """
 
 from __future__ import annotations

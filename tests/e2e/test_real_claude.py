@@ -38,6 +38,7 @@ from tests.fakes.messages_api import (
     tool_results,
     turn_index,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -126,12 +127,13 @@ async def services(
 
 async def finished(services: Services, count: int, limit: float = 60) -> Task:
     """The `count`-th task, once it has ended."""
-    async with asyncio.timeout(limit):
-        while True:
-            tasks = sorted(await services.store.list_tasks(limit=10), key=lambda t: t.id)
-            if len(tasks) >= count and tasks[count - 1].state.is_final:
-                return tasks[count - 1]
-            await asyncio.sleep(0.1)
+
+    async def ended() -> Task | None:
+        tasks = sorted(await services.store.list_tasks(limit=10), key=lambda t: t.id)
+        done = len(tasks) >= count and tasks[count - 1].state.is_final
+        return tasks[count - 1] if done else None
+
+    return await wait_until(ended, timeout=limit, interval=0.1, what=f"task {count} to end")
 
 
 def bare_git(sim: ForgejoSim, *args: str) -> str:
@@ -149,12 +151,11 @@ async def tracking_comment_with(sim: ForgejoSim, number: int, task: Task, *parts
         bodies = [c.body for c in sim.comments(REPO, number) if find_marker(c.body) == task.id]
         return bodies[0] if bodies else ""
 
-    try:
-        async with asyncio.timeout(10):
-            while not all(part in body() for part in parts):
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"tracking comment lacks one of {parts}: {body()!r}") from None
+    await wait_until(
+        lambda: all(part in body() for part in parts),
+        what=f"the tracking comment to show {parts}",
+        details=lambda: repr(body()),
+    )
     return body()
 
 

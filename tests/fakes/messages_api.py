@@ -1,6 +1,6 @@
 """A scripted Anthropic Messages API on 127.0.0.1, for running the real Claude Code CLI.
 
-What the CLI needs (../shared/claude/NOTES.md): `POST /v1/messages` (it adds
+What the CLI needs (docs/CLAUDE-CLI.md): `POST /v1/messages` (it adds
 `?beta=true`) with `stream: true`, answered as server-sent events where every frame
 has an `event:` and a `data:` line — `message_start`, then per content block
 `content_block_start` / `content_block_delta` / `content_block_stop`, then

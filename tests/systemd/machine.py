@@ -34,7 +34,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 import tomllib
 import uuid
 from collections.abc import Mapping, Sequence
@@ -292,18 +291,6 @@ class Machine:
         await asyncio.to_thread(self.write_file, path, text, mode)
 
 
-async def until(check: Any, what: str, within: float = 60) -> Any:
-    """Poll an async `check` until it returns something true; that value."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{what}: not within {within:g} s (last seen: {last!r})")
-
-
 def boot(image: str, mounts: Mapping[str, str]) -> Machine:
     """Start the machine and wait until systemd says it has booted."""
     status = Path("/proc/self/status").read_text()
@@ -314,12 +301,10 @@ def boot(image: str, mounts: Mapping[str, str]) -> Machine:
     if started.returncode != 0:
         unavailable(f"Docker cannot run systemd as PID 1 here: {started.stderr.strip()}")
     machine = Machine(name)
-    deadline = time.monotonic() + 90
-    while True:  # until PID 1 answers on its bus at all; then --wait waits for the boot
-        booted = machine.run("systemctl", "is-system-running", "--wait", check=False, timeout=90)
-        if booted.stdout.strip() or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    # PID 1's bus first (systemctl fails at once without it), then --wait for the boot.
+    bus = "until [ -S /run/systemd/private ]; do sleep 0.1; done"
+    machine.run("timeout", "90", "sh", "-c", bus, check=False, timeout=95)
+    booted = machine.run("systemctl", "is-system-running", "--wait", check=False, timeout=90)
     if booted.stdout.strip() not in ("running", "degraded"):
         logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)

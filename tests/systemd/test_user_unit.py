@@ -46,9 +46,9 @@ from tests.systemd.machine import (
     make_op_a_lingering_docker_user,
     remove,
     unavailable,
-    until,
     wheelhouse,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.systemd]
 
@@ -197,7 +197,12 @@ async def test_an_exec_start_pre_failure_shows_at_warning_priority(
         entries = await machine.journal(*args, after=since)
         return [entry for entry in entries if reason in str(entry.get("MESSAGE"))]
 
-    await until(said, "ExecStartPre's line in the journal (journald reads streams as they come)")
+    await wait_until(
+        said,
+        what="ExecStartPre's line in the journal (journald reads streams as they come)",
+        timeout=60,
+        interval=0.3,
+    )
     warnings = await machine.journal("-p", "warning", after=since)
     why = await said("-p", "warning")
     assert why, f"`journalctl -p warning` does not say why: {messages(warnings)}"
@@ -223,14 +228,21 @@ async def test_start_waits_for_ready_and_a_task_s_lines_carry_its_fields(
     assert (await machine.aop("test", "-e", f"{OP_HOME}/~", check=False)).returncode != 0
 
     number = deployment.mention("scenario=error-429-max-retries-2")  # Claude's run fails
-    task = await until(lambda: _finished(deployment, number), "the failing task to end", within=90)
+    task = await wait_until(
+        lambda: _finished(deployment, number),
+        what="the failing task to end",
+        timeout=90,
+        interval=0.3,
+    )
     assert task["state"] == "failed", task
 
     async def task_lines() -> list[dict[str, Any]]:
         entries = await machine.journal(f"TASK_ID={task['id']}")
         return entries if any(e.get("EVENT") == "task_finished" for e in entries) else []
 
-    entries = await until(task_lines, "the task's lines in the journal")
+    entries = await wait_until(
+        task_lines, what="the task's lines in the journal", timeout=60, interval=0.3
+    )
     assert {entry["AGENT"] for entry in entries} == {AGENT}
     events = {entry["EVENT"]: entry for entry in entries}
     assert {"task_started", "claude_started", "task_finished"} <= set(events), list(events)
@@ -254,13 +266,15 @@ async def test_a_stop_that_outlives_the_drain_is_inactive_and_the_next_start_res
     machine = deployment.machine
     await machine.systemctl("start", UNIT)
     number = deployment.mention("hang-once=1")  # hangs on its first run only
-    task = await until(lambda: deployment.task_on(number), "the task to be queued")
+    task = await wait_until(
+        lambda: deployment.task_on(number), what="the task to be queued", timeout=60, interval=0.3
+    )
 
     async def mid_run() -> bool:  # Claude used a tool, and hangs
         events = await deployment.get(f"/tasks/{task['id']}/events") or []
         return any(event["type"] == "tool_use" for event in events)
 
-    await until(mid_run, "Claude to be mid-run")
+    await wait_until(mid_run, what="Claude to be mid-run", timeout=60, interval=0.3)
     since = await machine.mark()
     await machine.systemctl("stop", UNIT)  # drain_timeout = 2 s: the task is cut short
     shown = await machine.show("ActiveState", "Result", "ExecMainStatus")
@@ -269,7 +283,9 @@ async def test_a_stop_that_outlives_the_drain_is_inactive_and_the_next_start_res
     assert [entry["RESUME"] for entry in stopped] == [f"[{task['id']}]"]
 
     await machine.systemctl("start", UNIT)
-    done = await until(lambda: _finished(deployment, number), "the resumed task", within=90)
+    done = await wait_until(
+        lambda: _finished(deployment, number), what="the resumed task", timeout=90, interval=0.3
+    )
     assert (done["id"], done["state"], done["attempts"]) == (task["id"], "succeeded", 2)
 
 
@@ -282,15 +298,23 @@ async def test_the_watchdog_restarts_a_stopped_daemon_and_kill_9_is_restarted(
     since = await machine.mark()
 
     await machine.arun("kill", "-STOP", before["MainPID"])
-    after_watchdog = await until(
-        lambda: _restarted(machine, before), "a restart after SIGSTOP", within=60
+    after_watchdog = await wait_until(
+        lambda: _restarted(machine, before),
+        what="a restart after SIGSTOP",
+        timeout=60,
+        interval=0.3,
     )
     logged = messages(await machine.journal(after=since))
     assert any("Watchdog timeout" in m for m in logged), logged
 
     since = await machine.mark()
     await machine.arun("kill", "-9", after_watchdog["MainPID"])
-    await until(lambda: _restarted(machine, after_watchdog), "a restart after kill -9")
+    await wait_until(
+        lambda: _restarted(machine, after_watchdog),
+        what="a restart after kill -9",
+        timeout=60,
+        interval=0.3,
+    )
     logged = messages(await machine.journal(after=since))
     assert any("status=9/KILL" in m for m in logged), logged
 

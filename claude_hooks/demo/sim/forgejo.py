@@ -2,17 +2,17 @@
 
 Tests and `claude-hooks demo` drive it two ways: as the users of a team, by
 direct Python calls (`sim.add_comment(repo, 1, "alice", "@dev please")`), and
-as an agent, through the same REST API a real Forgejo serves (claude_hooks/sim/api.py).
+as an agent, through the same REST API a real Forgejo serves (claude_hooks/demo/sim/api.py).
 Both paths go through the same actions below, so a comment posted over HTTP
 notifies, mentions and fires webhooks exactly like one posted from a test.
 
-Semantics follow ../shared/forgejo/API-NOTES.md: notification threads
-(claude_hooks/sim/notifications.py), mentions (mentions.py), JSON shapes
+Semantics follow docs/FORGEJO.md: notification threads
+(claude_hooks/demo/sim/notifications.py), mentions (mentions.py), JSON shapes
 (render.py), webhooks (webhooks.py). Every API request is recorded in
 `sim.requests` with the response it got, so tests/contract.py can check both
 against Forgejo's OpenAPI description.
 
-Git (claude_hooks/sim/git.py): where git is installed, every repository is also a
+Git (claude_hooks/demo/sim/git.py): where git is installed, every repository is also a
 real bare repository (`sim.git_dir(repo)`), cloned and pushed over smart HTTP at its
 clone_url; pushes move the simulator's branches and pull-request heads, and
 `sim.commit_file` seeds content. Only /api/v1 requests are authenticated by the API
