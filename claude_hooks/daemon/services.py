@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import aiodocker
 import structlog
 from aiohttp import web
 
+from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
 from claude_hooks.config import Config, read_secret
 from claude_hooks.daemon.log import redactor
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
@@ -31,12 +32,14 @@ from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, Task, TaskSpec, TaskState, Trigger
-from claude_hooks.work.scheduler import Scheduler, SchedulerError
+from claude_hooks.work.scheduler import Scheduler, SchedulerError, TaskQueue
 from claude_hooks.work.worker import TaskReports, TaskWorker
 
 log = structlog.get_logger(__name__)
 
 READY_FORGEJO_WITHIN = 300.0  # seconds: "Forgejo reachable recently" for /readyz
+
+Accept = Callable[[Sequence[Trigger]], Awaitable[None]]
 
 
 @dataclass
@@ -50,9 +53,10 @@ class Services:
     metrics: Metrics
     reports: TaskReports
     scheduler: Scheduler
-    pollers: Sequence[Poller]
+    feed: TaskFeed
     outage: SharedBackoff
-    webhooks: WebhookIntake
+    pollers: Sequence[Poller] = field(init=False)
+    webhooks: WebhookIntake = field(init=False)
     web_runner: web.AppRunner | None = None
     accepting: bool = True
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -116,11 +120,10 @@ class Services:
         def client_for(agent: str) -> ForgejoClient:
             return clients[config.agent(agent).name]
 
-        holder: list[Services] = []
-        reporter = Reporter(client_for, redact=redactor)
-        reports = TaskReports(
-            reporter, store, lambda task_id: holder[0].scheduler.position(task_id)
-        )
+        # The queue exists before the scheduler: the reports show queue positions, the
+        # worker writes progress through the reports, and the scheduler runs the worker.
+        queue = TaskQueue()
+        reports = TaskReports(Reporter(client_for, redact=redactor), store, queue.position)
         worker = TaskWorker(config, store, runtime, client_for, reports, daemon_id=daemon_id)
         scheduler = Scheduler(
             store,
@@ -129,16 +132,12 @@ class Services:
             execute=worker.execute,
             precheck=worker.precheck,
             timeouts={a.name: a.timeout for a in config.agents},
-            on_change=lambda task: holder[0].on_change(task),
+            queue=queue,
         )
-        outage = SharedBackoff()
-        policy = Policy(
-            config.agent_names,
-            frozenset(config.daemon.allowed_users),
-            config.daemon.hop_limit,
-            config.forgejo.repositories,
-        )
-        first = clients[config.agents[0].name]
+        feed = TaskFeed()
+        scheduler.subscribe(reports.on_change)
+        scheduler.subscribe(feed.publish)
+        scheduler.subscribe(metrics.task_changed)
         services = cls(
             config=config,
             daemon_id=daemon_id,
@@ -149,34 +148,45 @@ class Services:
             metrics=metrics,
             reports=reports,
             scheduler=scheduler,
-            pollers=[],
-            outage=outage,
-            webhooks=WebhookIntake(
-                first,
-                policy,
-                PermissionCache(first.repo_permission),
-                intake=lambda triggers: holder[0].accept(triggers),
-                task_hops=store.task_hop,
-            ),
+            feed=feed,
+            outage=SharedBackoff(),
         )
-        holder.append(services)
-        services.pollers = [
+        services._connect_intake(services.accept)
+        return services
+
+    def _connect_intake(self, accept: Accept) -> None:
+        """The pollers and the webhook intake; both hand what they decide to `accept`."""
+        config, store, clients = self.config, self.store, self.clients
+        policy = Policy(
+            config.agent_names,
+            frozenset(config.daemon.allowed_users),
+            config.daemon.hop_limit,
+            config.forgejo.repositories,
+        )
+        first = clients[config.agents[0].name]
+        self.webhooks = WebhookIntake(
+            first,
+            policy,
+            PermissionCache(first.repo_permission),
+            intake=accept,
+            task_hops=store.task_hop,
+        )
+        self.pollers = [
             Poller(
                 agent,
                 clients[agent.name],
-                services.accept,
+                accept,
                 store,
                 interval=config.daemon.poll_interval,
                 agents=config.agent_names,
                 hop_limit=config.daemon.hop_limit,
                 allowed_users=config.daemon.allowed_users,
                 repositories=config.forgejo.repositories,
-                outage=outage,
+                outage=self.outage,
                 task_hops=store.task_hop,
             )
             for agent in config.agents
         ]
-        return services
 
     async def _housekeeping(self) -> None:
         """Containers of agents no longer configured go; processes of a dead daemon die."""
@@ -191,9 +201,6 @@ class Services:
             log.info("orphan_containers_removed", containers=removed)
 
     async def _listen(self) -> None:
-        from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
-
-        self.feed = TaskFeed()
         config = self.config
         deps = ApiDeps(
             config=config,
@@ -264,14 +271,6 @@ class Services:
             return 0
         decision = await self.webhooks.handle(parsed)
         return len(decision.triggers)
-
-    async def on_change(self, task: Task) -> None:
-        await self.reports.on_change(task)
-        feed = getattr(self, "feed", None)
-        if feed is not None:
-            feed.publish(task)
-        if task.state.is_final:
-            self.metrics.task_finished(task)
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coro)
