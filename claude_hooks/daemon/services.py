@@ -1,16 +1,25 @@
-"""Builds every long-lived part of the daemon from the config, and closes them again.
+"""Builds every long-lived part of the daemon from the config, runs it, and closes it.
 
 This is the only place that knows how the parts fit: the store, the scheduler
 and its worker, the Docker containers, one Forgejo client per agent, the pollers,
-the webhook intake and the HTTP listener. daemon.py runs them; tests and the
-demo build them the same way.
+the webhook intake and the HTTP listener. The daemon (daemon/main.py), the demo and
+the tests all start, run and close them through `Services`.
+
+Start-up is a stack (contextlib.AsyncExitStack, as aiohttp's cleanup contexts): each
+part registers its close as it is opened, so a step that fails closes what was opened
+before it, and `close` unwinds in reverse: what runs (the scheduler's tasks, the report
+chains) ends before what it uses (the Forgejo clients, Docker, the store). A failing
+close is logged and the others still run. The HTTP listener is bound before the
+scheduler takes up what a previous process left, so a recovered task never runs while
+the port that shows it is still closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +42,15 @@ from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store.db import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, Task, TaskSpec, TaskState, Trigger
 from claude_hooks.work.scheduler import Scheduler, SchedulerError, TaskQueue
-from claude_hooks.work.worker import TaskReports, TaskWorker
+from claude_hooks.work.worker import REPORTS_CLOSE_WITHIN, TaskReports, TaskWorker
 
 log = structlog.get_logger(__name__)
 
 READY_FORGEJO_WITHIN = 300.0  # seconds: "Forgejo reachable recently" for /readyz
+# The bounded waits of `close`, in seconds: how long a close may take at most.
+HTTP_CLOSE_WITHIN = 2.0  # open requests (event streams) after the listener stops
+BACKGROUND_CLOSE_WITHIN = 5.0  # stop commands still waiting for their run to end
+CLOSE_WITHIN = HTTP_CLOSE_WITHIN + BACKGROUND_CLOSE_WITHIN + REPORTS_CLOSE_WITHIN
 
 Accept = Callable[[Sequence[Trigger]], Awaitable[None]]
 
@@ -55,6 +68,7 @@ class Services:
     scheduler: Scheduler
     feed: TaskFeed
     outage: SharedBackoff
+    closing: AsyncExitStack  # every part's close, registered as the part was opened
     pollers: Sequence[Poller] = field(init=False)
     webhooks: WebhookIntake = field(init=False)
     web_runner: web.AppRunner | None = None
@@ -71,38 +85,55 @@ class Services:
         listen: bool = True,
         runtime: AgentRuntime | None = None,
     ) -> Services:
-        """Open, wire and start everything; `runtime` replaces Docker (the demo only)."""
+        """Open, wire and start everything; `runtime` replaces Docker (the demo, tests).
+        If a step fails, what the steps before it opened is closed, then the error raised."""
+        closing = AsyncExitStack()
+        try:
+            return await cls._open(config, closing, daemon_id, extra_labels, listen, runtime)
+        except BaseException:
+            await closing.aclose()
+            raise
+
+    @classmethod
+    async def _open(
+        cls,
+        config: Config,
+        closing: AsyncExitStack,
+        daemon_id: str,
+        extra_labels: Mapping[str, str] | None,
+        listen: bool,
+        runtime: AgentRuntime | None,
+    ) -> Services:
         config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = await Store.open(config.daemon.db_path)
+        _on_close(closing, "store", store.close)
         docker = aiodocker.Docker()
+        _on_close(closing, "docker", docker.close)
         labels = {**instance_labels(config.daemon.state_dir), **(extra_labels or {})}
         containers = ContainerManager(docker, extra_labels=labels)
         metrics = Metrics()
-        clients = {
-            agent.name: ForgejoClient(
+        clients: dict[str, ForgejoClient] = {}
+        for agent in config.agents:
+            clients[agent.name] = client = ForgejoClient(
                 config.forgejo.url,
                 lambda agent=agent: read_secret(agent.token_file),
                 timeout=config.forgejo.request_timeout,
                 on_request=metrics.forgejo_request,
                 serves=config.forgejo.serves,
             )
-            for agent in config.agents
-        }
+            _on_close(closing, f"forgejo client of {agent.name}", client.close)
+        runtime = runtime or DockerRuntime(containers)
         services = cls._assemble(
-            config,
-            daemon_id,
-            store,
-            docker,
-            containers,
-            clients,
-            metrics,
-            runtime or DockerRuntime(containers),
+            config, daemon_id, store, docker, containers, clients, metrics, runtime, closing
         )
-        if runtime is None:
+        _on_close(closing, "reports", services.reports.close)
+        _on_close(closing, "background", services._background_ended)
+        if isinstance(runtime, DockerRuntime):
             await services._housekeeping()
-        await services.scheduler.start()
         if listen:
             await services._listen()
+        _on_close(closing, "scheduler", services.scheduler.close)
+        await services.scheduler.start()  # dispatches recovered tasks: the port answers now
         return services
 
     @classmethod
@@ -116,6 +147,7 @@ class Services:
         clients: Mapping[str, ForgejoClient],
         metrics: Metrics,
         runtime: AgentRuntime,
+        closing: AsyncExitStack,
     ) -> Services:
         def client_for(agent: str) -> ForgejoClient:
             return clients[config.agent(agent).name]
@@ -150,6 +182,7 @@ class Services:
             scheduler=scheduler,
             feed=feed,
             outage=SharedBackoff(),
+            closing=closing,
         )
         services._connect_intake(services.accept)
         return services
@@ -215,11 +248,77 @@ class Services:
             accepting=lambda: self.accepting,
             feed=self.feed,
         )
-        self.web_runner = web.AppRunner(build_app(deps), access_log=None, shutdown_timeout=2.0)
+        self.web_runner = web.AppRunner(
+            build_app(deps), access_log=None, shutdown_timeout=HTTP_CLOSE_WITHIN
+        )
         await self.web_runner.setup()
+        _on_close(self.closing, "http listener", self.web_runner.cleanup)
         site = web.TCPSite(self.web_runner, config.api.host, config.api.port)
         await site.start()
         log.info("api_listening", url=config.api.base_url)
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        skip_drain: asyncio.Event | None = None,
+        on_drain: Callable[[int], None] | None = None,
+    ) -> bool:
+        """Poll and take work until `stop`; then let running tasks end until drain_timeout
+        (or `skip_drain`) and interrupt the rest. True if nothing had to be interrupted.
+
+        Two scopes, as in Forgejo runner's poller: intake (pollers, webhooks, API
+        submissions) ends at `stop`; running tasks end only at the drain deadline, and
+        the ones stopped then are recorded interrupted, so the next start re-runs them.
+        """
+        pollers = [
+            asyncio.create_task(poller.run(stop), name=f"poll-{poller.agent}")
+            for poller in self.pollers
+        ]
+        for poller_task in pollers:
+            poller_task.add_done_callback(_log_poller_end)
+        try:
+            await stop.wait()  # --- intake scope ends ---
+            self.stop_accepting()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            running = len(self.scheduler.running_ids())  # --- work scope: the drain ---
+            if on_drain is not None:
+                on_drain(running)
+            drain_timeout = self.config.daemon.drain_timeout
+            log.info("drain_started", running=running, drain_timeout=drain_timeout)
+            return await self.scheduler.drain(drain_timeout, skip=skip_drain)
+        finally:
+            for poller_task in pollers:
+                poller_task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls,
+        config: Config,
+        *,
+        daemon_id: str,
+        extra_labels: Mapping[str, str] | None = None,
+        listen: bool = True,
+        runtime: AgentRuntime | None = None,
+    ) -> AsyncIterator[Services]:
+        """Start, `run` while the block runs, then drain and close (the demo, the tests)."""
+        services = await cls.start(
+            config, daemon_id=daemon_id, extra_labels=extra_labels, listen=listen, runtime=runtime
+        )
+        stop = asyncio.Event()
+        run = asyncio.create_task(services.run(stop), name="services")
+        try:
+            yield services
+        finally:
+            stop.set()
+            try:
+                await run
+            finally:
+                await services.close()
 
     # --- intake -----------------------------------------------------------------------------
 
@@ -302,13 +401,34 @@ class Services:
     def stop_accepting(self) -> None:
         self.accepting = False
 
+    async def _background_ended(self) -> None:
+        """Stop commands still waiting for their run get a moment, then are cancelled."""
+        if not self.background:
+            return
+        _, left = await asyncio.wait(self.background, timeout=BACKGROUND_CLOSE_WITHIN)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+
     async def close(self) -> None:
-        await self.reports.close()
-        if self.background:
-            await asyncio.wait(self.background, timeout=5)
-        if self.web_runner is not None:
-            await self.web_runner.cleanup()
-        for client in self.clients.values():
-            await client.close()
-        await self.docker.close()
-        await self.store.close()
+        """Close every part, the last opened first; closing again does nothing."""
+        self.stop_accepting()
+        await self.closing.aclose()
+
+
+def _on_close(closing: AsyncExitStack, part: str, close: Callable[[], Awaitable[object]]) -> None:
+    """Register `close` on the stack; if it fails, say so and let the other parts close."""
+
+    async def close_part() -> None:
+        try:
+            await close()
+        except Exception as exc:
+            log.error("close_failed", part=part, error=repr(exc), exc_info=exc)
+
+    closing.push_async_callback(close_part)
+
+
+def _log_poller_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("poller_crashed", poller=task.get_name(), error=repr(exc), exc_info=exc)

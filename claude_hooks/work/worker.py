@@ -41,6 +41,7 @@ from claude_hooks.work.verdict import LeadAction, parse_lead_verdict, review_fro
 log = structlog.get_logger(__name__)
 
 STEPS_SHOWN = 10  # checklist lines in the progress comment
+REPORTS_CLOSE_WITHIN = 10.0  # seconds the report chains may finish at shutdown
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ class TaskReports:
     The scheduler waits for on_change before it dispatches the next task; a
     Forgejo round trip there would slow every start. So each change queues its
     report on the task's own chain and returns at once; `close` lets the chains
-    finish (bounded) at shutdown.
+    finish (bounded, then cancelled) at shutdown.
     """
 
     def __init__(
@@ -395,8 +396,16 @@ class TaskReports:
         if comment_id is not None and comment_id != task.tracking_comment_id:
             await self._store.set_tracking_comment(task.id, comment_id)
 
-    async def close(self, limit: float = 10.0) -> None:
+    async def close(self, limit: float = REPORTS_CLOSE_WITHIN) -> None:
+        """Let the chains finish for `limit` seconds, then cancel the rest: after this no
+        chain uses the store or a Forgejo client, which close next."""
         pending = list(self._chains.values())
         if pending:
-            await asyncio.wait(pending, timeout=limit)
+            _, left = await asyncio.wait(pending, timeout=limit)
+            if left:
+                cut = sorted(task_id for task_id, chain in self._chains.items() if chain in left)
+                log.warning("reports_cut_short", tasks=cut, within=limit)
+                for chain in left:
+                    chain.cancel()
+                await asyncio.wait(left)
         await self.reporter.close()
