@@ -47,7 +47,8 @@ from claude_hooks.work.worker import REPORTS_CLOSE_WITHIN, TaskReports, TaskWork
 log = structlog.get_logger(__name__)
 
 READY_FORGEJO_WITHIN = 300.0  # seconds: "Forgejo reachable recently" for /readyz
-# The bounded waits of `close`, in seconds: how long a close may take at most.
+# The bounded waits of `close`, in seconds. Their sum is part of the shutdown budget
+# (daemon/budget.py), which must fit the unit's TimeoutStopSec.
 HTTP_CLOSE_WITHIN = 2.0  # open requests (event streams) after the listener stops
 BACKGROUND_CLOSE_WITHIN = 5.0  # stop commands still waiting for their run to end
 CLOSE_WITHIN = HTTP_CLOSE_WITHIN + BACKGROUND_CLOSE_WITHIN + REPORTS_CLOSE_WITHIN

@@ -41,6 +41,7 @@ from claude_hooks.work.verdict import LeadAction, parse_lead_verdict, review_fro
 log = structlog.get_logger(__name__)
 
 STEPS_SHOWN = 10  # checklist lines in the progress comment
+STOP_GRACE = 10.0  # seconds a stopped run's processes get after SIGTERM, before SIGKILL
 REPORTS_CLOSE_WITHIN = 10.0  # seconds the report chains may finish at shutdown
 
 
@@ -114,7 +115,7 @@ class TaskWorker:
         reports: TaskReports,
         *,
         daemon_id: str,
-        stop_grace: float = 10.0,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self._config = config
         self._store = store
