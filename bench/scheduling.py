@@ -99,8 +99,9 @@ async def fake_run(run_seconds: float) -> list[Row]:
         store = await Store.open(Path(root) / "bench.sqlite3")
         scheduler = Scheduler(
             store, max_concurrency=SLOTS, agent_limits=dict.fromkeys(agents, PER_AGENT),
-            execute=execute, on_change=on_change,
+            execute=execute,
         )  # fmt: skip
+        scheduler.subscribe(on_change)
         await scheduler.start()
         first = time.perf_counter()
         for n in range(TASKS):

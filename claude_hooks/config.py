@@ -24,8 +24,9 @@ from typing import Any
 
 from claude_hooks.redact import redactor
 
-# Below systemd's TimeoutStopSec=300 in deploy/claude-hooks.service: at 300 s systemd
-# sends SIGKILL, so a drain that long would lose its bookkeeping.
+# systemd's TimeoutStopSec=300 in deploy/claude-hooks.service: at 300 s systemd sends
+# SIGKILL, so a stop that long would lose its bookkeeping. The loader refuses a drain of
+# 300 s or more; daemon/budget.py checks that the whole stop (drain, stop, close) fits.
 SYSTEMD_STOP_TIMEOUT = 300.0
 # The agent image's `agent` user (deploy/Dockerfile): far above a host's own accounts,
 # so no person on the host shares the container's processes or the credentials file.
@@ -124,7 +125,10 @@ class DaemonConfig:
     max_concurrency: int = field(default=4, metadata=_doc("Tasks running at once, all agents"))
     drain_timeout: float = field(
         default=240.0,
-        metadata=_doc("Seconds running tasks may finish after SIGTERM (< 300)", **DURATION),
+        metadata=_doc(
+            "Seconds running tasks may finish after SIGTERM (the stop fits TimeoutStopSec)",
+            **DURATION,
+        ),
     )
     hop_limit: int = field(
         default=3, metadata=_doc("How many agent-to-agent mentions one thread may chain")

@@ -118,6 +118,11 @@ class Metrics:
 
     # --- hooks other modules call ---
 
+    def task_changed(self, task: Task) -> None:
+        """A scheduler listener: count each task once, when it ends."""
+        if task.state.is_final:
+            self.task_finished(task)
+
     def task_finished(self, task: Task) -> None:
         agent, state = task.spec.agent, str(task.state)
         self._tasks_finished.labels(agent, state).inc()

@@ -209,16 +209,11 @@ async def open_harness(
     config = harness_config(factory, api)
     store = await Store.open(tmp_path / "tasks.sqlite3")
     runs = FakeRuns()
-    holder: list[ApiHarness] = []
     scheduler = Scheduler(
-        store,
-        max_concurrency=2,
-        agent_limits={"dev": 1, "reviewer": 1},
-        execute=runs.execute,
-        on_change=lambda task: holder[0].on_change(task),
+        store, max_concurrency=2, agent_limits={"dev": 1, "reviewer": 1}, execute=runs.execute
     )
     harness = ApiHarness(config, store, scheduler, runs, TaskFeed(), Metrics())
-    holder.append(harness)
+    scheduler.subscribe(harness.on_change)
     await scheduler.start()
     tuning = tuning or ApiTuning(keepalive=0.2, cancel_wait=2.0)
     harness.client = TestClient(TestServer(build_app(harness.deps(), tuning=tuning)))

@@ -115,16 +115,10 @@ async def services(
     with_reviewer: bool,
 ) -> AsyncIterator[Services]:
     config = dev_config(config_factory, forgejo_sim, host_image, tmp_path, reviewer=with_reviewer)
-    started = await Services.start(
+    async with Services.running(
         config, daemon_id="test-dev-flow", extra_labels=test_labels, listen=False
-    )
-    stop = asyncio.Event()
-    pollers = [asyncio.create_task(p.run(stop)) for p in started.pollers]
-    yield started
-    stop.set()
-    await asyncio.gather(*pollers)
-    await started.scheduler.drain(5)
-    await started.close()
+    ) as started:
+        yield started
 
 
 async def finished(services: Services, count: int, limit: float = 30) -> list[Task]:

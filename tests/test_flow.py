@@ -7,8 +7,8 @@ Docker, SQLite, the HTTP clients and every module of the daemon are the real one
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 
@@ -58,24 +58,17 @@ async def running(
     test_image: str,
     test_labels: dict[str, str],
 ) -> AsyncIterator[Callable[..., object]]:
-    started: list[tuple[Services, asyncio.Event, list[asyncio.Task[None]]]] = []
+    async with contextlib.AsyncExitStack() as started:
 
-    async def start(**agent: object) -> Services:
-        config = flow_config(config_factory, forgejo_sim, test_image, **agent)
-        services = await Services.start(
-            config, daemon_id="test-flow", extra_labels=test_labels, listen=False
-        )
-        stop = asyncio.Event()
-        pollers = [asyncio.create_task(p.run(stop)) for p in services.pollers]
-        started.append((services, stop, pollers))
-        return services
+        async def start(**agent: object) -> Services:
+            config = flow_config(config_factory, forgejo_sim, test_image, **agent)
+            return await started.enter_async_context(
+                Services.running(
+                    config, daemon_id="test-flow", extra_labels=test_labels, listen=False
+                )
+            )
 
-    yield start
-    for services, stop, pollers in started:
-        stop.set()
-        await asyncio.gather(*pollers)
-        await services.scheduler.drain(5)
-        await services.close()
+        yield start
 
 
 async def wait_for_task(services: Services, state: TaskState, limit: float = 30) -> Task:

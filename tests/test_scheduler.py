@@ -18,6 +18,7 @@ from claude_hooks.work.scheduler import (
     Precheck,
     Scheduler,
     SchedulerError,
+    TaskQueue,
     pick_agent,
 )
 from tests.test_store import make_spec
@@ -364,7 +365,8 @@ async def test_on_change_sees_every_state_in_order_and_its_errors_are_not_fatal(
         seen.append((task.id, task.state))
         raise RuntimeError("the reporter is broken")
 
-    scheduler = await make_scheduler(on_change=on_change)
+    scheduler = await make_scheduler()
+    scheduler.subscribe(on_change)
     task, _ = await scheduler.submit(make_spec(1))
     runner.release(task.id)
     await wait_until(lambda: len(seen) == 3)
@@ -373,6 +375,53 @@ async def test_on_change_sees_every_state_in_order_and_its_errors_are_not_fatal(
         (task.id, TaskState.RUNNING),
         (task.id, TaskState.SUCCEEDED),
     ]
+
+
+async def test_listeners_added_after_the_build_hear_each_change_in_the_order_they_were_added(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner
+) -> None:
+    heard: list[tuple[str, TaskState]] = []
+
+    async def broken_reporter(task: Task) -> None:
+        heard.append(("reporter", task.state))
+        raise RuntimeError("the reporter is broken")
+
+    def feed(task: Task) -> None:  # a plain function listens too
+        heard.append(("feed", task.state))
+
+    scheduler = await make_scheduler()
+    scheduler.subscribe(broken_reporter)
+    scheduler.subscribe(feed)
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.release(task.id)
+    await wait_until(lambda: len(heard) == 6)
+    states = (TaskState.QUEUED, TaskState.RUNNING, TaskState.SUCCEEDED)
+    assert heard == [(who, state) for state in states for who in ("reporter", "feed")]
+
+
+async def test_a_queue_made_before_its_scheduler_gives_the_positions_the_scheduler_keeps(
+    store: Store, runner: FakeRunner
+) -> None:
+    # The reports show queue positions and are built before the scheduler (the worker
+    # writes progress through them): they read the positions from the queue itself.
+    queue = TaskQueue()
+    shown: list[int | None] = []
+
+    def acknowledge(task: Task) -> None:
+        if task.state is TaskState.QUEUED:
+            shown.append(queue.position(task.id))
+
+    scheduler = Scheduler(store, max_concurrency=1, agent_limits={}, execute=runner, queue=queue)
+    scheduler.subscribe(acknowledge)
+    await scheduler.start()
+    try:
+        tasks = [(await scheduler.submit(make_spec(n)))[0] for n in (1, 2, 3)]
+        await wait_until(lambda: runner.started_ids == [tasks[0].id])
+        assert shown == [1, 1, 2]  # each as it was queued; the first started at once
+        assert [scheduler.position(t.id) for t in tasks] == [None, 1, 2]
+        assert [queue.position(t.id) for t in tasks] == [None, 1, 2]
+    finally:
+        await scheduler.close()
 
 
 async def test_a_slot_is_freed_only_once_the_previous_run_is_recorded(
@@ -388,7 +437,8 @@ async def test_a_slot_is_freed_only_once_the_previous_run_is_recorded(
         changes.append((task.id, task.state))
 
     runner.before_run = look_up_session
-    scheduler = await make_scheduler(agent_limits={"dev": 1}, on_change=on_change)
+    scheduler = await make_scheduler(agent_limits={"dev": 1})
+    scheduler.subscribe(on_change)
     first, _ = await scheduler.submit(make_spec(1))
     follow_up, _ = await scheduler.submit(make_spec(2))
     runner.outcomes[first.id] = Outcome(TaskState.SUCCEEDED, session_id="sess-1")

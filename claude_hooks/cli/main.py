@@ -19,7 +19,12 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+    """The config `check` and `run` use: valid, and its stop fits the unit's TimeoutStopSec."""
+    from claude_hooks.daemon.budget import check_shutdown_budget
+
+    config = load_config(args.config)
+    check_shutdown_budget(config)
+    return config
 
 
 def cmd_version(args: argparse.Namespace) -> int:

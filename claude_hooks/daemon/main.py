@@ -1,11 +1,13 @@
-"""`claude-hooks run`: wire config → store → scheduler → pollers → HTTP listener.
+"""`claude-hooks run`: the daemon process around `Services` (daemon/services.py).
 
-Two scopes, as in Forgejo runner's poller:
+Two scopes, as in Forgejo runner's poller (`Services.run`):
 - **accepting** new work (pollers, webhooks, API submissions) stops at the first
   SIGTERM/SIGINT;
 - **work** (running tasks) continues until `drain_timeout`, then is stopped and
   recorded `interrupted`, so the next start re-runs it.
 A second SIGTERM/SIGINT skips the rest of the drain. SIGHUP is logged, never fatal.
+systemd hears READY once the port answers and recovered tasks are dispatched, STATUS
+while it runs, STOPPING when the drain starts.
 
 Exit codes (docs/OPERATIONS.md, "Exit codes"): a stop that was asked for exits 0 even
 when the drain cut tasks short, since they resume on the next start and systemd must
@@ -86,11 +88,13 @@ async def run_daemon(config: Config, *, signals: ShutdownSignals | None = None) 
     signals = signals or ShutdownSignals.install(loop)
     notifier = SystemdNotifier()
     daemon_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    services = await Services.start(config, daemon_id=daemon_id)
     try:
-        cut_short = await _serve(config, services, signals, notifier)
+        services = await Services.start(config, daemon_id=daemon_id)
+        try:
+            cut_short = await _serve(config, services, signals, notifier)
+        finally:
+            await asyncio.shield(services.close())
     finally:
-        await asyncio.shield(services.close())
         notifier.close()
         if own_signals:
             ShutdownSignals.remove(loop)
@@ -106,12 +110,6 @@ async def _serve(
         asyncio.create_task(notifier.watchdog(), name="watchdog"),
         asyncio.create_task(_report_status(services, notifier), name="status"),
     ]
-    pollers = [
-        asyncio.create_task(poller.run(signals.stop_accepting), name=f"poll-{poller.agent}")
-        for poller in services.pollers
-    ]
-    for task in pollers:
-        task.add_done_callback(_log_poller_end)
     try:
         notifier.ready(await _status_line(services))
         log.info(
@@ -120,26 +118,15 @@ async def _serve(
             listen=config.api.listen,
             poll_interval=config.daemon.poll_interval,
         )
-
-        # --- accepting scope: pollers, webhooks and API submissions end at the first signal
-        await signals.stop_accepting.wait()
-        services.stop_accepting()
-        await asyncio.gather(*pollers, return_exceptions=True)
-
-        # --- work scope: running tasks may finish until the drain deadline ---
-        running = len(services.scheduler.running_ids())
-        notifier.stopping(f"draining {running} running task(s)")
-        log.info("drain_started", running=running, drain_timeout=config.daemon.drain_timeout)
-        return await services.scheduler.drain(config.daemon.drain_timeout, skip=signals.skip_drain)
+        return await services.run(
+            signals.stop_accepting,
+            skip_drain=signals.skip_drain,
+            on_drain=lambda running: notifier.stopping(f"draining {running} running task(s)"),
+        )
     finally:
-        for task in helpers + pollers:
+        for task in helpers:
             task.cancel()
-        await asyncio.gather(*helpers, *pollers, return_exceptions=True)
-
-
-def _log_poller_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("poller_crashed", poller=task.get_name(), error=repr(exc), exc_info=exc)
+        await asyncio.gather(*helpers, return_exceptions=True)
 
 
 async def _status_line(services: Services) -> str:

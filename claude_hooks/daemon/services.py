@@ -1,20 +1,32 @@
-"""Builds every long-lived part of the daemon from the config, and closes them again.
+"""Builds every long-lived part of the daemon from the config, runs it, and closes it.
 
 This is the only place that knows how the parts fit: the store, the scheduler
 and its worker, the Docker containers, one Forgejo client per agent, the Intake
-(with its pollers and webhook handler) and the HTTP listener. daemon.py runs them;
-tests and the demo build them the same way.
+(with its pollers and webhook handler) and the HTTP listener. The daemon
+(daemon/main.py), the demo and the tests all start, run and close them through
+`Services`.
+
+Start-up is a stack (contextlib.AsyncExitStack, as aiohttp's cleanup contexts): each
+part registers its close as it is opened, so a step that fails closes what was opened
+before it, and `close` unwinds in reverse: what runs (the scheduler's tasks, the report
+chains) ends before what it uses (the Forgejo clients, Docker, the store). A failing
+close is logged and the others still run. The HTTP listener is bound before the
+scheduler takes up what a previous process left, so a recovered task never runs while
+the port that shows it is still closed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import aiodocker
 import structlog
 from aiohttp import web
 
+from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
 from claude_hooks.config import Config, read_secret
 from claude_hooks.daemon.log import redactor
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
@@ -22,19 +34,24 @@ from claude_hooks.intake.decide import Policy
 from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import Permissions
-from claude_hooks.intake.submit import Submitter
+from claude_hooks.intake.submit import STOPS_CLOSE_WITHIN, Submitter
 from claude_hooks.intake.webhooks import WebhookHandler
 from claude_hooks.metrics import Metrics
-from claude_hooks.report.tracker import Reporter, TaskReports
+from claude_hooks.report.tracker import REPORTS_CLOSE_WITHIN, Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskSpec
 from claude_hooks.work.delivery import Delivery
-from claude_hooks.work.scheduler import Scheduler, SchedulerError
+from claude_hooks.work.scheduler import Scheduler, SchedulerError, TaskQueue
 from claude_hooks.work.worker import TaskWorker
 
 log = structlog.get_logger(__name__)
+
+# The bounded waits of `close`, in seconds. Their sum is part of the shutdown budget
+# (daemon/budget.py), which must fit the unit's TimeoutStopSec.
+HTTP_CLOSE_WITHIN = 2.0  # open requests (event streams) after the listener stops
+CLOSE_WITHIN = HTTP_CLOSE_WITHIN + STOPS_CLOSE_WITHIN + REPORTS_CLOSE_WITHIN
 
 
 @dataclass
@@ -48,11 +65,13 @@ class Services:
     metrics: Metrics
     reports: TaskReports
     scheduler: Scheduler
+    feed: TaskFeed
     submitter: Submitter
     intake: Intake
     pollers: Sequence[Poller]
     outage: SharedBackoff
     webhooks: WebhookHandler
+    closing: AsyncExitStack  # every part's close, registered as the part was opened
     web_runner: web.AppRunner | None = None
     accepting: bool = True
 
@@ -66,38 +85,55 @@ class Services:
         listen: bool = True,
         runtime: AgentRuntime | None = None,
     ) -> Services:
-        """Open, wire and start everything; `runtime` replaces Docker (the demo only)."""
+        """Open, wire and start everything; `runtime` replaces Docker (the demo, tests).
+        If a step fails, what the steps before it opened is closed, then the error raised."""
+        closing = AsyncExitStack()
+        try:
+            return await cls._open(config, closing, daemon_id, extra_labels, listen, runtime)
+        except BaseException:
+            await closing.aclose()
+            raise
+
+    @classmethod
+    async def _open(
+        cls,
+        config: Config,
+        closing: AsyncExitStack,
+        daemon_id: str,
+        extra_labels: Mapping[str, str] | None,
+        listen: bool,
+        runtime: AgentRuntime | None,
+    ) -> Services:
         config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = await Store.open(config.daemon.db_path)
+        _on_close(closing, "store", store.close)
         docker = aiodocker.Docker()
+        _on_close(closing, "docker", docker.close)
         labels = {**instance_labels(config.daemon.state_dir), **(extra_labels or {})}
         containers = ContainerManager(docker, extra_labels=labels)
         metrics = Metrics()
-        clients = {
-            agent.name: ForgejoClient(
+        clients: dict[str, ForgejoClient] = {}
+        for agent in config.agents:
+            clients[agent.name] = client = ForgejoClient(
                 config.forgejo.url,
                 lambda agent=agent: read_secret(agent.token_file),
                 timeout=config.forgejo.request_timeout,
                 on_request=metrics.forgejo_request,
                 serves=config.forgejo.serves,
             )
-            for agent in config.agents
-        }
+            _on_close(closing, f"forgejo client of {agent.name}", client.close)
+        runtime = runtime or DockerRuntime(containers)
         services = cls._assemble(
-            config,
-            daemon_id,
-            store,
-            docker,
-            containers,
-            clients,
-            metrics,
-            runtime or DockerRuntime(containers),
+            config, daemon_id, store, docker, containers, clients, metrics, runtime, closing
         )
-        if runtime is None:
+        _on_close(closing, "reports", services.reports.close)
+        _on_close(closing, "stop commands", services.submitter.close)
+        if isinstance(runtime, DockerRuntime):
             await services._housekeeping()
-        await services.scheduler.start()
         if listen:
             await services._listen()
+        _on_close(closing, "scheduler", services.scheduler.close)
+        await services.scheduler.start()  # dispatches recovered tasks: the port answers now
         return services
 
     @classmethod
@@ -111,28 +147,22 @@ class Services:
         clients: Mapping[str, ForgejoClient],
         metrics: Metrics,
         runtime: AgentRuntime,
+        closing: AsyncExitStack,
     ) -> Services:
         def client_for(agent: str) -> ForgejoClient:
             return clients[config.agent(agent).name]
 
-        holder: list[Services] = []
+        # The queue exists before the scheduler: the reports show queue positions, the
+        # worker writes progress through the reports, and the scheduler runs the worker.
+        queue = TaskQueue()
         policy = Policy.from_config(config)  # the daemon's one policy and permission view
         permissions = Permissions(policy, {n: c.repo_permission for n, c in clients.items()})
-        reporter = Reporter(client_for, redact=redactor)
-        reports = TaskReports(
-            reporter, store, lambda task_id: holder[0].scheduler.position(task_id)
-        )
+        reports = TaskReports(Reporter(client_for, redact=redactor), store, queue.position)
         delivery = Delivery(client_for, redact=redactor)
         worker = TaskWorker(
-            config,
-            store,
-            runtime,
-            client_for,
-            reports,
-            delivery,
-            daemon_id=daemon_id,
-            permissions=permissions,
-        )
+            config, store, runtime, client_for, reports, delivery,
+            daemon_id=daemon_id, permissions=permissions,
+        )  # fmt: skip
         scheduler = Scheduler(
             store,
             max_concurrency=config.daemon.max_concurrency,
@@ -140,12 +170,28 @@ class Services:
             execute=worker.execute,
             precheck=worker.precheck,
             timeouts={a.name: a.timeout for a in config.agents},
-            on_change=lambda task: holder[0].on_change(task),
+            queue=queue,
         )
+        feed = TaskFeed()
+        scheduler.subscribe(reports.on_change)
+        scheduler.subscribe(feed.publish)
+        scheduler.subscribe(metrics.task_changed)
         outage = SharedBackoff()
         submitter = Submitter(scheduler, store, config.forgejo.serves)
         intake = Intake(policy, clients, permissions, submitter.submit, task_hops=store.task_hop)
-        services = cls(
+        pollers = [
+            Poller(
+                agent,
+                clients[agent.name],
+                intake,
+                store,
+                interval=config.daemon.poll_interval,
+                metrics=metrics,
+                outage=outage,
+            )
+            for agent in config.agents
+        ]
+        return cls(
             config=config,
             daemon_id=daemon_id,
             store=store,
@@ -155,25 +201,14 @@ class Services:
             metrics=metrics,
             reports=reports,
             scheduler=scheduler,
+            feed=feed,
             submitter=submitter,
             intake=intake,
-            pollers=[
-                Poller(
-                    agent,
-                    clients[agent.name],
-                    intake,
-                    store,
-                    interval=config.daemon.poll_interval,
-                    metrics=metrics,
-                    outage=outage,
-                )
-                for agent in config.agents
-            ],
+            pollers=pollers,
             outage=outage,
             webhooks=WebhookHandler(intake),
+            closing=closing,
         )
-        holder.append(services)
-        return services
 
     async def _housekeeping(self) -> None:
         """Containers of agents no longer configured go; processes of a dead daemon die."""
@@ -188,9 +223,6 @@ class Services:
             log.info("orphan_containers_removed", containers=removed)
 
     async def _listen(self) -> None:
-        from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
-
-        self.feed = TaskFeed()
         config = self.config
         deps = ApiDeps(
             config=config,
@@ -205,11 +237,77 @@ class Services:
             accepting=lambda: self.accepting,
             feed=self.feed,
         )
-        self.web_runner = web.AppRunner(build_app(deps), access_log=None, shutdown_timeout=2.0)
+        self.web_runner = web.AppRunner(
+            build_app(deps), access_log=None, shutdown_timeout=HTTP_CLOSE_WITHIN
+        )
         await self.web_runner.setup()
+        _on_close(self.closing, "http listener", self.web_runner.cleanup)
         site = web.TCPSite(self.web_runner, config.api.host, config.api.port)
         await site.start()
         log.info("api_listening", url=config.api.base_url)
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        skip_drain: asyncio.Event | None = None,
+        on_drain: Callable[[int], None] | None = None,
+    ) -> tuple[int, ...]:
+        """Poll and take work until `stop`; then let running tasks end until drain_timeout
+        (or `skip_drain`) and interrupt the rest: the ids of the tasks cut short.
+
+        Two scopes, as in Forgejo runner's poller: accepting new work (pollers, webhooks,
+        API submissions) ends at `stop`; running tasks end only at the drain deadline, and
+        the ones stopped then are recorded interrupted, so the next start re-runs them.
+        """
+        pollers = [
+            asyncio.create_task(poller.run(stop), name=f"poll-{poller.agent}")
+            for poller in self.pollers
+        ]
+        for poller_task in pollers:
+            poller_task.add_done_callback(_log_poller_end)
+        try:
+            await stop.wait()  # --- the accepting scope ends ---
+            self.stop_accepting()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            running = len(self.scheduler.running_ids())  # --- work scope: the drain ---
+            if on_drain is not None:
+                on_drain(running)
+            drain_timeout = self.config.daemon.drain_timeout
+            log.info("drain_started", running=running, drain_timeout=drain_timeout)
+            return await self.scheduler.drain(drain_timeout, skip=skip_drain)
+        finally:
+            for poller_task in pollers:
+                poller_task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls,
+        config: Config,
+        *,
+        daemon_id: str,
+        extra_labels: Mapping[str, str] | None = None,
+        listen: bool = True,
+        runtime: AgentRuntime | None = None,
+    ) -> AsyncIterator[Services]:
+        """Start, `run` while the block runs, then drain and close (the demo, the tests)."""
+        services = await cls.start(
+            config, daemon_id=daemon_id, extra_labels=extra_labels, listen=listen, runtime=runtime
+        )
+        stop = asyncio.Event()
+        run = asyncio.create_task(services.run(stop), name="services")
+        try:
+            yield services
+        finally:
+            stop.set()
+            try:
+                await run
+            finally:
+                await services.close()
 
     # --- API submissions --------------------------------------------------------------------
 
@@ -219,14 +317,6 @@ class Services:
         if not self.config.forgejo.serves(spec.repo):
             raise RepositoryNotServed(spec.repo)
         return await self.scheduler.submit(spec)
-
-    async def on_change(self, task: Task) -> None:
-        await self.reports.on_change(task)
-        feed = getattr(self, "feed", None)
-        if feed is not None:
-            feed.publish(task)
-        if task.state.is_final:
-            self.metrics.task_finished(task)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -254,11 +344,23 @@ class Services:
         self.accepting = False
 
     async def close(self) -> None:
-        await self.reports.close()
-        await self.submitter.close()  # stops asked for by `@agent stop`, still under way
-        if self.web_runner is not None:
-            await self.web_runner.cleanup()
-        for client in self.clients.values():
-            await client.close()
-        await self.docker.close()
-        await self.store.close()
+        """Close every part, the last opened first; closing again does nothing."""
+        self.stop_accepting()
+        await self.closing.aclose()
+
+
+def _on_close(closing: AsyncExitStack, part: str, close: Callable[[], Awaitable[object]]) -> None:
+    """Register `close` on the stack; if it fails, say so and let the other parts close."""
+
+    async def close_part() -> None:
+        try:
+            await close()
+        except Exception as exc:
+            log.error("close_failed", part=part, error=repr(exc), exc_info=exc)
+
+    closing.push_async_callback(close_part)
+
+
+def _log_poller_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("poller_crashed", poller=task.get_name(), error=repr(exc), exc_info=exc)

@@ -88,7 +88,7 @@ webhook_secret_file = "{write_secret(root / "webhook-secret", tokens["webhook"])
 [daemon]
 state_dir = "{root / "state"}"
 poll_interval = 2
-drain_timeout = 10
+drain_timeout = 5
 log_level = "warning"
 
 [api]
@@ -158,12 +158,9 @@ async def _image_ready(say: Say) -> bool:
 
 
 async def _play(sim: ForgejoSim, config: Config, say: Say, runtime: AgentRuntime | None) -> int:
-    services = await Services.start(
+    async with Services.running(
         config, daemon_id=f"demo-{os.getpid()}", extra_labels=DEMO_LABELS, runtime=runtime
-    )
-    stop = asyncio.Event()
-    pollers = [asyncio.create_task(p.run(stop)) for p in services.pollers]
-    try:
+    ) as services:
         sim.add_webhook(
             f"{config.api.base_url}/hooks/forgejo",
             secret=(config.forgejo.webhook_secret_file or Path()).read_text().strip(),
@@ -175,11 +172,6 @@ async def _play(sim: ForgejoSim, config: Config, say: Say, runtime: AgentRuntime
         say(f"\n@{HUMAN} on {REPO}#{number}: {MENTION!r}")
         task = await _follow(services, sim, number, comment, started, say)
         return 0 if task is not None and task.state is TaskState.SUCCEEDED else 1
-    finally:
-        stop.set()
-        await asyncio.gather(*pollers)
-        await services.scheduler.drain(5)
-        await services.close()
 
 
 async def _follow(

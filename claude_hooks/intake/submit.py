@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 
 BUSY = (TaskState.QUEUED, TaskState.RUNNING)
 # Seconds `close` waits for stops under way: the scheduler's own drain ends the runs.
-CLOSE_WAIT = 5.0
+STOPS_CLOSE_WITHIN = 5.0
 
 
 class TaskQueue(Protocol):
@@ -91,5 +91,11 @@ class Submitter:
         task.add_done_callback(self._stopping.discard)
 
     async def close(self) -> None:
-        if self._stopping:
-            await asyncio.wait(self._stopping, timeout=CLOSE_WAIT)
+        """Stops still waiting for their run get a moment, then are cancelled."""
+        if not self._stopping:
+            return
+        _, left = await asyncio.wait(self._stopping, timeout=STOPS_CLOSE_WITHIN)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)

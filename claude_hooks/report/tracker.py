@@ -272,6 +272,9 @@ def outcome_of_task(task: Task) -> Outcome:
     )
 
 
+REPORTS_CLOSE_WITHIN = 10.0  # seconds the report chains may finish at shutdown
+
+
 class TaskReports:
     """Each task's Forgejo writes, in order, off the scheduler's path.
 
@@ -337,8 +340,16 @@ class TaskReports:
         if comment_id is not None and comment_id != task.tracking_comment_id:
             await self._store.set_tracking_comment(task.id, comment_id)
 
-    async def close(self, limit: float = 10.0) -> None:
+    async def close(self, limit: float = REPORTS_CLOSE_WITHIN) -> None:
+        """Let the chains finish for `limit` seconds, then cancel the rest: after this no
+        chain uses the store or a Forgejo client, which close next."""
         pending = list(self._chains.values())
         if pending:
-            await asyncio.wait(pending, timeout=limit)
+            _, left = await asyncio.wait(pending, timeout=limit)
+            if left:
+                cut = sorted(task_id for task_id, chain in self._chains.items() if chain in left)
+                log.warning("reports_cut_short", tasks=cut, within=limit)
+                for chain in left:
+                    chain.cancel()
+                await asyncio.wait(left)
         await self._reporter.close()

@@ -39,6 +39,12 @@ STDOUT, STDERR = 1, 2  # docker's stream ids in exec output frames
 KILL_SETTLE = 5.0  # seconds for the exec's stream to end, and the kernel to reap, after SIGKILL
 
 
+def stop_within(grace: float) -> float:
+    """The longest `_stop_task` waits: `grace` after SIGTERM, then KILL_SETTLE for the
+    output to end after SIGKILL and KILL_SETTLE for the processes to be gone."""
+    return grace + 2 * KILL_SETTLE
+
+
 @dataclass(frozen=True)
 class ClaudeExec:
     """One `claude -p` of a task: the command, its environment and input, where it runs."""

@@ -19,15 +19,21 @@ stopped one:
 
 (the words are report/render.py's, as everywhere people read them).
 
-Recording (store.finish, then on_change) runs in its own task, shielded from the
-run's cancellation, and the run's slot is freed only once the record is written:
-a follow-up on the same thread always sees its predecessor's session.
+Recording (store.finish, then telling the listeners) runs in its own task, shielded
+from the run's cancellation, and the run's slot is freed only once the record is
+written: a follow-up on the same thread always sees its predecessor's session.
+
+Every state change is published to the listeners added with `subscribe`, in the order
+they were added; the reports, the API's event feed and the metrics listen. The queue
+itself (`TaskQueue`) is a separate object, so a listener that shows queue positions can
+be built before the scheduler that runs the tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +75,10 @@ PROCEED = Precheck()
 
 Execute = Callable[[Task], Awaitable[Outcome]]
 PrecheckFn = Callable[[Task], Awaitable[Precheck]]
-OnChange = Callable[[Task], Awaitable[None]]
+# Told each state change the scheduler records. It may be a coroutine function; the
+# scheduler awaits it before going on, so a listener that talks to Forgejo queues the
+# work and returns (TaskReports) rather than holding up every start.
+Listener = Callable[[Task], Awaitable[None] | None]
 
 
 class SchedulerError(Exception):
@@ -104,6 +113,64 @@ def checked_outcome(outcome: object) -> Outcome:
     return outcome
 
 
+class TaskQueue:
+    """The queued tasks: FIFO per agent, and the order agents are served in (round-robin
+    over the agents with work waiting, least recently served first)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Task]] = {}
+        self._agent_of: dict[int, str] = {}  # queued task id → its agent's queue
+        self._turns: list[str] = []  # agents, least recently served first
+
+    def __contains__(self, task_id: int) -> bool:
+        return task_id in self._agent_of
+
+    def __len__(self) -> int:
+        return len(self._agent_of)
+
+    def add(self, task: Task) -> None:
+        if task.id in self._agent_of:
+            return
+        agent = task.spec.agent
+        queue = self._queues.setdefault(agent, deque())
+        if agent not in self._turns:
+            self._turns.insert(0, agent)  # never served yet: the least recently served
+        queue.append(task)
+        if len(queue) > 1 and queue[-2].id > task.id:  # an older task reached us late
+            self._queues[agent] = deque(sorted(queue, key=lambda t: t.id))
+        self._agent_of[task.id] = agent
+
+    def take(self, task_id: int) -> Task | None:
+        """Remove a queued task (None if it is not queued here)."""
+        agent = self._agent_of.pop(task_id, None)
+        if agent is None:
+            return None
+        queue = self._queues[agent]
+        task = next(t for t in queue if t.id == task_id)
+        queue.remove(task)
+        return task
+
+    def next_task(self, running: Mapping[str, int], limits: Mapping[str, int]) -> Task | None:
+        """Remove and return the task to run next, given each agent's running count."""
+        waiting = {agent: len(queue) for agent, queue in self._queues.items()}
+        agent = pick_agent(self._turns, waiting, running, limits)
+        if agent is None:
+            return None
+        self._turns.remove(agent)
+        self._turns.append(agent)
+        task = self._queues[agent].popleft()
+        del self._agent_of[task.id]
+        return task
+
+    def position(self, task_id: int) -> int | None:
+        """1-based place of a queued task in its agent's queue (None if not queued here)."""
+        agent = self._agent_of.get(task_id)
+        if agent is None:
+            return None
+        ids = [task.id for task in self._queues[agent]]
+        return ids.index(task_id) + 1
+
+
 @dataclass(eq=False)
 class _Run:
     """One task holding a slot, from precheck until its outcome is recorded."""
@@ -131,7 +198,7 @@ class Scheduler:
         execute: Execute,
         precheck: PrecheckFn | None = None,
         timeouts: Mapping[str, float] | None = None,
-        on_change: OnChange | None = None,
+        queue: TaskQueue | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
@@ -141,14 +208,16 @@ class Scheduler:
         self._execute = execute
         self._precheck = precheck
         self._timeouts = dict(timeouts or {})
-        self._on_change = on_change
-        self._queues: dict[str, deque[Task]] = {}
-        self._queued_agent: dict[int, str] = {}  # queued task id → its agent's queue
-        self._turns: list[str] = []  # agents, least recently served first
+        self._listeners: list[Listener] = []
+        self._queue = queue if queue is not None else TaskQueue()
         self._running: dict[int, _Run] = {}
         self._running_by_agent: Counter[str] = Counter()
         self._started = False
         self._draining = False
+
+    def subscribe(self, listener: Listener) -> None:
+        """Tell `listener` every state change from now on (a failing one is logged)."""
+        self._listeners.append(listener)
 
     # --- lifecycle ---
 
@@ -191,6 +260,11 @@ class Scheduler:
         log.warning("drain_interrupted", tasks=[run.task.id for run in left])
         return tuple(run.task.id for run in left)
 
+    async def close(self) -> None:
+        """Stop dispatching, interrupt what still runs, and return once each run is recorded:
+        after this nothing of the scheduler uses the store."""
+        await self.drain(0)
+
     # --- requests ---
 
     async def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
@@ -214,7 +288,7 @@ class Scheduler:
                 run.job.cancel(reason)
             await asyncio.shield(run.released)
             return await self._get(task_id)
-        if self._take_queued(task_id) is None:
+        if self._queue.take(task_id) is None:
             task = await self._get(task_id)
             if task.state is not TaskState.QUEUED:
                 return task  # already over: nothing to cancel
@@ -226,7 +300,7 @@ class Scheduler:
     async def retry(self, task_id: int, by: str | None = None) -> Task:
         """Queue a finished (or interrupted) task again."""
         task = await self._get(task_id)
-        busy = task_id in self._running or task_id in self._queued_agent
+        busy = task_id in self._running or task_id in self._queue
         if busy or not (task.state.is_final or task.state is TaskState.INTERRUPTED):
             raise SchedulerError(f"task {task_id} is {task.state}; only an ended task can retry")
         reason = f"retry requested by {by}" if by else "retry requested"
@@ -242,11 +316,7 @@ class Scheduler:
 
     def position(self, task_id: int) -> int | None:
         """1-based place of a queued task in its agent's queue (None if not queued here)."""
-        agent = self._queued_agent.get(task_id)
-        if agent is None:
-            return None
-        ids = [task.id for task in self._queues[agent]]
-        return ids.index(task_id) + 1
+        return self._queue.position(task_id)
 
     def running_ids(self) -> set[int]:
         return set(self._running)
@@ -255,43 +325,21 @@ class Scheduler:
         return {agent: n for agent, n in self._running_by_agent.items() if n}
 
     def queue_depth(self) -> int:
-        return len(self._queued_agent)
+        return len(self._queue)
 
     # --- the queue ---
 
     def _add_queued(self, task: Task) -> None:
-        if task.id in self._queued_agent or task.id in self._running:
-            return
-        agent = task.spec.agent
-        queue = self._queues.setdefault(agent, deque())
-        if agent not in self._turns:
-            self._turns.insert(0, agent)  # never served yet: the least recently served
-        queue.append(task)
-        if len(queue) > 1 and queue[-2].id > task.id:  # an older task reached us late
-            self._queues[agent] = deque(sorted(queue, key=lambda t: t.id))
-        self._queued_agent[task.id] = agent
-
-    def _take_queued(self, task_id: int) -> Task | None:
-        agent = self._queued_agent.pop(task_id, None)
-        if agent is None:
-            return None
-        queue = self._queues[agent]
-        task = next(t for t in queue if t.id == task_id)
-        queue.remove(task)
-        return task
+        if task.id not in self._running:
+            self._queue.add(task)
 
     def _dispatch(self) -> None:
         if not self._started or self._draining:
             return
         while len(self._running) < self._max_concurrency:
-            waiting = {agent: len(queue) for agent, queue in self._queues.items()}
-            agent = pick_agent(self._turns, waiting, self._running_by_agent, self._agent_limits)
-            if agent is None:
+            task = self._queue.next_task(self._running_by_agent, self._agent_limits)
+            if task is None:
                 return
-            self._turns.remove(agent)
-            self._turns.append(agent)
-            task = self._queues[agent].popleft()
-            del self._queued_agent[task.id]
             self._launch(task)
 
     def _launch(self, task: Task) -> None:
@@ -399,12 +447,13 @@ class Scheduler:
             self._release(run)
 
     async def _notify(self, task: Task) -> None:
-        if self._on_change is None:
-            return
-        try:
-            await self._on_change(task)
-        except Exception:
-            log.exception("on_change_failed", task_id=task.id, state=str(task.state))
+        for listener in self._listeners:
+            try:
+                told = listener(task)
+                if inspect.isawaitable(told):
+                    await told
+            except Exception:
+                log.exception("on_change_failed", task_id=task.id, state=str(task.state))
 
     async def _get(self, task_id: int) -> Task:
         task = await self._store.get(task_id)

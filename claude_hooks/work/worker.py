@@ -42,6 +42,8 @@ from claude_hooks.work.verdict import LeadAction, parse_lead_verdict, review_fro
 
 log = structlog.get_logger(__name__)
 
+STOP_GRACE = 10.0  # seconds a stopped run's processes get after SIGTERM, before SIGKILL
+
 
 @dataclass(frozen=True)
 class ThreadFacts:
@@ -109,7 +111,7 @@ class TaskWorker:
         *,
         daemon_id: str,
         permissions: Permissions,
-        stop_grace: float = 10.0,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self._config = config
         self._store = store

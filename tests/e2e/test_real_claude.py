@@ -12,7 +12,6 @@ first conversation, commits a second time, and the open pull request follows.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -113,16 +112,10 @@ async def services(
     config = e2e_config(
         config_factory, forgejo_sim, host_image, claude_binary, messages_api.base_url
     )
-    started = await Services.start(
+    async with Services.running(
         config, daemon_id="test-e2e", extra_labels=test_labels, listen=False
-    )
-    stop = asyncio.Event()
-    pollers = [asyncio.create_task(p.run(stop)) for p in started.pollers]
-    yield started
-    stop.set()
-    await asyncio.gather(*pollers)
-    await started.scheduler.drain(5)
-    await started.close()
+    ) as started:
+        yield started
 
 
 async def finished(services: Services, count: int, limit: float = 60) -> Task:

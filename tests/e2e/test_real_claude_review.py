@@ -16,7 +16,6 @@ in claude_argv) the pull request's hooks fire and its server starts.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -133,16 +132,10 @@ async def services(
     config = review_config(
         config_factory, forgejo_sim, host_image, claude_binary, messages_api.base_url, tmp_path
     )
-    started = await Services.start(
+    async with Services.running(
         config, daemon_id="test-e2e-review", extra_labels=test_labels, listen=False
-    )
-    stop = asyncio.Event()
-    pollers = [asyncio.create_task(p.run(stop)) for p in started.pollers]
-    yield started
-    stop.set()
-    await asyncio.gather(*pollers)
-    await started.scheduler.drain(5)
-    await started.close()
+    ) as started:
+        yield started
 
 
 async def test_a_pull_requests_claude_settings_never_run_and_the_review_is_posted(
