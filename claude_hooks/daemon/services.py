@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import aiodocker
 import structlog
@@ -116,7 +117,7 @@ class Services:
         for agent in config.agents:
             clients[agent.name] = client = ForgejoClient(
                 config.forgejo.url,
-                lambda agent=agent: read_secret(agent.token_file),
+                partial(read_secret, agent.token_file),
                 timeout=config.forgejo.request_timeout,
                 on_request=metrics.forgejo_request,
                 serves=config.forgejo.serves,

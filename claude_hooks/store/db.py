@@ -262,7 +262,10 @@ class Database:
     # --- tasks ---
 
     def row(self, task_id: int) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        found: sqlite3.Row | None = self.conn.execute(
+            "SELECT * FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        return found
 
     def get(self, task_id: int) -> Task | None:
         row = self.row(task_id)

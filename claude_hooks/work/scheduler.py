@@ -464,7 +464,7 @@ class Scheduler:
 
 async def _wait_released(runs: Sequence[_Run], limit: float, skip: asyncio.Event | None) -> bool:
     """Wait until every run has freed its slot: True; False at the time limit or on `skip`."""
-    pending: set[asyncio.Future[object]] = {r.released for r in runs if not r.released.done()}
+    pending: set[asyncio.Future[None]] = {r.released for r in runs if not r.released.done()}
     if not pending:
         return True
     skipping = asyncio.ensure_future(skip.wait()) if skip is not None else None
