@@ -17,7 +17,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -284,10 +284,10 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     _reject_unknown(raw, [*SECTIONS, "agents"], path, "")
     if "forgejo" not in raw:
         raise ConfigError(path, "forgejo", "missing section [forgejo] (it needs at least url)")
-    built = {
-        name: _build(cls, _table(raw.get(name, {}), path, name), path, name)
-        for name, cls in SECTIONS.items()
-    }
+
+    def section(name: str) -> Any:
+        return _build(SECTIONS[name], _table(raw.get(name, {}), path, name), path, name)
+
     agents_raw = raw.get("agents", [])
     if not isinstance(agents_raw, list):
         raise ConfigError(path, "agents", "must be an array of tables: [[agents]]")
@@ -295,13 +295,15 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         _build(AgentConfig, _table(a, path, f"agents[{i}]"), path, f"agents[{i}]")
         for i, a in enumerate(agents_raw)
     )
-    config = Config(path=path, agents=agents, **built)
+    config = Config(
+        path=path,
+        forgejo=section("forgejo"),
+        daemon=section("daemon"),
+        api=section("api"),
+        agents=agents,
+    )
     _validate(config, warnings)
-    return Config(**{**_shallow(config), "warnings": tuple(warnings)})
-
-
-def _shallow(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    return replace(config, warnings=tuple(warnings))
 
 
 def _table(value: Any, path: Path, key: str) -> Mapping[str, Any]:

@@ -161,9 +161,15 @@ class Services:
         reports = TaskReports(Reporter(client_for, redact=redactor), store, queue.position)
         delivery = Delivery(client_for, redact=redactor)
         worker = TaskWorker(
-            config, store, runtime, client_for, reports, delivery,
-            daemon_id=daemon_id, permissions=permissions,
-        )  # fmt: skip
+            config,
+            store,
+            runtime,
+            client_for,
+            reports,
+            delivery,
+            daemon_id=daemon_id,
+            permissions=permissions,
+        )
         scheduler = Scheduler(
             store,
             max_concurrency=config.daemon.max_concurrency,
