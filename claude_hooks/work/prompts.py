@@ -19,7 +19,7 @@ Safety, because anyone who can comment can put text in front of the agent:
 - Every part has a size budget; what is cut says so in the prompt.
 
 Templates are `string.Template` text (`$name`), so braces or dollars in user text
-are never interpreted. The built-in ones are in runner/templates/<role>.md; an
+are never interpreted. The built-in ones are in work/templates/<role>.md; an
 agent's `prompt_file` replaces its role's. The rules the daemon depends on (the
 verdict format, not pushing) live in `system_prompt`, which no template replaces.
 """
