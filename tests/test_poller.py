@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 
 from claude_hooks.config import AgentConfig
 from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.demo.sim.state import SimClock
 from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
 from claude_hooks.forgejo.webhook import delivery_id, event_name, parse_webhook, verify_signature
 from claude_hooks.intake.decide import Policy
@@ -32,9 +34,25 @@ TOKENS = {"dev": "token-of-dev-0123456789", "reviewer": "token-of-reviewer-01234
 SECRET = "webhook-secret-0123456789"
 
 
+class FrozenClock(SimClock):
+    """Forgejo's one-second clock, standing still until a test advances it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = SimClock().now()
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=int(self.offset))
+
+
 @pytest.fixture
-async def sim() -> AsyncIterator[ForgejoSim]:
-    sim = ForgejoSim()
+def sim_clock() -> SimClock:
+    return SimClock()
+
+
+@pytest.fixture
+async def sim(sim_clock: SimClock) -> AsyncIterator[ForgejoSim]:
+    sim = ForgejoSim(clock=sim_clock)
     await sim.start()
     for login in ("alice", "mallory"):
         sim.add_user(login)
@@ -582,3 +600,20 @@ async def test_the_client_refuses_any_call_about_an_unconfigured_repository(sim)
         assert (await served.get_issue(REPO, sim.create_issue(REPO, "alice", "ok"))).title == "ok"
     finally:
         await served.close()
+
+
+@pytest.mark.parametrize("sim_clock", [FrozenClock()], ids=["frozen"])
+async def test_a_second_mention_in_the_same_second_is_not_lost(sim, clients, store) -> None:
+    # Forgejo's times have one-second resolution: the thread's updated_at did not move,
+    # and a poller that counted the thread as done for that time lost the mention.
+    intake = Recorder(store)
+    poller = make_poller("dev", clients, intake)
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@dev please fix")
+    assert await poller.poll_once() == 1
+    sim.add_comment(REPO, number, "alice", "@dev and the second crash too")
+    assert await poller.poll_once() == 1
+    assert [spec.request for spec in await intake.tasks()] == [
+        "@dev please fix", "@dev and the second crash too",
+    ]  # fmt: skip
+    assert await poller.poll_once() == 0  # and nothing is replayed

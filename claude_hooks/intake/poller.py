@@ -128,7 +128,8 @@ class Poller:
         self._jitter = jitter
         self._clock = clock
         self._outage = outage or SharedBackoff()
-        self._done: dict[int, datetime | None] = {}  # thread id → updated_at handled
+        # Threads stored but not yet marked read (mark-read failed): thread id → updated_at.
+        self._done: dict[int, datetime | None] = {}
         self._log = log.bind(agent=self.agent)
 
     # --- the loop --------------------------------------------------------------------------
@@ -216,7 +217,10 @@ class Poller:
             return None
         reached = Watermark.after((*ctx.history, *ctx.new), floor=thread.updated_at)
         await self._cursors.set_cursor(watermark_name, reached.encode())
-        self._done[thread.id] = thread.updated_at
+        # Read and marked read: when it shows up unread again, even with the same
+        # updated_at (one-second resolution), it has something new; the watermark
+        # knows which events of that second are already handled.
+        self._done.pop(thread.id, None)
         return len(decision.triggers)
 
     async def _mark_read(self, thread: NotificationThread) -> bool:
