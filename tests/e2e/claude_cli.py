@@ -17,12 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.host_image import unavailable
+from claude_hooks.config import Config
+from claude_hooks.demo.sim.forgejo import ForgejoSim
+from tests.e2e.host_image import HOST_USR_MOUNT, unavailable
+from tests.fakes.configs import ConfigFactory
 
 CLAUDE_CODE_VERSION = "2.1.332"
 PACKAGE = "@anthropic-ai/claude-code"
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 INSTALL_TIMEOUT = 600  # seconds; about 7 s with a warm npm cache, the binary is ~400 MB
+CLAUDE_IN_CONTAINER = "/opt/claude/claude"  # where the agent container sees the binary
 
 
 def platform_package() -> str:
@@ -83,3 +87,43 @@ def installed_claude() -> Path:
     except (OSError, subprocess.TimeoutExpired) as exc:
         unavailable(f"cannot install Claude Code {CLAUDE_CODE_VERSION}: {exc}")
         raise
+
+
+def cli_agent(
+    factory: ConfigFactory,
+    name: str,
+    *,
+    claude: Path,
+    api_url: str,
+    mounts: tuple[str, ...] = (),
+    **values: object,
+) -> dict[str, object]:
+    """An agent running the real CLI from `claude`, against the scripted API only."""
+    env = {
+        "ANTHROPIC_BASE_URL": api_url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        # A safety belt for the host network: any other HTTPS request fails locally.
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    return factory.agent(
+        name,
+        network="host",
+        checkout=True,
+        timeout=90,
+        max_turns=5,
+        env=env,
+        claude_command=CLAUDE_IN_CONTAINER,
+        mounts=[HOST_USR_MOUNT, f"{claude}:{CLAUDE_IN_CONTAINER}:ro", *mounts],
+        **values,
+    )
+
+
+def one_agent_config(factory: ConfigFactory, sim: ForgejoSim, agent: dict[str, object]) -> Config:
+    """The daemon's config for `agent` alone, polling the simulator quickly."""
+    return factory.load(
+        forgejo={"url": sim.base_url},
+        daemon={"poll_interval": 0.2, "drain_timeout": 5},
+        agents=[agent],
+    )

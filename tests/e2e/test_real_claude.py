@@ -26,8 +26,13 @@ from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.demo.sim.git import git_available
 from claude_hooks.tasks import Task, TaskState
 from claude_hooks.text import find_marker, format_cost
-from tests.e2e.claude_cli import CLAUDE_CODE_VERSION, installed_claude  # noqa: F401
-from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, unavailable  # noqa: F401
+from tests.e2e.claude_cli import (  # noqa: F401  (installed_claude: a fixture)
+    CLAUDE_CODE_VERSION,
+    cli_agent,
+    installed_claude,
+    one_agent_config,
+)
+from tests.e2e.host_image import built_host_image, unavailable  # noqa: F401
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
 from tests.fakes.messages_api import (
@@ -44,7 +49,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 REPO = "acme/app"
 ALICE, DEV = "alice", "dev"
 DEV_TOKEN = "forgejo-token-of-dev-0123456789"
-CLAUDE_IN_CONTAINER = "/opt/claude/claude"
 COMMIT_MESSAGE = "Add greeting"
 GREETING = "Hello from the real Claude Code CLI"
 SUMMARY = "Added GREETING.md with a greeting and committed it."
@@ -71,25 +75,11 @@ def e2e_config(
     # No OAuth credentials: the CLI must use the API key, so it only talks to api_url.
     creds = factory.secret("dev-creds.json", "{}")
     os.chown(creds, AGENT_UID, AGENT_UID)
-    env = {
-        "ANTHROPIC_BASE_URL": api_url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        # A safety belt for the host network: any other HTTPS request fails locally.
-        "HTTPS_PROXY": "http://127.0.0.1:9",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    agent = factory.agent(
-        DEV, token_file=str(token), credentials_file=str(creds), image=image, network="host",
-        checkout=True, timeout=90, max_turns=5, env=env, claude_command=CLAUDE_IN_CONTAINER,
-        mounts=[HOST_USR_MOUNT, f"{claude}:{CLAUDE_IN_CONTAINER}:ro"],
+    agent = cli_agent(
+        factory, DEV, claude=claude, api_url=api_url, image=image,
+        token_file=str(token), credentials_file=str(creds),
     )  # fmt: skip
-    return factory.load(
-        forgejo={"url": sim.base_url},
-        daemon={"poll_interval": 0.2, "drain_timeout": 5},
-        agents=[agent],
-    )
+    return one_agent_config(factory, sim, agent)
 
 
 @pytest.fixture

@@ -28,9 +28,13 @@ from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.demo.sim.git import git_available
 from claude_hooks.tasks import TaskState
-from tests.e2e.claude_cli import installed_claude  # noqa: F401  (fixture)
-from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image, unavailable  # noqa: F401
-from tests.e2e.test_real_claude import CLAUDE_IN_CONTAINER, finished
+from tests.e2e.claude_cli import (  # noqa: F401  (installed_claude: a fixture)
+    cli_agent,
+    installed_claude,
+    one_agent_config,
+)
+from tests.e2e.host_image import built_host_image, unavailable  # noqa: F401
+from tests.e2e.test_real_claude import finished
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
 from tests.fakes.messages_api import ScriptedMessagesApi, bash_turn, final_turn, tool_results
@@ -91,24 +95,13 @@ def review_config(
     markers = tmp / "markers"
     markers.mkdir()
     markers.chmod(0o777)
-    env = {
-        "ANTHROPIC_BASE_URL": api_url, "ANTHROPIC_API_KEY": "test-key",
-        "CLAUDE_CODE_MAX_RETRIES": "0", "HTTPS_PROXY": "http://127.0.0.1:9",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }  # fmt: skip
-    agent = factory.agent(
-        REVIEWER, role="reviewer", token_file=str(factory.secret("reviewer-token", token)),
-        credentials_file=str(creds), image=image, network="host", checkout=True, timeout=90,
-        max_turns=5, env=env, claude_command=CLAUDE_IN_CONTAINER,
-        mounts=[HOST_USR_MOUNT, f"{claude}:{CLAUDE_IN_CONTAINER}:ro",
-                f"{markers}:{MARKERS}", f"{user_settings}:{USER_SETTINGS}:ro",
-                f"{user_claude_md}:{USER_CLAUDE_MD}:ro"],
+    agent = cli_agent(
+        factory, REVIEWER, claude=claude, api_url=api_url, image=image, role="reviewer",
+        token_file=str(factory.secret("reviewer-token", token)), credentials_file=str(creds),
+        mounts=(f"{markers}:{MARKERS}", f"{user_settings}:{USER_SETTINGS}:ro",
+                f"{user_claude_md}:{USER_CLAUDE_MD}:ro"),
     )  # fmt: skip
-    return factory.load(
-        forgejo={"url": sim.base_url},
-        daemon={"poll_interval": 0.2, "drain_timeout": 5},
-        agents=[agent],
-    )
+    return one_agent_config(factory, sim, agent)
 
 
 @pytest.fixture
