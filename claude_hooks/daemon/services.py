@@ -30,7 +30,7 @@ from aiohttp import web
 from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
 from claude_hooks.config import Config, read_secret
 from claude_hooks.daemon.log import redactor
-from claude_hooks.forgejo.client import ForgejoClient, RepositoryNotServed
+from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.intake.decide import Policy
 from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.poller import Poller, SharedBackoff
@@ -321,9 +321,7 @@ class Services:
     async def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
         if not self.accepting:
             raise SchedulerError("shutting down: not accepting new tasks")
-        if not self.config.forgejo.serves(spec.repo):
-            raise RepositoryNotServed(spec.repo)
-        return await self.scheduler.submit(spec)
+        return await self.scheduler.submit(spec)  # the API refused unserved repositories
 
     # --- health -----------------------------------------------------------------------------
 
