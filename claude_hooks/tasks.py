@@ -103,6 +103,13 @@ class Task:
     duration_ms: int | None = None
     tracking_comment_id: int | None = None
     links: tuple[str, ...] = ()  # branch / PR / review URLs produced by the task
+    not_before: float | None = None  # deferred: queued, but not run before this time
+    deferrals: int = 0  # deferrals that used up an attempt since it was last (re)queued
+
+    @property
+    def deferred(self) -> bool:
+        """Queued, waiting for a time (an outage, a usage limit, CI) before it may run."""
+        return self.state is TaskState.QUEUED and self.not_before is not None
 
     def with_(self, **changes: object) -> Task:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -122,7 +129,13 @@ class TaskEvent:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one run ended, as the runner saw it; the scheduler records it."""
+    """How one run ended, as the runner saw it; the scheduler records it.
+
+    `state=QUEUED` with `retry_at` set is a deferral: the task goes back to the queue
+    and is not run before `retry_at` (seconds since the epoch). `uses_attempt` says
+    whether that counts against the task's retry budget (`Task.deferrals`): an outage
+    does, a usage limit (the agent is paused, not the task at fault) does not.
+    """
 
     state: TaskState
     reason: str | None = None  # in words: "timeout after 60 min", "max turns reached", …
@@ -134,6 +147,23 @@ class Outcome:
     exit_code: int | None = None
     stderr_tail: str | None = None
     links: tuple[str, ...] = ()
+    retry_at: float | None = None  # QUEUED: deferred until this time
+    uses_attempt: bool = True  # QUEUED: the deferral counts against the retry budget
+
+    @property
+    def deferred(self) -> bool:
+        return self.state is TaskState.QUEUED and self.retry_at is not None
+
+
+@dataclass(frozen=True)
+class AgentPause:
+    """An agent whose queue waits until `until` (a usage limit, a daily budget); its
+    tasks stay queued, other agents run."""
+
+    agent: str
+    until: float  # seconds since the epoch
+    reason: str  # in words, for the thread, the status page and the journal
+    cause: str  # usage_limit | daily_budget | operator …: the metric's label
 
 
 class FailureKind(StrEnum):

@@ -756,3 +756,17 @@ async def test_close_drops_a_waiting_progress_edit(
     await wait_until(lambda: any("two" in body for body in agent_comments(forgejo_sim, later)))
     [body] = agent_comments(forgejo_sim, number)
     assert "second" not in body
+
+
+def test_a_deferred_task_says_what_it_waits_for_until_when_and_that_it_resumes() -> None:
+    waiting = make_task(
+        state=TaskState.QUEUED,
+        not_before=NOW + 3600,  # 2023-11-14 23:13:20 UTC
+        error="paused (Claude usage limit)",
+    )
+    body = render(Phase.QUEUED, task=waiting, position=1)
+    assert (
+        "⏳ **Waiting** until 2023-11-14 23:13 UTC: paused (Claude usage limit); will resume."
+        in (body)
+    )
+    assert "position" not in body

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -484,3 +485,142 @@ async def test_a_failed_task_is_logged_at_warning_so_journalctl_p_warning_shows_
         await wait_until(lambda: sum(e["event"] == "task_finished" for e in logs) == 2)
     levels = {e["task_id"]: e["log_level"] for e in logs if e["event"] == "task_finished"}
     assert levels == {failing.id: "warning", fine.id: "info"}
+
+
+# --- deferrals and paused agents --------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_deferred_run_waits_its_time_without_holding_up_the_agents_next_task(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    scheduler = await make_scheduler(clock=clock, max_concurrency=1)
+    first, _ = await scheduler.submit(make_spec(1))
+    second, _ = await scheduler.submit(make_spec(2))
+    runner.outcomes[first.id] = Outcome(
+        TaskState.QUEUED, reason="waiting for Forgejo", retry_at=clock.now + 60, session_id="s-1"
+    )
+    runner.release(first.id)
+    await wait_until(lambda: second.id in runner.started_ids)
+    waiting = await store.get(first.id)
+    assert waiting is not None and waiting.deferred
+    assert (waiting.not_before, waiting.deferrals, waiting.session_id) == (
+        clock.now + 60,
+        1,
+        "s-1",
+    )
+    assert waiting.error == "waiting for Forgejo"
+    runner.release(second.id)
+    await until_state(store, second.id, TaskState.SUCCEEDED)
+    scheduler.wake()
+    assert runner.started_ids == [first.id, second.id]  # not yet: its time has not come
+    clock.now += 61
+    runner.outcomes.pop(first.id)
+    runner.gates[first.id] = asyncio.Event()
+    runner.release(first.id)
+    scheduler.wake()
+    done = await until_state(store, first.id, TaskState.SUCCEEDED)
+    assert runner.started_ids == [first.id, second.id, first.id]
+    assert done.not_before is None and done.attempts == 2
+
+
+async def test_a_deferral_that_does_not_use_an_attempt_leaves_the_retry_budget(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    scheduler = await make_scheduler(clock=clock)
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.outcomes[task.id] = Outcome(
+        TaskState.QUEUED, reason="usage limit", retry_at=clock.now + 5, uses_attempt=False
+    )
+    runner.release(task.id)
+    await wait_until(lambda: scheduler.running_ids() == set())
+    waiting = await store.get(task.id)
+    assert waiting is not None and waiting.deferred and waiting.deferrals == 0
+
+
+async def test_a_precheck_can_put_a_task_off_without_running_it(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    checks: list[int] = []
+
+    async def precheck(task: Task) -> Precheck:
+        checks.append(task.id)
+        if len(checks) == 1:
+            return Precheck.later(clock.now + 30, "CI is still running")
+        return Precheck.proceed()
+
+    scheduler = await make_scheduler(clock=clock, precheck=precheck)
+    task, _ = await scheduler.submit(make_spec(1))
+    await wait_until(lambda: checks == [task.id] and not scheduler.running_ids())
+    waiting = await store.get(task.id)
+    assert waiting is not None and waiting.deferred and waiting.attempts == 0
+    assert runner.started == []
+    clock.now += 31
+    runner.release(task.id)
+    scheduler.wake()
+    await until_state(store, task.id, TaskState.SUCCEEDED)
+    assert checks == [task.id, task.id]
+
+
+async def test_a_paused_agent_waits_while_others_run_and_resume_lifts_it(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    told: list[tuple[str, bool]] = []
+    scheduler = await make_scheduler(clock=clock)
+    scheduler.subscribe_pauses(lambda agent, pause: told.append((agent, pause is not None)))
+    await scheduler.pause("dev", clock.now + 3600, "Claude usage limit", "usage_limit")
+    dev, _ = await scheduler.submit(make_spec(1, agent="dev"))
+    other, _ = await scheduler.submit(make_spec(2, agent="reviewer"))
+    runner.release(other.id)
+    await until_state(store, other.id, TaskState.SUCCEEDED)
+    assert dev.id not in runner.started_ids and set(scheduler.paused()) == {"dev"}
+    runner.release(dev.id)
+    assert await scheduler.resume("dev", by="alice")
+    await until_state(store, dev.id, TaskState.SUCCEEDED)
+    assert told == [("dev", True), ("dev", False)] and scheduler.paused() == {}
+    assert not await scheduler.resume("dev")  # not paused any more
+
+
+async def test_a_pause_ends_on_the_clock_and_survives_a_restart(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    first = await make_scheduler(clock=clock)
+    await first.pause("dev", clock.now + 600, "Claude usage limit", "usage_limit")
+    await first.drain(0)
+    scheduler = await make_scheduler(clock=clock)  # a restart: the pause is stored
+    assert set(scheduler.paused()) == {"dev"}
+    task, _ = await scheduler.submit(make_spec(1, agent="dev"))
+    runner.release(task.id)
+    scheduler.wake()
+    assert runner.started == []
+    clock.now += 601
+    scheduler.wake()
+    await until_state(store, task.id, TaskState.SUCCEEDED)
+    assert scheduler.paused() == {}
+
+
+async def test_the_timer_wakes_the_queue_when_a_deferral_ends(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    scheduler = await make_scheduler()  # the real clock: the timer, not wake(), runs it
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.outcomes[task.id] = Outcome(
+        TaskState.QUEUED, reason="Docker is unreachable", retry_at=time.time() + 0.2
+    )
+    runner.release(task.id)
+    await wait_until(lambda: runner.started_ids == [task.id] and not scheduler.running_ids())
+    runner.outcomes.pop(task.id)
+    await until_state(store, task.id, TaskState.SUCCEEDED)
+    assert runner.started_ids == [task.id, task.id]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from claude_hooks.tasks import FailureKind, Outcome, RunFailure, Task, TaskState
@@ -216,7 +217,10 @@ def render_tracking(
 ) -> str:
     """The whole tracking comment for one phase; `redact` hides secrets in every part."""
     parts = [marker(task.id)]
-    if phase is Phase.QUEUED:
+    if phase is Phase.QUEUED and task.deferred:
+        assert task.not_before is not None
+        parts.append(f"⏳ **Waiting** until {clock_time(task.not_before)}: {waiting_words(task)}.")
+    elif phase is Phase.QUEUED:
         where = f" — position {position} in {task.spec.agent}'s queue" if position else ""
         parts.append(f"⏳ **Queued**{where}. Requested by {task.spec.requested_by}.")
     elif phase is Phase.WORKING:
@@ -231,6 +235,19 @@ def render_tracking(
     parts.append(f"<sub>claude-hooks task {task.id} · {task.spec.agent}</sub>")
     # The marker goes back first after redaction, which could never touch it anyway.
     return redact(defuse_mentions("\n\n".join(parts)))
+
+
+def clock_time(ts: float) -> str:
+    """A moment as people read it on the thread: "05:00 UTC", with the date when not today."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    if moment.date() == datetime.now(UTC).date():
+        return moment.strftime("%H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def waiting_words(task: Task) -> str:
+    """Why a deferred task waits, and that it will go on by itself."""
+    return f"{task.error or 'deferred'}; will resume"
 
 
 # ---------------------------------------------------------------- pull request and review

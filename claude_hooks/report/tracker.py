@@ -128,7 +128,8 @@ class Reporter:
         if task.spec.number is None:
             return None
         self._finished.discard(task.id)
-        await self._react(task)
+        if not task.deferred:  # a deferred task was acknowledged when it came in
+            await self._react(task)
         tracker = self._tracker(task)
         body = self._render(task, Phase.QUEUED, position=position)
         async with tracker.lock:

@@ -30,6 +30,7 @@ from claude_hooks.store.events import EventCap, EventUsage, NewEvent, admit_even
 from claude_hooks.store.schema import migrate
 from claude_hooks.tasks import (
     FINAL_STATES,
+    AgentPause,
     Outcome,
     Task,
     TaskEvent,
@@ -180,6 +181,8 @@ def _task_from_row(row: sqlite3.Row) -> Task:
         duration_ms=row["duration_ms"],
         tracking_comment_id=row["tracking_comment_id"],
         links=tuple(json.loads(row["links"])),
+        not_before=row["not_before"],
+        deferrals=row["deferrals"],
     )
 
 
@@ -330,6 +333,7 @@ class Database:
                 "started_at": self.clock(),
                 "finished_at": None,
                 "error": None,
+                "not_before": None,
             }
             return self.transition(
                 task_id,
@@ -381,12 +385,58 @@ class Database:
             "duration_ms": None,
             "links": "[]",
             "interruptions": 0,
+            "not_before": None,
+            "deferrals": 0,
         }
         allowed = FINAL_STATES | {TaskState.INTERRUPTED}
         with self.transaction():
             return self.transition(
                 task_id, allowed, TaskState.QUEUED, changes, f"re-queued: {reason}", reason
             )
+
+    def defer(self, task_id: int, outcome: Outcome) -> Task:
+        """Back to the queue until `outcome.retry_at` (a running task, or a queued one its
+        precheck put off); the session is kept so the next run resumes it."""
+        if not outcome.deferred:
+            raise ValueError(f"task {task_id}: {outcome} is not a deferral")
+        reason = self.redact(outcome.reason or "deferred")
+        with self.transaction():
+            row = self.row(task_id)
+            if row is None:
+                raise TaskNotFound(task_id)
+            changes: dict[str, Any] = {
+                "not_before": outcome.retry_at,
+                "error": reason,
+                "finished_at": None,
+                "deferrals": row["deferrals"] + (1 if outcome.uses_attempt else 0),
+            }
+            if outcome.session_id is not None:
+                changes["session_id"] = outcome.session_id
+            if outcome.cost_usd is not None:  # what the cut-short run cost still counts
+                changes["cost_usd"] = (row["cost_usd"] or 0.0) + outcome.cost_usd
+            allowed = frozenset({TaskState.RUNNING, TaskState.QUEUED})
+            return self.transition(
+                task_id, allowed, TaskState.QUEUED, changes, f"deferred: {reason}", reason
+            )
+
+    # --- paused agents ---
+
+    def set_pause(self, pause: AgentPause) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO agent_pauses (agent, until, reason, cause) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (agent) DO UPDATE SET"
+                " until = excluded.until, reason = excluded.reason, cause = excluded.cause",
+                (pause.agent, pause.until, self.redact(pause.reason), pause.cause),
+            )
+
+    def clear_pause(self, agent: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM agent_pauses WHERE agent = ?", (agent,)).rowcount > 0
+
+    def pauses(self) -> list[AgentPause]:
+        rows = self.conn.execute("SELECT agent, until, reason, cause FROM agent_pauses")
+        return [AgentPause(r["agent"], r["until"], r["reason"], r["cause"]) for r in rows]
 
     def update_spec(self, task_id: int, spec: TaskSpec) -> Task:
         """Replace what a queued task will do (e.g. a moved PR head); same key, same agent."""

@@ -22,7 +22,7 @@ from claude_hooks.redact import redactor
 from claude_hooks.store.db import RecoveryReport, WriterThread
 from claude_hooks.store.events import EventCap, EventSink, NewEvent
 from claude_hooks.store.schema import SCHEMA_VERSION
-from claude_hooks.tasks import Outcome, Task, TaskEvent, TaskSpec, TaskState
+from claude_hooks.tasks import AgentPause, Outcome, Task, TaskEvent, TaskSpec, TaskState
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +118,19 @@ class Store:
 
     async def requeue(self, task_id: int, reason: str) -> Task:
         return await self._changed(f"re-queue task {task_id}", self._db.requeue, task_id, reason)
+
+    async def defer(self, task_id: int, outcome: Outcome) -> Task:
+        """Back to the queue until `outcome.retry_at`, keeping its session."""
+        return await self._changed(f"defer task {task_id}", self._db.defer, task_id, outcome)
+
+    async def set_pause(self, pause: AgentPause) -> None:
+        await self._call(f"pause agent {pause.agent}", self._db.set_pause, pause)
+
+    async def clear_pause(self, agent: str) -> bool:
+        return await self._call(f"resume agent {agent}", self._db.clear_pause, agent)
+
+    async def pauses(self) -> list[AgentPause]:
+        return await self._call("list paused agents", self._db.pauses)
 
     async def update_spec(self, task_id: int, spec: TaskSpec) -> Task:
         return await self._changed(f"update task {task_id}", self._db.update_spec, task_id, spec)

@@ -66,6 +66,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at REAL NOT NULL
         )""",
     ),
+    # 3: deferred tasks (back in the queue until a time) and paused agents
+    (
+        "ALTER TABLE tasks ADD COLUMN not_before REAL",
+        "ALTER TABLE tasks ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE agent_pauses (
+            agent TEXT PRIMARY KEY,
+            until REAL NOT NULL,
+            reason TEXT NOT NULL,
+            cause TEXT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,6 +16,12 @@ stopped one:
 - drain (shutdown) → interrupted, "interrupted by shutdown — will resume"
 - precheck says the task no longer makes sense → cancelled, "skipped: <reason>"
 - execute raised → failed with the exception text
+- the run (or its precheck) deferred it → queued again, not run before a time
+
+A deferred task waits in its agent's queue without holding it up: the agent's next
+ready task runs first. A paused agent's queue waits as a whole (a usage limit, a daily
+budget) while other agents run. Both end on the scheduler's clock: one timer wakes the
+dispatcher at the earliest such time (`wake` does it at once, for an injected clock).
 
 (the words are report/render.py's, as everywhere people read them).
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +55,7 @@ from claude_hooks.report.render import (
     timeout_reason,
 )
 from claude_hooks.store import RecoveryReport, Store, TaskNotFound
-from claude_hooks.tasks import FINAL_STATES, Outcome, Task, TaskSpec, TaskState
+from claude_hooks.tasks import FINAL_STATES, AgentPause, Outcome, Task, TaskSpec, TaskState
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +68,7 @@ class Precheck:
 
     skip_reason: str | None = None  # set: do not run it, and say why
     spec: TaskSpec | None = None  # set: run this updated spec (e.g. the PR's new head)
+    deferral: Outcome | None = None  # set: not yet; back to the queue until its retry_at
 
     @classmethod
     def proceed(cls, spec: TaskSpec | None = None) -> Precheck:
@@ -69,6 +77,14 @@ class Precheck:
     @classmethod
     def skip(cls, reason: str) -> Precheck:
         return cls(skip_reason=reason)
+
+    @classmethod
+    def later(cls, retry_at: float, reason: str, *, uses_attempt: bool = True) -> Precheck:
+        """Not now (CI still pending, Forgejo down): queued again until `retry_at`."""
+        deferral = Outcome(
+            TaskState.QUEUED, reason=reason, retry_at=retry_at, uses_attempt=uses_attempt
+        )
+        return cls(deferral=deferral)
 
 
 PROCEED = Precheck()
@@ -108,6 +124,8 @@ def checked_outcome(outcome: object) -> Outcome:
     """The runner's outcome if it is a way a run can end; a failure saying why otherwise."""
     if not isinstance(outcome, Outcome):
         return Outcome(TaskState.FAILED, reason=f"runner returned {type(outcome).__name__}")
+    if outcome.deferred:
+        return outcome
     if outcome.state not in FINAL_STATES:
         return Outcome(TaskState.FAILED, reason=f"runner ended the run as {outcome.state}")
     return outcome
@@ -150,17 +168,38 @@ class TaskQueue:
         queue.remove(task)
         return task
 
-    def next_task(self, running: Mapping[str, int], limits: Mapping[str, int]) -> Task | None:
-        """Remove and return the task to run next, given each agent's running count."""
-        waiting = {agent: len(queue) for agent, queue in self._queues.items()}
+    def next_task(
+        self,
+        running: Mapping[str, int],
+        limits: Mapping[str, int],
+        now: float | None = None,
+        paused: frozenset[str] = frozenset(),
+    ) -> Task | None:
+        """Remove and return the task to run next, given each agent's running count.
+
+        With `now`, a task deferred past it is passed over (the agent's next ready
+        one runs); the agents in `paused` are passed over as a whole.
+        """
+        ready = {
+            agent: [t for t in queue if now is None or not _waits(t, now)]
+            for agent, queue in self._queues.items()
+            if agent not in paused
+        }
+        waiting = {agent: len(tasks) for agent, tasks in ready.items()}
         agent = pick_agent(self._turns, waiting, running, limits)
         if agent is None:
             return None
         self._turns.remove(agent)
         self._turns.append(agent)
-        task = self._queues[agent].popleft()
+        task = ready[agent][0]
+        self._queues[agent].remove(task)
         del self._agent_of[task.id]
         return task
+
+    def next_wake(self, now: float) -> float | None:
+        """The earliest time a deferred task becomes ready (None: nothing is deferred)."""
+        times = [t.not_before for q in self._queues.values() for t in q if _waits(t, now)]
+        return min((t for t in times if t is not None), default=None)
 
     def position(self, task_id: int) -> int | None:
         """1-based place of a queued task in its agent's queue (None if not queued here)."""
@@ -169,6 +208,10 @@ class TaskQueue:
             return None
         ids = [task.id for task in self._queues[agent]]
         return ids.index(task_id) + 1
+
+
+def _waits(task: Task, now: float) -> bool:
+    return task.not_before is not None and task.not_before > now
 
 
 @dataclass(eq=False)
@@ -181,6 +224,7 @@ class _Run:
     stop: StopReason | None = None
     stopped_by: str | None = None
     started: bool = False  # marked running in the store
+    deferred: bool = False  # recorded as deferred: queued again once the slot is free
     completion: asyncio.Task[None] | None = None
 
     @property
@@ -199,6 +243,7 @@ class Scheduler:
         precheck: PrecheckFn | None = None,
         timeouts: Mapping[str, float] | None = None,
         queue: TaskQueue | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
@@ -214,6 +259,10 @@ class Scheduler:
         self._running_by_agent: Counter[str] = Counter()
         self._started = False
         self._draining = False
+        self._clock = clock
+        self._pauses: dict[str, AgentPause] = {}
+        self._pause_listeners: list[Callable[[str, AgentPause | None], None]] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     def subscribe(self, listener: Listener) -> None:
         """Tell `listener` every state change from now on (a failing one is logged)."""
@@ -226,6 +275,8 @@ class Scheduler:
         if self._started:
             raise SchedulerError("the scheduler is already started")
         report = await self._store.recover()
+        for pause in await self._store.pauses():
+            self._pauses[pause.agent] = pause
         self._started = True  # from here, submit() feeds the in-memory queue too
         for task in await self._store.queued():
             self._add_queued(task)
@@ -247,6 +298,7 @@ class Scheduler:
         interrupt the rest. The ids of the tasks cut short (they resume on the next
         start); empty when every running task ended in time."""
         self._draining = True
+        self._cancel_timer()
         runs = list(self._running.values())
         if await _wait_released(runs, drain_timeout, skip):
             return ()
@@ -312,6 +364,58 @@ class Scheduler:
         self._dispatch()
         return task
 
+    # --- paused agents ---
+
+    async def pause(self, agent: str, until: float, reason: str, cause: str) -> AgentPause:
+        """Hold `agent`'s queue until `until` (stored: a restart keeps it); a later pause
+        of the same agent replaces it. Running tasks are not touched."""
+        pause = AgentPause(agent, until, reason, cause)
+        await self._store.set_pause(pause)
+        self._pauses[agent] = pause
+        log.warning("agent_paused", agent=agent, until=until, reason=reason, cause=cause)
+        self._tell_pause(agent, pause)
+        self._dispatch()
+        return pause
+
+    async def resume(self, agent: str, *, by: str | None = None) -> bool:
+        """Lift `agent`'s pause now; False when it was not paused."""
+        was = self._pauses.pop(agent, None)
+        cleared = await self._store.clear_pause(agent)
+        if was is None and not cleared:
+            return False
+        log.info("agent_resumed", agent=agent, by=by or "clock")
+        self._tell_pause(agent, None)
+        self._dispatch()
+        return True
+
+    def paused(self) -> dict[str, AgentPause]:
+        """The agents paused now, by name."""
+        now = self._clock()
+        return {a: p for a, p in self._pauses.items() if p.until > now}
+
+    def subscribe_pauses(self, listener: Callable[[str, AgentPause | None], None]) -> None:
+        """Tell `listener(agent, pause)` each pause and each resume (pause None)."""
+        self._pause_listeners.append(listener)
+
+    def wake(self) -> None:
+        """Look at the queue again now: a deferral or a pause may have ended (the timer
+        does this by itself; a test with an injected clock calls it)."""
+        self._dispatch()
+
+    def _tell_pause(self, agent: str, pause: AgentPause | None) -> None:
+        for listener in self._pause_listeners:
+            try:
+                listener(agent, pause)
+            except Exception:
+                log.exception("on_pause_failed", agent=agent)
+
+    def _expire_pauses(self, now: float) -> None:
+        for agent in [a for a, p in self._pauses.items() if p.until <= now]:
+            del self._pauses[agent]
+            log.info("agent_resumed", agent=agent, by="clock")
+            self._tell_pause(agent, None)
+            # the stored row goes with the next pause or resume; an ended one is inert
+
     # --- views ---
 
     def position(self, task_id: int) -> int | None:
@@ -336,11 +440,30 @@ class Scheduler:
     def _dispatch(self) -> None:
         if not self._started or self._draining:
             return
+        now = self._clock()
+        self._expire_pauses(now)
+        paused = frozenset(self._pauses)
         while len(self._running) < self._max_concurrency:
-            task = self._queue.next_task(self._running_by_agent, self._agent_limits)
+            task = self._queue.next_task(self._running_by_agent, self._agent_limits, now, paused)
             if task is None:
-                return
+                break
             self._launch(task)
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        """One timer, at the earliest deferral or pause end still ahead."""
+        self._cancel_timer()
+        times = [p.until for p in self._pauses.values()]
+        if (deferred := self._queue.next_wake(now)) is not None:
+            times.append(deferred)
+        if times:
+            delay = max(0.0, min(times) - now)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._dispatch)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _launch(self, task: Task) -> None:
         run = _Run(task=task, released=asyncio.get_running_loop().create_future())
@@ -354,6 +477,8 @@ class Scheduler:
             return
         del self._running[run.task.id]
         self._running_by_agent[run.agent] -= 1
+        if run.deferred:
+            self._queue.add(run.task)
         run.released.set_result(None)
         self._dispatch()
 
@@ -379,6 +504,8 @@ class Scheduler:
             check = await self._checked(run.task)
             if check.skip_reason is not None:
                 return Outcome(TaskState.CANCELLED, reason=skipped_reason(check.skip_reason))
+            if check.deferral is not None:
+                return check.deferral
             if check.spec is not None and check.spec != run.task.spec:
                 run.task = await self._store.update_spec(run.task.id, check.spec)
             run.task = await self._store.mark_running(run.task.id)
@@ -428,6 +555,9 @@ class Scheduler:
     async def _complete(self, run: _Run, outcome: Outcome) -> None:
         """Record the outcome, then free the slot; runs shielded from the run's cancellation."""
         try:
+            if outcome.deferred:
+                await self._defer(run, outcome)
+                return
             run.task = await self._store.finish(run.task.id, outcome)
             # A failure is worth an operator's look: `journalctl -p warning` shows it.
             emit = log.warning if outcome.state is TaskState.FAILED else log.info
@@ -445,6 +575,19 @@ class Scheduler:
             log.exception("task_record_failed", task_id=run.task.id, state=str(outcome.state))
         finally:
             self._release(run)
+
+    async def _defer(self, run: _Run, outcome: Outcome) -> None:
+        run.task = await self._store.defer(run.task.id, outcome)
+        log.info(
+            "task_deferred",
+            task_id=run.task.id,
+            agent=run.agent,
+            until=outcome.retry_at,
+            reason=outcome.reason,
+            counted=outcome.uses_attempt,
+        )
+        await self._notify(run.task)
+        run.deferred = True  # _release puts it back in the queue as it frees the slot
 
     async def _notify(self, task: Task) -> None:
         for listener in self._listeners:
