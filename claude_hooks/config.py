@@ -133,6 +133,13 @@ class DaemonConfig:
     hop_limit: int = field(
         default=3, metadata=_doc("How many agent-to-agent mentions one thread may chain")
     )
+    max_review_rounds: int = field(
+        default=3,
+        metadata=_doc(
+            "Change-request rounds the team's review loop takes on one PR before it stops"
+            " and hands the PR back to the person who asked"
+        ),
+    )
     allowed_users: tuple[str, ...] = field(
         default=(),
         metadata=_doc("Logins allowed to trigger agents even without write access to the repo"),
@@ -201,6 +208,17 @@ class AgentConfig:
     )
     merge_style: MergeStyle = field(
         default=MergeStyle.MERGE, metadata=_doc("lead role: how approved PRs are merged")
+    )
+    merge_by: str | None = field(
+        default=None,
+        metadata=_doc(
+            "dev role: lead agent that merges the PRs it opens once approved (unset: a person"
+            " merges)"
+        ),
+    )
+    fix_ci: bool = field(
+        default=False,
+        metadata=_doc("dev role: a failing commit status on its PR's head makes a task to fix it"),
     )
     checkout: bool = field(
         default=True,
@@ -490,6 +508,8 @@ def _validate_daemon(config: Config, path: Path) -> None:
         raise ConfigError(path, "daemon.max_concurrency", "must be at least 1")
     if daemon.hop_limit < 0:
         raise ConfigError(path, "daemon.hop_limit", "must not be negative")
+    if daemon.max_review_rounds < 0:
+        raise ConfigError(path, "daemon.max_review_rounds", "must not be negative")
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(
             path,
@@ -518,6 +538,18 @@ def _validate_agent(
         raise ConfigError(
             path, f"{where}.review_by", f"{agent.review_by!r} is not a configured agent"
         )
+    if agent.merge_by is not None:
+        lead = next((a for a in config.agents if a.name.lower() == agent.merge_by.lower()), None)
+        if lead is None:
+            raise ConfigError(
+                path, f"{where}.merge_by", f"{agent.merge_by!r} is not a configured agent"
+            )
+        if lead.role is not Role.LEAD:
+            raise ConfigError(
+                path,
+                f"{where}.merge_by",
+                f"{agent.merge_by!r} has role {lead.role}; only a lead agent merges",
+            )
     for n, spec in enumerate(agent.mounts):
         problem = bind_spec_problem(spec)
         if problem:

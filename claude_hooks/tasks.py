@@ -16,6 +16,22 @@ class TaskKind(StrEnum):
     REVIEW = "review"  # a review of a pull request was requested from the agent
     ASSIGNMENT = "assignment"  # the issue or PR was assigned to the agent
     API = "api"  # submitted through the HTTP API or `claude-hooks submit`
+    # The team's own loop on a PR an agent opened (no mention needed; bounded by
+    # daemon.max_review_rounds, not by hop_limit):
+    REVIEW_FEEDBACK = "review_feedback"  # changes were asked for: the author agent fixes them
+    MERGE_REQUEST = "merge_request"  # approved at its head: the merge_by lead checks and merges
+    CI_FIX = "ci_fix"  # the head's commit status failed: the author agent (fix_ci) fixes it
+    ROUNDS_SPENT = "rounds_spent"  # max_review_rounds reached: one comment to the human, no run
+
+    @property
+    def is_loop_step(self) -> bool:
+        """A step the team takes by itself on its own PR (not something a person asked)."""
+        return self in LOOP_STEPS
+
+
+LOOP_STEPS = frozenset(
+    {TaskKind.REVIEW_FEEDBACK, TaskKind.MERGE_REQUEST, TaskKind.CI_FIX, TaskKind.ROUNDS_SPENT}
+)
 
 
 class TaskState(StrEnum):

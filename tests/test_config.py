@@ -193,8 +193,9 @@ def _example_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_example_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _example_home(tmp_path, monkeypatch)
     config = load_config(EXAMPLE)
-    assert config.agent_names == ("dev", "reviewer")
+    assert config.agent_names == ("dev", "reviewer", "code-lead")
     assert config.agents[0].review_by == "reviewer"
+    assert config.agents[0].merge_by == "code-lead"
     assert config.warnings == ()
 
 
@@ -249,3 +250,18 @@ def test_bad_repository_patterns_name_their_key(
 )
 def test_a_repository_is_served_by_an_exact_or_owner_pattern(repo: str, served: bool) -> None:
     assert repository_served(("acme/app", "Acme-Tools/*"), repo) is served
+
+
+@pytest.mark.parametrize(
+    ("merge_by", "problem"),
+    [("nobody", "'nobody' is not a configured agent"), ("reviewer", "only a lead agent merges")],
+)
+def test_merge_by_must_name_a_configured_lead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge_by: str, problem: str
+) -> None:
+    _example_home(tmp_path, monkeypatch)
+    text = EXAMPLE.read_text().replace('merge_by = "code-lead"', f'merge_by = "{merge_by}"')
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.merge_by") as raised:
+        load_config(tmp_path / "config.toml")
+    assert problem in str(raised.value)
