@@ -7,12 +7,19 @@ certain (hop limit, an agent issuing a control command). Whether each requester 
 direct the agent is the one fact that takes a question to Forgejo: the Intake asks
 about `Proposal.requesters` only, and `authorise` grants or refuses with the answer.
 `decide_from_thread` is both steps for a caller that knows the writers already.
+
+On a PR an agent opened, the team closes its own loop without a mention: a review
+asking for changes is a REVIEW_FEEDBACK task for the author agent, an approval a
+MERGE_REQUEST for the author's `merge_by` lead. These steps (and the author agent's
+own review requests) are bounded by `max_review_rounds` per conversation, not by
+the hop limit; past it, ROUNDS_SPENT hands the PR back to the person who asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from claude_hooks.config import Config, repository_served
 from claude_hooks.intake.mentions import mentioned_names, parse_control
@@ -24,8 +31,11 @@ from claude_hooks.intake.thread import (
     ThreadEvent,
     assignment_key,
     control_key,
+    merge_request_key,
     post_key,
+    review_feedback_key,
     review_request_key,
+    rounds_spent_key,
 )
 from claude_hooks.tasks import ControlCommand, TaskKind, TaskSpec, Trigger, TriggerSource
 from claude_hooks.text import find_marker
@@ -40,10 +50,14 @@ class Policy:
     allowed_users: frozenset[str] = frozenset()
     hop_limit: int = 3
     repositories: tuple[str, ...] = ()  # forgejo.repositories; none given serves nothing
+    merge_by: Mapping[str, str] = field(default_factory=dict)  # dev agent → its merging lead
+    max_review_rounds: int = 3
     _agents_lower: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", tuple(self.agents))
+        merge_by = {dev.lower(): lead.lower() for dev, lead in self.merge_by.items()}
+        object.__setattr__(self, "merge_by", MappingProxyType(merge_by))
         object.__setattr__(self, "_agents_lower", frozenset(a.lower() for a in self.agents))
         object.__setattr__(self, "allowed_users", frozenset(u.lower() for u in self.allowed_users))
 
@@ -54,7 +68,18 @@ class Policy:
             frozenset(config.daemon.allowed_users),
             config.daemon.hop_limit,
             config.forgejo.repositories,
+            merge_by={a.name: a.merge_by for a in config.agents if a.merge_by},
+            max_review_rounds=config.daemon.max_review_rounds,
         )
+
+    def loop_agents(self, ctx: ThreadContext) -> tuple[str, ...]:
+        """The agents whose loop a PR's events may move: its author agent and that agent's
+        merging lead (whoever's account read the thread, these must be asked too)."""
+        author = ctx.pull_author.lower()
+        if not ctx.is_pull or not self.is_agent(author):
+            return ()
+        wanted = {author, self.merge_by.get(author, author)}
+        return tuple(a for a in self.agents if a.lower() in wanted)
 
     def is_agent(self, login: str) -> bool:
         return login.lower() in self._agents_lower
@@ -111,7 +136,11 @@ class Proposal:
 
     def requesters(self, policy: Policy) -> frozenset[str]:
         """The logins whose write access decides: ask Forgejo about these only."""
-        return policy.unproven(i.requested_by for i in self.items if not isinstance(i, Refusal))
+        return policy.unproven(
+            i.requested_by
+            for i in self.items
+            if not isinstance(i, Refusal) and not _agents_loop_step(i, policy)
+        )
 
 
 # --- decisions --------------------------------------------------------------------------
@@ -141,9 +170,22 @@ def propose(
     for offset, event in enumerate(ctx.new):
         if event.author.lower() == agent.lower():
             continue  # an agent never reacts to itself
+        index = len(ctx.history) + offset
+        hop = chain_hop(timeline, index, policy, ctx.task_hops)
+        loop = _propose_loop_step(
+            agent,
+            event,
+            ctx,
+            policy,
+            source,
+            review_round(timeline, index, policy, ctx.pull_author),
+            hop,
+        )
+        if loop is not None:
+            proposal = proposal + loop  # the review is the trigger: no mention needed
+            continue
         if is_report(event, policy):
             continue  # what the daemon posted (tracking comment, review, PR) asks nothing
-        hop = chain_hop(timeline, len(ctx.history) + offset, policy, ctx.task_hops)
         proposal = proposal + _propose_event(agent, event, ctx, policy, source, hop)
     return proposal
 
@@ -158,7 +200,7 @@ def authorise(proposal: Proposal, writers: frozenset[str], policy: Policy) -> De
     for item in proposal.items:
         if isinstance(item, Refusal):
             decision = decision + Decision(refusals=(item,))
-        elif policy.may_direct(item.requested_by, writers):
+        elif _agents_loop_step(item, policy) or policy.may_direct(item.requested_by, writers):
             decision = decision + Decision(triggers=(item,))
         else:
             decision = decision + Decision(refusals=(_refusal("not_a_writer", item),))
@@ -181,7 +223,12 @@ def _propose_event(
         key = review_request_key(ctx.repo, ctx.number, ctx.head_sha, agent)
         request = f"Review requested by @{event.requested_by} on PR #{ctx.number}: {ctx.title}"
         spec = _spec(agent, TaskKind.REVIEW, ctx, key, event.requested_by, request, source, hop)
-        return _within_hops(replace(spec, head_sha=ctx.head_sha or None), policy)
+        spec = replace(spec, head_sha=ctx.head_sha or None)
+        if event.requested_by.lower() == ctx.pull_author.lower() and policy.is_agent(
+            event.requested_by
+        ):
+            return Proposal((spec,))  # the author agent asking again: a loop step, rounds bound it
+        return _within_hops(spec, policy)
     if event.assignee.lower() != agent.lower() or agent.lower() not in ctx.assignees:
         return Proposal()
     key = assignment_key(ctx.repo, ctx.number, agent, event.id)
@@ -217,6 +264,72 @@ def _propose_post(
     elif post.kind is PostKind.REVIEW:
         spec = replace(spec, review_id=post.id, head_sha=ctx.head_sha or None)
     return _within_hops(spec, policy)
+
+
+def _propose_loop_step(
+    agent: str,
+    event: ThreadEvent,
+    ctx: ThreadContext,
+    policy: Policy,
+    source: TriggerSource,
+    round_: int,
+    hop: int,
+) -> Proposal | None:
+    """The step a review on an agent's PR asks of `agent` by itself; None when it asks none
+    (then the review is read for mentions like any post)."""
+    author = ctx.pull_author.lower()
+    if not isinstance(event, Post) or not ctx.is_pull or not policy.is_agent(author):
+        return None
+    if event.author.lower() == author:
+        return None  # the author's own review of its PR (a comment review) asks nothing
+    if event.asks_for_changes and agent.lower() == author:
+        if round_ > policy.max_review_rounds:
+            kind, key = (
+                TaskKind.ROUNDS_SPENT,
+                rounds_spent_key(ctx.repo, ctx.number, event.id, agent),
+            )
+            request = f"Change request {round_} on PR #{ctx.number}: the review loop stops here."
+        else:
+            kind = TaskKind.REVIEW_FEEDBACK
+            key = review_feedback_key(ctx.repo, ctx.number, event.id, agent)
+            request = event.text
+    elif event.approves and policy.merge_by.get(author) == agent.lower():
+        kind = TaskKind.MERGE_REQUEST
+        key = merge_request_key(ctx.repo, ctx.number, ctx.head_sha, agent)
+        request = f"Approved by {event.author} on PR #{ctx.number}: {ctx.title}"
+    else:
+        return None
+    spec = _spec(agent, kind, ctx, key, event.author, request, source, hop)
+    return Proposal((replace(spec, review_id=event.id, head_sha=ctx.head_sha or None),))
+
+
+def review_round(
+    timeline: Sequence[ThreadEvent], index: int, policy: Policy, pull_author: str
+) -> int:
+    """Which change-request round of the conversation the event at `index` would be.
+
+    A conversation starts at the latest event of a person (a comment, a mention, a
+    review, a review request): a person always restarts it. Its rounds are the
+    reviews since then, up to `index`, that asked the author for changes.
+    """
+    start = 0
+    for j in range(index, -1, -1):
+        if not policy.is_agent(timeline[j].author):
+            start = j
+            break
+    return sum(
+        1
+        for e in timeline[start : index + 1]
+        if isinstance(e, Post) and e.asks_for_changes and e.author.lower() != pull_author.lower()
+    )
+
+
+def _agents_loop_step(item: Trigger, policy: Policy) -> bool:
+    """A loop step an agent's review made: configured agents may move the team's loop
+    without write access being asked (their tokens are the daemon's own)."""
+    return (
+        isinstance(item, TaskSpec) and item.kind.is_loop_step and policy.is_agent(item.requested_by)
+    )
 
 
 def _spec(

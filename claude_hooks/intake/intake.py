@@ -86,7 +86,7 @@ class Intake:
         never refuses one) or when submitting fails: the caller reads the thread again.
         """
         decision = Decision()
-        for agent in agents:
+        for agent in dict.fromkeys([*agents, *self.policy.loop_agents(ctx)]):
             proposal = propose(agent, ctx, self.policy, source)
             askers = proposal.requesters(self.policy)
             writers = await self._permissions.writers(agent, ctx.repo, askers)

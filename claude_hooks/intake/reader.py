@@ -188,10 +188,17 @@ def review_posts(review: Review, inline: Sequence[ReviewComment]) -> list[Post]:
         for c in inline
         if c.user.login.lower() != author.lower()
     ]
-    return [
-        Post(PostKind.REVIEW, review.id, author, review.body, review.submitted_at, own),
-        *replies,
-    ]
+    post = Post(
+        PostKind.REVIEW,
+        review.id,
+        author,
+        review.body,
+        review.submitted_at,
+        own,
+        review_state=review.state,
+        inline_count=review.comments_count,
+    )
+    return [post, *replies]
 
 
 def timeline_events(items: Iterable[TimelineEvent]) -> list[ThreadEvent]:
@@ -248,6 +255,7 @@ class ThreadReader:
             head_sha=pull.head_sha if pull else "",
             requested_reviewers=frozenset(requested),
             assignees=frozenset(issue.assignees),
+            pull_author=pull.user.login if pull else "",
             task_hops=await stored_hops(self._task_hops, markers),
         )
 

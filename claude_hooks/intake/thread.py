@@ -34,6 +34,22 @@ class Post:
     body: str
     at: datetime | None  # creation (submission for reviews): edits never move it
     inline: tuple[str, ...] = ()  # REVIEW: the bodies of its author's inline comments
+    review_state: str = ""  # REVIEW: APPROVED | REQUEST_CHANGES | COMMENT
+    inline_count: int = 0  # REVIEW: its inline comments, as Forgejo counts them (even unread)
+
+    @property
+    def asks_for_changes(self) -> bool:
+        """A review that wants the PR changed: REQUEST_CHANGES, or COMMENT on lines."""
+        if self.kind is not PostKind.REVIEW:
+            return False
+        on_lines = bool(self.inline) or self.inline_count > 0
+        return self.review_state == "REQUEST_CHANGES" or (
+            self.review_state == "COMMENT" and on_lines
+        )
+
+    @property
+    def approves(self) -> bool:
+        return self.kind is PostKind.REVIEW and self.review_state == "APPROVED"
 
     def mentions(self, name: str) -> bool:
         return any(find_mentions(text, name) for text in (self.body, *self.inline))
@@ -93,6 +109,7 @@ class ThreadContext:
     head_sha: str = ""  # PR head: a review request is for this commit
     requested_reviewers: frozenset[str] = frozenset()  # still open; a removed one is moot
     assignees: frozenset[str] = frozenset()
+    pull_author: str = ""  # PR: who opened it (an agent's PR is the team's loop to close)
     # The stored hop of each task whose marker an agent's post on the thread carries
     # (resolved by the caller from the store): the hop of what an agent does next.
     task_hops: Mapping[int, int] = field(default_factory=dict)
@@ -205,6 +222,18 @@ def review_key(repo: str, number: int, review_id: int, agent: str) -> str:
 
 def review_request_key(repo: str, number: int, head_sha: str, agent: str) -> str:
     return f"{repo}#{number}/review-request/{head_sha or 'unknown'}/{agent.lower()}"
+
+
+def review_feedback_key(repo: str, number: int, review_id: int, agent: str) -> str:
+    return f"{repo}#{number}/review-feedback/{review_id}/{agent.lower()}"
+
+
+def merge_request_key(repo: str, number: int, head_sha: str, agent: str) -> str:
+    return f"{repo}#{number}/merge-request/{head_sha or 'unknown'}/{agent.lower()}"
+
+
+def rounds_spent_key(repo: str, number: int, review_id: int, agent: str) -> str:
+    return f"{repo}#{number}/rounds-spent/{review_id}/{agent.lower()}"
 
 
 def assignment_key(repo: str, number: int, agent: str, timeline_id: int) -> str:

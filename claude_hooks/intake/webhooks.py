@@ -110,10 +110,16 @@ def delivered_thread(
         new=new,
         head_sha=pull.head_sha,
         requested_reviewers=requested,
+        pull_author=pull.user.login,
     )
 
 
 def _issue_thread(repo: str, issue: Issue, new: tuple[ThreadEvent, ...]) -> ThreadContext:
     return ThreadContext(
-        repo=repo, number=issue.number, is_pull=issue.is_pull, title=issue.title, new=new
+        repo=repo,
+        number=issue.number,
+        is_pull=issue.is_pull,
+        title=issue.title,
+        new=new,
+        pull_author=issue.user.login if issue.is_pull else "",  # a PR's poster is the issue's
     )
