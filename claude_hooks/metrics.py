@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from claude_hooks.tasks import Task, TaskState
+from claude_hooks.tasks import AgentPause, Task, TaskState
 
 PREFIX = "claude_hooks"
 # A task runs from seconds (a quick answer) to the agent timeout (an hour by default).
@@ -35,6 +35,7 @@ class QueueSnapshot:
     agents: tuple[str, ...] = ()  # configured agents: reported with zeros when idle
     queue_depth: int = 0
     running: int = 0
+    paused: frozenset[str] = frozenset()  # agents whose queue waits (a usage limit, a budget)
 
 
 def task_seconds(task: Task) -> float | None:
@@ -68,6 +69,14 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_running_tasks", "Tasks holding a slot", value=snapshot.running
         )
+        paused = GaugeMetricFamily(
+            f"{PREFIX}_agent_paused",
+            "1 while the agent's queue waits for a usage limit or budget to reset",
+            labels=["agent"],
+        )
+        for agent in agents:
+            paused.add_metric([agent], 1 if agent in snapshot.paused else 0)
+        yield paused
 
 
 class Metrics:
@@ -109,6 +118,12 @@ class Metrics:
             buckets=FORGEJO_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._usage_limit_hits = Counter(
+            f"{PREFIX}_usage_limit_hits",
+            "Claude usage limits that paused an agent",
+            ["agent", "limit_type"],
+            registry=self.registry,
+        )
         self._webhooks = Counter(
             f"{PREFIX}_webhook_deliveries",
             "Webhook deliveries by how they were handled",
@@ -131,6 +146,11 @@ class Metrics:
             self._task_duration.labels(agent, state).observe(seconds)
         if task.cost_usd is not None and task.cost_usd > 0:
             self._task_cost.labels(agent).inc(task.cost_usd)
+
+    def pause_changed(self, agent: str, pause: AgentPause | None) -> None:
+        """A scheduler pause listener: count each usage limit that paused an agent."""
+        if pause is not None and pause.cause == "usage_limit":
+            self._usage_limit_hits.labels(agent, pause.limit_type or "unknown").inc()
 
     def poll_error(self, agent: str) -> None:
         self._poll_errors.labels(agent).inc()

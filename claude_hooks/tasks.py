@@ -144,6 +144,20 @@ class TaskEvent:
 
 
 @dataclass(frozen=True)
+class AgentPause:
+    """An agent whose queue waits until `until` (a usage limit, a daily budget); its
+    tasks stay queued, other agents run."""
+
+    agent: str
+    until: float  # seconds since the epoch
+    reason: str  # in words, for the thread, the status page and the journal
+    cause: str  # usage_limit | daily_budget …: the metric's label
+    limit_type: str | None = (
+        None  # usage_limit: five_hour, seven_day …, as Claude said (not stored)
+    )
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How one run ended, as the runner saw it; the scheduler records it.
 
@@ -165,21 +179,11 @@ class Outcome:
     links: tuple[str, ...] = ()
     retry_at: float | None = None  # QUEUED: deferred until this time
     uses_attempt: bool = True  # QUEUED: the deferral counts against the retry budget
+    pause: AgentPause | None = None  # QUEUED: the agent's whole queue waits too (usage limit)
 
     @property
     def deferred(self) -> bool:
         return self.state is TaskState.QUEUED and self.retry_at is not None
-
-
-@dataclass(frozen=True)
-class AgentPause:
-    """An agent whose queue waits until `until` (a usage limit, a daily budget); its
-    tasks stay queued, other agents run."""
-
-    agent: str
-    until: float  # seconds since the epoch
-    reason: str  # in words, for the thread, the status page and the journal
-    cause: str  # usage_limit | daily_budget | operator …: the metric's label
 
 
 class FailureKind(StrEnum):

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from claude_hooks.metrics import Metrics, QueueSnapshot, task_seconds
-from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
+from claude_hooks.tasks import AgentPause, Task, TaskKind, TaskSpec, TaskState, TriggerSource
 
 SPEC = TaskSpec("dev", TaskKind.MENTION, "o/r", 3, "k", "alice", "@dev do it", TriggerSource.POLL)
 
@@ -135,3 +135,21 @@ def test_the_exposition_format_follows_the_scrapers_accept_header(
     body, served = Metrics().render(accept)
     assert served.startswith(content_type)
     assert b"claude_hooks_queue_depth" in body
+
+
+def test_a_paused_agent_reads_1_and_each_usage_limit_is_counted_by_its_type() -> None:
+    metrics = Metrics()
+    hit = AgentPause("dev", 2e9, "Claude usage limit", "usage_limit", "five_hour")
+    metrics.pause_changed("dev", hit)
+    metrics.pause_changed("dev", None)  # resumed: no count
+    metrics.pause_changed("reviewer", AgentPause("reviewer", 2e9, "daily budget", "daily_budget"))
+    metrics.observe_queue(QueueSnapshot(agents=("dev", "reviewer"), paused=frozenset({"dev"})))
+    samples = scrape(metrics)
+    assert samples[("claude_hooks_agent_paused", (("agent", "dev"),))] == 1
+    assert samples[("claude_hooks_agent_paused", (("agent", "reviewer"),))] == 0
+    hits = (("agent", "dev"), ("limit_type", "five_hour"))
+    assert samples[("claude_hooks_usage_limit_hits_total", hits)] == 1
+    assert not any(
+        name == "claude_hooks_usage_limit_hits_total" and ("agent", "reviewer") in labels
+        for name, labels in samples
+    )

@@ -6,6 +6,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from structlog.testing import capture_logs
 
 from claude_hooks.report.render import timeout_reason
 from claude_hooks.store import Store
-from claude_hooks.tasks import Outcome, Task, TaskState
+from claude_hooks.tasks import AgentPause, Outcome, Task, TaskState
 from claude_hooks.work.scheduler import (
     Precheck,
     Scheduler,
@@ -624,3 +625,29 @@ async def test_the_timer_wakes_the_queue_when_a_deferral_ends(
     runner.outcomes.pop(task.id)
     await until_state(store, task.id, TaskState.SUCCEEDED)
     assert runner.started_ids == [task.id, task.id]
+
+
+async def test_a_usage_limit_deferral_pauses_the_agent_and_requeues_the_task(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    scheduler = await make_scheduler(clock=clock)
+    limited, _ = await scheduler.submit(make_spec(1, agent="dev"))
+    later, _ = await scheduler.submit(make_spec(2, agent="dev"))
+    resets = clock.now + 900
+    pause = AgentPause("dev", resets, "Claude usage limit", "usage_limit", "five_hour")
+    runner.outcomes[limited.id] = Outcome(
+        TaskState.QUEUED, reason="paused", retry_at=resets, uses_attempt=False, pause=pause
+    )
+    runner.release(limited.id)
+    await wait_until(lambda: not scheduler.running_ids() and "dev" in scheduler.paused())
+    assert runner.started_ids == [limited.id]  # the agent's next task waits too
+    assert (await store.pauses()) == [replace(pause, limit_type=None)]  # the type is not stored
+    clock.now = resets + 1
+    runner.outcomes.pop(limited.id)
+    runner.gates[limited.id] = asyncio.Event()
+    runner.release(limited.id)
+    runner.release(later.id)
+    scheduler.wake()
+    await until_state(store, later.id, TaskState.SUCCEEDED)
+    assert (await until_state(store, limited.id, TaskState.SUCCEEDED)).deferrals == 0

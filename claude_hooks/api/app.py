@@ -678,6 +678,7 @@ class Api:
                 agents=self.deps.config.agent_names,
                 queue_depth=scheduler.queue_depth(),
                 running=len(scheduler.running_ids()),
+                paused=frozenset(scheduler.paused()),
             )
         )
         body, content_type = self.deps.metrics.render(request.headers.get("Accept"))

@@ -183,6 +183,7 @@ class Services:
         scheduler.subscribe(reports.on_change)
         scheduler.subscribe(feed.publish)
         scheduler.subscribe(metrics.task_changed)
+        scheduler.subscribe_pauses(metrics.pause_changed)
         outage = SharedBackoff()
         submitter = Submitter(scheduler, store, config.forgejo.serves)
         intake = Intake(policy, clients, permissions, submitter.submit, task_hops=store.task_hop)

@@ -79,10 +79,22 @@ class Precheck:
         return cls(skip_reason=reason)
 
     @classmethod
-    def later(cls, retry_at: float, reason: str, *, uses_attempt: bool = True) -> Precheck:
-        """Not now (CI still pending, Forgejo down): queued again until `retry_at`."""
+    def later(
+        cls,
+        retry_at: float,
+        reason: str,
+        *,
+        uses_attempt: bool = True,
+        pause: AgentPause | None = None,
+    ) -> Precheck:
+        """Not now (CI still pending, Forgejo down, the agent over its daily budget):
+        queued again until `retry_at`; with `pause`, the agent's whole queue waits."""
         deferral = Outcome(
-            TaskState.QUEUED, reason=reason, retry_at=retry_at, uses_attempt=uses_attempt
+            TaskState.QUEUED,
+            reason=reason,
+            retry_at=retry_at,
+            uses_attempt=uses_attempt,
+            pause=pause,
         )
         return cls(deferral=deferral)
 
@@ -366,10 +378,12 @@ class Scheduler:
 
     # --- paused agents ---
 
-    async def pause(self, agent: str, until: float, reason: str, cause: str) -> AgentPause:
+    async def pause(
+        self, agent: str, until: float, reason: str, cause: str, *, limit_type: str | None = None
+    ) -> AgentPause:
         """Hold `agent`'s queue until `until` (stored: a restart keeps it); a later pause
         of the same agent replaces it. Running tasks are not touched."""
-        pause = AgentPause(agent, until, reason, cause)
+        pause = AgentPause(agent, until, reason, cause, limit_type)
         await self._store.set_pause(pause)
         self._pauses[agent] = pause
         log.warning("agent_paused", agent=agent, until=until, reason=reason, cause=cause)
@@ -577,6 +591,9 @@ class Scheduler:
             self._release(run)
 
     async def _defer(self, run: _Run, outcome: Outcome) -> None:
+        if outcome.pause is not None:
+            p = outcome.pause
+            await self.pause(p.agent, p.until, p.reason, p.cause, limit_type=p.limit_type)
         run.task = await self._store.defer(run.task.id, outcome)
         log.info(
             "task_deferred",
