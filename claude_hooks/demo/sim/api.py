@@ -335,6 +335,9 @@ class ApiHandlers:
             style=style,
             head_commit_id=_text(data, "head_commit_id"),
             delete_branch=bool(data.get("delete_branch_after_merge")),
+            title=_text(data, "MergeTitleField") or "",
+            message=_text(data, "MergeMessageField") or "",
+            merge_commit_id=_text(data, "MergeCommitID") or "",
         )
         return web.Response(status=200)
 
