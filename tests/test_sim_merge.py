@@ -229,6 +229,19 @@ async def test_merging_again_answers_405_and_a_closed_pull_404(
     assert await merge(api, team, other, {"Do": "merge"}) == 404
 
 
+async def test_a_reader_may_not_merge_but_learns_first_that_a_pull_is_closed(
+    forgejo_sim: ForgejoSim, team: Team, api: Any
+) -> None:
+    forgejo_sim.add_user("rita", token="token-of-rita-0123456789")
+    forgejo_sim.add_collaborator(team.repo, "rita", "read")
+    number = diverged_pull(forgejo_sim, team)
+    reader = Api(api("dev").sim, api("dev").session, "token-of-rita-0123456789")
+    status, error = await reader.call("POST", merge_path(team, number), {"Do": "merge"})
+    assert (status, error["message"]) == (405, "User not allowed to merge PR")
+    forgejo_sim.issue(team.repo, number).state = "closed"
+    assert (await reader.call("POST", merge_path(team, number), {"Do": "merge"}))[0] == 404
+
+
 # --- after the merge ---------------------------------------------------------------------
 
 

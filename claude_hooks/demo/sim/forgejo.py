@@ -553,15 +553,16 @@ class ForgejoSim:
         title: str = "",
         message: str = "",
         merge_commit_id: str = "",
+        may_merge: bool = True,
     ) -> None:
         """POST /pulls/{n}/merge semantics (routers/api/v1/repo/pull.go MergePullRequest),
-        the caller's write access aside: the checks in Forgejo's order, a real git merge
+        `may_merge` the caller's right to: the checks in Forgejo's order, a real git merge
         when git holds both commits, then the pull request marked merged, the issues its
         body closes closed, and the head branch deleted when asked."""
         issue, pull = self.state.pull(repo, number)
         target = self.state.repos[issue.repo]
         merger = self.state.user(actor).key
-        _check_mergeable(issue, pull, style)
+        _check_mergeable(issue, pull, style, may_merge)
         if style == "manually-merged":
             sha = self._manually_merged(target, pull, merge_commit_id)
         else:
@@ -958,7 +959,7 @@ def _check_review(
         raise SimError(422, f"{verb} your own pull is not allowed")
 
 
-def _check_mergeable(issue: SimIssue, pull: SimPull, style: str) -> None:
+def _check_mergeable(issue: SimIssue, pull: SimPull, style: str, may_merge: bool) -> None:
     """The form binding, then services/pull/check.go CheckPullMergeable, in its order."""
     if style not in MERGE_STYLES:
         raise SimError(422, f"unknown merge style {style!r}")
@@ -966,6 +967,8 @@ def _check_mergeable(issue: SimIssue, pull: SimPull, style: str) -> None:
         raise SimError(405, "PR already merged")
     if issue.state != "open":
         raise SimError(404, "the pull request is closed")  # ErrIsClosed → NotFound
+    if not may_merge:
+        raise SimError(405, "User not allowed to merge PR")
     if style == "manually-merged":
         return
     if issue.draft:
