@@ -450,3 +450,27 @@ async def wait_for_ready(config: Config, daemon: Daemon) -> None:
             what="/healthz to answer 200",
             details=lambda: daemon.output()[-4000:],
         )
+
+
+async def test_the_demo_and_the_cli_still_work_beside_a_running_daemon(
+    setup, daemons: list[Daemon], forgejo_sim: ForgejoSim
+) -> None:
+    """The lock is the daemon's alone: the demo has a state dir of its own, the CLI reads
+    through the API (no command opens the store)."""
+    config = setup()
+    daemon = await start_daemon(config, daemons)
+    mention(forgejo_sim, "delay=1")
+    await wait_for_state(config, TaskState.RUNNING, daemon=daemon)
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "claude_hooks", "demo",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(120):
+        out, _ = await demo.communicate()
+    assert demo.returncode == 0 and "task 1: succeeded" in out.decode(), out.decode()
+    code, listed = await run_cli(config, "tasks")
+    assert code == 0 and REPO in listed, listed
+    code, checked = await run_cli(config, "check", "--offline")
+    assert code == 0, checked
+    await wait_for_state(config, TaskState.SUCCEEDED, limit=40, daemon=daemon)
+    assert await daemon.stop() == 0, daemon.output()
