@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -343,6 +344,35 @@ async def test_rebuild_and_down_refuse_while_a_task_runs_unless_forced(
     assert forced.returncode == 0, forced.stderr
     assert "stopped 1 task process (--force)" in forced.stdout
     assert (await deployment.inspect())["Id"] != before
+
+
+@pytest.mark.docker
+async def test_another_instance_refuses_the_container_even_forced_and_its_task_runs_on(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The same agent names under another state dir (#16 §2): --force stops nobody's task."""
+    agent = deployment.agent
+    assert (await deployment.cli("containers", "up")).returncode == 0
+    before = (await deployment.inspect())["Id"]
+    await start_task_process(deployment.docker, agent)
+    table = tomllib.loads(deployment.path.read_text())
+    table["daemon"]["state_dir"] = str(tmp_path / "other-state")
+    (tmp_path / "other").mkdir()
+    factory = ConfigFactory(tmp_path / "other")
+    other = factory.write(daemon=table["daemon"], forgejo=table["forgejo"], agents=table["agents"])
+    for argv in (["rebuild", "--force"], ["down", "--force"], ["up"]):
+        done = await asyncio.to_thread(
+            run_cli_sync, ["containers", argv[0], "--config", str(other), *argv[1:]]
+        )
+        assert done.returncode == 1, done.stdout
+        assert f"container {agent.container_name} belongs to another claude-hooks instance" in (
+            done.stderr
+        ), done.stderr
+        assert deployment.instance in done.stderr
+    state = await deployment.inspect()
+    assert state["Id"] == before and state["State"]["Running"]
+    refused = await deployment.cli("containers", "down")  # its own config: the task is there
+    assert "1 task process running" in refused.stderr, refused.stderr
 
 
 @pytest.mark.docker

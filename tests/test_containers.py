@@ -469,3 +469,47 @@ async def test_orphan_removal_spares_containers_of_another_daemon_instance(
     assert await ours.remove_orphans(set()) == []
     container = await docker.containers.get(their_agent.container_name)
     assert container["State"]["Running"]
+
+
+def test_a_container_of_another_instance_is_foreign_naming_it_and_both_instances() -> None:
+    from claude_hooks.runner.containers import INSTANCE_LABEL, foreign_owner
+
+    ours = {MANAGED_LABEL: "1", INSTANCE_LABEL: "aaa"}
+    assert foreign_owner("claude-hooks-dev", ours, "aaa") is None
+    theirs = foreign_owner("claude-hooks-dev", {**ours, INSTANCE_LABEL: "bbb"}, "aaa")
+    assert theirs is not None
+    assert "container claude-hooks-dev belongs to another claude-hooks instance" in theirs
+    assert (
+        f"{INSTANCE_LABEL}=bbb, ours is aaa" in theirs and "docker rm -f claude-hooks-dev" in theirs
+    )
+    unlabelled = foreign_owner("claude-hooks-dev", {MANAGED_LABEL: "1"}, "aaa")
+    assert unlabelled is not None and f"no {INSTANCE_LABEL} label" in unlabelled
+    assert foreign_owner("claude-hooks-dev", {**ours, INSTANCE_LABEL: "bbb"}, None) is None
+
+
+@pytest.mark.docker
+async def test_another_instance_never_recreates_rebuilds_stops_or_kills_into_a_container(
+    docker: aiodocker.Docker, make_agent: MakeAgent, test_labels: dict[str, str], tmp_path: Path
+) -> None:
+    """The same agent name under another state dir (#16 §2): refused, never replaced."""
+    from claude_hooks.runner.containers import instance_labels, signal_processes, strays_of
+
+    theirs = ContainerManager(
+        docker, extra_labels={**test_labels, **instance_labels(tmp_path / "a")}
+    )
+    ours = ContainerManager(docker, extra_labels={**test_labels, **instance_labels(tmp_path / "b")})
+    agent = make_agent()
+    container = await theirs.ensure(agent)
+    await _start_detached(container, agent.user, {TASK_MARKER: "1", DAEMON_MARKER: "theirs"})
+    their_task = strays_of("ours")  # what our kill_strays would take for a dead daemon's
+    for step in (
+        ours.kill_strays(agent, "ours", grace=0.5),
+        ours.ensure(agent),  # its labels differ from ours: "config changed"
+        ours.rebuild(agent),
+        ours.down([agent]),
+    ):
+        with pytest.raises(ContainerError, match="belongs to another claude-hooks instance"):
+            await step
+    after = await docker.containers.get(agent.container_name)
+    assert after.id == container.id and after["State"]["Running"]
+    assert len(await signal_processes(after, "list", their_task, user=agent.user)) == 1

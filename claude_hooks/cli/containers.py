@@ -35,6 +35,7 @@ from claude_hooks.runner.containers import (
     ROOT,
     ContainerError,
     ContainerManager,
+    foreign_owner,
     instance_labels,
     signal_processes,
     wait_gone,
@@ -221,6 +222,10 @@ async def inspect(engine: Engine, agent: AgentConfig) -> DockerContainer | None:
             f"(no label {MANAGED_LABEL}=1; made by an older `docker run`?): "
             f"remove it (docker rm -f {agent.container_name}), then run this again"
         )
+    labels = container["Config"]["Labels"] or {}
+    problem = foreign_owner(agent.container_name, labels, engine.manager.instance)
+    if problem is not None:
+        raise ContainerError(problem)  # its tasks are not ours to stop (--force) either
     return container
 
 

@@ -10,14 +10,21 @@ Start-up is a stack (contextlib.AsyncExitStack, as aiohttp's cleanup contexts): 
 part registers its close as it is opened, so a step that fails closes what was opened
 before it, and `close` unwinds in reverse: what runs (the scheduler's tasks, the report
 chains) ends before what it uses (the Forgejo clients, Docker, the store). A failing
-close is logged and the others still run. The HTTP listener is bound before the
-scheduler takes up what a previous process left, so a recovered task never runs while
-the port that shows it is still closed.
+close is logged and the others still run.
+
+The order of the first steps is what keeps one daemon from breaking another's work:
+the state directory's lock (daemon/lock.py) comes before the store and Docker, so a
+second daemon on the same state directory stops before it reads or kills anything; the
+HTTP listener is bound before the housekeeping (stray processes, orphan containers) and
+before the scheduler takes up what a previous process left, so a port already taken
+stops the start before anything is touched, and a recovered task never runs while the
+port that shows it is still closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ from aiohttp import web
 
 from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
 from claude_hooks.config import Config, read_secret
+from claude_hooks.daemon.lock import StateDirLock
 from claude_hooks.daemon.log import redactor
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.intake.decide import Policy
@@ -39,7 +47,7 @@ from claude_hooks.intake.submit import STOPS_CLOSE_WITHIN, Submitter
 from claude_hooks.intake.webhooks import WebhookHandler
 from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import REPORTS_CLOSE_WITHIN, Reporter, TaskReports
-from claude_hooks.runner.containers import ContainerManager, instance_labels
+from claude_hooks.runner.containers import ContainerError, ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskSpec
@@ -53,6 +61,10 @@ log = structlog.get_logger(__name__)
 # (daemon/budget.py), which must fit the unit's TimeoutStopSec.
 HTTP_CLOSE_WITHIN = 2.0  # open requests (event streams) after the listener stops
 CLOSE_WITHIN = HTTP_CLOSE_WITHIN + STOPS_CLOSE_WITHIN + REPORTS_CLOSE_WITHIN
+
+
+class ListenError(Exception):
+    """`api.listen` cannot be bound (in use, not an address of this host); in words."""
 
 
 @dataclass
@@ -106,6 +118,8 @@ class Services:
         runtime: AgentRuntime | None,
     ) -> Services:
         config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = StateDirLock.acquire(config.daemon.state_dir)  # before the store and Docker
+        closing.push_async_callback(lock.aclose)  # the last thing released
         store = await Store.open(config.daemon.db_path)
         _on_close(closing, "store", store.close)
         docker = aiodocker.Docker()
@@ -129,10 +143,10 @@ class Services:
         )
         _on_close(closing, "reports", services.reports.close)
         _on_close(closing, "stop commands", services.submitter.close)
+        if listen:  # before the housekeeping: a port in use stops us before we touch anything
+            await services._listen()
         if isinstance(runtime, DockerRuntime):
             await services._housekeeping()
-        if listen:
-            await services._listen()
         _on_close(closing, "scheduler", services.scheduler.close)
         await services.scheduler.start()  # dispatches recovered tasks: the port answers now
         return services
@@ -219,11 +233,19 @@ class Services:
         )
 
     async def _housekeeping(self) -> None:
-        """Containers of agents no longer configured go; processes of a dead daemon die."""
+        """Containers of agents no longer configured go; processes of a dead daemon die.
+
+        Only in this instance's containers (its label): the lock makes any other
+        daemon process on them a dead one. A same-named container of another
+        instance is refused, its processes left alone, and the other agents go on.
+        """
         try:
             removed = await self.containers.remove_orphans(set(self.config.agent_names))
             for agent in self.config.agents:
-                await self.containers.kill_strays(agent, self.daemon_id)
+                try:
+                    await self.containers.kill_strays(agent, self.daemon_id)
+                except ContainerError as exc:
+                    log.error("container_refused", agent=agent.name, error=str(exc))
         except Exception as exc:  # Docker down must not stop Forgejo intake; tasks wait
             log.warning("container_housekeeping_failed", error=str(exc))
             return
@@ -251,7 +273,10 @@ class Services:
         await self.web_runner.setup()
         _on_close(self.closing, "http listener", self.web_runner.cleanup)
         site = web.TCPSite(self.web_runner, config.api.host, config.api.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(listen_problem(config.api.listen, exc)) from None
         log.info("api_listening", url=config.api.base_url)
 
     # --- running ----------------------------------------------------------------------------
@@ -353,6 +378,19 @@ class Services:
         """Close every part, the last opened first; closing again does nothing."""
         self.stop_accepting()
         await self.closing.aclose()
+
+
+def listen_problem(listen: str, exc: OSError) -> str:
+    """Why api.listen cannot be bound, for the operator: the key, the value, the fix."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        hint = (
+            "another process listens there (another claude-hooks daemon? `ss -ltnp` names it): "
+            "stop it, or set api.listen to a free port"
+        )
+    else:
+        hint = "set api.listen to an address of this host with a free port"
+    return f"api.listen = {listen!r}: cannot listen: {reason}; {hint}"
 
 
 def _on_close(closing: AsyncExitStack, part: str, close: Callable[[], Awaitable[object]]) -> None:

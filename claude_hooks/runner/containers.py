@@ -105,9 +105,10 @@ _MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, 
 def instance_labels(state_dir: Path) -> dict[str, str]:
     """The label naming which daemon owns a container: its state directory.
 
-    Orphan removal only looks at containers carrying this daemon's label, so two
-    daemons (or a daemon and `claude-hooks demo`) on one Docker engine never remove
-    each other's containers.
+    Every change a manager with this label makes (orphan removal, stray processes,
+    recreate, rebuild, stop) is to containers carrying it, so two daemons (or a daemon
+    and `claude-hooks demo`) on one Docker engine never touch each other's containers;
+    a same-named container of another instance is refused (`foreign_owner`).
     """
     where = str(state_dir.expanduser().resolve())
     return {INSTANCE_LABEL: hashlib.sha256(where.encode()).hexdigest()[:12]}
@@ -115,6 +116,30 @@ def instance_labels(state_dir: Path) -> dict[str, str]:
 
 class ContainerError(Exception):
     """A container problem, worded for the operator."""
+
+
+def foreign_owner(name: str, labels: Mapping[str, str], instance: str | None) -> str | None:
+    """Why the container `name` (with these labels) is not ours to touch, or None.
+
+    `instance` is our INSTANCE_LABEL value; None (a manager without one: `check`, tests)
+    makes no claim and refuses nothing.
+    """
+    if instance is None:
+        return None
+    theirs = labels.get(INSTANCE_LABEL)
+    if theirs == instance:
+        return None
+    owner = (
+        f"another claude-hooks instance ({INSTANCE_LABEL}={theirs}, ours is {instance})"
+        if theirs
+        else f"no claude-hooks instance (it has no {INSTANCE_LABEL} label)"
+    )
+    return (
+        f"container {name} belongs to {owner}: another daemon.state_dir with the same agent "
+        f"names on this Docker engine; it is left alone (not recreated, no process in it "
+        f"stopped). Give one of the two configs other agent names, or, if that instance "
+        f"is gone for good, remove its container (its state volume stays): docker rm -f {name}"
+    )
 
 
 def memory_bytes(text: str) -> int:
@@ -194,6 +219,7 @@ class ContainerManager:
     ) -> None:
         self._docker = docker
         self._extra_labels = dict(extra_labels)
+        self.instance = self._extra_labels.get(INSTANCE_LABEL)  # None: claims no instance
         self._locks: dict[str, asyncio.Lock] = {}
         self._checked: set[str] = set()  # container ids whose /state this process checked
 
@@ -355,17 +381,21 @@ class ContainerManager:
         return self._locks.setdefault(agent, asyncio.Lock())
 
     async def _find(self, agent: AgentConfig) -> DockerContainer | None:
+        """The agent's container if it is ours: ContainerError for anyone else's."""
         try:
             container = await self._docker.containers.get(agent.container_name)
         except DockerError as exc:
             if exc.status == 404:
                 return None
             raise
-        if container["Config"]["Labels"].get(MANAGED_LABEL) != "1":
+        labels = container["Config"]["Labels"] or {}
+        if labels.get(MANAGED_LABEL) != "1":
             raise ContainerError(
                 f"container {agent.container_name} exists but is not managed by claude-hooks "
                 f"(no label {MANAGED_LABEL}=1): remove or rename it"
             )
+        if (problem := foreign_owner(agent.container_name, labels, self.instance)) is not None:
+            raise ContainerError(problem)
         return container
 
     async def _create(self, agent: AgentConfig) -> DockerContainer:
