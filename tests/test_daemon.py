@@ -352,7 +352,12 @@ async def test_another_instance_with_the_same_agent_names_leaves_the_container_a
     )  # fmt: skip
     second = await start_daemon(other, daemons)
     await wait_for_ready(other, second)
-    refused = [e for e in json_events(second) if e["event"] == "container_refused"]
+    # The API answers before housekeeping ends: wait for the refusal itself.
+    refused = await wait_until(
+        lambda: [e for e in json_events(second) if e["event"] == "container_refused"],
+        timeout=20,
+        what="the other instance's container to be refused",
+    )
     theirs = instance_labels(config.daemon.state_dir)[INSTANCE_LABEL]
     assert len(refused) == 1, second.output()
     assert config.agents[0].container_name in str(refused[0]["error"])
