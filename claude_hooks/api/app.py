@@ -182,6 +182,18 @@ class ApiError(Exception):
         return web.json_response({"error": self.message, **self.extra}, status=self.status)
 
 
+class RequestTimeout(ApiError):
+    """408: the connection closes after it (RFC 9110 §15.5.9), the rest of the body unread."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(408, f"request timeout: {problem}")
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.force_close()
+        return response
+
+
 def bad_request(name: str, problem: str) -> ApiError:
     return ApiError(400, f"{name}: {problem}", field=name)
 
@@ -628,10 +640,15 @@ class Api:
         limit = self.deps.config.api.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"body of {request.content_length} bytes is over the {limit} limit")
+        timeout = self.deps.config.api.body_timeout
         try:
-            return await request.read()  # aiohttp stops reading past client_max_size
+            async with asyncio.timeout(timeout):  # aiohttp itself would wait for ever
+                return await request.read()  # aiohttp stops reading past client_max_size
         except web.HTTPRequestEntityTooLarge:
             raise ApiError(413, f"body is over the {limit} bytes limit") from None
+        except TimeoutError:
+            log.info("api_request_timeout", part="body", timeout=timeout, path=request.path)
+            raise RequestTimeout(f"the body did not arrive within {timeout:g}s") from None
 
     # --- the status page ---
 

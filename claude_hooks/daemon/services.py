@@ -28,6 +28,14 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
+from claude_hooks.api.connections import (
+    AcceptErrorLog,
+    ConnectionGuard,
+    GuardedSite,
+    RateLimitedLog,
+    connection_limits,
+    open_file_limit,
+)
 from claude_hooks.config import Config, read_secret
 from claude_hooks.daemon.log import redactor
 from claude_hooks.forgejo.client import ForgejoClient
@@ -249,9 +257,42 @@ class Services:
         )
         await self.web_runner.setup()
         _on_close(self.closing, "http listener", self.web_runner.cleanup)
-        site = web.TCPSite(self.web_runner, config.api.host, config.api.port)
+        self._log_accept_errors()
+        limits = connection_limits(open_file_limit())
+        guard = ConnectionGuard(limits, RateLimitedLog("api_connection_refused"))
+        handler_args = {
+            "access_log": None,
+            "keepalive_timeout": config.api.idle_timeout,
+            "header_timeout": config.api.header_timeout,
+            # Reading what is left of a refused body lets the client see the answer;
+            # no longer than a body may take.
+            "lingering_time": min(10.0, config.api.body_timeout),
+        }
+        site = GuardedSite(
+            self.web_runner,
+            config.api.host,
+            config.api.port,
+            guard=guard,
+            handler_args=handler_args,
+        )
         await site.start()
-        log.info("api_listening", url=config.api.base_url)
+        log.info(
+            "api_listening",
+            url=config.api.base_url,
+            max_connections=limits.max_connections,
+            open_file_limit=open_file_limit(),
+        )
+
+    def _log_accept_errors(self) -> None:
+        """asyncio logs every failed accept(): thousands a second once descriptors run out."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(AcceptErrorLog(previous, RateLimitedLog("api_accept_failed")))
+
+        async def restore() -> None:
+            loop.set_exception_handler(previous)
+
+        _on_close(self.closing, "accept error log", restore)
 
     # --- running ----------------------------------------------------------------------------
 
