@@ -280,6 +280,7 @@ class Services:
             "api_listening",
             url=config.api.base_url,
             max_connections=limits.max_connections,
+            backlog=limits.backlog,
             open_file_limit=open_file_limit(),
         )
 
