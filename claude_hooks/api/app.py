@@ -152,7 +152,7 @@ class ApiDeps:
     store: Store
     scheduler: Scheduler
     submit: Submit  # the daemon's API submission: queues and acknowledges on Forgejo
-    on_webhook: OnWebhook  # (event, payload, delivery id) → number of tasks created
+    on_webhook: OnWebhook  # (event, payload, delivery id) → 1 kept to decide, 0 asks nothing
     webhook_secret: Callable[[], bytes | None]  # None: webhooks are not configured
     api_token: Callable[[], str | None]  # re-read on every request so rotation works
     readiness: Callable[[], Awaitable[Mapping[str, bool]]]

@@ -44,7 +44,7 @@ from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import Permissions
 from claude_hooks.intake.submit import STOPS_CLOSE_WITHIN, Submitter
-from claude_hooks.intake.webhooks import WebhookHandler
+from claude_hooks.intake.webhooks import WebhookHandler, WebhookInbox
 from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import REPORTS_CLOSE_WITHIN, Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerManager, instance_labels
@@ -80,6 +80,7 @@ class Services:
     pollers: Sequence[Poller]
     outage: SharedBackoff
     webhooks: WebhookHandler
+    inbox: WebhookInbox  # the API keeps deliveries here; they are decided in the background
     closing: AsyncExitStack  # every part's close, registered as the part was opened
     web_runner: web.AppRunner | None = None
     accepting: bool = True
@@ -143,6 +144,8 @@ class Services:
             await services._listen()
         _on_close(closing, "scheduler", services.scheduler.close)
         await services.scheduler.start()  # dispatches recovered tasks: the port answers now
+        _on_close(closing, "webhook inbox", services.inbox.close)
+        services.inbox.start()  # decides what a previous process kept but did not decide
         return services
 
     @classmethod
@@ -206,6 +209,7 @@ class Services:
             )
             for agent in config.agents
         ]
+        webhooks = WebhookHandler(intake)
         return cls(
             config=config,
             daemon_id=daemon_id,
@@ -221,7 +225,8 @@ class Services:
             intake=intake,
             pollers=pollers,
             outage=outage,
-            webhooks=WebhookHandler(intake),
+            webhooks=webhooks,
+            inbox=WebhookInbox(webhooks, store),
             closing=closing,
         )
 
@@ -244,7 +249,7 @@ class Services:
             store=self.store,
             scheduler=self.scheduler,
             submit=self.submit,
-            on_webhook=self.webhooks.receive,
+            on_webhook=self.inbox.take,
             webhook_secret=self._webhook_secret,
             api_token=self._api_token,
             readiness=self.readiness,
@@ -320,6 +325,7 @@ class Services:
         try:
             await stop.wait()  # --- the accepting scope ends ---
             self.stop_accepting()
+            await self.inbox.close()  # undecided deliveries stay stored for the next start
             await asyncio.gather(*pollers, return_exceptions=True)
             running = len(self.scheduler.running_ids())  # --- work scope: the drain ---
             if on_drain is not None:
