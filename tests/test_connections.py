@@ -240,16 +240,24 @@ async def test_the_cap_holds_under_1000_connections_at_an_open_file_limit_of_128
         await daemon.wait()
     log = log_path.read_text()
     assert ACCEPT_OUT_OF_RESOURCE not in log and "Too many open files" not in log
+    refusals = [r for r in records(log_path) if r.get("event") == "api_connection_refused"]
+    assert len(refusals) == 1 and refusals[0]["count"] == 1, refusals  # once a minute
     assert len(held) == CONNECTIONS and cap < OPEN_FILES // 2
     assert peak <= idle + cap + 4 * backlog < OPEN_FILES, (peak, idle, cap)
 
 
-def listening(log_path: Path) -> dict[str, Any]:
+def records(log_path: Path) -> list[dict[str, Any]]:
+    found = []
     for line in log_path.read_text().splitlines():
         with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if record.get("event") == "api_listening":
-                return dict(record)
+            found.append(dict(json.loads(line)))
+    return found
+
+
+def listening(log_path: Path) -> dict[str, Any]:
+    for record in records(log_path):
+        if record.get("event") == "api_listening":
+            return record
     raise AssertionError(f"no api_listening record in {log_path}")
 
 

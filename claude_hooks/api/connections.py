@@ -21,6 +21,7 @@ process holding them).
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import time
 from collections.abc import Callable
@@ -192,9 +193,14 @@ class RateLimitedLog:
     second: the first at once, then one per interval carrying how many happened."""
 
     def __init__(
-        self, event: str, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self,
+        event: str,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        level: str = "error",
     ) -> None:
         self.event = event
+        self.level = level
         self.interval = interval
         self._clock = clock
         self._last: float | None = None
@@ -205,7 +211,13 @@ class RateLimitedLog:
         now = self._clock()
         if self._last is not None and now - self._last < self.interval:
             return
-        log.error(self.event, count=self._count, interval=self.interval, **fields)
+        log.log(
+            logging.getLevelNamesMapping()[self.level.upper()],
+            self.event,
+            count=self._count,
+            interval=self.interval,
+            **fields,
+        )
         self._last, self._count = now, 0
 
 

@@ -264,7 +264,7 @@ class Services:
         _on_close(self.closing, "http listener", self.web_runner.cleanup)
         self._log_accept_errors()
         limits = connection_limits(open_file_limit())
-        guard = ConnectionGuard(limits, RateLimitedLog("api_connection_refused"))
+        guard = ConnectionGuard(limits, RateLimitedLog("api_connection_refused", level="warning"))
         handler_args = {
             "access_log": None,
             "keepalive_timeout": config.api.idle_timeout,
