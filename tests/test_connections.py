@@ -93,23 +93,31 @@ async def test_a_request_head_that_trickles_gets_408_and_the_connection_closes(
     assert 0.25 <= took < 5, took
 
 
-async def test_a_body_that_trickles_gets_408_and_the_connection_closes(
+async def test_bodies_that_trickle_get_408_and_their_connections_close(
     config_factory: ConfigFactory,
 ) -> None:
+    """The issue's 150 slow-body connections, which stayed open for 60 s and more."""
     config = timeouts_config(config_factory, body_timeout=0.4, idle_timeout=30)
-    async with daemon(config):
+
+    async def slow_body() -> tuple[bytes, float]:
         reader, writer = await connect(config)
         writer.write(
             b"POST /hooks/forgejo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n"
             b'X-Forgejo-Event: issues\r\nContent-Type: application/json\r\n\r\n{"act'
         )
-        data, took = await until_closed(reader)
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408 Request Timeout"), data
-    assert b"Connection: close" in head
-    assert b"did not arrive within 0.4s" in body
-    assert 0.35 <= took < 5, took
+        try:
+            return await until_closed(reader)
+        finally:
+            writer.close()
+
+    async with daemon(config):
+        answers = await asyncio.gather(*(slow_body() for _ in range(150)))
+    for data, took in answers:
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout"), data
+        assert b"Connection: close" in head
+        assert b"did not arrive within 0.4s" in body
+        assert 0.35 <= took < 5, took
 
 
 async def test_an_idle_connection_is_closed_before_and_after_a_request(
