@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -169,6 +170,21 @@ class ApiConfig:
             "Host names the API answers besides the listen host, localhost and loopback"
             " addresses (a reverse proxy's, the one Forgejo's webhook uses); others get 421"
         ),
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a client may take to send a request's line and headers; then 408",
+            **DURATION,
+        ),
+    )
+    body_timeout: float = field(
+        default=30.0,
+        metadata=_doc("Seconds a client may take to send a request's body; then 408", **DURATION),
+    )
+    idle_timeout: float = field(
+        default=60.0,
+        metadata=_doc("Seconds a keep-alive connection may stay open between requests", **DURATION),
     )
 
     @property
@@ -460,6 +476,7 @@ def _validate(config: Config, warnings: list[str]) -> None:
                 f"api.allowed_hosts[{i}]",
                 f"{host!r} is not a host name or IP address (write it without scheme or port)",
             )
+    _validate_api_timeouts(config.api, path)
     if not config.agents:
         raise ConfigError(path, "agents", "no [[agents]] configured: add at least one")
     seen: set[str] = set()
@@ -475,6 +492,16 @@ def _validate(config: Config, warnings: list[str]) -> None:
         )
     if config.api.token_file is not None:
         check_secret_file(config.api.token_file, path, "api.token_file", "the API token", warnings)
+
+
+def _validate_api_timeouts(api: ApiConfig, path: Path) -> None:
+    """A NaN or infinite timeout never fires, and 0 would close every connection at once."""
+    for key in ("header_timeout", "body_timeout", "idle_timeout"):
+        seconds = getattr(api, key)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ConfigError(
+                path, f"api.{key}", f"must be a finite number of seconds above 0, got {seconds}"
+            )
 
 
 def _validate_repositories(patterns: tuple[str, ...], path: Path) -> None:

@@ -152,7 +152,7 @@ class ApiDeps:
     store: Store
     scheduler: Scheduler
     submit: Submit  # the daemon's API submission: queues and acknowledges on Forgejo
-    on_webhook: OnWebhook  # (event, payload, delivery id) → number of tasks created
+    on_webhook: OnWebhook  # (event, payload, delivery id) → 1 kept to decide, 0 asks nothing
     webhook_secret: Callable[[], bytes | None]  # None: webhooks are not configured
     api_token: Callable[[], str | None]  # re-read on every request so rotation works
     readiness: Callable[[], Awaitable[Mapping[str, bool]]]
@@ -180,6 +180,18 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         return web.json_response({"error": self.message, **self.extra}, status=self.status)
+
+
+class RequestTimeout(ApiError):
+    """408: the connection closes after it (RFC 9110 §15.5.9), the rest of the body unread."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(408, f"request timeout: {problem}")
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.force_close()
+        return response
 
 
 def bad_request(name: str, problem: str) -> ApiError:
@@ -628,10 +640,15 @@ class Api:
         limit = self.deps.config.api.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"body of {request.content_length} bytes is over the {limit} limit")
+        timeout = self.deps.config.api.body_timeout
         try:
-            return await request.read()  # aiohttp stops reading past client_max_size
+            async with asyncio.timeout(timeout):  # aiohttp itself would wait for ever
+                return await request.read()  # aiohttp stops reading past client_max_size
         except web.HTTPRequestEntityTooLarge:
             raise ApiError(413, f"body is over the {limit} bytes limit") from None
+        except TimeoutError:
+            log.info("api_request_timeout", part="body", timeout=timeout, path=request.path)
+            raise RequestTimeout(f"the body did not arrive within {timeout:g}s") from None
 
     # --- the status page ---
 

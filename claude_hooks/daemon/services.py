@@ -35,6 +35,14 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
+from claude_hooks.api.connections import (
+    AcceptErrorLog,
+    ConnectionGuard,
+    GuardedSite,
+    RateLimitedLog,
+    connection_limits,
+    open_file_limit,
+)
 from claude_hooks.config import Config, read_secret
 from claude_hooks.daemon.lock import StateDirLock
 from claude_hooks.daemon.log import redactor
@@ -44,7 +52,7 @@ from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import Permissions
 from claude_hooks.intake.submit import STOPS_CLOSE_WITHIN, Submitter
-from claude_hooks.intake.webhooks import WebhookHandler
+from claude_hooks.intake.webhooks import WebhookHandler, WebhookInbox
 from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import REPORTS_CLOSE_WITHIN, Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerError, ContainerManager, instance_labels
@@ -84,6 +92,7 @@ class Services:
     pollers: Sequence[Poller]
     outage: SharedBackoff
     webhooks: WebhookHandler
+    inbox: WebhookInbox  # the API keeps deliveries here; they are decided in the background
     closing: AsyncExitStack  # every part's close, registered as the part was opened
     web_runner: web.AppRunner | None = None
     accepting: bool = True
@@ -149,6 +158,8 @@ class Services:
             await services._housekeeping()
         _on_close(closing, "scheduler", services.scheduler.close)
         await services.scheduler.start()  # dispatches recovered tasks: the port answers now
+        _on_close(closing, "webhook inbox", services.inbox.close)
+        services.inbox.start()  # decides what a previous process kept but did not decide
         return services
 
     @classmethod
@@ -213,6 +224,7 @@ class Services:
             )
             for agent in config.agents
         ]
+        webhooks = WebhookHandler(intake)
         return cls(
             config=config,
             daemon_id=daemon_id,
@@ -228,7 +240,8 @@ class Services:
             intake=intake,
             pollers=pollers,
             outage=outage,
-            webhooks=WebhookHandler(intake),
+            webhooks=webhooks,
+            inbox=WebhookInbox(webhooks, store),
             closing=closing,
         )
 
@@ -259,7 +272,7 @@ class Services:
             store=self.store,
             scheduler=self.scheduler,
             submit=self.submit,
-            on_webhook=self.webhooks.receive,
+            on_webhook=self.inbox.take,
             webhook_secret=self._webhook_secret,
             api_token=self._api_token,
             readiness=self.readiness,
@@ -272,12 +285,46 @@ class Services:
         )
         await self.web_runner.setup()
         _on_close(self.closing, "http listener", self.web_runner.cleanup)
-        site = web.TCPSite(self.web_runner, config.api.host, config.api.port)
+        self._log_accept_errors()
+        limits = connection_limits(open_file_limit())
+        guard = ConnectionGuard(limits, RateLimitedLog("api_connection_refused", level="warning"))
+        handler_args = {
+            "access_log": None,
+            "keepalive_timeout": config.api.idle_timeout,
+            "header_timeout": config.api.header_timeout,
+            # Reading what is left of a refused body lets the client see the answer;
+            # no longer than a body may take.
+            "lingering_time": min(10.0, config.api.body_timeout),
+        }
+        site = GuardedSite(
+            self.web_runner,
+            config.api.host,
+            config.api.port,
+            guard=guard,
+            handler_args=handler_args,
+        )
         try:
             await site.start()
         except OSError as exc:
             raise ListenError(listen_problem(config.api.listen, exc)) from None
-        log.info("api_listening", url=config.api.base_url)
+        log.info(
+            "api_listening",
+            url=config.api.base_url,
+            max_connections=limits.max_connections,
+            backlog=limits.backlog,
+            open_file_limit=open_file_limit(),
+        )
+
+    def _log_accept_errors(self) -> None:
+        """asyncio logs every failed accept(): thousands a second once descriptors run out."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(AcceptErrorLog(previous, RateLimitedLog("api_accept_failed")))
+
+        async def restore() -> None:
+            loop.set_exception_handler(previous)
+
+        _on_close(self.closing, "accept error log", restore)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -304,6 +351,7 @@ class Services:
         try:
             await stop.wait()  # --- the accepting scope ends ---
             self.stop_accepting()
+            await self.inbox.close()  # undecided deliveries stay stored for the next start
             await asyncio.gather(*pollers, return_exceptions=True)
             running = len(self.scheduler.running_ids())  # --- work scope: the drain ---
             if on_drain is not None:

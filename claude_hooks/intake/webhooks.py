@@ -4,17 +4,28 @@ Comments, new issues and review requests carry all they need; a submitted review
 (no id, no inline comments) and an assignment (no timeline id) are looked up first,
 the same lookups the poller makes, so both paths build the same keys. The thread is
 built once (`delivered_thread`, pure) and decided once for every configured agent.
+
+Deciding asks Forgejo (permissions, reviews, timelines), which may be slow or down;
+Forgejo waits only ~10 s for an answer. So the API hands a delivery to the
+`WebhookInbox`: checked for shape, kept in the store, answered at once; the inbox
+decides from the stored row in the background (retrying with backoff, and again
+after a restart) and deletes it once decided. Deciding twice is harmless: every
+trigger has an idempotency key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from claude_hooks.forgejo.models import Issue
+from claude_hooks.forgejo.models import ForgejoDataError, Issue
 from claude_hooks.forgejo.webhook import (
     CommentEvent,
     IssueEvent,
@@ -26,6 +37,7 @@ from claude_hooks.forgejo.webhook import (
 from claude_hooks.intake.decide import Decision
 from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.thread import Post, PostKind, ReviewRequest, ThreadContext, ThreadEvent
+from claude_hooks.store import Store, StoredWebhook
 from claude_hooks.tasks import TriggerSource
 
 log = structlog.get_logger(__name__)
@@ -68,6 +80,103 @@ class WebhookHandler:
             agents = [a for a in event.issue.assignees if is_agent(a)]
             return await reader.latest_assignments(event.repo, event.number, agents)
         return []
+
+
+MAX_DECISION_ATTEMPTS = 12  # with retry_delay: about half an hour of Forgejo trouble
+
+
+def retry_delay(attempts: int, first: float = 2.0, ceiling: float = 300.0) -> float:
+    """Seconds before deciding a delivery again after `attempts` failed decisions."""
+    return float(min(ceiling, first * 2 ** (attempts - 1)))
+
+
+class WebhookInbox:
+    """Takes deliveries at once (kept in the store) and decides them in the background."""
+
+    def __init__(
+        self,
+        handler: WebhookHandler,
+        store: Store,
+        *,
+        first_retry: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._handler = handler
+        self._store = store
+        self._first_retry = first_retry
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._not_before: dict[int, float] = {}  # row id → when to try it again
+        self._task: asyncio.Task[None] | None = None
+
+    async def take(self, event: str, payload: dict[str, Any], delivery: str | None) -> int:
+        """The API's part: 1 when the delivery was kept for a decision, 0 when it asks
+        nothing. Raises ForgejoDataError for a payload of the wrong shape (a 400, at once)."""
+        if parse_webhook(event, payload, delivery) is None:
+            return 0  # a push, a closed issue, …: nothing to keep
+        await self._store.add_webhook(event, json.dumps(payload), delivery)
+        self._wake.set()
+        return 1
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="webhook-inbox")
+
+    async def close(self) -> None:
+        """Stop deciding; what is left stays in the store for the next start."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            wait: float | None = None
+            try:
+                for stored in await self._store.pending_webhooks():
+                    due = self._not_before.get(stored.id, 0.0) - self._clock()
+                    if due > 0:
+                        wait = due if wait is None else min(wait, due)
+                        continue
+                    retry_in = await self._decide(stored)
+                    if retry_in is not None:
+                        wait = retry_in if wait is None else min(wait, retry_in)
+            except Exception as exc:  # the store busy or failing: look again later
+                log.warning("webhook_inbox_unreadable", error=str(exc))
+                wait = self._first_retry
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _decide(self, stored: StoredWebhook) -> float | None:
+        """Decide one kept delivery and drop it; when it must wait, the seconds to wait."""
+        fields = {"webhook_event": stored.event, "delivery": stored.delivery}
+        try:
+            parsed = parse_webhook(stored.event, json.loads(stored.payload), stored.delivery)
+            triggers = len((await self._handler.handle(parsed)).triggers) if parsed else 0
+        except (ForgejoDataError, ValueError) as exc:  # the same row fails the same way again
+            log.error("webhook_dropped", error=str(exc), **fields)
+        except Exception as exc:  # Forgejo slow or down, the store busy: try again later
+            attempts = stored.attempts + 1
+            if attempts < MAX_DECISION_ATTEMPTS:
+                delay = retry_delay(attempts, self._first_retry)
+                log.warning(
+                    "webhook_decision_failed",
+                    error=str(exc),
+                    attempts=attempts,
+                    retry_in=delay,
+                    **fields,
+                )
+                await self._store.webhook_attempted(stored.id)
+                self._not_before[stored.id] = self._clock() + delay
+                return delay
+            log.error("webhook_abandoned", error=str(exc), attempts=attempts, **fields)
+        else:
+            log.info("webhook_decided", tasks=triggers, **fields)
+        await self._store.webhook_decided(stored.id)
+        self._not_before.pop(stored.id, None)
+        return None
 
 
 def delivered_thread(

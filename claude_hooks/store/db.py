@@ -75,6 +75,17 @@ class InvalidTransition(Exception):
 
 
 @dataclass(frozen=True)
+class StoredWebhook:
+    """A webhook delivery the API took and the intake has not decided yet."""
+
+    id: int
+    event: str  # X-Forgejo-Event
+    payload: str  # the JSON body as received
+    delivery: str | None  # X-Forgejo-Delivery
+    attempts: int  # decisions tried and failed so far (Forgejo unreachable, …)
+
+
+@dataclass(frozen=True)
 class RecoveryReport:
     """What start-up recovery did with tasks a previous process left behind."""
 
@@ -565,6 +576,42 @@ class Database:
                 " updated_at = excluded.updated_at",
                 (name, value, self.clock()),
             )
+
+    # --- webhook deliveries waiting for a decision ---
+
+    def add_webhook(self, event: str, payload: str, delivery: str | None) -> int | None:
+        """Keep a delivery until it is decided: its row id, None when the delivery id
+        is already waiting (a redelivery)."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO webhook_inbox (delivery, event, payload, received_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (delivery) DO NOTHING",
+                (delivery, event, payload, self.clock()),
+            )
+            return cursor.lastrowid if cursor.rowcount else None
+
+    def pending_webhooks(self) -> list[StoredWebhook]:
+        rows = self.conn.execute("SELECT * FROM webhook_inbox ORDER BY id").fetchall()
+        return [
+            StoredWebhook(
+                id=row["id"],
+                event=row["event"],
+                payload=row["payload"],
+                delivery=row["delivery"],
+                attempts=row["attempts"],
+            )
+            for row in rows
+        ]
+
+    def webhook_attempted(self, webhook_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE webhook_inbox SET attempts = attempts + 1 WHERE id = ?", (webhook_id,)
+            )
+
+    def webhook_decided(self, webhook_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM webhook_inbox WHERE id = ?", (webhook_id,))
 
     # --- events ---
 

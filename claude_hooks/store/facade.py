@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 
 from claude_hooks.redact import redactor
-from claude_hooks.store.db import RecoveryReport, WriterThread
+from claude_hooks.store.db import RecoveryReport, StoredWebhook, WriterThread
 from claude_hooks.store.events import EventCap, EventSink, NewEvent
 from claude_hooks.store.schema import SCHEMA_VERSION
 from claude_hooks.tasks import AgentPause, Outcome, Task, TaskEvent, TaskSpec, TaskState
@@ -167,6 +167,20 @@ class Store:
 
     async def set_cursor(self, name: str, value: str) -> None:
         await self._call(f"write cursor {name}", self._db.set_cursor, name, value)
+
+    async def add_webhook(self, event: str, payload: str, delivery: str | None) -> int | None:
+        return await self._call(
+            "keep a webhook delivery", self._db.add_webhook, event, payload, delivery
+        )
+
+    async def pending_webhooks(self) -> list[StoredWebhook]:
+        return await self._call("read webhook deliveries", self._db.pending_webhooks)
+
+    async def webhook_attempted(self, webhook_id: int) -> None:
+        await self._call(f"count webhook {webhook_id}", self._db.webhook_attempted, webhook_id)
+
+    async def webhook_decided(self, webhook_id: int) -> None:
+        await self._call(f"drop webhook {webhook_id}", self._db.webhook_decided, webhook_id)
 
     async def integrity_check(self) -> bool:
         problems = await self._call("integrity check", self._db.integrity_check)

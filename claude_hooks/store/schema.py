@@ -77,6 +77,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             cause TEXT NOT NULL
         )""",
     ),
+    # 4: webhook deliveries taken but not yet decided.
+    # The API answers once a delivery is here; the intake decides from this row in
+    # the background (again after a restart) and deletes it once decided.
+    (
+        """CREATE TABLE webhook_inbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery TEXT UNIQUE,
+            event TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
