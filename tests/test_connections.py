@@ -33,6 +33,7 @@ from claude_hooks.api.connections import (
     connection_limits,
 )
 from claude_hooks.config import Config, ConfigError, load_config
+from claude_hooks.daemon.main import EXIT_CONFIG
 from claude_hooks.daemon.services import Services
 from tests.fakes.configs import ConfigFactory
 from tests.test_services import FakeDocker, HeldRuntime, free_port
@@ -317,3 +318,28 @@ def test_other_loop_errors_still_reach_the_previous_handler() -> None:
     finally:
         loop.close()
     assert seen == [{"message": "boom"}] and [r["event"] for r in records] == ["x"]
+
+
+async def test_a_file_limit_too_low_for_any_connection_stops_the_start_in_words(
+    config_factory: ConfigFactory,
+) -> None:
+    config = config_factory.load(
+        daemon={"log_format": "json"}, api={"listen": f"127.0.0.1:{free_port()}"}
+    )
+
+    def tiny_file_limit() -> None:  # runs in the daemon's process, before exec
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    daemon = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "claude_hooks", "run", "--config", str(config.path)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=tiny_file_limit,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await daemon.communicate()
+    text = out.decode()
+    assert daemon.returncode == EXIT_CONFIG, text
+    assert "Traceback" not in text and "daemon_crashed" not in text
+    failed = [json.loads(line) for line in text.splitlines() if "daemon_start_failed" in line]
+    assert len(failed) == 1 and "LimitNOFILE" in failed[0]["error"], text

@@ -50,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     from claude_hooks.daemon.log import setup_logging
     from claude_hooks.daemon.main import EXIT_CONFIG, EXIT_CRASHED, EXIT_STORE, run_daemon
+    from claude_hooks.api.connections import FileLimitTooLow
     from claude_hooks.daemon.services import ListenError
     from claude_hooks.store import StoreError
 
@@ -63,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_STORE
     except ListenError as exc:  # api.listen cannot be bound: the setting names the fix
         log.error("daemon_start_failed", key="api.listen", error=str(exc))
+        return EXIT_CONFIG
+    except FileLimitTooLow as exc:  # the unit's LimitNOFILE= (or ulimit -n) names the fix
+        log.error("daemon_start_failed", key="LimitNOFILE", error=str(exc))
         return EXIT_CONFIG
     except Exception:  # through the log, not Python's bare traceback: at error priority
         log.exception("daemon_crashed")
