@@ -335,11 +335,12 @@ NO_COMMITS_NOTE = "No commits: nothing was pushed, and review was not re-request
 def rerequested_note(reviewers: Sequence[str]) -> str:
     if not reviewers:
         return "Nobody to re-request review from."
-    return "Review re-requested from " + ", ".join(reviewers) + "."
+    return "Review re-requested from " + ", ".join(_code(r, 60) for r in reviewers) + "."
 
 
 def rerequest_failed_note(reviewers: Sequence[str], error: str) -> str:
-    return f"Re-requesting review from {', '.join(reviewers)} failed: {one_line(error, 200)}"
+    who = ", ".join(_code(r, 60) for r in reviewers)
+    return f"Re-requesting review from {who} failed: {one_line(error, 200)}"
 
 
 def answered_comments(answers: Sequence[tuple[str, str, str]]) -> str:
