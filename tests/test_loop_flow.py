@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -146,29 +147,49 @@ printf '"terminal_reason":"completed","total_cost_usd":0.01}\n'
 """
 
 
-def feedback_config(factory: ConfigFactory, sim: ForgejoSim, image: str, tmp: Path) -> Config:
+# The reviewer minus the model: keep the prompt, approve.
+REVIEW_CLAUDE = r"""#!/bin/sh
+set -eu
+cat >"/record/prompt-$CLAUDE_HOOKS_TASK"
+result='Looks right now.\n\n```json\n{\"event\": \"APPROVED\", \"body\": \"Fixed.\"}\n```'
+printf '{"type":"result","subtype":"success","is_error":false,"num_turns":1,'
+printf '"result":"%s","session_id":"review-%s",' "$result" "$CLAUDE_HOOKS_TASK"
+printf '"terminal_reason":"completed","total_cost_usd":0.01}\n'
+"""
+
+
+def agent_config(
+    factory: ConfigFactory, sim: ForgejoSim, image: str, tmp: Path, name: str, script_text: str
+) -> Config:
+    """One agent (dev, or the reviewer) on the host's userland, its claude a script."""
     for login, token in TOKENS.items():
         sim.add_user(login, token=token)
     sim.add_repo(REPO, collaborators={ALICE: "write", DEV: "write", REVIEWER: "write"})
-    token = factory.secret("dev-token", TOKENS[DEV])
-    creds = factory.secret("dev-creds.json", '{"claudeAiOauth": {"accessToken": "oauth-x-123"}}')
+    token = factory.secret(f"{name}-token", TOKENS[name])
+    creds = factory.secret("creds.json", '{"claudeAiOauth": {"accessToken": "oauth-x-123"}}')
     os.chown(creds, AGENT_UID, AGENT_UID)
     script = tmp / "fake-claude"
-    script.write_text(FEEDBACK_CLAUDE)
+    script.write_text(script_text)
     script.chmod(0o755)
     record = tmp / "record"
     record.mkdir()
     record.chmod(0o777)
-    dev = factory.agent(
-        DEV, token_file=str(token), credentials_file=str(creds), image=image, network="host",
-        timeout=60, claude_command="/opt/fake/claude",
+    role = "reviewer" if name == REVIEWER else "dev"
+    agent = factory.agent(
+        name, role=role, token_file=str(token), credentials_file=str(creds), image=image,
+        network="host", timeout=60, claude_command="/opt/fake/claude",
         mounts=[HOST_USR_MOUNT, f"{script}:/opt/fake/claude:ro", f"{record}:/record"],
     )  # fmt: skip
     return factory.load(
         forgejo={"url": sim.base_url},
         daemon={"poll_interval": 30, "drain_timeout": 5},
-        agents=[dev],
+        agents=[agent],
     )
+
+
+@pytest.fixture
+def agent_name() -> str:
+    return DEV
 
 
 @pytest.fixture
@@ -178,19 +199,29 @@ async def services(
     host_image: str,
     test_labels: dict[str, str],
     tmp_path: Path,
+    agent_name: str,
 ) -> AsyncIterator[Services]:
-    config = feedback_config(config_factory, forgejo_sim, host_image, tmp_path)
+    script = REVIEW_CLAUDE if agent_name == REVIEWER else FEEDBACK_CLAUDE
+    config = agent_config(config_factory, forgejo_sim, host_image, tmp_path, agent_name, script)
     async with Services.running(
         config, daemon_id="test-loop-flow", extra_labels=test_labels, listen=False
     ) as started:
         yield started
 
 
-def dev_pull(sim: ForgejoSim) -> tuple[int, str]:
-    """dev's pull request on its branch dev/20, as a dev task would have opened it."""
-    sim.commit_file(REPO, "dev/20", "app.py", "x = 1\ny = 1\n", "Add app", DEV)
+@pytest.fixture
+def branch() -> str:
+    """The pull request's branch: a name of its own in each test, since the agent's state
+    volume (and the working trees it keeps per thread) may outlive a test on a machine
+    whose Docker other test runs share."""
+    return f"dev/20-{uuid.uuid4().hex[:8]}"
+
+
+def dev_pull(sim: ForgejoSim, branch: str) -> tuple[int, str]:
+    """dev's pull request on its own branch, as a dev task would have opened it."""
+    sim.commit_file(REPO, branch, "app.py", "x = 1\ny = 1\n", "Add app", DEV)
     number = sim.create_pull(REPO, DEV, "Add app", f"{marker(1)}\nAdds app.\n\nCloses #20",
-                             head="dev/20")  # fmt: skip
+                             head=branch)  # fmt: skip
     return number, sim.issue(REPO, number).pull.head_sha  # type: ignore[union-attr]
 
 
@@ -217,9 +248,9 @@ def tracking(sim: ForgejoSim, number: int, task: Task) -> str:
 
 @pytest.mark.docker
 async def test_review_feedback_is_fixed_on_the_branch_answered_and_re_requested(
-    forgejo_sim: ForgejoSim, services: Services, tmp_path: Path
+    forgejo_sim: ForgejoSim, services: Services, tmp_path: Path, branch: str
 ) -> None:
-    number, head = dev_pull(forgejo_sim)
+    number, head = dev_pull(forgejo_sim, branch)
     comment = {"path": "app.py", "body": "y must be 2", "new_position": 2}
     review_id = forgejo_sim.submit_review(
         REPO, number, REVIEWER, "REQUEST_CHANGES", "One issue blocks merge.", comments=[comment]
@@ -232,7 +263,7 @@ async def test_review_feedback_is_fixed_on_the_branch_answered_and_re_requested(
     task = await ended(services, task.id)
     assert task.state is TaskState.SUCCEEDED, task.error
 
-    new_head = bare_git(forgejo_sim, "rev-parse", "refs/heads/dev/20")
+    new_head = bare_git(forgejo_sim, "rev-parse", f"refs/heads/{branch}")
     assert bare_git(forgejo_sim, "rev-parse", f"{new_head}~1") == head  # on top, same branch
     assert bare_git(forgejo_sim, "log", "-1", "--format=%s", new_head) == (
         f"Address the review (task {task.id})"
@@ -246,7 +277,7 @@ async def test_review_feedback_is_fixed_on_the_branch_answered_and_re_requested(
 
     await wait_until(lambda: "Review re-requested" in tracking(forgejo_sim, number, task))
     body = tracking(forgejo_sim, number, task)
-    assert "Pushed 1 commit to `dev/20`" in body
+    assert f"Pushed 1 commit to `{branch}`" in body
     link = f"{forgejo_sim.base_url}/{REPO}/pulls/{number}/files#issuecomment-{inline.id}"
     assert f"- [`app.py:2`]({link}): fixed in task {task.id}" in body
     assert "Review re-requested from `reviewer`." in body
@@ -257,18 +288,48 @@ async def test_review_feedback_is_fixed_on_the_branch_answered_and_re_requested(
 
 @pytest.mark.docker
 async def test_review_feedback_without_commits_says_so_and_re_requests_nobody(
-    forgejo_sim: ForgejoSim, services: Services
+    forgejo_sim: ForgejoSim, services: Services, branch: str
 ) -> None:
-    number, head = dev_pull(forgejo_sim)
+    number, head = dev_pull(forgejo_sim, branch)
     review_id = forgejo_sim.submit_review(
         REPO, number, REVIEWER, "REQUEST_CHANGES", "Hm, nothing to change after all."
     )
     task, _ = await services.submit(feedback_spec(number, review_id, head, "…"))
     task = await ended(services, task.id)
     assert task.state is TaskState.SUCCEEDED, task.error
-    assert bare_git(forgejo_sim, "rev-parse", "refs/heads/dev/20") == head
+    assert bare_git(forgejo_sim, "rev-parse", f"refs/heads/{branch}") == head
     await wait_until(lambda: "No commits" in tracking(forgejo_sim, number, task))
     assert REVIEWER not in forgejo_sim.state.requested_reviewers(forgejo_sim.issue(REPO, number))
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("agent_name", [REVIEWER])
+async def test_a_re_review_is_told_so_with_its_earlier_comments_and_the_diff_since(
+    forgejo_sim: ForgejoSim, services: Services, tmp_path: Path, branch: str
+) -> None:
+    number, old = dev_pull(forgejo_sim, branch)
+    comment = {"path": "app.py", "body": "y must be 2", "new_position": 2}
+    forgejo_sim.submit_review(
+        REPO, number, REVIEWER, "REQUEST_CHANGES", "One issue blocks merge.", comments=[comment]
+    )
+    new = forgejo_sim.commit_file(REPO, branch, "app.py", "x = 1\ny = 2\n", "Fix y", DEV)
+    spec = TaskSpec(
+        agent=REVIEWER, kind=TaskKind.REVIEW, repo=REPO, number=number,
+        idempotency_key=f"{REPO}#{number}/review-request/{new}/{REVIEWER}", requested_by=DEV,
+        request="", source=TriggerSource.WEBHOOK, is_pull=True, head_sha=new,
+    )  # fmt: skip
+    task, _ = await services.submit(spec)
+    task = await ended(services, task.id)
+    assert task.state is TaskState.SUCCEEDED, task.error
+
+    prompt = (tmp_path / "record" / f"prompt-{task.id}").read_text()
+    assert f"This is a re-review: you reviewed commit {old[:12]} before (REQUEST_CHANGES)" in prompt
+    assert "y must be 2" in prompt and "One issue blocks merge." in prompt
+    since = prompt[prompt.index(f"### What changed since {old[:12]}") :]
+    assert "-y = 1\n+y = 2" in since
+    latest = forgejo_sim.reviews(REPO, number)[-1]
+    assert (latest.user, latest.state, latest.commit_id) == (REVIEWER, "APPROVED", new)
+    await wait_until(lambda: "CI: no commit status" in tracking(forgejo_sim, number, task))
 
 
 # ---------------------------------------------------------------- merge request, rounds spent
@@ -280,10 +341,13 @@ class StandInClaude:
     def __init__(self, answer: str) -> None:
         self.answer = answer
         self.prompts: list[str] = []
+        self.plans: list[workspace.WorkspacePlan] = []
+        self.refuse_push: str | None = None  # git's last words, when the push fails
 
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
+        self.plans.append(plan)
         return ""
 
     async def run(
@@ -302,6 +366,8 @@ class StandInClaude:
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> workspace.Published:
+        if self.refuse_push is not None:
+            raise workspace.PushRefused(plan.branch, 1, f"To http://x\n{self.refuse_push}")
         return workspace.Published(commits=0, log=())
 
     async def diff_since(
@@ -369,8 +435,7 @@ async def team(
     )
     secret = config_factory.secret
     dev = config_factory.agent(
-        DEV, token_file=str(secret("dev", TOKENS[DEV])), checkout=False, fix_ci=True,
-        merge_by=LEAD,
+        DEV, token_file=str(secret("dev", TOKENS[DEV])), fix_ci=True, merge_by=LEAD,
     )  # fmt: skip
     lead = config_factory.agent(
         LEAD, role="lead", token_file=str(secret("lead", TOKENS[LEAD])), checkout=False,
@@ -502,3 +567,27 @@ async def test_rounds_spent_is_one_new_comment_to_the_person_who_asked(team: Tea
     assert "Still wrong, `@dev`." in comment.body
     # alice took no part in the pull request: only the mention tells her.
     assert [(t.number, t.status) for t in team.sim.threads(ALICE)] == [(number, "unread")]
+
+
+async def test_a_mention_on_a_persons_pull_request_works_on_its_branch_and_a_refused_push_says_why(
+    team: Team,
+) -> None:
+    team.sim.commit_file(REPO, "feature", "app.py", "x = 1\n", "One", ALICE)
+    number = team.sim.create_pull(REPO, ALICE, "Feature", "Please.", head="feature")
+    team.claude.answer = "Fixed the typo."
+    team.claude.refuse_push = "! [remote rejected] HEAD -> feature (protected branch hook declined)"
+    task = await team.run(await team.queued(TaskSpec(
+        agent=DEV, kind=TaskKind.MENTION, repo=REPO, number=number, idempotency_key="m-1",
+        requested_by=ALICE, request="@dev fix the typo", source=TriggerSource.POLL, is_pull=True,
+    )))  # fmt: skip
+    [plan] = team.claude.plans
+    assert (plan.checkout, plan.branch, plan.pull_number) == (
+        workspace.Checkout.PULL_BRANCH, "feature", number,
+    )  # fmt: skip
+    assert task.state is TaskState.FAILED
+    assert task.error == (
+        "could not push `feature`, Forgejo refused it or was not reachable: "
+        "! [remote rejected] HEAD -> feature (protected branch hook declined)"
+    )
+    body = tracking(team.sim, number, task)
+    assert "Failed: Could not push `feature`" in body and "protected branch hook declined" in body
