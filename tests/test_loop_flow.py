@@ -40,6 +40,7 @@ from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSourc
 from claude_hooks.text import find_marker, marker
 from claude_hooks.work.delivery import Delivery
 from claude_hooks.work.loop import CI_RECHECK_MIN
+from claude_hooks.work.scheduler import SchedulerError
 from claude_hooks.work.worker import TaskWorker
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image  # noqa: F401
 from tests.fakes.configs import ConfigFactory
@@ -388,6 +389,7 @@ class Team:
         }
         self.claude = StandInClaude(answer)
         self.submitted: list[TaskSpec] = []
+        self.refuse_submit = False
         self.now = 1_800_000_000.0
         client_for = self.clients.__getitem__
         self.reporter = Reporter(client_for, redact=lambda t: t, final_backoff=0.001)
@@ -402,6 +404,8 @@ class Team:
         )  # fmt: skip
 
     async def submit(self, spec: TaskSpec) -> None:
+        if self.refuse_submit:
+            raise SchedulerError("shutting down: not accepting new tasks")
         self.submitted.append(spec)
 
     async def close(self) -> None:
@@ -486,6 +490,15 @@ async def test_failing_ci_never_merges_and_starts_one_fix_for_that_head(team: Te
     first, created = await team.store.enqueue(fix)
     again, created_again = await team.store.enqueue(team.submitted[1])
     assert created and not created_again and again.id == first.id
+
+
+async def test_a_ci_fix_that_cannot_be_queued_still_leaves_the_merge_skipped(team: Team) -> None:
+    # The scheduler runs a task whose precheck raised: the lead must not run on red CI.
+    number, head = approved_pull(team.sim)
+    team.sim.set_status(REPO, head, "error", context="qa/test", creator=ALICE)
+    team.refuse_submit = True
+    check = await team.worker.precheck(await team.queued(merge_spec(number, head)))
+    assert check.skip_reason == "CI failed: `qa/test` error"
 
 
 async def test_pending_ci_waits_without_an_attempt_then_the_lead_merges(team: Team) -> None:

@@ -145,7 +145,12 @@ class LoopSteps:
             head_sha=pull.head_sha,
             hop=spec.hop,
         )
-        await self._submit(fix)
+        try:
+            await self._submit(fix)
+        except Exception as exc:  # e.g. shutting down: the merge request still ends skipped
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("ci_fix_not_submitted", task_id=task.id, error=error)
+            return
         log.info("ci_fix_submitted", task_id=task.id, agent=author.name, head=pull.head_sha)
 
     def _agent_named(self, login: str) -> AgentConfig | None:
