@@ -185,6 +185,13 @@ class Services:
         permissions = Permissions(policy, {n: c.repo_permission for n, c in clients.items()})
         reports = TaskReports(Reporter(client_for, redact=redactor), store, queue.position)
         delivery = Delivery(client_for, redact=redactor)
+
+        async def submit_loop_step(spec: TaskSpec) -> None:
+            # A step the worker starts itself (a CI fix): the scheduler made below, on a
+            # repository the task that starts it was already served for.
+            if config.forgejo.serves(spec.repo):
+                await scheduler.submit(spec)
+
         worker = TaskWorker(
             config,
             store,
@@ -194,6 +201,7 @@ class Services:
             delivery,
             daemon_id=daemon_id,
             permissions=permissions,
+            submit=submit_loop_step,
         )
         scheduler = Scheduler(
             store,

@@ -35,6 +35,7 @@ from claude_hooks.report.render import (
     Phase,
     Redact,
     phase_of,
+    posts_only_final,
     render_tracking,
 )
 from claude_hooks.store import Store
@@ -125,7 +126,7 @@ class Reporter:
 
     async def acknowledge(self, task: Task, position: int | None = None) -> int | None:
         """👀 on the trigger and the queued tracking comment; its id, or None if none exists."""
-        if task.spec.number is None:
+        if task.spec.number is None or posts_only_final(task):
             return None
         self._finished.discard(task.id)
         if not task.deferred:  # a deferred task was acknowledged when it came in

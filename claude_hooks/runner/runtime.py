@@ -36,6 +36,12 @@ class AgentRuntime(Protocol):
         """Push the dev branch if Claude committed to it."""
         ...
 
+    async def diff_since(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
+    ) -> workspace.DiffSince:
+        """What changed in the prepared tree since the commit `since` (a re-review)."""
+        ...
+
 
 class DockerRuntime:
     """Each agent in its own long-lived container; each task one `docker exec`."""
@@ -60,3 +66,9 @@ class DockerRuntime:
     ) -> workspace.Published:
         container = await self.containers.ensure(agent)
         return await workspace.publish(container, plan, user=agent.user, env=env)
+
+    async def diff_since(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
+    ) -> workspace.DiffSince:
+        container = await self.containers.ensure(agent)
+        return await workspace.diff_since(container, plan, since, user=agent.user, env=env)
