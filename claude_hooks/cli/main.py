@@ -48,9 +48,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
+    from claude_hooks.api.connections import FileLimitTooLow
     from claude_hooks.daemon.log import setup_logging
     from claude_hooks.daemon.main import EXIT_CONFIG, EXIT_CRASHED, EXIT_STORE, run_daemon
-    from claude_hooks.api.connections import FileLimitTooLow
     from claude_hooks.daemon.services import ListenError
     from claude_hooks.store import StoreError
 
