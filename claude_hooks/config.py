@@ -102,13 +102,13 @@ class Bounds:
     def describe(self) -> str:
         ends = []
         if self.low is not None:
-            ends.append(f"{'more than' if self.low_open else 'at least'} {_plain(self.low)}")
+            ends.append(f"{'more than' if self.low_open else 'at least'} {plain_number(self.low)}")
         if self.high is not None:
-            ends.append(f"{'below' if self.high_open else 'at most'} {_plain(self.high)}")
+            ends.append(f"{'below' if self.high_open else 'at most'} {plain_number(self.high)}")
         return " and ".join(ends)
 
 
-def _plain(number: float) -> str:
+def plain_number(number: float) -> str:
     """1073741824 as written, not 1.07374e+09; 0.01 as 0.01."""
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 

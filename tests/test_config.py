@@ -24,6 +24,7 @@ from claude_hooks.config import (
     load_config,
     mount_warning,
     parse_duration,
+    plain_number,
     read_secret,
     repository_served,
 )
@@ -392,3 +393,27 @@ def test_a_mount_warns_when_it_holds_the_docker_socket_as_docker_resolves_it(
     assert "whole host" in (mount_warning("/:/host:ro", sockets) or "")
     assert docker_socket_paths({"DOCKER_HOST": "unix:///tmp/d.sock"})[-1] == "/tmp/d.sock"
     assert docker_socket_paths({"XDG_RUNTIME_DIR": "/run/user/7"})[-1] == "/run/user/7/docker.sock"
+
+
+def _example_line(block: str, key: str) -> str:
+    """The line of `key` in the example's first `block` table ("[daemon]", "[[agents]]")."""
+    text = EXAMPLE.read_text()
+    body = text.split(f"\n{block}\n", 1)[1].split("\n[", 1)[0]
+    return next(line for line in body.splitlines() if re.match(rf"^#? ?{key} = ", line))
+
+
+def test_example_config_states_the_bounds_of_every_number_key() -> None:
+    documented = []
+    for section, cls in [*SECTIONS.items(), ("agents", AgentConfig)]:
+        block = "[[agents]]" if section == "agents" else f"[{section}]"
+        for f in dataclasses.fields(cls):
+            if (bounds := f.metadata.get("bounds")) is None:
+                continue
+            line = _example_line(block, f.name)
+            for end in (bounds.low, bounds.high):
+                if end is not None:
+                    assert plain_number(end) in line, (
+                        f"{section}.{f.name}: {plain_number(end)} not in {line}"
+                    )
+            documented.append(f.name)
+    assert len(documented) >= 10
