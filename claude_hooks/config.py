@@ -681,8 +681,8 @@ def listen_warning(host: str) -> str | None:
         )
     if address is None or address.is_unspecified:
         return (
-            "binds every address of the host (0.0.0.0 and [::]): anyone who reaches the host"
-            " reaches the API and the webhook endpoint; listen on 127.0.0.1 behind a proxy"
+            "binds every address of the host: anyone who reaches the host reaches the API"
+            " and the webhook endpoint; listen on 127.0.0.1 behind a reverse proxy"
         )
     if not address.is_loopback:
         return (

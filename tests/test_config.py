@@ -29,7 +29,7 @@ from claude_hooks.config import (
     repository_served,
 )
 from tests.conftest import REPO_ROOT
-from tests.fakes.configs import ConfigFactory, toml_value
+from tests.fakes.configs import ConfigFactory, toml_table, toml_value
 
 EXAMPLE = REPO_ROOT / "deploy" / "config.example.toml"
 
@@ -279,7 +279,9 @@ def _number_keys() -> list[tuple[str, str]]:
 def _with(factory: ConfigFactory, section: str, key: str, value: object) -> Path:
     if section == "agents":
         return factory.write(agents=[factory.agent(**{key: value})])
-    return factory.write(**{section: {key: value}})
+    if section in ("forgejo", "daemon", "api"):
+        return factory.write(**{section: {key: value}})
+    return factory.write(factory.text() + toml_table(f"[{section}]", {key: value}))
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
