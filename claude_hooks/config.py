@@ -664,6 +664,7 @@ def _validate_agent(
         f"the Claude credentials of {who}",
         warnings,
         read=read_secret_document,
+        denied_warns=True,
     )
     warnings.extend(agent_warnings(agent, path, where))
 
@@ -788,10 +789,12 @@ def check_secret_file(
     what: str,
     warnings: list[str],
     read: SecretReader | None = None,
+    denied_warns: bool = False,
 ) -> None:
     """Read the secret as the daemon will (`read`, by default `read_secret`): one that
     cannot be used is an error naming the key and the file; one others can read is a
-    warning."""
+    warning. `denied_warns`: a file the daemon's user may not read is only a warning
+    (Claude's credentials: the container reads them, the daemon only to redact them)."""
     try:
         mode = file.stat().st_mode
     except FileNotFoundError:
@@ -808,6 +811,12 @@ def check_secret_file(
     try:
         (read or read_secret)(file)
     except SecretFileError as exc:
+        if denied_warns and exc.errno == errno.EACCES:
+            warnings.append(
+                f"{path}: {key}: {what}: {exc.strerror}: the daemon cannot redact what it"
+                " cannot read; let its user read the file too"
+            )
+            return
         raise ConfigError(path, key, f"{what}: {exc.strerror}") from None
 
 
@@ -819,8 +828,8 @@ class SecretFileError(OSError):
     names the file and the problem, never the content.
     """
 
-    def __init__(self, file: Path, problem: str) -> None:
-        super().__init__(errno.EINVAL, f"{file}: {problem}", str(file))
+    def __init__(self, file: Path, problem: str, code: int = errno.EINVAL) -> None:
+        super().__init__(code, f"{file}: {problem}", str(file))
 
 
 SecretReader = typing.Callable[[Path], str]
@@ -854,7 +863,8 @@ def _read_secret_text(file: Path) -> str:
     try:
         data = file.read_bytes()
     except OSError as exc:
-        raise SecretFileError(file, f"cannot read: {exc.strerror or exc}") from None
+        code = exc.errno or errno.EIO
+        raise SecretFileError(file, f"cannot read: {exc.strerror or exc}", code) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

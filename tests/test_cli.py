@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,27 +180,48 @@ def test_check_offline_warns_about_risky_settings_naming_the_key(
     assert len(lines) == 1 and "warning: " in lines[0] and says in lines[0], lines
 
 
-def test_check_offline_names_the_key_of_an_unreadable_secret(
-    config_factory: ConfigFactory,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _refuse_reading(monkeypatch: pytest.MonkeyPatch, refused: Path) -> None:
     """chmod cannot make a file unreadable to root (the tests' user here): the read fails."""
-    secret = config_factory.secret("hook", "webhook-secret-0123456789")
-    path = config_factory.write(forgejo={"webhook_secret_file": str(secret)})
     real_open = io.open
 
     def refusing_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(file) == str(secret):
+        if str(file) == str(refused):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(io, "open", refusing_open)
     monkeypatch.setattr(builtins, "open", refusing_open)
+
+
+def test_check_offline_names_the_key_of_an_unreadable_secret(
+    config_factory: ConfigFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = config_factory.secret("hook", "webhook-secret-0123456789")
+    path = config_factory.write(forgejo={"webhook_secret_file": str(secret)})
+    _refuse_reading(monkeypatch, secret)
     assert main(["check", "--offline", "--config", str(path)]) == 1
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"FAIL config: {path}: forgejo.webhook_secret_file: ")
     assert str(secret) in first and "Permission denied" in first
+
+
+def test_credentials_only_the_container_can_read_are_a_warning_naming_the_key(
+    config_factory: ConfigFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OPERATIONS.md allows a credentials file readable by the container's uid alone:
+    Claude reads it through the mount; the daemon, which reads it only to redact it,
+    says it cannot."""
+    agent = config_factory.agent()
+    path = config_factory.write(agents=[agent])
+    _refuse_reading(monkeypatch, Path(agent["credentials_file"]))
+    assert main(["check", "--offline", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {path}: agents[0].credentials_file: " in out
+    assert "Permission denied" in out and "cannot redact" in out
 
 
 @pytest.fixture
