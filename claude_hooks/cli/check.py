@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from claude_hooks.config import Config, read_secret
+from claude_hooks.config import Config, ConfigError, SecretFileError, read_secret
+from claude_hooks.work.prompts import PromptTemplateError, load_template
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def container_user_warnings(
     warnings = []
     for i, agent in enumerate(config.agents):
         uid = numeric_uid(agent.user)
-        if uid is None:
+        if uid is None or uid == 0:  # root: the config itself warns (config.agent_warnings)
             continue
         if (account := account_of(uid)) is not None:
             holder = f"is the host account {account!r}"
@@ -104,6 +105,19 @@ def container_user_warnings(
             f"uid no account holds, in the image too (deploy/Dockerfile AGENT_UID)"
         )
     return warnings
+
+
+def check_prompt_files(config: Config) -> None:
+    """Read each agent's prompt_file as the worker will (load_template), so a file that
+    is missing, unreadable or names unknown placeholders stops `check` and `run` with its
+    key, not the agent's first task."""
+    for i, agent in enumerate(config.agents):
+        if agent.prompt_file is None:
+            continue
+        try:
+            load_template(agent.role, agent.prompt_file)
+        except PromptTemplateError as exc:
+            raise ConfigError(config.path, f"agents[{i}].prompt_file", str(exc)) from None
 
 
 async def _guard(name: str, probe: Callable[[], Awaitable[str]], limit: float) -> CheckResult:
@@ -120,10 +134,13 @@ async def check_forgejo(config: Config) -> list[CheckResult]:
     from claude_hooks.forgejo.client import ForgejoClient
 
     results = []
-    for agent in config.agents:
+    for i, agent in enumerate(config.agents):
 
-        async def whoami(agent=agent) -> str:
-            token = read_secret(agent.token_file)
+        async def whoami(agent=agent, key=f"agents[{i}].token_file") -> str:
+            try:
+                token = read_secret(agent.token_file)
+            except SecretFileError as exc:  # changed since the config was loaded
+                raise ValueError(f"{config.path}: {key}: {exc.strerror}") from None
             async with ForgejoClient(
                 config.forgejo.url, token, timeout=config.forgejo.request_timeout, max_attempts=1
             ) as client:

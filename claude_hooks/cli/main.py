@@ -19,11 +19,14 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _load(args: argparse.Namespace) -> Config:
-    """The config `check` and `run` use: valid, and its stop fits the unit's TimeoutStopSec."""
+    """The config `check` and `run` use: valid, its stop fits the unit's TimeoutStopSec,
+    and its prompt files are templates the worker can use."""
+    from claude_hooks.cli.check import check_prompt_files
     from claude_hooks.daemon.budget import check_shutdown_budget
 
     config = load_config(args.config)
     check_shutdown_budget(config)
+    check_prompt_files(config)
     return config
 
 

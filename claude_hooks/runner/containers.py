@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import structlog
 from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
 
-from claude_hooks.config import AgentConfig
+from claude_hooks.config import AgentConfig, memory_bytes
 from claude_hooks.runner.claude import (
     CLAUDE_CONFIG_DIR,
     CREDENTIALS_PATH,
@@ -98,9 +97,6 @@ done
 """
 STATE_DIRS = (STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR)
 
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-
 
 def instance_labels(state_dir: Path) -> dict[str, str]:
     """The label naming which daemon owns a container: its state directory.
@@ -140,14 +136,6 @@ def foreign_owner(name: str, labels: Mapping[str, str], instance: str | None) ->
         f"stopped). Give one of the two configs other agent names, or, if that instance "
         f"is gone for good, remove its container (its state volume stays): docker rm -f {name}"
     )
-
-
-def memory_bytes(text: str) -> int:
-    """Bytes from a Docker size such as "4g", "512m", "1.5GiB" (binary units, like Docker)."""
-    match = _MEMORY.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a Docker memory size (e.g. 4g, 512m)")
-    return int(float(match[1]) * _MEMORY_UNITS[match[2].lower()])
 
 
 @dataclass(frozen=True)
