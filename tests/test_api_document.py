@@ -159,7 +159,7 @@ def schemathesis_command(url: str, report_dir: Path) -> list[str]:
         "--seed", "1",
         "--workers", "1",
         "--max-examples", str(EXAMPLES_PER_OPERATION),
-        "--request-timeout", "1.5",  # an event stream is read until then
+        "--request-timeout", "2",  # an event stream is read until then
         "--report", "junit",
         "--report-dir", str(report_dir),
     ]  # fmt: skip
