@@ -144,6 +144,7 @@ class Services:
                 timeout=config.forgejo.request_timeout,
                 on_request=metrics.forgejo_request,
                 serves=config.forgejo.serves,
+                token_file=agent.token_file,
             )
             _on_close(closing, f"forgejo client of {agent.name}", client.close)
         runtime = runtime or DockerRuntime(containers)

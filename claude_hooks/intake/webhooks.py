@@ -3,7 +3,11 @@
 Comments, new issues and review requests carry all they need; a submitted review
 (no id, no inline comments) and an assignment (no timeline id) are looked up first,
 the same lookups the poller makes, so both paths build the same keys. The thread is
-built once (`delivered_thread`, pure) and decided once for every configured agent.
+built once (`delivered_thread`, pure), then decided for each agent it asks something
+of (`asked_agents`, pure), each with its own account: the reads and permission checks
+for an agent's triggers are made by that agent, never by the first configured one, so
+one agent's unreadable token file (`token_unreadable`, not an outage) stops only its
+own triggers; that decision fails, and the inbox below tries it again.
 
 Deciding asks Forgejo (permissions, reviews, timelines), which may be slow or down;
 Forgejo waits only ~10 s for an answer. So the API hands a delivery to the
@@ -25,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from claude_hooks.forgejo.client import TokenUnreadable
 from claude_hooks.forgejo.models import ForgejoDataError, Issue
 from claude_hooks.forgejo.webhook import (
     CommentEvent,
@@ -34,8 +39,9 @@ from claude_hooks.forgejo.webhook import (
     WebhookEvent,
     parse_webhook,
 )
-from claude_hooks.intake.decide import Decision
+from claude_hooks.intake.decide import Decision, Policy, propose
 from claude_hooks.intake.intake import Intake
+from claude_hooks.intake.mentions import find_mentions
 from claude_hooks.intake.thread import Post, PostKind, ReviewRequest, ThreadContext, ThreadEvent
 from claude_hooks.store import Store, StoredWebhook
 from claude_hooks.tasks import TriggerSource
@@ -66,20 +72,72 @@ class WebhookHandler:
         ctx = delivered_thread(event, resolved=await self._resolve(event))
         if ctx is None or not ctx.new:
             return Decision()
+        decision, unreadable = Decision(), None
+        for agent in asked_agents(ctx, intake.policy):
+            try:
+                decision = decision + await self._take(ctx, agent, event)
+            except TokenUnreadable as error:
+                _log_unreadable(error, agent, delivery)
+                unreadable = unreadable or error  # the other agents' triggers still go in
+        if unreadable is not None:
+            raise unreadable  # not remembered: a redelivery retries it; keys dedupe the rest
+        return decision
+
+    async def _take(self, ctx: ThreadContext, agent: str, event: WebhookEvent) -> Decision:
+        """`agent`'s part of the delivery, read and checked with `agent`'s account."""
+        intake = self._intake
         if intake.policy.is_agent(event.sender):
-            ctx = await intake.reader().with_history(ctx)  # a person's event is hop 0
-        agents = intake.policy.agents
-        return await intake.take(ctx, agents, TriggerSource.WEBHOOK, delivery=delivery)
+            ctx = await intake.reader(agent).with_history(ctx)  # a person's event is hop 0
+        return await intake.take(ctx, (agent,), TriggerSource.WEBHOOK, delivery=event.delivery)
 
     async def _resolve(self, event: WebhookEvent) -> list[ThreadEvent]:
-        reader = self._intake.reader()
+        """The lookups a payload needs, made by the agent it addresses (the next one when
+        that agent's token cannot be read)."""
+        if not isinstance(event, ReviewEvent | IssueEvent) or (
+            isinstance(event, IssueEvent) and event.action != "assigned"
+        ):
+            return []
+        unreadable: TokenUnreadable | None = None
+        for agent in lookup_agents(event, self._intake.policy):
+            try:
+                return await self._lookup(event, agent)
+            except TokenUnreadable as error:
+                _log_unreadable(error, agent, event.delivery)
+                unreadable = unreadable or error
+        assert unreadable is not None  # a Policy always has agents
+        raise unreadable
+
+    async def _lookup(self, event: ReviewEvent | IssueEvent, agent: str) -> list[ThreadEvent]:
+        reader = self._intake.reader(agent)
         if isinstance(event, ReviewEvent):
             return await reader.submitted_review(event.repo, event.number, event.sender)
-        if isinstance(event, IssueEvent) and event.action == "assigned":
-            is_agent = self._intake.policy.is_agent
-            agents = [a for a in event.issue.assignees if is_agent(a)]
-            return await reader.latest_assignments(event.repo, event.number, agents)
-        return []
+        agents = [a for a in event.issue.assignees if self._intake.policy.is_agent(a)]
+        return await reader.latest_assignments(event.repo, event.number, agents)
+
+
+def _log_unreadable(error: TokenUnreadable, agent: str, delivery: str | None) -> None:
+    log.error(
+        "token_unreadable", file=error.file, agent=agent, delivery=delivery, error=error.message
+    )
+
+
+def asked_agents(ctx: ThreadContext, policy: Policy) -> list[str]:
+    """The agents the delivered thread asks something of (a mention, `@agent stop`, a
+    review request, an assignment); history only changes the hop, never who is asked."""
+    return [
+        agent for agent in policy.agents if propose(agent, ctx, policy, TriggerSource.WEBHOOK).items
+    ]
+
+
+def lookup_agents(event: ReviewEvent | IssueEvent, policy: Policy) -> list[str]:
+    """Whose account looks up what the payload lacks: the agents it addresses first (the
+    assigned ones; those the review's text mentions), then the others."""
+    if isinstance(event, ReviewEvent):
+        addressed = [a for a in policy.agents if find_mentions(event.content, a)]
+    else:
+        assigned = {a.lower() for a in event.issue.assignees}
+        addressed = [a for a in policy.agents if a.lower() in assigned]
+    return addressed + [a for a in policy.agents if a not in addressed]
 
 
 MAX_DECISION_ATTEMPTS = 12  # with retry_delay: about half an hour of Forgejo trouble
