@@ -29,7 +29,8 @@ from claude_hooks.runner.containers import (
     task_processes,
     wait_gone,
 )
-from claude_hooks.runner.stream import Result, StreamEvent, parse_line
+from claude_hooks.runner.limits import NO_SIGNALS, RunSignals
+from claude_hooks.runner.stream import Result, StreamEvent, observe, parse_line
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +64,7 @@ class ExecResult:
     result_event: Result | None  # the stream's `result` line; None when claude was killed
     stderr_tail: str
     lines: int  # stdout lines parsed
+    signals: RunSignals = NO_SIGNALS  # usage-limit events and API errors among the lines
 
 
 class LineSplitter:
@@ -118,6 +120,7 @@ class _OutputReader:
         self._lines = LineSplitter()
         self.stderr = TailBuffer()
         self.result: Result | None = None
+        self.signals = NO_SIGNALS
         self.count = 0
 
     async def pump(self, stream: Stream) -> None:
@@ -140,6 +143,7 @@ class _OutputReader:
             self.count += 1
             if isinstance(event, Result):
                 self.result = event
+            self.signals = observe(self.signals, event)
             self._on_event(event)
 
 
@@ -184,6 +188,7 @@ async def run_claude(
         result_event=reader.result,
         stderr_tail=reader.stderr.text(),
         lines=reader.count,
+        signals=reader.signals,
     )
 
 
