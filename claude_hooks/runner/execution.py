@@ -25,6 +25,7 @@ from aiodocker.execs import Exec
 from aiodocker.stream import Stream
 
 from claude_hooks.runner.containers import (
+    close_stdin,
     signal_processes,
     task_processes,
     wait_gone,
@@ -167,7 +168,7 @@ async def run_claude(
     stream = execution.start(detach=False)
     try:
         await stream.write_in(claude.stdin)
-        _close_stdin(stream)
+        close_stdin(stream)
         await reader.pump(stream)
         exit_code = await _exit_code(execution)
         # Claude is gone; what it started in the background must not outlive it (it
@@ -190,15 +191,6 @@ async def run_claude(
         lines=reader.count,
         signals=reader.signals,
     )
-
-
-def _close_stdin(stream: Stream) -> None:
-    # aiodocker's Stream.close() drops the whole connection, and the output with it;
-    # a half-close of the hijacked connection makes the engine close the process's stdin.
-    connection = stream._resp.connection if stream._resp is not None else None
-    transport = connection.transport if connection is not None else None
-    if transport is not None and transport.can_write_eof():
-        transport.write_eof()
 
 
 async def _exit_code(execution: Exec, settle: float = 2.0) -> int | None:
