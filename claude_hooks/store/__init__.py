@@ -11,6 +11,7 @@ from claude_hooks.store.db import (
     MAX_INTERRUPTIONS,
     InvalidTransition,
     RecoveryReport,
+    Spend,
     StoreError,
     TaskNotFound,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "EventSink",
     "InvalidTransition",
     "RecoveryReport",
+    "Spend",
     "Store",
     "StoreError",
     "TaskNotFound",
