@@ -106,10 +106,16 @@ def test_config_mounts_the_state_volume_and_no_credentials() -> None:
 
 @pytest.mark.parametrize(
     ("host", "copy", "needed"),
-    [(100, None, True), (200, 100, True), (100, 100, False), (100, 200, False)],
+    [
+        (100, None, True),
+        (200, (100, 50), True),
+        (100, (100, 50), False),
+        (100, (200, 50), False),  # Claude Code refreshed it
+        (100, (200, 0), True),  # the empty mountpoint of the old read-only bind mount
+    ],
 )
 def test_the_host_credentials_are_copied_only_when_newer(
-    host: int, copy: int | None, needed: bool
+    host: int, copy: tuple[int, int] | None, needed: bool
 ) -> None:
     assert credentials_copy_needed(host, copy) is needed
 
@@ -292,6 +298,22 @@ async def test_a_refreshed_copy_stays_until_the_host_file_is_replaced(
     assert (code, "new-login" in text) == (0, True)
     kind = await run_exec(container, ["sh", "-c", f"test -L {CREDENTIALS_PATH} || echo file"])
     assert kind == (0, "file\n")
+
+
+@pytest.mark.docker
+async def test_an_empty_file_left_by_the_old_mount_is_replaced(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    # The read-only bind mount of older releases left an empty mountpoint file in the
+    # volume, newer than the host file: it must not pass for a refreshed login.
+    a = make_agent()
+    assert a.credentials_file is not None
+    os.utime(a.credentials_file, (1_000_000_000, 1_000_000_000))
+    container = await manager.ensure(a)
+    assert await run_exec(container, ["touch", CREDENTIALS_PATH], user=a.user) == (0, "")
+    assert await manager.sync_credentials(container, a)
+    code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
+    assert (code, text) == (0, a.credentials_file.read_text())
 
 
 @pytest.mark.docker

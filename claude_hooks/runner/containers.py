@@ -117,10 +117,12 @@ mv -f "$tmp" "$1"
 """
 
 
-def credentials_copy_needed(host_mtime: int, copy_mtime: int | None) -> bool:
-    """Copy the host's credentials file unless the volume's copy is as new or newer
-    (Claude Code refreshed it after the last copy: that copy holds the live tokens)."""
-    return copy_mtime is None or host_mtime > copy_mtime
+def credentials_copy_needed(host_mtime: int, copy: tuple[int, int] | None) -> bool:
+    """Copy the host's credentials file unless the volume's copy (mtime, size) is as
+    new or newer (Claude Code refreshed it after the last copy: it holds the live
+    tokens). An empty copy is none: the mountpoint an older release's read-only bind
+    mount left in the volume."""
+    return copy is None or copy[1] == 0 or host_mtime > copy[0]
 
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
@@ -448,10 +450,11 @@ class ContainerManager:
         redactor.learn(data.decode("utf-8", errors="replace"))
         host_mtime = int(agent.credentials_file.stat().st_mtime)
         code, output = await run_exec(
-            container, ["stat", "-c", "%Y", CREDENTIALS_PATH], user=agent.user
+            container, ["stat", "-c", "%Y %s", CREDENTIALS_PATH], user=agent.user
         )
-        copy_mtime = int(output.strip()) if code == 0 and output.strip().isdigit() else None
-        copied = credentials_copy_needed(host_mtime, copy_mtime)
+        words = output.split()
+        facts = (int(words[0]), int(words[1])) if code == 0 and _digits(words, 2) else None
+        copied = credentials_copy_needed(host_mtime, facts)
         if copied:
             code, output = await _exec_with_input(
                 container,
@@ -509,6 +512,10 @@ async def run_exec(
             output += message.data
     info = await execution.inspect()
     return info["ExitCode"], output.decode("utf-8", errors="replace")
+
+
+def _digits(words: list[str], count: int) -> bool:
+    return len(words) == count and all(word.isdigit() for word in words)
 
 
 async def _exec_with_input(
