@@ -147,6 +147,7 @@ def test_a_synthetic_rate_limit_without_a_reset_leaves_it_to_the_backoff() -> No
         ("resets Feb 1 at 5am", at(UTC, 2027, 2, 1, 5, 0)),  # passed this year: next year's
         ("resets 2:58am (UTC)", at(UTC, 2026, 3, 3, 2, 58)),
         ("resets 9am (Not/AZone)", at(BERLIN, 2026, 3, 3, 9, 0)),  # unknown: the agent's zone
+        ("Claude AI usage limit reached|1772460000", 1772460000.0),  # 1.0.x
         ("resets soon", None),
         ("no reset here", None),
     ],
@@ -204,6 +205,23 @@ def test_budget_stop_names_the_budget() -> None:
     assert (outcome.state, outcome.reason) == (TaskState.FAILED, "budget limit reached ($5.00)")
     assert run(line, budget=0.25).reason == "budget limit reached ($0.25)"
     assert run(line).reason == "budget limit reached"
+
+
+@pytest.mark.parametrize(
+    ("text", "is_limit"),
+    [
+        ("Weekly limit reached ∙ resets 5am", True),
+        ("You've hit your session limit · resets 9am (Europe/Berlin)", True),
+        ("You've hit your 5-hour limit · resets 2:58am (UTC)", True),
+        ("Claude AI usage limit reached|1772460000", True),
+        ("API Error: 529 This request would exceed your account's rate limit.", False),
+        ("Subagent nesting limit reached (depth 3)", False),  # no reset: not a usage limit
+        ("the cache resets at 5am; nothing else", False),
+    ],
+)
+def test_which_texts_name_a_usage_limit(text: str, is_limit: bool) -> None:
+    outcome = run(result_line(is_error=True, result=text))
+    assert (outcome.usage_limit is not None) is is_limit, outcome
 
 
 def test_failure_words_of_a_usage_limit() -> None:

@@ -446,9 +446,15 @@ class ContainerManager:
         """
         if agent.credentials_file is None:
             return False
-        data = agent.credentials_file.read_bytes()
+        try:
+            data = agent.credentials_file.read_bytes()
+            host_mtime = int(agent.credentials_file.stat().st_mtime)
+        except OSError as exc:
+            raise ContainerError(
+                f"agent {agent.name}: cannot read credentials_file "
+                f"{agent.credentials_file}: {exc.strerror or exc}"
+            ) from None
         redactor.learn(data.decode("utf-8", errors="replace"))
-        host_mtime = int(agent.credentials_file.stat().st_mtime)
         code, output = await run_exec(
             container, ["stat", "-c", "%Y %s", CREDENTIALS_PATH], user=agent.user
         )

@@ -24,10 +24,11 @@ REJECTED = "rejected"
 RATE_LIMIT_ERROR = "rate_limit"  # the synthetic assistant message's `error`
 USAGE_LIMIT_API_ERROR = "usage_limit_reached"  # a 2.1.x result's `api_error`
 
-# "Weekly limit reached", "You've hit your session limit", "5-hour limit reached", …
-_LIMIT_TEXT = re.compile(
-    r"\b(?:usage|session|weekly|daily|\d+-hour|opus|sonnet)?\s*limit\b.*?\bresets?\b", re.I
-)
+# "Weekly limit reached ∙ resets 5am", "You've hit your session limit · resets 9am": a
+# limit, and when it resets (the run's own limits, turns and budget, never reset).
+_LIMIT_TEXT = re.compile(r"\blimit reached\b|\bhit your\b[^.·∙]{0,40}\blimit\b", re.I)
+# 1.0.x said "Claude AI usage limit reached|<unix seconds of the reset>".
+_PIPE_RESET = re.compile(r"usage limit reached\|(\d{9,11})\b", re.I)
 _RESET = re.compile(
     r"\bresets?\s+(?:at\s+)?"
     r"(?:(?P<month>[A-Z][a-z]{2})\s+(?P<day>\d{1,2}),?\s+(?:at\s+)?)?"
@@ -60,7 +61,13 @@ NO_SIGNALS = RunSignals()
 
 def names_a_limit(text: str | None) -> bool:
     """Whether a result or message text says a usage limit stopped the run."""
-    return bool(text) and _LIMIT_TEXT.search(text or "") is not None
+    if not text:
+        return False
+    if _PIPE_RESET.search(text):
+        return True
+    return (
+        _LIMIT_TEXT.search(text) is not None and re.search(r"\bresets?\b", text, re.I) is not None
+    )
 
 
 def limit_type_of(text: str) -> str | None:
@@ -83,6 +90,8 @@ def reset_time(text: str, *, after: float, zone: tzinfo | None = None) -> float 
     """When "resets 5am" / "resets 9am (Europe/Berlin)" / "resets Dec 3, 5am" is, in unix
     seconds: the next such time after `after`, in the zone the text names, else `zone`,
     else UTC. None when the text names no reset time."""
+    if piped := _PIPE_RESET.search(text):
+        return float(piped[1])
     match = _RESET.search(text)
     if match is None:
         return None

@@ -500,14 +500,15 @@ def failure_of(
         return RunFailure(FailureKind.NO_RESULT, exit_code, detail=last)
     if not _failed(result):
         return None
-    limit = usage_limit_of(result.result, result.api_error, signals, ended_at=ended_at, zone=zone)
-    if limit is not None:
-        return RunFailure(FailureKind.USAGE_LIMIT, exit_code, usage_limit=limit)
     reason = result.terminal_reason
+    # The run's own limits first: their texts are the CLI's, never a usage limit's.
     if reason == "budget_exhausted" or result.subtype == "error_max_budget_usd":
         return RunFailure(FailureKind.BUDGET, exit_code, budget_usd=budget_usd)
     if reason == "max_turns" or (reason is None and result.subtype == "error_max_turns"):
         return RunFailure(FailureKind.MAX_TURNS, exit_code)
+    limit = usage_limit_of(result.result, result.api_error, signals, ended_at=ended_at, zone=zone)
+    if limit is not None:
+        return RunFailure(FailureKind.USAGE_LIMIT, exit_code, usage_limit=limit)
     if reason == "api_error":
         return RunFailure(
             FailureKind.API_ERROR,
