@@ -34,6 +34,7 @@ class Expected:
     usage_limit: UsageLimit | None = None
     retryable: bool = False
     exit_code: int = 0
+    budget_usd: float | None = None  # the agent's max_budget_usd, for the run that had one
 
 
 def success(result_start: str, num_turns: int, cost: float) -> Expected:
@@ -113,6 +114,16 @@ EXPECTED: dict[str, Expected] = {
         retryable=True,
         exit_code=1,
     ),
+    # 2.1.332 run with --max-budget-usd 0.001: stopped after the first call ($0.0056).
+    "budget-exhausted.v2.1.332.scripted-api.jsonl": Expected(
+        TaskState.FAILED,
+        "budget limit reached ($0.001)",
+        None,
+        1,
+        0.0056,
+        exit_code=1,
+        budget_usd=0.001,
+    ),
     "partial-cutoff-tool-use.v2.0.75.uke16-helix.jsonl": Expected(
         TaskState.FAILED, "claude exited 143 without a result (killed)", exit_code=KILLED
     ),
@@ -122,7 +133,7 @@ EXPECTED: dict[str, Expected] = {
 }
 
 
-def replay(name: str, exit_code: int) -> Outcome:
+def replay(name: str, exit_code: int, budget_usd: float | None = None) -> Outcome:
     signals, result = NO_SIGNALS, None
     for line in (STREAMS / name).read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -133,7 +144,14 @@ def replay(name: str, exit_code: int) -> Outcome:
         if isinstance(event, Result):
             result = event
     return outcome_of(
-        result, exit_code, "", failure_reason, signals=signals, ended_at=RUN_END, zone=None
+        result,
+        exit_code,
+        "",
+        failure_reason,
+        signals=signals,
+        ended_at=RUN_END,
+        zone=None,
+        budget_usd=budget_usd,
     )
 
 
@@ -145,7 +163,7 @@ def test_every_capture_has_an_expected_outcome() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_a_real_capture_ends_as_expected(name: str) -> None:
     want = EXPECTED[name]
-    outcome = replay(name, want.exit_code)
+    outcome = replay(name, want.exit_code, want.budget_usd)
     assert outcome.state is want.state
     if want.reason is None:
         assert outcome.reason is None
