@@ -23,6 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from claude_hooks.redact import redactor
 
@@ -64,6 +65,21 @@ class LogFormat(StrEnum):
     JOURNAL = "journal"
     CONSOLE = "console"
     JSON = "json"
+
+
+class AuthMode(StrEnum):
+    """The config key an agent's Claude login comes from."""
+
+    CREDENTIALS = "credentials_file"  # .credentials.json in CLAUDE_CONFIG_DIR
+    OAUTH_TOKEN = "oauth_token_file"  # CLAUDE_CODE_OAUTH_TOKEN
+    API_KEY = "api_key_file"  # ANTHROPIC_API_KEY
+
+
+# The environment variable each token-like auth mode sets in the Claude exec.
+AUTH_ENV = {AuthMode.OAUTH_TOKEN: "CLAUDE_CODE_OAUTH_TOKEN", AuthMode.API_KEY: "ANTHROPIC_API_KEY"}
+# Variables that carry a Claude login: a secret, never in plain `env`.
+SECRET_AUTH_VARIABLES = frozenset({*AUTH_ENV.values(), "ANTHROPIC_AUTH_TOKEN"})
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -313,8 +329,24 @@ class ApiConfig:
 class AgentConfig:
     name: str = field(metadata=_doc("The Forgejo username of this agent"))
     token_file: Path = field(metadata=_doc("File holding the agent's Forgejo token"))
-    credentials_file: Path = field(
-        metadata=_doc("Claude Code .credentials.json, bind-mounted read-only")
+    # How Claude Code logs in: exactly one of the three (AgentConfig.auth says which).
+    credentials_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Claude Code .credentials.json (subscription login); copied into the agent's"
+            " state volume when newer, so Claude Code can refresh it (the host copy stays)"
+        ),
+    )
+    oauth_token_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "File holding a long-lived token from `claude setup-token`"
+            " (Claude's CLAUDE_CODE_OAUTH_TOKEN)"
+        ),
+    )
+    api_key_file: Path | None = field(
+        default=None,
+        metadata=_doc("File holding an Anthropic API key (Claude's ANTHROPIC_API_KEY)"),
     )
     role: Role = field(default=Role.DEV, metadata=_doc("dev | reviewer | lead"))
     image: str = field(default="claude-hooks-agent:latest", metadata=_doc("Docker image"))
@@ -334,7 +366,35 @@ class AgentConfig:
     )
     env: Mapping[str, str] = field(
         default_factory=lambda: types.MappingProxyType({}),
-        metadata=_doc("Extra environment for the claude process (not secrets)"),
+        metadata=_doc(
+            "Extra environment for the claude process, not secrets (provider settings:"
+            " CLAUDE_CODE_USE_BEDROCK, ANTHROPIC_MODEL, …)"
+        ),
+    )
+    secret_env: Mapping[str, Path] = field(
+        default_factory=lambda: types.MappingProxyType({}),
+        metadata=_doc(
+            'Secret environment for the claude process only: { NAME = "file" }, each'
+            " read from its file at every task, like the token files"
+        ),
+    )
+    time_zone: str | None = field(
+        default=None,
+        metadata=_doc(
+            'IANA zone ("Europe/Berlin") of a usage limit\'s "resets 5am" when Claude'
+            " names none; UTC if unset"
+        ),
+    )
+    usage_limit_backoff: float = field(
+        default=1800.0,
+        metadata=_doc("How long to wait after a usage limit of unknown reset time", **DURATION),
+    )
+    max_budget_usd: float | None = field(
+        default=None, metadata=_doc("claude --max-budget-usd: dollars one task may spend")
+    )
+    daily_budget_usd: float | None = field(
+        default=None,
+        metadata=_doc("Dollars the agent's tasks may spend in 24 hours, then it pauses"),
     )
     review_by: str | None = field(
         default=None, metadata=_doc("dev role: agent asked to review the PRs it opens")
@@ -394,6 +454,23 @@ class AgentConfig:
         default=(),
         metadata=_doc('Extra bind mounts of the container, Docker "host:container[:ro]" specs'),
     )
+
+    @property
+    def auth(self) -> AuthMode:
+        """How Claude logs in (the loader made sure exactly one file is set)."""
+        if self.oauth_token_file is not None:
+            return AuthMode.OAUTH_TOKEN
+        if self.api_key_file is not None:
+            return AuthMode.API_KEY
+        return AuthMode.CREDENTIALS
+
+    @property
+    def auth_file(self) -> Path | None:
+        return {
+            AuthMode.OAUTH_TOKEN: self.oauth_token_file,
+            AuthMode.API_KEY: self.api_key_file,
+            AuthMode.CREDENTIALS: self.credentials_file,
+        }[self.auth]
 
     @property
     def container_name(self) -> str:
@@ -537,6 +614,8 @@ def _coerce(value: Any, hint: Any, meta: Mapping[str, Any], path: Path, key: str
     if origin is Mapping:
         table = _expect(value, dict, path, key)
         env = {k: _expect(v, str, path, f"{key}.{k}") for k, v in table.items()}
+        if args[1] is Path:  # secret_env: files, spelt like every other path
+            return types.MappingProxyType({k: expand_path(v) for k, v in env.items()})
         return types.MappingProxyType(env)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -714,15 +793,8 @@ def _validate_agent(
     check_secret_file(
         agent.token_file, path, f"{where}.token_file", f"the Forgejo token of {who}", warnings
     )
-    check_secret_file(
-        agent.credentials_file,
-        path,
-        f"{where}.credentials_file",
-        f"the Claude credentials of {who}",
-        warnings,
-        read=read_secret_document,
-        denied_warns=True,
-    )
+    _validate_claude_auth(config, where, agent, warnings)
+    _validate_budgets(path, where, agent)
     warnings.extend(agent_warnings(agent, path, where))
 
 
@@ -811,6 +883,63 @@ def agent_warnings(
         if problem := mount_warning(spec, sockets):
             warnings.append(f"{path}: {where}.mounts[{n}]: {spec!r} {problem}")
     return warnings
+
+
+def _validate_claude_auth(
+    config: Config, where: str, agent: AgentConfig, warnings: list[str]
+) -> None:
+    path, who = config.path, f"agent {agent.name!r}"
+    given = [mode for mode in AuthMode if getattr(agent, mode.value) is not None]
+    if len(given) != 1:
+        choices = ", ".join(m.value for m in AuthMode)
+        found = f"it has {' and '.join(m.value for m in given)}" if given else "it has none"
+        raise ConfigError(
+            path, where, f"{who}: set exactly one of {choices} (how Claude logs in); {found}"
+        )
+    mode = given[0]
+    file = agent.auth_file
+    assert file is not None  # given[0] is set
+    if mode is AuthMode.CREDENTIALS:  # a JSON document, Claude Code's own login file
+        check_secret_file(
+            file,
+            path,
+            f"{where}.{mode.value}",
+            f"the Claude credentials of {who}",
+            warnings,
+            read=read_secret_document,
+        )
+    else:
+        check_secret_file(
+            file, path, f"{where}.{mode.value}", f"the Claude login of {who}", warnings
+        )
+    reserved = {"HOME", "CLAUDE_CONFIG_DIR", *SECRET_AUTH_VARIABLES}
+    for name, secret in agent.secret_env.items():
+        key = f"{where}.secret_env.{name}"
+        if not _ENV_NAME.match(name):
+            raise ConfigError(path, key, f"{name!r} is not an environment variable name")
+        if name in reserved or name in agent.env:
+            also = "agents.env also sets it" if name in agent.env else "the daemon sets it"
+            raise ConfigError(path, key, f"{name} cannot be a secret_env variable: {also}")
+        check_secret_file(secret, path, key, f"the secret {name} of {who}", warnings)
+    for name in sorted(SECRET_AUTH_VARIABLES & set(agent.env)):
+        warnings.append(
+            f"{path}: {where}.env.{name}: a Claude login in plain config text; put it in a "
+            "file named by oauth_token_file, api_key_file or secret_env instead"
+        )
+    if agent.time_zone is not None:
+        try:
+            ZoneInfo(agent.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                path, f"{where}.time_zone", f"{agent.time_zone!r} is not an IANA time zone"
+            ) from None
+
+
+def _validate_budgets(path: Path, where: str, agent: AgentConfig) -> None:
+    for key in ("max_budget_usd", "daily_budget_usd"):
+        value = getattr(agent, key)
+        if value is not None and value <= 0:
+            raise ConfigError(path, f"{where}.{key}", f"must be more than 0 dollars, got {value}")
 
 
 def bind_spec_problem(spec: str) -> str | None:

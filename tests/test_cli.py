@@ -207,21 +207,20 @@ def test_check_offline_names_the_key_of_an_unreadable_secret(
     assert str(secret) in first and "Permission denied" in first
 
 
-def test_credentials_only_the_container_can_read_are_a_warning_naming_the_key(
+def test_credentials_the_daemon_cannot_read_are_refused_naming_the_key(
     config_factory: ConfigFactory,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """OPERATIONS.md allows a credentials file readable by the container's uid alone:
-    Claude reads it through the mount; the daemon, which reads it only to redact it,
-    says it cannot."""
+    """The daemon copies the credentials into the agent's state volume before each task
+    (so Claude Code can refresh them there): a file it cannot read is no login at all."""
     agent = config_factory.agent()
     path = config_factory.write(agents=[agent])
     _refuse_reading(monkeypatch, Path(agent["credentials_file"]))
-    assert main(["check", "--offline", "--config", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert f"warning: {path}: agents[0].credentials_file: " in out
-    assert "Permission denied" in out and "cannot redact" in out
+    assert main(["check", "--offline", "--config", str(path)]) != 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "agents[0].credentials_file" in out and "Permission denied" in out
 
 
 @pytest.fixture

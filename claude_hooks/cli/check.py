@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from claude_hooks.cli.check_auth import login_reports
 from claude_hooks.config import Config, ConfigError, SecretFileError, read_secret
 from claude_hooks.work.prompts import PromptTemplateError, load_template
 
@@ -40,6 +41,7 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[CheckResu
         CheckResult("container user", True, f"warning: {w}")
         for w in container_user_warnings(config, host_account, subuid_owner)
     ]
+    results += [CheckResult(name, ok, detail) for name, ok, detail in login_reports(config)]
     if offline:
         return results
     results += await check_forgejo(config)

@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from claude_hooks.tasks import FailureKind, Outcome, RunFailure, Task, TaskKind, TaskState
+from claude_hooks.tasks import (
+    FailureKind,
+    Outcome,
+    RunFailure,
+    Task,
+    TaskKind,
+    TaskState,
+    UsageLimit,
+)
 from claude_hooks.text import (
     MENTION,
     defuse_mentions,
@@ -80,6 +88,32 @@ def api_error_reason(status: int | None) -> str:
     )
 
 
+def budget_reason(budget_usd: float | None) -> str:
+    return f"budget limit reached ({_usd(budget_usd)})" if budget_usd else "budget limit reached"
+
+
+def _usd(amount: float) -> str:
+    # As the operator wrote it in the config: "$5.00", "$0.50"; finer amounts in full.
+    return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:g}"
+
+
+def usage_limit_reason(limit: UsageLimit | None) -> str:
+    """A run stopped by a Claude usage limit: which limit, and until when if known."""
+    if limit is None:
+        return "Claude usage limit reached"
+    which = f" ({limit.limit_type})" if limit.limit_type else ""
+    until = f", resets {reset_in_words(limit.resets_at)}" if limit.resets_at is not None else ""
+    return f"Claude usage limit reached{which}{until}"
+
+
+def reset_in_words(resets_at: float) -> str:
+    """ "2026-12-02 05:00 UTC": an operator compares it with the CLI's own "resets 5am"."""
+    try:
+        return datetime.fromtimestamp(resets_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):
+        return "at an unreadable time"
+
+
 def cancelled_reason(by: str | None = None) -> str:
     return f"cancelled by {by}" if by else "cancelled"
 
@@ -105,7 +139,9 @@ def failure_reason(failure: RunFailure) -> str:
         case FailureKind.API_ERROR:
             return api_error_reason(failure.api_status)
         case FailureKind.BUDGET:
-            return "budget limit reached"
+            return budget_reason(failure.budget_usd)
+        case FailureKind.USAGE_LIMIT:
+            return usage_limit_reason(failure.usage_limit)
         case FailureKind.CLAUDE_ERROR:
             what = failure.what or "error"
             said = f": {failure.detail}" if failure.detail else ""

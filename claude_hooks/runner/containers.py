@@ -6,12 +6,17 @@ and recreated when those settings change — but never under a running task.
 
 Layout (see claude.py): the named volume `claude-hooks-<agent>-state` is /state and
 holds HOME and CLAUDE_CONFIG_DIR, so Claude's session transcripts and the working
-trees survive a rebuild. The credentials file is bind-mounted read-only straight
-at $CLAUDE_CONFIG_DIR/.credentials.json, inside the volume's mount. The image
-creates /state/home/.claude owned by its agent user, and a fresh named volume
-starts as a copy of the image's /state, owner included; so Docker only has to
-create the file mountpoint, and nothing here runs as root. The mounted file keeps
-its host owner and mode: agent.user must be able to read it (match its uid).
+trees survive a rebuild. The image creates /state/home/.claude owned by its
+agent user, and a fresh named volume starts as a copy of the image's /state,
+owner included, so nothing here runs as root.
+
+A `credentials_file` login is not mounted: Claude Code refreshes its access token
+and writes the file back, which a read-only mount refused. Before each task the
+daemon copies the host file to $CLAUDE_CONFIG_DIR/.credentials.json when the host
+file is newer than the copy there (`sync_credentials`), as the agent user, so the
+copy is the agent's to rewrite; the host file is only ever read. A refresh makes
+the copy newer, so it stays; an operator who replaces the host file (a new login)
+makes the host file newer, so it is copied again.
 
 Nothing in the container may act as root with power: no capabilities (CapDrop
 ALL, for root execs too), no-new-privileges (setuid binaries gain nothing), a
@@ -28,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +44,10 @@ import aiohttp
 import structlog
 from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
+from aiodocker.stream import Stream
 
 from claude_hooks.config import AgentConfig, memory_bytes
+from claude_hooks.redact import redactor
 from claude_hooks.runner.claude import (
     CLAUDE_CONFIG_DIR,
     CREDENTIALS_PATH,
@@ -96,6 +102,26 @@ for dir in "$@"; do
 done
 """
 STATE_DIRS = (STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR)
+
+# Writes stdin to $1 (the credentials copy) with mode 600 and mtime $2, atomically:
+# Claude Code never reads half a file. A planted link at $1 is replaced, not followed.
+INSTALL_SCRIPT = r"""
+set -e
+umask 077
+tmp="$1.claude-hooks.$$"
+rm -f "$tmp"
+cat > "$tmp"
+touch -d "@$2" "$tmp"
+mv -f "$tmp" "$1"
+"""
+
+
+def credentials_copy_needed(host_mtime: int, copy: tuple[int, int] | None) -> bool:
+    """Copy the host's credentials file unless the volume's copy (mtime, size) is as
+    new or newer (Claude Code refreshed it after the last copy: it holds the live
+    tokens). An empty copy is none: the mountpoint an older release's read-only bind
+    mount left in the volume."""
+    return copy is None or copy[1] == 0 or host_mtime > copy[0]
 
 
 def instance_labels(state_dir: Path) -> dict[str, str]:
@@ -258,12 +284,6 @@ class ContainerManager:
                         "Source": agent.volume_name,
                         "Target": STATE_DIR,
                         "VolumeOptions": {"Labels": volume_labels},
-                    },
-                    {
-                        "Type": "bind",
-                        "Source": os.path.abspath(agent.credentials_file),
-                        "Target": CREDENTIALS_PATH,
-                        "ReadOnly": True,
                     },
                 ],
             },
@@ -432,16 +452,59 @@ class ContainerManager:
         if problem is not None:
             raise ContainerError(f"agent {agent.name}: in {agent.container_name}: {problem}")
         self._checked.add(container.id)
-        code, _ = await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user)
-        if code != 0:
-            log.warning(
-                "credentials_unreadable",
-                agent=agent.name,
+
+    async def sync_credentials(self, container: DockerContainer, agent: AgentConfig) -> bool:
+        """Copy a `credentials_file` login into the state volume when the host file is
+        newer than the copy there; whether it copied. Teaches the redactor what the
+        copy holds (Claude Code may have refreshed it since the last task).
+
+        Everything runs as the agent user, who owns the copy: the daemon never writes
+        where the agent could steer it, and the host file is only read.
+        """
+        if agent.credentials_file is None:
+            return False
+        try:
+            data = agent.credentials_file.read_bytes()
+            host_mtime = int(agent.credentials_file.stat().st_mtime)
+        except OSError as exc:
+            raise ContainerError(
+                f"agent {agent.name}: cannot read credentials_file "
+                f"{agent.credentials_file}: {exc.strerror or exc}"
+            ) from None
+        redactor.learn(data.decode("utf-8", errors="replace"))
+        code, output = await run_exec(
+            container, ["stat", "-c", "%Y %s", CREDENTIALS_PATH], user=agent.user
+        )
+        words = output.split()
+        facts = (int(words[0]), int(words[1])) if code == 0 and _digits(words, 2) else None
+        copied = credentials_copy_needed(host_mtime, facts)
+        if copied:
+            code, output = await _exec_with_input(
+                container,
+                [
+                    "sh",
+                    "-c",
+                    INSTALL_SCRIPT,
+                    "install-credentials",
+                    CREDENTIALS_PATH,
+                    str(host_mtime),
+                ],
+                data,
                 user=agent.user,
-                file=str(agent.credentials_file),
-                hint="the bind mount keeps the host owner and mode: make the file readable "
-                "by the container user (chown it to that uid)",
             )
+            if code != 0:
+                raise ContainerError(
+                    f"agent {agent.name}: cannot copy {agent.credentials_file} to "
+                    f"{CREDENTIALS_PATH} in {agent.container_name}: {output.strip()}"
+                )
+            log.info("credentials_copied", agent=agent.name, file=str(agent.credentials_file))
+        # Bounded: the agent owns the path and could make it a link to something huge.
+        code, output = await run_exec(
+            container, ["head", "-c", "1048576", CREDENTIALS_PATH], user=agent.user
+        )
+        if code == 0:
+            redactor.learn(output)
+        return copied
 
     async def _task_pids(self, container: DockerContainer) -> list[int]:
         # As the user the container was created with: the tasks run as that uid,
@@ -472,6 +535,35 @@ async def run_exec(
             output += message.data
     info = await execution.inspect()
     return info["ExitCode"], output.decode("utf-8", errors="replace")
+
+
+def _digits(words: list[str], count: int) -> bool:
+    return len(words) == count and all(word.isdigit() for word in words)
+
+
+async def _exec_with_input(
+    container: DockerContainer, cmd: Sequence[str], data: bytes, *, user: str
+) -> tuple[int | None, str]:
+    """`run_exec` with `data` on stdin (a secret stays out of argv and the environment)."""
+    execution = await container.exec(list(cmd), user=user, stdin=True, stdout=True, stderr=True)
+    output = bytearray()
+    async with execution.start(detach=False) as stream:
+        await stream.write_in(data)
+        close_stdin(stream)
+        while (message := await stream.read_out()) is not None:
+            output += message.data
+    info = await execution.inspect()
+    return info["ExitCode"], output.decode("utf-8", errors="replace")
+
+
+def close_stdin(stream: Stream) -> None:
+    """End the exec's stdin, keeping its output: aiodocker's Stream.close() drops the
+    whole connection; a half-close of the hijacked connection makes the engine close
+    the process's stdin."""
+    connection = stream._resp.connection if stream._resp is not None else None
+    transport = connection.transport if connection is not None else None
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
 
 
 async def signal_processes(

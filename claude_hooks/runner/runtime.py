@@ -53,6 +53,8 @@ class DockerRuntime:
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
         container = await self.containers.ensure(agent)
+        # Before each task: a newer login on the host replaces the one in the volume.
+        await self.containers.sync_credentials(container, agent)
         return await workspace.prepare(container, plan, user=agent.user, env=env)
 
     async def run(

@@ -213,6 +213,38 @@ def _state_event(ts: float, state: TaskState, summary: str, reason: str | None =
     return NewEvent(ts=ts, type="state", summary=summary, data=data)
 
 
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Spend:
+    """An agent's task costs within a sliding window (agents.daily_budget_usd)."""
+
+    window: float  # seconds
+    costs: tuple[tuple[float, float], ...]  # (finished_at, cost_usd), oldest first
+
+    @property
+    def total_usd(self) -> float:
+        return sum(cost for _, cost in self.costs)
+
+    @property
+    def oldest_ages_out_at(self) -> float | None:
+        """When the oldest cost leaves the window; None when there is none."""
+        return self.costs[0][0] + self.window if self.costs else None
+
+    def under_budget_at(self, budget_usd: float) -> float | None:
+        """The first moment the window's total is below `budget_usd` again as costs age
+        out (nothing new assumed); None when it is below already."""
+        total = self.total_usd
+        if total < budget_usd:
+            return None
+        for finished_at, cost in self.costs:
+            total -= cost
+            if total < budget_usd:
+                return finished_at + self.window
+        return None  # a budget of 0 or less: never (the config refuses one)
+
+
 class Database:
     """The synchronous side: every method runs in the store's one worker thread."""
 
@@ -557,6 +589,16 @@ class Database:
             (agent, repo, number),
         ).fetchone()
         return _task_from_row(row) if row is not None else None
+
+    def spend(self, agent: str, window: float = DAY) -> Spend:
+        """What `agent`'s tasks that finished in the last `window` seconds cost."""
+        since = self.clock() - window
+        rows = self.conn.execute(
+            "SELECT finished_at, cost_usd FROM tasks WHERE agent = ? AND finished_at >= ?"
+            " AND cost_usd IS NOT NULL ORDER BY finished_at, id",
+            (agent, since),
+        ).fetchall()
+        return Spend(window, tuple((row["finished_at"], row["cost_usd"]) for row in rows))
 
     def counts(self) -> dict[tuple[str, TaskState], int]:
         rows = self.conn.execute("SELECT agent, state, COUNT(*) FROM tasks GROUP BY agent, state")

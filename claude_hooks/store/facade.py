@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 
 from claude_hooks.redact import redactor
-from claude_hooks.store.db import RecoveryReport, StoredWebhook, WriterThread
+from claude_hooks.store.db import DAY, RecoveryReport, Spend, StoredWebhook, WriterThread
 from claude_hooks.store.events import EventCap, EventSink, NewEvent
 from claude_hooks.store.schema import SCHEMA_VERSION
 from claude_hooks.tasks import AgentPause, Outcome, Task, TaskEvent, TaskSpec, TaskState
@@ -158,6 +158,10 @@ class Store:
     async def set_tracking_comment(self, task_id: int, comment_id: int) -> None:
         what = f"set tracking comment of task {task_id}"
         await self._call(what, self._db.set_tracking_comment, task_id, comment_id)
+
+    async def spend(self, agent: str, window: float = DAY) -> Spend:
+        """The cost of `agent`'s tasks finished in the last `window` seconds (24 h)."""
+        return await self._call(f"sum the spend of {agent}", self._db.spend, agent, window)
 
     async def counts(self) -> dict[tuple[str, TaskState], int]:
         return await self._call("count tasks", self._db.counts)

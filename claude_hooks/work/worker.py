@@ -32,8 +32,15 @@ from claude_hooks.report.render import (
 )
 from claude_hooks.report.tracker import TaskReports
 from claude_hooks.runner import workspace
-from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
+from claude_hooks.runner.claude import (
+    claude_argv,
+    claude_secrets,
+    exec_env,
+    with_claude_secrets,
+    with_forge_auth,
+)
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
+from claude_hooks.runner.limits import zone_named
 from claude_hooks.runner.runtime import AgentRuntime
 from claude_hooks.runner.stream import StreamEvent, outcome_of
 from claude_hooks.store import Store
@@ -196,7 +203,14 @@ class TaskWorker:
         run.log.info("claude_started", resume=session, workdir=run.plan.path)
         result = await self._claude(run, prompt, session)
         outcome = outcome_of(
-            result.result_event, result.exit_code, result.stderr_tail, failure_reason
+            result.result_event,
+            result.exit_code,
+            result.stderr_tail,
+            failure_reason,
+            signals=result.signals,
+            ended_at=time.time(),
+            zone=zone_named(run.agent.time_zone),
+            budget_usd=run.agent.max_budget_usd,
         )
         if outcome.state is TaskState.SUCCEEDED:
             outcome = await self._deliver(run, outcome)
@@ -215,7 +229,8 @@ class TaskWorker:
         agent = self._config.agent(task.spec.agent)
         # Claude reads these credentials, so they may show up in what it prints: redact
         # the values the file holds now (it may have been rewritten since the start).
-        learn_secret_file(agent.credentials_file)
+        if agent.credentials_file is not None:
+            learn_secret_file(agent.credentials_file)
         bound = log.bind(
             task_id=task.id, agent=agent.name, repo=task.spec.repo, number=task.spec.number
         )
@@ -252,7 +267,8 @@ class TaskWorker:
         claude = ClaudeExec(
             task_id=run.task.id,
             argv=tuple(argv),
-            env=run.env,
+            # Claude's login and secret_env: in this exec's environment only, read now.
+            env=tuple(with_claude_secrets(run.env, claude_secrets(agent))),
             stdin=prompt.encode(),
             workdir=run.plan.path,
             stop_grace=self._stop_grace,
