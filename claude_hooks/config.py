@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -138,6 +139,23 @@ class DaemonConfig:
         metadata=_doc(
             "Change-request rounds the team's review loop takes on one PR before it stops"
             " and hands the PR back to the person who asked"
+        ),
+    )
+    outage_retries: int = field(
+        default=8,
+        metadata=_doc(
+            "Times a task waits out an outage (Forgejo, Docker, the store busy) before it fails"
+        ),
+    )
+    outage_retry_for: float = field(
+        default=3600.0,
+        metadata=_doc("Seconds a task may wait out outages before it fails", **DURATION),
+    )
+    outage_backoff: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds before a task's first retry after an outage; doubles each time (max 10 min)",
+            **DURATION,
         ),
     )
     allowed_users: tuple[str, ...] = field(
@@ -510,6 +528,12 @@ def _validate_daemon(config: Config, path: Path) -> None:
         raise ConfigError(path, "daemon.hop_limit", "must not be negative")
     if daemon.max_review_rounds < 0:
         raise ConfigError(path, "daemon.max_review_rounds", "must not be negative")
+    if daemon.outage_retries < 0:
+        raise ConfigError(path, "daemon.outage_retries", "must not be negative")
+    for key in ("outage_retry_for", "outage_backoff"):
+        value = getattr(daemon, key)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(path, f"daemon.{key}", f"{value!r} must be more than 0 seconds")
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(
             path,

@@ -159,6 +159,18 @@ class Store:
         what = f"set tracking comment of task {task_id}"
         await self._call(what, self._db.set_tracking_comment, task_id, comment_id)
 
+    async def mark_reported(self, task_id: int) -> None:
+        await self._call(f"mark task {task_id} reported", self._db.mark_reported, task_id)
+
+    async def unreported(self, limit: int = 100) -> list[Task]:
+        """Ended tasks whose final state is not yet on their thread, oldest first."""
+        return await self._call("list unreported tasks", self._db.unreported, limit)
+
+    async def writable(self, busy_timeout: float = 0.5) -> None:
+        """Raise StoreError unless the store takes a write now (BEGIN IMMEDIATE; ROLLBACK)."""
+        ms = int(busy_timeout * 1000)
+        await self._call("try a write", self._db.try_write, ms)
+
     async def counts(self) -> dict[tuple[str, TaskState], int]:
         return await self._call("count tasks", self._db.counts)
 

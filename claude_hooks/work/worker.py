@@ -20,7 +20,7 @@ from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, re
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
 from claude_hooks.intake.reader import Permissions
-from claude_hooks.report.render import delivery_failed_reason, failure_reason, with_merge_note
+from claude_hooks.report.render import failure_reason, with_merge_note
 from claude_hooks.report.tracker import TaskReports
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
@@ -30,6 +30,7 @@ from claude_hooks.runner.stream import StreamEvent, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
 from claude_hooks.work.delivery import Delivery
+from claude_hooks.work.outages import delivery_words, outage_of
 from claude_hooks.work.prompts import (
     PromptContext,
     branch_name,
@@ -264,7 +265,10 @@ class TaskWorker:
             if facts.pull is not None and role is Role.LEAD:
                 return await self._deliver_merge(run, facts, outcome)
         except (ForgejoError, workspace.WorkspaceError) as exc:
-            return replace(outcome, state=TaskState.FAILED, reason=delivery_failed_reason(exc))
+            if outage_of(exc) is not None:
+                raise  # Forgejo down: the scheduler puts the task back until it answers
+            run.log.warning("delivery_failed", error=str(exc))
+            return replace(outcome, state=TaskState.FAILED, reason=delivery_words(exc))
         return outcome
 
     async def _deliver_branch(self, run: TaskRun, facts: ThreadFacts, outcome: Outcome) -> Outcome:
