@@ -76,17 +76,21 @@ def outage_config(factory: ConfigFactory, sim: ForgejoSim, image: str, **daemon:
 
 
 @pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Forgejo client's own retries and the final report's attempts, in milliseconds."""
+    quick = functools.partial(ForgejoClient, max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
+    monkeypatch.setattr(services_module, "ForgejoClient", quick)
+    monkeypatch.setattr(services_module, "Reporter", functools.partial(Reporter, final_attempts=1))
+
+
+@pytest.fixture
 async def start(
     forgejo_sim: ForgejoSim,
     config_factory: ConfigFactory,
     test_image: str,
     test_labels: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
+    quick_retries: None,
 ) -> AsyncIterator[Callable[..., Awaitable[Services]]]:
-    # The client's own retries and the final report's attempts, in milliseconds.
-    quick = functools.partial(ForgejoClient, max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
-    monkeypatch.setattr(services_module, "ForgejoClient", quick)
-    monkeypatch.setattr(services_module, "Reporter", functools.partial(Reporter, final_attempts=1))
     async with contextlib.AsyncExitStack() as started:
 
         async def start(**daemon: Any) -> Services:
@@ -221,6 +225,30 @@ async def test_a_final_report_forgejo_swallowed_is_delivered_once_it_answers(
     await wait_until(lambda: "Done" in agent_comments(forgejo_sim, number)[0])
     await wait_until(lambda: _reported(services, done.id), what="the task marked reported")
     assert await services.reports.redeliver() == 0  # delivered once, not again
+    assert_clean_and_final(forgejo_sim, number, "✅ **Done**")
+
+
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_final_report_left_undelivered_at_shutdown_is_delivered_at_the_next_start(
+    forgejo_sim: ForgejoSim,
+    config_factory: ConfigFactory,
+    test_image: str,
+    test_labels: dict[str, str],
+) -> None:
+    config = outage_config(config_factory, forgejo_sim, test_image)
+    run = functools.partial(Services.running, config, extra_labels=test_labels, listen=False)
+    async with run(daemon_id="test-outage-1") as services:
+        number = await mention_while_paused(services, forgejo_sim)
+        forgejo_sim.outage(lambda method, path: method in ("PATCH", "POST") and "/comments" in path)
+        with capture_logs() as logs:
+            await services.scheduler.resume(DEV)
+            done = await the_task(services, TaskState.SUCCEEDED)
+            await wait_until(lambda: any(e.get("phase") == "final" for e in logs))
+    assert "Queued" in agent_comments(forgejo_sim, number)[0]  # the thread never saw it run
+    forgejo_sim.end_outage()
+    async with run(daemon_id="test-outage-2") as services:
+        await wait_until(lambda: "Done" in agent_comments(forgejo_sim, number)[0])
+        await wait_until(lambda: _reported(services, done.id), what="the task marked reported")
     assert_clean_and_final(forgejo_sim, number, "✅ **Done**")
 
 

@@ -45,7 +45,12 @@ def free_port() -> int:
 
 
 def chaos_config(
-    factory: ConfigFactory, sim: ForgejoSim, image: str, agent: str, **overrides: object
+    factory: ConfigFactory,
+    sim: ForgejoSim,
+    image: str,
+    agent: str,
+    daemon: dict[str, object] | None = None,
+    **overrides: object,
 ) -> Config:
     token = f"forgejo-token-of-{agent}-0123456789"
     sim.add_user("alice", token="forgejo-token-of-alice-0123456789")
@@ -61,7 +66,7 @@ def chaos_config(
     values.update(overrides)
     return factory.load(
         forgejo={"url": sim.base_url},
-        daemon={"poll_interval": 0.2, "drain_timeout": 5, "log_format": "json"},
+        daemon={"poll_interval": 0.2, "drain_timeout": 5, "log_format": "json", **(daemon or {})},
         api={
             "listen": f"127.0.0.1:{free_port()}",
             "token_file": str(factory.secret("api-token", API_TOKEN)),
