@@ -51,7 +51,10 @@ FAR = 10**10  # a pause "for ever": the test resumes the agent itself
 LEAKS = re.compile(r"\b\w+(Error|Exception)\b|Traceback|unix://|/tmp/|/var/run|/srv/|/root/")
 
 
-def outage_config(factory: ConfigFactory, sim: ForgejoSim, image: str, **daemon: Any) -> Config:
+def outage_config(
+    factory: ConfigFactory, sim: ForgejoSim, image: str, *, agent_image: str | None = None,
+    **daemon: Any,
+) -> Config:  # fmt: skip
     sim.add_user(ALICE, token="forgejo-token-of-alice-0123456789")
     sim.add_user(DEV, token=DEV_TOKEN)
     sim.add_repo(REPO, collaborators={ALICE: "write", DEV: "admin"})
@@ -59,7 +62,8 @@ def outage_config(factory: ConfigFactory, sim: ForgejoSim, image: str, **daemon:
     creds = factory.secret("dev-creds.json", '{"claudeAiOauth": {"accessToken": "oauth-x-123"}}')
     os.chown(creds, AGENT_UID, AGENT_UID)
     agent = factory.agent(
-        DEV, token_file=str(token), credentials_file=str(creds), image=image, network="none",
+        DEV, token_file=str(token), credentials_file=str(creds), image=agent_image or image,
+        network="none",
         checkout=False, timeout=60,
     )  # fmt: skip
     return factory.load(
@@ -347,3 +351,27 @@ async def test_a_store_locked_by_another_process_defers_the_task_and_fails_readi
     assert "deferred: the task store is busy, will retry (try 1 of 6)" in summaries, summaries
     await wait_until(lambda: "Done" in agent_comments(forgejo_sim, number)[0])
     assert_clean_and_final(forgejo_sim, number, "✅ **Done**")
+
+
+async def test_a_failure_that_is_no_outage_fails_at_once_in_words_without_its_text(
+    forgejo_sim: ForgejoSim,
+    config_factory: ConfigFactory,
+    test_image: str,
+    test_labels: dict[str, str],
+    quick_retries: None,
+) -> None:
+    # Docker's own message names the image and can name host paths: it stays in the journal.
+    missing = "claude-hooks-missing-image:never-built"
+    config = outage_config(config_factory, forgejo_sim, test_image, agent_image=missing)
+    run = Services.running(config, daemon_id="test-outage", extra_labels=test_labels, listen=False)
+    async with run as services:
+        number = forgejo_sim.create_issue(REPO, ALICE, "Fix it", "Please.")
+        forgejo_sim.add_comment(REPO, number, ALICE, f"@{DEV} please fix this")
+        failed = await the_task(services, TaskState.FAILED)
+        assert failed.attempts == 1 and failed.deferrals == 0  # not waited out: no outage
+        assert failed.error == (
+            "the agent's container could not be used (the daemon's journal has the details)"
+        )
+        await wait_until(lambda: "Failed" in agent_comments(forgejo_sim, number)[0])
+    assert_clean_and_final(forgejo_sim, number, "❌ **Failed: The agent's container")
+    assert missing not in agent_comments(forgejo_sim, number)[0]
