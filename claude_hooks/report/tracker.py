@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
@@ -177,7 +177,8 @@ class Reporter:
     async def finish(self, task: Task, outcome: Outcome) -> bool:
         """The final edit: result, status, duration, turns, cost, links or the failure reason.
 
-        True once the thread shows it (or the task has no thread)."""
+        True once the thread shows it (or the task has no thread, or Forgejo refuses it
+        for good); False when it is worth trying again later."""
         if task.spec.number is None:
             return True
         tracker = self._trackers.pop(task.id, None) or self._tracker(task)
@@ -193,7 +194,7 @@ class Reporter:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._final_attempts),
             wait=wait_exponential(multiplier=self._final_backoff, max=60),
-            retry=retry_if_exception_type(ForgejoError),
+            retry=retry_if_exception(lambda exc: isinstance(exc, ForgejoError) and exc.retryable),
             reraise=True,
         )
         try:
@@ -203,7 +204,9 @@ class Reporter:
                         await self._write(task, tracker, body)
         except Exception as exc:  # reporting never fails the task
             self._tracking_failed(task, "final", exc)
-            return False
+            # Forgejo refusing for good (the issue gone, no access) is no outage to wait
+            # out: the outbox would try it every round for ever.
+            return isinstance(exc, ForgejoError) and not exc.retryable
         return True
 
     def _tracking_failed(self, task: Task, phase: str, exc: Exception) -> None:
