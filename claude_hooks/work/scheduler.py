@@ -568,7 +568,7 @@ class Scheduler:
         except TimeoutError:
             if deadline.expired():
                 return timed_out
-            raise  # the runner's own TimeoutError: a failure with its text
+            raise  # the runner's own TimeoutError: a failure, worded by _attempt
         return timed_out if deadline.expired() else checked_outcome(outcome)
 
     def _stop_outcome(self, run: _Run) -> Outcome | None:
