@@ -261,6 +261,29 @@ class DaemonConfig:
             **within(0, 100),
         ),
     )
+    outage_retries: int = field(
+        default=8,
+        metadata=_doc(
+            "Times a task waits out an outage (Forgejo, Docker, the store busy) before it fails",
+            **within(0, 1000),
+        ),
+    )
+    outage_retry_for: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "Seconds a task may wait out outages before it fails",
+            **DURATION,
+            **within(0, 7 * 86400, low_open=True),
+        ),
+    )
+    outage_backoff: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds before a task's first retry after an outage; doubles each time (max 10 min)",
+            **DURATION,
+            **within(0, 3600, low_open=True),
+        ),
+    )
     allowed_users: tuple[str, ...] = field(
         default=(),
         metadata=_doc("Logins allowed to trigger agents even without write access to the repo"),

@@ -121,6 +121,8 @@ class Task:
     links: tuple[str, ...] = ()  # branch / PR / review URLs produced by the task
     not_before: float | None = None  # deferred: queued, but not run before this time
     deferrals: int = 0  # deferrals that used up an attempt since it was last (re)queued
+    deferred_since: float | None = None  # when the first of those deferrals was recorded
+    final_reported: bool = False  # its final state is shown on the thread (the outbox)
 
     @property
     def deferred(self) -> bool:

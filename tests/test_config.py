@@ -66,6 +66,25 @@ def test_bad_duration_names_file_and_key(config_factory: ConfigFactory) -> None:
     assert "four minutes" in str(err.value)
 
 
+def test_the_outage_budget_has_defaults_and_takes_durations(config_factory: ConfigFactory) -> None:
+    daemon = config_factory.load().daemon
+    assert (daemon.outage_retries, daemon.outage_retry_for, daemon.outage_backoff) == (8, 3600, 30)
+    daemon = config_factory.load(daemon={"outage_retry_for": "2h", "outage_backoff": "5s"}).daemon
+    assert (daemon.outage_retry_for, daemon.outage_backoff) == (7200, 5)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("outage_retries", -1), ("outage_retry_for", 0), ("outage_backoff", "0s")],
+)
+def test_an_outage_budget_that_cannot_work_is_refused_naming_the_key(
+    config_factory: ConfigFactory, key: str, value: object
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_factory.load(daemon={key: value})
+    assert err.value.key == f"daemon.{key}"
+
+
 def test_misspelt_key_suggests_the_nearest_valid_key(config_factory: ConfigFactory) -> None:
     with pytest.raises(ConfigError) as err:
         config_factory.load(daemon={"pol_interval": 5})

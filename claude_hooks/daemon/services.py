@@ -60,6 +60,7 @@ from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskSpec
 from claude_hooks.work.delivery import Delivery
+from claude_hooks.work.outages import OutagePolicy
 from claude_hooks.work.scheduler import Scheduler, SchedulerError, TaskQueue
 from claude_hooks.work.worker import TaskWorker
 
@@ -161,6 +162,7 @@ class Services:
         await services.scheduler.start()  # dispatches recovered tasks: the port answers now
         _on_close(closing, "webhook inbox", services.inbox.close)
         services.inbox.start()  # decides what a previous process kept but did not decide
+        services.reports.start_outbox()  # final reports an outage or a crash kept from a thread
         return services
 
     @classmethod
@@ -212,6 +214,11 @@ class Services:
             precheck=worker.precheck,
             timeouts={a.name: a.timeout for a in config.agents},
             queue=queue,
+            outages=OutagePolicy(
+                attempts=config.daemon.outage_retries,
+                within=config.daemon.outage_retry_for,
+                backoff=config.daemon.outage_backoff,
+            ),
         )
         feed = TaskFeed()
         scheduler.subscribe(reports.on_change)
@@ -411,7 +418,7 @@ class Services:
     async def readiness(self) -> dict[str, bool]:
         store_ok = True
         try:
-            await self.store.counts()
+            await self.store.writable()  # a store another process locks cannot take a task
         except Exception:
             store_ok = False
         return {

@@ -122,8 +122,24 @@ def skipped_reason(why: str) -> str:
     return f"skipped: {why}"
 
 
-def delivery_failed_reason(error: Exception) -> str:
-    return f"delivering failed: {error}"
+def delivery_failed_reason(what: str) -> str:
+    """Delivering the work failed; `what` is in words, never an exception's text."""
+    return f"delivering failed: {what}"
+
+
+def crashed_reason(what: str) -> str:
+    """A run that raised: `what` in words; the exception itself stays in the journal."""
+    return f"{what} (the daemon's journal has the details)"
+
+
+def outage_reason(what: str, attempt: int, attempts: int) -> str:
+    """A task waiting out an outage: `what` is down, e.g. "Forgejo is unreachable"."""
+    return f"{what}, will retry (try {attempt} of {attempts})"
+
+
+def gave_up_reason(what: str, tries: int, seconds: float) -> str:
+    """An outage that outlasted the task's retry budget."""
+    return f"gave up after {tries} retries over {format_duration(seconds)}: {what}"
 
 
 def with_merge_note(result: str | None, detail: str) -> str:

@@ -54,9 +54,18 @@ CRASH_INTERRUPTION = "interrupted: the daemon stopped while it ran (crash or kil
 class StoreError(Exception):
     """The database file cannot be opened, read or written; says which file and why."""
 
-    def __init__(self, path: Path | str, message: str) -> None:
+    def __init__(self, path: Path | str, message: str, *, busy: bool = False) -> None:
         self.path = str(path)
+        self.busy = busy  # another connection held the lock past the busy timeout
         super().__init__(f"{path}: {message}")
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another process holds the database; it will pass."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "database is locked" in str(exc) or "database is busy" in str(exc)
 
 
 class TaskNotFound(LookupError):
@@ -194,6 +203,8 @@ def _task_from_row(row: sqlite3.Row) -> Task:
         links=tuple(json.loads(row["links"])),
         not_before=row["not_before"],
         deferrals=row["deferrals"],
+        deferred_since=row["deferred_since"],
+        final_reported=row["final_reported_at"] is not None,
     )
 
 
@@ -303,7 +314,8 @@ class Database:
         try:
             return fn(*args)
         except sqlite3.Error as exc:
-            raise StoreError(path, f"{what} failed: {exc}{_hint(path)}") from exc
+            busy = is_busy(exc)
+            raise StoreError(path, f"{what} failed: {exc}{_hint(path)}", busy=busy) from exc
 
     # --- tasks ---
 
@@ -403,6 +415,7 @@ class Database:
             "num_turns": outcome.num_turns,
             "duration_ms": outcome.duration_ms,
             "links": json.dumps(list(outcome.links)),
+            "final_reported_at": None,  # in the outbox until the thread shows it
         }
         allowed = frozenset({TaskState.RUNNING})
         if outcome.state in (TaskState.CANCELLED, TaskState.FAILED):
@@ -430,6 +443,8 @@ class Database:
             "interruptions": 0,
             "not_before": None,
             "deferrals": 0,
+            "deferred_since": None,
+            "final_reported_at": None,
         }
         allowed = FINAL_STATES | {TaskState.INTERRUPTED}
         with self.transaction():
@@ -453,6 +468,8 @@ class Database:
                 "finished_at": None,
                 "deferrals": row["deferrals"] + (1 if outcome.uses_attempt else 0),
             }
+            if outcome.uses_attempt and row["deferred_since"] is None:
+                changes["deferred_since"] = self.clock()
             if outcome.session_id is not None:
                 changes["session_id"] = outcome.session_id
             if outcome.cost_usd is not None:  # what the cut-short run cost still counts
@@ -567,6 +584,33 @@ class Database:
             (before_id, None if state is None else str(state), agent, max(limit, 0)),
         ).fetchall()
         return [_task_from_row(row) for row in rows]
+
+    def mark_reported(self, task_id: int) -> None:
+        """The thread shows the task's final state: out of the outbox."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE tasks SET final_reported_at = ? WHERE id = ? AND state IN"
+                " ('succeeded', 'failed', 'cancelled')",
+                (self.clock(), task_id),
+            )
+
+    def unreported(self, limit: int) -> list[Task]:
+        """Ended tasks on a thread whose final state the thread does not show yet."""
+        rows = self.conn.execute(
+            "SELECT * FROM tasks WHERE final_reported_at IS NULL AND number IS NOT NULL"
+            " AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [_task_from_row(row) for row in rows.fetchall()]
+
+    def try_write(self, busy_timeout_ms: int) -> None:
+        """Take the write lock and let go (readiness): a locked store raises."""
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("ROLLBACK")
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def queued(self) -> list[Task]:
         rows = self.conn.execute("SELECT * FROM tasks WHERE state = 'queued' ORDER BY id")

@@ -163,6 +163,18 @@ class Store:
         """The cost of `agent`'s tasks finished in the last `window` seconds (24 h)."""
         return await self._call(f"sum the spend of {agent}", self._db.spend, agent, window)
 
+    async def mark_reported(self, task_id: int) -> None:
+        await self._call(f"mark task {task_id} reported", self._db.mark_reported, task_id)
+
+    async def unreported(self, limit: int = 100) -> list[Task]:
+        """Ended tasks whose final state is not yet on their thread, oldest first."""
+        return await self._call("list unreported tasks", self._db.unreported, limit)
+
+    async def writable(self, busy_timeout: float = 0.5) -> None:
+        """Raise StoreError unless the store takes a write now (BEGIN IMMEDIATE; ROLLBACK)."""
+        ms = int(busy_timeout * 1000)
+        await self._call("try a write", self._db.try_write, ms)
+
     async def counts(self) -> dict[tuple[str, TaskState], int]:
         return await self._call("count tasks", self._db.counts)
 

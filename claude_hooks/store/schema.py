@@ -90,6 +90,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             attempts INTEGER NOT NULL DEFAULT 0
         )""",
     ),
+    # 5: outages (when a task's run of deferrals began) and the outbox of final reports
+    # (NULL: the final state is not yet shown on the thread; older tasks count as shown)
+    (
+        "ALTER TABLE tasks ADD COLUMN deferred_since REAL",
+        "ALTER TABLE tasks ADD COLUMN final_reported_at REAL",
+        "UPDATE tasks SET final_reported_at = COALESCE(finished_at, created_at)"
+        " WHERE state IN ('succeeded', 'failed', 'cancelled')",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

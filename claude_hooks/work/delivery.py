@@ -185,6 +185,8 @@ class Delivery:
             )
         except ForgejoError as exc:
             self._log(task).warning("merge_refused", error=str(exc))
+            if exc.status is None:  # no answer: the message is the connection error's text
+                return MergeResult(False, "Forgejo did not answer the merge request")
             return MergeResult(False, f"Forgejo refused the merge: {exc.message} ({exc.status})")
         if not merged:  # 405 / 409: not mergeable (conflict, WIP) or the head moved
             return MergeResult(

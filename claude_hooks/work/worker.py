@@ -22,7 +22,6 @@ from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
 from claude_hooks.intake.reader import Permissions
 from claude_hooks.report.render import (
-    delivery_failed_reason,
     failure_reason,
     head_moved_reason,
     lead_declined_note,
@@ -53,6 +52,7 @@ from claude_hooks.work.loop_steps import (
     pull_push_refusal,
     status_line,
 )
+from claude_hooks.work.outages import delivery_words, outage_of
 from claude_hooks.work.prompts import (
     PromptContext,
     ReReview,
@@ -342,7 +342,10 @@ class TaskWorker:
             reason = push_refused_reason(exc.branch, exc.detail)
             return replace(outcome, state=TaskState.FAILED, reason=reason)
         except (ForgejoError, workspace.WorkspaceError) as exc:
-            return replace(outcome, state=TaskState.FAILED, reason=delivery_failed_reason(exc))
+            if outage_of(exc) is not None:
+                raise  # Forgejo down: the scheduler puts the task back until it answers
+            run.log.warning("delivery_failed", error=str(exc))
+            return replace(outcome, state=TaskState.FAILED, reason=delivery_words(exc))
         return outcome
 
     async def _deliver_pull_branch(self, run: TaskRun, outcome: Outcome) -> Outcome:

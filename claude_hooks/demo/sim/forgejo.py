@@ -21,7 +21,7 @@ gateway, recorded and subject to fault injection; git requests check their own t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -29,7 +29,7 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.demo.sim import notifications as notes
-from claude_hooks.demo.sim.gateway import ApiGateway, RecordedRequest
+from claude_hooks.demo.sim.gateway import ApiGateway, Outage, RecordedRequest
 from claude_hooks.demo.sim.git import (
     SIM_IDENTITY,
     FileCommit,
@@ -267,6 +267,20 @@ class ForgejoSim:
     def drop_next(self, n: int) -> None:
         """The next n API requests get their connection closed without a response."""
         self.gateway.faults.drop += n
+
+    def outage(
+        self, match: Callable[[str, str], bool], status: int | None = 500, hang: float = 0.0
+    ) -> Outage:
+        """API requests `match(method, path)` selects fail until `end_outage` (status None:
+        the connection is dropped; `hang`: they wait that long first)."""
+        outage = Outage(match, status, hang)
+        self.gateway.faults.outages.append(outage)
+        return outage
+
+    def end_outage(self, outage: Outage | None = None) -> None:
+        """End one outage, or all of them."""
+        faults = self.gateway.faults
+        faults.outages = [o for o in faults.outages if outage is not None and o is not outage]
 
     def delay(self, seconds: float) -> None:
         """Every API request waits this long before being answered (0 turns it off)."""
