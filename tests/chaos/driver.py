@@ -30,7 +30,6 @@ from claude_hooks.config import Config
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.text import find_marker
 from tests.fakes.configs import ConfigFactory
-from tests.fakes.docker import AGENT_UID
 from tests.waiting import wait_until
 
 REPO = "acme/app"
@@ -59,7 +58,6 @@ def chaos_config(
     sim.add_user(agent, token=token)
     sim.add_repo(REPO, collaborators={"alice": "write", agent: "admin"})
     creds = factory.secret("creds.json", '{"claudeAiOauth": {"accessToken": "oauth-chaos-1"}}')
-    os.chown(creds, AGENT_UID, AGENT_UID)
     values = factory.agent(
         agent, token_file=str(factory.secret("agent-token", token)),
         credentials_file=str(creds), image=image, network="none", checkout=False,
