@@ -1,5 +1,8 @@
-"""Every real Claude Code capture in tests/data/real-streams/ (PROVENANCE.md says where
-each came from), replayed through the parser and the outcome rules.
+"""Every real Claude Code capture we know of, replayed through the parser and the
+outcome rules: our own runs of the pinned CLI (`*.scripted-api.jsonl`, committed in
+tests/data/real-streams/) and other people's, which are not redistributed here and are
+read from `$CLAUDE_HOOKS_CAPTURES/claude/real-streams/` (tests/captures.py; PROVENANCE.md
+in tests/data/real-streams says where each lives upstream).
 
 The expected outcome of each file is written here by hand from the file itself (its
 result line, or its lack of one), not computed by the code under test. The runs end
@@ -18,8 +21,10 @@ from claude_hooks.report.render import failure_reason
 from claude_hooks.runner.limits import NO_SIGNALS
 from claude_hooks.runner.stream import Malformed, Result, observe, outcome_of, parse_line
 from claude_hooks.tasks import Outcome, TaskState, UsageLimit
+from tests.captures import capture, captures_dir
 
 STREAMS = Path(__file__).parent / "data" / "real-streams"
+CAPTURED = "claude/real-streams"  # under $CLAUDE_HOOKS_CAPTURES
 RUN_END = datetime(2025, 11, 13, 12, 0, tzinfo=UTC).timestamp()
 KILLED = 143  # a cut-off capture: replayed as a run that ended without a result on SIGTERM
 
@@ -133,9 +138,17 @@ EXPECTED: dict[str, Expected] = {
 }
 
 
+# Our own runs (the file name's source part): the only captures committed here.
+OURS = frozenset(name for name in EXPECTED if name.endswith(".scripted-api.jsonl"))
+
+
+def stream_file(name: str) -> Path:
+    return STREAMS / name if name in OURS else capture(CAPTURED, name)
+
+
 def replay(name: str, exit_code: int, budget_usd: float | None = None) -> Outcome:
     signals, result = NO_SIGNALS, None
-    for line in (STREAMS / name).read_text(encoding="utf-8").splitlines():
+    for line in stream_file(name).read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         event = parse_line(line)
@@ -155,9 +168,14 @@ def replay(name: str, exit_code: int, budget_usd: float | None = None) -> Outcom
     )
 
 
-def test_every_capture_has_an_expected_outcome() -> None:
-    files = {p.name for p in STREAMS.glob("*.jsonl")}
-    assert files == set(EXPECTED)
+def test_every_committed_capture_is_ours_and_has_an_expected_outcome() -> None:
+    assert OURS  # the committed rows always run
+    assert {p.name for p in STREAMS.glob("*.jsonl")} == OURS
+
+
+def test_every_capture_in_claude_hooks_captures_has_an_expected_outcome() -> None:
+    files = {p.name for p in captures_dir(CAPTURED).glob("*.jsonl")}
+    assert files == set(EXPECTED) - OURS
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
