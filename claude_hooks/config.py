@@ -9,7 +9,9 @@ together). Every error names the file, the key and what is wrong.
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -21,6 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from claude_hooks.redact import redactor
 
@@ -64,11 +67,96 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+class AuthMode(StrEnum):
+    """The config key an agent's Claude login comes from."""
+
+    CREDENTIALS = "credentials_file"  # .credentials.json in CLAUDE_CONFIG_DIR
+    OAUTH_TOKEN = "oauth_token_file"  # CLAUDE_CODE_OAUTH_TOKEN
+    API_KEY = "api_key_file"  # ANTHROPIC_API_KEY
+
+
+# The environment variable each token-like auth mode sets in the Claude exec.
+AUTH_ENV = {AuthMode.OAUTH_TOKEN: "CLAUDE_CODE_OAUTH_TOKEN", AuthMode.API_KEY: "ANTHROPIC_API_KEY"}
+# Variables that carry a Claude login: a secret, never in plain `env`.
+SECRET_AUTH_VARIABLES = frozenset({*AUTH_ENV.values(), "ANTHROPIC_AUTH_TOKEN"})
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
     return {"doc": text, **extra}
 
 
 DURATION = {"duration": True}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a key accepts; each end optional, inclusive unless marked open.
+
+    `why` says what breaks outside them (Docker reading 0 as "no limit", systemd's
+    SIGKILL), so the refusal tells the operator more than a range.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: `low` itself is refused ("more than 0")
+    high_open: bool = False
+    why: str = ""
+
+    def problem(self, number: float) -> str | None:
+        """What is wrong with `number` here, or None when it is in range."""
+        too_low = self.low is not None and (
+            number <= self.low if self.low_open else number < self.low
+        )
+        too_high = self.high is not None and (
+            number >= self.high if self.high_open else number > self.high
+        )
+        if not (too_low or too_high):
+            return None
+        return f"must be {self.describe()}" + (f" ({self.why})" if self.why else "")
+
+    def describe(self) -> str:
+        ends = []
+        if self.low is not None:
+            ends.append(f"{'more than' if self.low_open else 'at least'} {plain_number(self.low)}")
+        if self.high is not None:
+            ends.append(f"{'below' if self.high_open else 'at most'} {plain_number(self.high)}")
+        return " and ".join(ends)
+
+
+def plain_number(number: float) -> str:
+    """1073741824 as written, not 1.07374e+09; 0.01 as 0.01."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def within(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    why: str = "",
+) -> dict[str, Any]:
+    """Field metadata: the key's number must lie in these bounds (see `checked_number`)."""
+    return {"bounds": Bounds(low, high, low_open, high_open, why)}
+
+
+def checked_number(
+    number: float, path: Path | str, key: str, bounds: Bounds | None = None, shown: Any = None
+) -> Any:
+    """Every number a config key holds goes through here: finite, and within its bounds.
+
+    TOML has `nan` and `inf`, and every comparison with nan is false, so a check such
+    as `drain_timeout < 300` lets it through and the daemon waits on it forever. The
+    loader calls this for each int, float and duration field (bounds from the field's
+    `within(...)` metadata); code reading a number some other way calls it too.
+    """
+    shown = number if shown is None else shown
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(path, key, f"must be a finite number, got {shown!r}")
+    if bounds is not None and (problem := bounds.problem(number)):
+        raise ConfigError(path, key, f"{problem}, got {shown!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -84,7 +172,12 @@ class ForgejoConfig:
         default=None, metadata=_doc("File holding the webhook HMAC secret; no webhooks without it")
     )
     request_timeout: float = field(
-        default=30.0, metadata=_doc("Seconds before one Forgejo request gives up", **DURATION)
+        default=30.0,
+        metadata=_doc(
+            "Seconds before one Forgejo request gives up",
+            **DURATION,
+            **within(0, 600, low_open=True, why="0 would fail every request"),
+        ),
     )
 
     @property
@@ -112,6 +205,20 @@ def repository_served(patterns: tuple[str, ...], repo: str) -> bool:
 _REPO_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _REPO_PATTERN = re.compile(rf"^{_REPO_SEGMENT}/(?:\*|{_REPO_SEGMENT})$")
 
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+# Docker refuses a limit below 6 MiB and reads 0 as none; Claude Code (Node) and git
+# need far more than that floor, so the loader asks for 128 MiB at least.
+MIN_MEMORY_TEXT = "128m"
+
+
+def memory_bytes(text: str) -> int:
+    """Bytes from a Docker size such as "4g", "512m", "1.5GiB" (binary units, like Docker)."""
+    match = _MEMORY.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a Docker memory size (e.g. 4g, 512m)")
+    return int(float(match[1]) * _MEMORY_UNITS[match[2].lower()])
+
 
 @dataclass(frozen=True)
 class DaemonConfig:
@@ -120,24 +227,61 @@ class DaemonConfig:
         metadata=_doc("SQLite store and per-task files"),
     )
     poll_interval: float = field(
-        default=15.0, metadata=_doc("Seconds between notification polls", **DURATION)
+        default=15.0,
+        metadata=_doc(
+            "Seconds between notification polls", **DURATION, **within(0, 86400, low_open=True)
+        ),
     )
-    max_concurrency: int = field(default=4, metadata=_doc("Tasks running at once, all agents"))
+    max_concurrency: int = field(
+        default=4, metadata=_doc("Tasks running at once, all agents", **within(1, 1024))
+    )
     drain_timeout: float = field(
         default=240.0,
         metadata=_doc(
             "Seconds running tasks may finish after SIGTERM (the stop fits TimeoutStopSec)",
             **DURATION,
+            **within(
+                0,
+                SYSTEMD_STOP_TIMEOUT,
+                high_open=True,
+                why=f"the unit's TimeoutStopSec={SYSTEMD_STOP_TIMEOUT:g}: systemd would SIGKILL"
+                " the drain",
+            ),
         ),
     )
     hop_limit: int = field(
-        default=3, metadata=_doc("How many agent-to-agent mentions one thread may chain")
+        default=3,
+        metadata=_doc("How many agent-to-agent mentions one thread may chain", **within(0, 100)),
     )
     max_review_rounds: int = field(
         default=3,
         metadata=_doc(
             "Change-request rounds the team's review loop takes on one PR before it stops"
-            " and hands the PR back to the person who asked"
+            " and hands the PR back to the person who asked",
+            **within(0, 100),
+        ),
+    )
+    outage_retries: int = field(
+        default=8,
+        metadata=_doc(
+            "Times a task waits out an outage (Forgejo, Docker, the store busy) before it fails",
+            **within(0, 1000),
+        ),
+    )
+    outage_retry_for: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "Seconds a task may wait out outages before it fails",
+            **DURATION,
+            **within(0, 7 * 86400, low_open=True),
+        ),
+    )
+    outage_backoff: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds before a task's first retry after an outage; doubles each time (max 10 min)",
+            **DURATION,
+            **within(0, 3600, low_open=True),
         ),
     )
     allowed_users: tuple[str, ...] = field(
@@ -161,7 +305,11 @@ class ApiConfig:
         default=None, metadata=_doc("File holding the bearer token the API requires")
     )
     max_body_bytes: int = field(
-        default=1_048_576, metadata=_doc("Largest request body accepted (API and webhooks)")
+        default=1_048_576,
+        metadata=_doc(
+            "Largest request body accepted (API and webhooks)",
+            **within(1024, 1 << 30, why="aiohttp reads 0 as no limit at all"),
+        ),
     )
     allowed_hosts: tuple[str, ...] = field(
         default=(),
@@ -169,6 +317,21 @@ class ApiConfig:
             "Host names the API answers besides the listen host, localhost and loopback"
             " addresses (a reverse proxy's, the one Forgejo's webhook uses); others get 421"
         ),
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a client may take to send a request's line and headers; then 408",
+            **DURATION,
+        ),
+    )
+    body_timeout: float = field(
+        default=30.0,
+        metadata=_doc("Seconds a client may take to send a request's body; then 408", **DURATION),
+    )
+    idle_timeout: float = field(
+        default=60.0,
+        metadata=_doc("Seconds a keep-alive connection may stay open between requests", **DURATION),
     )
 
     @property
@@ -189,19 +352,72 @@ class ApiConfig:
 class AgentConfig:
     name: str = field(metadata=_doc("The Forgejo username of this agent"))
     token_file: Path = field(metadata=_doc("File holding the agent's Forgejo token"))
-    credentials_file: Path = field(
-        metadata=_doc("Claude Code .credentials.json, bind-mounted read-only")
+    # How Claude Code logs in: exactly one of the three (AgentConfig.auth says which).
+    credentials_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Claude Code .credentials.json (subscription login); copied into the agent's"
+            " state volume when newer, so Claude Code can refresh it (the host copy stays)"
+        ),
+    )
+    oauth_token_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "File holding a long-lived token from `claude setup-token`"
+            " (Claude's CLAUDE_CODE_OAUTH_TOKEN)"
+        ),
+    )
+    api_key_file: Path | None = field(
+        default=None,
+        metadata=_doc("File holding an Anthropic API key (Claude's ANTHROPIC_API_KEY)"),
     )
     role: Role = field(default=Role.DEV, metadata=_doc("dev | reviewer | lead"))
     image: str = field(default="claude-hooks-agent:latest", metadata=_doc("Docker image"))
     network: str = field(default="bridge", metadata=_doc("Docker network mode of the container"))
-    max_concurrency: int = field(default=1, metadata=_doc("Tasks of this agent at once"))
+    max_concurrency: int = field(
+        default=1, metadata=_doc("Tasks of this agent at once", **within(1, 1024))
+    )
     model: str | None = field(default=None, metadata=_doc("claude --model"))
-    max_turns: int | None = field(default=None, metadata=_doc("claude --max-turns"))
-    timeout: float = field(default=3600.0, metadata=_doc("Seconds one task may run", **DURATION))
+    max_turns: int | None = field(
+        default=None, metadata=_doc("claude --max-turns", **within(1, 10_000))
+    )
+    timeout: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "Seconds one task may run", **DURATION, **within(0, 7 * 86400, low_open=True)
+        ),
+    )
     env: Mapping[str, str] = field(
         default_factory=lambda: types.MappingProxyType({}),
-        metadata=_doc("Extra environment for the claude process (not secrets)"),
+        metadata=_doc(
+            "Extra environment for the claude process, not secrets (provider settings:"
+            " CLAUDE_CODE_USE_BEDROCK, ANTHROPIC_MODEL, …)"
+        ),
+    )
+    secret_env: Mapping[str, Path] = field(
+        default_factory=lambda: types.MappingProxyType({}),
+        metadata=_doc(
+            'Secret environment for the claude process only: { NAME = "file" }, each'
+            " read from its file at every task, like the token files"
+        ),
+    )
+    time_zone: str | None = field(
+        default=None,
+        metadata=_doc(
+            'IANA zone ("Europe/Berlin") of a usage limit\'s "resets 5am" when Claude'
+            " names none; UTC if unset"
+        ),
+    )
+    usage_limit_backoff: float = field(
+        default=1800.0,
+        metadata=_doc("How long to wait after a usage limit of unknown reset time", **DURATION),
+    )
+    max_budget_usd: float | None = field(
+        default=None, metadata=_doc("claude --max-budget-usd: dollars one task may spend")
+    )
+    daily_budget_usd: float | None = field(
+        default=None,
+        metadata=_doc("Dollars the agent's tasks may spend in 24 hours, then it pauses"),
     )
     review_by: str | None = field(
         default=None, metadata=_doc("dev role: agent asked to review the PRs it opens")
@@ -227,9 +443,29 @@ class AgentConfig:
     prompt_file: Path | None = field(
         default=None, metadata=_doc("A prompt template replacing the built-in one for the role")
     )
-    memory: str = field(default="4g", metadata=_doc("Container memory limit (Docker units)"))
-    cpus: float = field(default=2.0, metadata=_doc("Container CPU limit"))
-    pids_limit: int = field(default=512, metadata=_doc("Container pids limit"))
+    memory: str = field(
+        default="4g",
+        metadata=_doc(f"Container memory limit (Docker units, at least {MIN_MEMORY_TEXT})"),
+    )
+    cpus: float = field(
+        default=2.0,
+        metadata=_doc(
+            "Container CPU limit",
+            **within(0.01, 1024, why="Docker's smallest share is 0.01 CPU; 0 means no limit"),
+        ),
+    )
+    pids_limit: int = field(
+        default=512,
+        metadata=_doc(
+            "Container pids limit",
+            **within(
+                32,
+                4_194_304,
+                why="Docker reads 0 or less as no limit; every thread counts, and Claude"
+                " Code alone starts a dozen",
+            ),
+        ),
+    )
     user: str = field(
         default=f"{DEFAULT_AGENT_UID}:{DEFAULT_AGENT_UID}",
         metadata=_doc("uid:gid that runs claude and git (no account of the host's)"),
@@ -241,6 +477,23 @@ class AgentConfig:
         default=(),
         metadata=_doc('Extra bind mounts of the container, Docker "host:container[:ro]" specs'),
     )
+
+    @property
+    def auth(self) -> AuthMode:
+        """How Claude logs in (the loader made sure exactly one file is set)."""
+        if self.oauth_token_file is not None:
+            return AuthMode.OAUTH_TOKEN
+        if self.api_key_file is not None:
+            return AuthMode.API_KEY
+        return AuthMode.CREDENTIALS
+
+    @property
+    def auth_file(self) -> Path | None:
+        return {
+            AuthMode.OAUTH_TOKEN: self.oauth_token_file,
+            AuthMode.API_KEY: self.api_key_file,
+            AuthMode.CREDENTIALS: self.credentials_file,
+        }[self.auth]
 
     @property
     def container_name(self) -> str:
@@ -366,8 +619,9 @@ def _coerce(value: Any, hint: Any, meta: Mapping[str, Any], path: Path, key: str
     if origin in (types.UnionType, typing.Union):  # X | None
         inner = next(a for a in args if a is not type(None))
         return _coerce(value, inner, meta, path, key)
+    bounds = meta.get("bounds")
     if meta.get("duration"):
-        return parse_duration(value, path, key)
+        return checked_number(parse_duration(value, path, key), path, key, bounds, shown=value)
     if hint is Path:
         return expand_path(_expect(value, str, path, key))
     if isinstance(hint, type) and issubclass(hint, StrEnum):
@@ -383,11 +637,15 @@ def _coerce(value: Any, hint: Any, meta: Mapping[str, Any], path: Path, key: str
     if origin is Mapping:
         table = _expect(value, dict, path, key)
         env = {k: _expect(v, str, path, f"{key}.{k}") for k, v in table.items()}
+        if args[1] is Path:  # secret_env: files, spelt like every other path
+            return types.MappingProxyType({k: expand_path(v) for k, v in env.items()})
         return types.MappingProxyType(env)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(path, key, f"must be a number, got {value!r}")
-        return float(value)
+        return checked_number(float(value), path, key, bounds, shown=value)
+    if hint is int:
+        return checked_number(_expect(value, int, path, key), path, key, bounds)
     return _expect(value, hint, path, key)
 
 
@@ -415,6 +673,7 @@ def parse_duration(value: Any, path: Path | str = "", key: str = "") -> float:
         seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
     else:
         raise ConfigError(path, key, f'bad duration {value!r}: use seconds or "90s", "15m", "2h"')
+    checked_number(seconds, path, key, shown=value)
     if seconds < 0:
         raise ConfigError(path, key, f"duration must not be negative, got {value!r}")
     return seconds
@@ -453,6 +712,8 @@ def _validate(config: Config, warnings: list[str]) -> None:
         ) from None
     if not 0 <= port <= 65535:
         raise ConfigError(path, "api.listen", f"port {port} is out of range")
+    if problem := listen_warning(config.api.host):
+        warnings.append(f"{path}: api.listen: {config.api.listen!r} {problem}")
     for i, host in enumerate(config.api.allowed_hosts):
         if not is_host(host):
             raise ConfigError(
@@ -460,6 +721,7 @@ def _validate(config: Config, warnings: list[str]) -> None:
                 f"api.allowed_hosts[{i}]",
                 f"{host!r} is not a host name or IP address (write it without scheme or port)",
             )
+    _validate_api_timeouts(config.api, path)
     if not config.agents:
         raise ConfigError(path, "agents", "no [[agents]] configured: add at least one")
     seen: set[str] = set()
@@ -475,6 +737,16 @@ def _validate(config: Config, warnings: list[str]) -> None:
         )
     if config.api.token_file is not None:
         check_secret_file(config.api.token_file, path, "api.token_file", "the API token", warnings)
+
+
+def _validate_api_timeouts(api: ApiConfig, path: Path) -> None:
+    """A NaN or infinite timeout never fires, and 0 would close every connection at once."""
+    for key in ("header_timeout", "body_timeout", "idle_timeout"):
+        seconds = getattr(api, key)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ConfigError(
+                path, f"api.{key}", f"must be a finite number of seconds above 0, got {seconds}"
+            )
 
 
 def _validate_repositories(patterns: tuple[str, ...], path: Path) -> None:
@@ -495,21 +767,6 @@ def _validate_repositories(patterns: tuple[str, ...], path: Path) -> None:
 
 def _validate_daemon(config: Config, path: Path) -> None:
     daemon = config.daemon
-    if daemon.drain_timeout >= SYSTEMD_STOP_TIMEOUT:
-        raise ConfigError(
-            path,
-            "daemon.drain_timeout",
-            f"{daemon.drain_timeout:g}s must stay below the unit's TimeoutStopSec="
-            f"{SYSTEMD_STOP_TIMEOUT:g} (systemd would SIGKILL the drain)",
-        )
-    if daemon.poll_interval <= 0:
-        raise ConfigError(path, "daemon.poll_interval", "must be more than 0 seconds")
-    if daemon.max_concurrency < 1:
-        raise ConfigError(path, "daemon.max_concurrency", "must be at least 1")
-    if daemon.hop_limit < 0:
-        raise ConfigError(path, "daemon.hop_limit", "must not be negative")
-    if daemon.max_review_rounds < 0:
-        raise ConfigError(path, "daemon.max_review_rounds", "must not be negative")
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(
             path,
@@ -527,16 +784,17 @@ def _validate_agent(
     if agent.name.lower() in seen:
         raise ConfigError(path, f"{where}.name", f"agent {agent.name!r} is configured twice")
     seen.add(agent.name.lower())
-    if agent.max_concurrency < 1:
-        raise ConfigError(path, f"{where}.max_concurrency", "must be at least 1")
-    if agent.max_turns is not None and agent.max_turns < 1:
-        raise ConfigError(path, f"{where}.max_turns", "must be at least 1")
-    if agent.timeout <= 0:
-        raise ConfigError(path, f"{where}.timeout", "must be more than 0 seconds")
+    _validate_memory(agent.memory, path, f"{where}.memory")
     names = {a.name.lower() for a in config.agents}
     if agent.review_by is not None and agent.review_by.lower() not in names:
         raise ConfigError(
             path, f"{where}.review_by", f"{agent.review_by!r} is not a configured agent"
+        )
+    if agent.review_by is not None and agent.review_by.lower() == agent.name.lower():
+        raise ConfigError(
+            path,
+            f"{where}.review_by",
+            f"{agent.review_by!r} is this agent itself: it would review its own pull requests",
         )
     if agent.merge_by is not None:
         lead = next((a for a in config.agents if a.name.lower() == agent.merge_by.lower()), None)
@@ -558,13 +816,153 @@ def _validate_agent(
     check_secret_file(
         agent.token_file, path, f"{where}.token_file", f"the Forgejo token of {who}", warnings
     )
-    check_secret_file(
-        agent.credentials_file,
-        path,
-        f"{where}.credentials_file",
-        f"the Claude credentials of {who}",
-        warnings,
-    )
+    _validate_claude_auth(config, where, agent, warnings)
+    _validate_budgets(path, where, agent)
+    warnings.extend(agent_warnings(agent, path, where))
+
+
+def listen_warning(host: str) -> str | None:
+    """Why listening on `host` exposes the API beyond this machine, or None (loopback)."""
+    if host == "localhost":
+        return None
+    try:
+        address = ipaddress.ip_address(host) if host else None
+    except ValueError:
+        return (
+            "names a host, not a loopback address: the API and the webhook"
+            " endpoint answer wherever it resolves; keep 127.0.0.1 behind a reverse proxy"
+        )
+    if address is None or address.is_unspecified:
+        return (
+            "binds every address of the host: anyone who reaches the host reaches the API"
+            " and the webhook endpoint; listen on 127.0.0.1 behind a reverse proxy"
+        )
+    if not address.is_loopback:
+        return (
+            "is not a loopback address: the API and the webhook endpoint answer on"
+            " that network; listen on 127.0.0.1 behind a reverse proxy"
+        )
+    return None
+
+
+# Where a Docker engine's socket usually is; DOCKER_HOST and the rootless one are added.
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
+def docker_socket_paths(env: Mapping[str, str]) -> tuple[str, ...]:
+    found = list(DOCKER_SOCKETS)
+    if (host := env.get("DOCKER_HOST", "")).startswith("unix://"):
+        found.append(host.removeprefix("unix://"))
+    if runtime_dir := env.get("XDG_RUNTIME_DIR"):
+        found.append(f"{runtime_dir}/docker.sock")
+    return tuple(found)
+
+
+def mount_warning(spec: str, sockets: tuple[str, ...]) -> str | None:
+    """Why a bind mount hands the agent the host, or None. Read-only does not help: a
+    socket on a read-only mount still connects, and `/` read-only still shows every file."""
+    source = os.path.realpath(spec.split(":", 1)[0])
+    if source == "/":
+        return (
+            "mounts the whole host filesystem (/) into the agent's container: Claude can read"
+            " every file of the host its uid can, other agents' credentials included"
+        )
+    for socket in sockets:
+        real = os.path.realpath(socket)
+        if real == source or real.startswith(source.rstrip("/") + "/"):
+            what = "is" if real == source else "holds"
+            return (
+                f"{what} the Docker socket ({socket}): read-only or not, whoever steers"
+                " the agent's Claude then controls Docker, which is root on the host"
+            )
+    return None
+
+
+def user_is_root(user: str) -> bool:
+    """Whether a Docker `user` ("uid[:gid]" or a name) runs as uid 0."""
+    return user.partition(":")[0].strip() in ("0", "root")
+
+
+def agent_warnings(
+    agent: AgentConfig, path: Path, where: str, env: Mapping[str, str] = os.environ
+) -> list[str]:
+    """Settings that work but weaken the agent's isolation, each naming its key."""
+    warnings = []
+    if user_is_root(agent.user):
+        warnings.append(
+            f"{path}: {where}.user: {agent.user!r} runs claude and git as root in the"
+            " container: without a user namespace that is the host's root for all it can"
+            f" reach (bind mounts, the credentials); use a uid no account holds, e.g."
+            f" {DEFAULT_AGENT_UID}:{DEFAULT_AGENT_UID}"
+        )
+    if agent.network == "host":
+        warnings.append(
+            f'{path}: {where}.network: "host" shares the host\'s network: the agent reaches'
+            " every service on the host's loopback (this daemon's API included) and the host's"
+            ' networks without Docker\'s isolation; use "bridge" (or "none")'
+        )
+    sockets = docker_socket_paths(env)
+    for n, spec in enumerate(agent.mounts):
+        if problem := mount_warning(spec, sockets):
+            warnings.append(f"{path}: {where}.mounts[{n}]: {spec!r} {problem}")
+    return warnings
+
+
+def _validate_claude_auth(
+    config: Config, where: str, agent: AgentConfig, warnings: list[str]
+) -> None:
+    path, who = config.path, f"agent {agent.name!r}"
+    given = [mode for mode in AuthMode if getattr(agent, mode.value) is not None]
+    if len(given) != 1:
+        choices = ", ".join(m.value for m in AuthMode)
+        found = f"it has {' and '.join(m.value for m in given)}" if given else "it has none"
+        raise ConfigError(
+            path, where, f"{who}: set exactly one of {choices} (how Claude logs in); {found}"
+        )
+    mode = given[0]
+    file = agent.auth_file
+    assert file is not None  # given[0] is set
+    if mode is AuthMode.CREDENTIALS:  # a JSON document, Claude Code's own login file
+        check_secret_file(
+            file,
+            path,
+            f"{where}.{mode.value}",
+            f"the Claude credentials of {who}",
+            warnings,
+            read=read_secret_document,
+        )
+    else:
+        check_secret_file(
+            file, path, f"{where}.{mode.value}", f"the Claude login of {who}", warnings
+        )
+    reserved = {"HOME", "CLAUDE_CONFIG_DIR", *SECRET_AUTH_VARIABLES}
+    for name, secret in agent.secret_env.items():
+        key = f"{where}.secret_env.{name}"
+        if not _ENV_NAME.match(name):
+            raise ConfigError(path, key, f"{name!r} is not an environment variable name")
+        if name in reserved or name in agent.env:
+            also = "agents.env also sets it" if name in agent.env else "the daemon sets it"
+            raise ConfigError(path, key, f"{name} cannot be a secret_env variable: {also}")
+        check_secret_file(secret, path, key, f"the secret {name} of {who}", warnings)
+    for name in sorted(SECRET_AUTH_VARIABLES & set(agent.env)):
+        warnings.append(
+            f"{path}: {where}.env.{name}: a Claude login in plain config text; put it in a "
+            "file named by oauth_token_file, api_key_file or secret_env instead"
+        )
+    if agent.time_zone is not None:
+        try:
+            ZoneInfo(agent.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                path, f"{where}.time_zone", f"{agent.time_zone!r} is not an IANA time zone"
+            ) from None
+
+
+def _validate_budgets(path: Path, where: str, agent: AgentConfig) -> None:
+    for key in ("max_budget_usd", "daily_budget_usd"):
+        value = getattr(agent, key)
+        if value is not None and value <= 0:
+            raise ConfigError(path, f"{where}.{key}", f"must be more than 0 dollars, got {value}")
 
 
 def bind_spec_problem(spec: str) -> str | None:
@@ -579,8 +977,33 @@ def bind_spec_problem(spec: str) -> str | None:
     return None
 
 
-def check_secret_file(file: Path, path: Path, key: str, what: str, warnings: list[str]) -> None:
-    """A missing secret is an error; one others can read is a warning."""
+def _validate_memory(text: str, path: Path, key: str) -> None:
+    try:
+        size = memory_bytes(text)
+    except ValueError as exc:
+        raise ConfigError(path, key, str(exc)) from None
+    if size < memory_bytes(MIN_MEMORY_TEXT) or size >= 1 << 63:
+        raise ConfigError(
+            path,
+            key,
+            f"{text!r}: must be at least {MIN_MEMORY_TEXT} (Docker reads 0 as no limit and"
+            " refuses less than 6m; Claude Code needs far more) and below 8 EiB",
+        )
+
+
+def check_secret_file(
+    file: Path,
+    path: Path,
+    key: str,
+    what: str,
+    warnings: list[str],
+    read: SecretReader | None = None,
+    denied_warns: bool = False,
+) -> None:
+    """Read the secret as the daemon will (`read`, by default `read_secret`): one that
+    cannot be used is an error naming the key and the file; one others can read is a
+    warning. `denied_warns`: a file the daemon's user may not read is only a warning
+    (Claude's credentials: the container reads them, the daemon only to redact them)."""
     try:
         mode = file.stat().st_mode
     except FileNotFoundError:
@@ -594,23 +1017,77 @@ def check_secret_file(file: Path, path: Path, key: str, what: str, warnings: lis
             f"{path}: {key}: {file} is readable by group or others "
             f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {file}"
         )
+    try:
+        (read or read_secret)(file)
+    except SecretFileError as exc:
+        if denied_warns and exc.errno == errno.EACCES:
+            warnings.append(
+                f"{path}: {key}: {what}: {exc.strerror}: the daemon cannot redact what it"
+                " cannot read; let its user read the file too"
+            )
+            return
+        raise ConfigError(path, key, f"{what}: {exc.strerror}") from None
+
+
+class SecretFileError(OSError):
+    """A secret file the daemon cannot use: unreadable, empty, not UTF-8, several lines.
+
+    An OSError, so every caller that refuses on an unreadable file (the API's token,
+    the webhook secret, a Forgejo token mid-rotation) refuses on these too. `strerror`
+    names the file and the problem, never the content.
+    """
+
+    def __init__(self, file: Path, problem: str, code: int = errno.EINVAL) -> None:
+        super().__init__(code, f"{file}: {problem}", str(file))
+
+
+SecretReader = typing.Callable[[Path], str]
 
 
 def read_secret(file: Path) -> str:
-    """The secret in a file, whitespace-trimmed. Read at use so rotation needs no restart.
+    """The one-line secret in a file (a token, the webhook secret), spaces trimmed.
 
-    Every value read is taught to the shared redactor first, so a rotated secret is
-    hidden from its first use on (and the old one stays hidden).
+    Read at use so rotation needs no restart, and by the config check with this same
+    function, so what `check` accepts is what the daemon can use. A token goes into an
+    HTTP header or an HMAC key: a second line would be sent as part of it, so only one
+    trailing newline is allowed. Every value read is taught to the shared redactor
+    first, so a rotated secret is hidden from its first use on (the old one stays).
     """
-    text = file.read_text(encoding="utf-8")
+    text = _read_secret_text(file)
+    body = text.removesuffix("\n").removesuffix("\r")
+    if "\n" in body or "\r" in body:
+        raise SecretFileError(
+            file, "holds more than one line (only one trailing newline is allowed)"
+        )
+    return body.strip()
+
+
+def read_secret_document(file: Path) -> str:
+    """A secret file that is a document (Claude's .credentials.json): several lines are
+    fine, but it must be readable, UTF-8 and not empty, as Claude Code needs it."""
+    return _read_secret_text(file)
+
+
+def _read_secret_text(file: Path) -> str:
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise SecretFileError(file, f"cannot read: {exc.strerror or exc}", code) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretFileError(file, f"is not UTF-8 text (byte {exc.start})") from None
     redactor.learn(text)
-    return text.strip()
+    if not text.strip():
+        raise SecretFileError(file, "is empty")
+    return text
 
 
 def learn_secret_file(file: Path) -> bool:
-    """Teach the redactor what `file` holds now (a rewritten credentials file); readable?"""
+    """Teach the redactor what `file` holds now (a rewritten credentials file); usable?"""
     try:
-        read_secret(file)
-    except (OSError, UnicodeDecodeError):
+        read_secret_document(file)
+    except OSError:
         return False
     return True

@@ -121,6 +121,8 @@ class Task:
     links: tuple[str, ...] = ()  # branch / PR / review URLs produced by the task
     not_before: float | None = None  # deferred: queued, but not run before this time
     deferrals: int = 0  # deferrals that used up an attempt since it was last (re)queued
+    deferred_since: float | None = None  # when the first of those deferrals was recorded
+    final_reported: bool = False  # its final state is shown on the thread (the outbox)
 
     @property
     def deferred(self) -> bool:
@@ -152,9 +154,21 @@ class AgentPause:
     until: float  # seconds since the epoch
     reason: str  # in words, for the thread, the status page and the journal
     cause: str  # usage_limit | daily_budget …: the metric's label
-    limit_type: str | None = (
-        None  # usage_limit: five_hour, seven_day …, as Claude said (not stored)
-    )
+    # usage_limit: five_hour, seven_day …, as Claude said (for the metric; not stored)
+    limit_type: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageLimit:
+    """A run stopped by a Claude usage limit (a subscription's session or weekly window).
+
+    Not the task's fault: whoever gets the outcome may pause the agent until
+    `resets_at` and run the task again; with no reset time known, after a backoff.
+    """
+
+    limit_type: str | None  # the CLI's rateLimitType ("five_hour", "seven_day", …) or the text's
+    resets_at: float | None  # unix seconds; None: unknown (use agents.usage_limit_backoff)
+    message: str  # what the CLI said, e.g. "Weekly limit reached ∙ resets 5am"
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,10 @@ class Outcome:
     retry_at: float | None = None  # QUEUED: deferred until this time
     uses_attempt: bool = True  # QUEUED: the deferral counts against the retry budget
     pause: AgentPause | None = None  # QUEUED: the agent's whole queue waits too (usage limit)
+    # FAILED by a usage limit, not by the task: pause the agent and requeue (see UsageLimit).
+    usage_limit: UsageLimit | None = None
+    # FAILED by an error that may pass (API overloaded, 5xx) after the CLI's own retries.
+    retryable: bool = False
 
     @property
     def deferred(self) -> bool:
@@ -189,7 +207,8 @@ class Outcome:
 class FailureKind(StrEnum):
     MAX_TURNS = "max_turns"
     API_ERROR = "api_error"  # the Claude API kept failing after the CLI's own retries
-    BUDGET = "budget"
+    BUDGET = "budget"  # the run reached agents.max_budget_usd
+    USAGE_LIMIT = "usage_limit"  # a Claude usage limit stopped the run (RunFailure.usage_limit)
     CLAUDE_ERROR = "claude_error"  # any other error result
     KILLED = "killed"  # no result: the process died of a signal
     NO_RESULT = "no_result"  # no result: it exited (or vanished) without one
@@ -204,3 +223,6 @@ class RunFailure:
     api_status: int | None = None  # API_ERROR: the last HTTP status, when the CLI said
     what: str | None = None  # CLAUDE_ERROR: the CLI's terminal reason or subtype
     detail: str = ""  # CLAUDE_ERROR: its errors or result; NO_RESULT: stderr's last line
+    usage_limit: UsageLimit | None = None  # USAGE_LIMIT: which limit, until when
+    budget_usd: float | None = None  # BUDGET: the agent's max_budget_usd
+    retryable: bool = False  # API_ERROR: overloaded or a server error, worth another run

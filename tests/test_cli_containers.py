@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 import subprocess
 import sys
+import time
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -100,15 +101,28 @@ def test_preflight_names_the_agent_and_the_file_that_is_missing_or_empty(
     ]
 
 
-def test_preflight_warns_when_the_container_user_cannot_read_the_credentials(
+def test_preflight_checks_the_file_of_the_agent_s_auth_mode_and_secret_env(
     config_factory: ConfigFactory,
 ) -> None:
-    agent = config_factory.load(agents=[config_factory.agent("dev", user="4242:4242")]).agents[0]
-    assert stat.S_IMODE(agent.credentials_file.stat().st_mode) == 0o600
-    (finding,) = preflight(agent)
-    assert not finding.fatal
-    assert "not readable by the container user 4242:4242" in finding.message
-    assert f"chown 4242:4242 {agent.credentials_file}" in finding.message
+    # The daemon reads the login and copies it as the agent user: the host file need not
+    # be readable by the container's uid (it was, for the read-only mount), only present.
+    oauth = config_factory.secret("oauth", "sk-ant-oat01-xyz")
+    aws = config_factory.secret("aws", "aws-secret")
+    values = config_factory.agent(
+        "dev",
+        user="4242:4242",
+        credentials_file=None,
+        oauth_token_file=str(oauth),
+        secret_env={"AWS_SECRET_ACCESS_KEY": str(aws)},
+    )
+    agent = config_factory.load(agents=[values]).agents[0]
+    assert preflight(agent) == []
+    oauth.write_text("\n")
+    aws.unlink()
+    assert [f.line() for f in preflight(agent)] == [
+        f"dev: FAILED: OAuth token file {oauth} is empty",
+        f"dev: FAILED: secret_env AWS_SECRET_ACCESS_KEY file {aws}: No such file or directory",
+    ]
 
 
 def test_shell_runs_docker_exec_as_the_agent_user(config_factory: ConfigFactory) -> None:
@@ -279,7 +293,7 @@ async def test_down_stops_and_keeps_the_state_volume_then_up_starts_it(
 
 
 @pytest.mark.docker
-async def test_rebuild_keeps_the_state_volume_and_the_read_only_credentials(
+async def test_rebuild_keeps_the_state_volume_and_the_credentials_copy_in_it(
     deployment: Deployment,
 ) -> None:
     agent = deployment.agent
@@ -289,27 +303,28 @@ async def test_rebuild_keeps_the_state_volume_and_the_read_only_credentials(
     assert code == 0
     done = await deployment.cli("containers", "rebuild", agent.name)
     assert done.returncode == 0, done.stderr
-    assert "volume" in done.stdout and "credentials mount kept" in done.stdout
+    assert "volume" in done.stdout and "Claude's login in it" in done.stdout
     new = await deployment.docker.containers.get(agent.container_name)
     assert new.id != old.id
     assert await run_exec(new, ["cat", "/state/marker"], user=agent.user) == (0, "kept\n")
     code, text = await run_exec(new, ["cat", CREDENTIALS_PATH], user=agent.user)
     assert code == 0 and "accessToken" in text
-    # Even root cannot write through the mount: a truncating open meets the read-only
-    # mount first (an appending one would meet root's missing capabilities first).
-    code, text = await run_exec(new, ["sh", "-c", f"echo x > {CREDENTIALS_PATH}"])
-    assert code != 0 and "Read-only" in text
+    # The copy is the agent's: Claude Code writes refreshed tokens there, not to the host.
+    code, text = await run_exec(new, ["sh", "-c", f"echo x > {CREDENTIALS_PATH}"], user=agent.user)
+    assert (code, text) == (0, "")
     assert "accessToken" in agent.credentials_file.read_text()
 
 
 @pytest.mark.docker
-async def test_credentials_rewritten_in_place_reach_the_container_without_rebuild(
+async def test_credentials_replaced_on_the_host_reach_the_container_without_rebuild(
     deployment: Deployment,
 ) -> None:
     agent = deployment.agent
     assert (await deployment.cli("containers", "up")).returncode == 0
-    with agent.credentials_file.open("w") as file:  # same inode, as OPERATIONS.md says
-        file.write('{"claudeAiOauth": {"accessToken": "renewed"}}\n')
+    agent.credentials_file.write_text('{"claudeAiOauth": {"accessToken": "renewed"}}\n')
+    later = time.time() + 5  # newer than the copy `up` made, even within the same second
+    os.utime(agent.credentials_file, (later, later))
+    assert (await deployment.cli("containers", "up")).returncode == 0  # as before a task
     container = await deployment.docker.containers.get(agent.container_name)
     code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=agent.user)
     assert code == 0 and "renewed" in text
@@ -343,6 +358,35 @@ async def test_rebuild_and_down_refuse_while_a_task_runs_unless_forced(
     assert forced.returncode == 0, forced.stderr
     assert "stopped 1 task process (--force)" in forced.stdout
     assert (await deployment.inspect())["Id"] != before
+
+
+@pytest.mark.docker
+async def test_another_instance_refuses_the_container_even_forced_and_its_task_runs_on(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The same agent names under another state dir (#16 §2): --force stops nobody's task."""
+    agent = deployment.agent
+    assert (await deployment.cli("containers", "up")).returncode == 0
+    before = (await deployment.inspect())["Id"]
+    await start_task_process(deployment.docker, agent)
+    table = tomllib.loads(deployment.path.read_text())
+    table["daemon"]["state_dir"] = str(tmp_path / "other-state")
+    (tmp_path / "other").mkdir()
+    factory = ConfigFactory(tmp_path / "other")
+    other = factory.write(daemon=table["daemon"], forgejo=table["forgejo"], agents=table["agents"])
+    for argv in (["rebuild", "--force"], ["down", "--force"], ["up"]):
+        done = await asyncio.to_thread(
+            run_cli_sync, ["containers", argv[0], "--config", str(other), *argv[1:]]
+        )
+        assert done.returncode == 1, done.stdout
+        assert f"container {agent.container_name} belongs to another claude-hooks instance" in (
+            done.stderr
+        ), done.stderr
+        assert deployment.instance in done.stderr
+    state = await deployment.inspect()
+    assert state["Id"] == before and state["State"]["Running"]
+    refused = await deployment.cli("containers", "down")  # its own config: the task is there
+    assert "1 task process running" in refused.stderr, refused.stderr
 
 
 @pytest.mark.docker

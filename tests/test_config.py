@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,15 +13,23 @@ import pytest
 from claude_hooks.config import (
     SECTIONS,
     AgentConfig,
+    Bounds,
     ConfigError,
     Role,
+    SecretFileError,
+    checked_number,
+    docker_socket_paths,
     expand_path,
+    learn_secret_file,
     load_config,
+    mount_warning,
     parse_duration,
+    plain_number,
+    read_secret,
     repository_served,
 )
 from tests.conftest import REPO_ROOT
-from tests.fakes.configs import ConfigFactory, toml_value
+from tests.fakes.configs import ConfigFactory, toml_table, toml_value
 
 EXAMPLE = REPO_ROOT / "deploy" / "config.example.toml"
 
@@ -54,6 +64,25 @@ def test_bad_duration_names_file_and_key(config_factory: ConfigFactory) -> None:
     assert err.value.key == "daemon.drain_timeout"
     assert str(config_factory.root / "config.toml") in str(err.value)
     assert "four minutes" in str(err.value)
+
+
+def test_the_outage_budget_has_defaults_and_takes_durations(config_factory: ConfigFactory) -> None:
+    daemon = config_factory.load().daemon
+    assert (daemon.outage_retries, daemon.outage_retry_for, daemon.outage_backoff) == (8, 3600, 30)
+    daemon = config_factory.load(daemon={"outage_retry_for": "2h", "outage_backoff": "5s"}).daemon
+    assert (daemon.outage_retry_for, daemon.outage_backoff) == (7200, 5)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("outage_retries", -1), ("outage_retry_for", 0), ("outage_backoff", "0s")],
+)
+def test_an_outage_budget_that_cannot_work_is_refused_naming_the_key(
+    config_factory: ConfigFactory, key: str, value: object
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_factory.load(daemon={key: value})
+    assert err.value.key == f"daemon.{key}"
 
 
 def test_misspelt_key_suggests_the_nearest_valid_key(config_factory: ConfigFactory) -> None:
@@ -265,3 +294,163 @@ def test_merge_by_must_name_a_configured_lead(
     with pytest.raises(ConfigError, match=r"agents\[0\]\.merge_by") as raised:
         load_config(tmp_path / "config.toml")
     assert problem in str(raised.value)
+
+
+# --- numbers, secrets and risky settings (issue 16 §4) -------------------------------------
+
+
+def _number_keys() -> list[tuple[str, str]]:
+    """(section, key) of every int, float and duration field the loader reads."""
+    found = []
+    for section, cls in [*SECTIONS.items(), ("agents", AgentConfig)]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = {hints[f.name]} | set(typing.get_args(hints[f.name]))
+            if kinds & {int, float}:
+                found.append((section, f.name))
+    return found
+
+
+def _with(factory: ConfigFactory, section: str, key: str, value: object) -> Path:
+    if section == "agents":
+        return factory.write(agents=[factory.agent(**{key: value})])
+    if section in ("forgejo", "daemon", "api"):
+        return factory.write(**{section: {key: value}})
+    return factory.write(factory.text() + toml_table(f"[{section}]", {key: value}))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(("section", "key"), _number_keys())
+def test_every_number_key_refuses_what_is_not_a_finite_number(
+    config_factory: ConfigFactory, section: str, key: str, value: float
+) -> None:
+    """nan passes every `<` check, inf waits forever: no number key may take either."""
+    assert len(_number_keys()) >= 10, "the walk over the fields found too few numbers"
+    named = f"agents[0].{key}" if section == "agents" else f"{section}.{key}"
+    with pytest.raises(ConfigError) as err:
+        load_config(_with(config_factory, section, key, value))
+    assert err.value.key == named
+    assert repr(value) in str(err.value)
+    wanted = "an integer" if int in typing.get_args(_hint(section, key)) else "a finite number"
+    assert f"must be {wanted}" in str(err.value)
+
+
+def _hint(section: str, key: str) -> object:
+    cls = AgentConfig if section == "agents" else SECTIONS[section]
+    hint = typing.get_type_hints(cls)[key]
+    return typing.Union[hint, None]  # noqa: UP007  (so get_args lists a bare int too)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "inside", "outside"),
+    [
+        (Bounds(0, low_open=True), [0.001, 10**9], [0, -1]),
+        (Bounds(0, 300, high_open=True), [0, 299.9], [300, -0.1]),
+        (Bounds(32, 64), [32, 64], [31, 65]),
+    ],
+)
+def test_bounds_say_what_is_outside_them(
+    bounds: Bounds, inside: list[float], outside: list[float]
+) -> None:
+    assert all(bounds.problem(n) is None for n in inside)
+    for n in outside:
+        with pytest.raises(ConfigError, match=rf"x\.y: must be .*, got {n!r}"):
+            checked_number(n, "c.toml", "x.y", bounds)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("memory", "0"), ("memory", "5m"), ("memory", "lots"), ("memory", "9999999p")],
+)
+def test_memory_is_a_docker_size_docker_and_claude_can_run_in(
+    config_factory: ConfigFactory, key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"agents\[0\]\.memory: .*{value!r}"):
+        config_factory.load(agents=[config_factory.agent(**{key: value})])
+    assert config_factory.load(agents=[config_factory.agent(memory="128m")]).agents[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "secret"),
+    [
+        (b"tok-123456\n", "tok-123456"),
+        (b"tok-123456\r\n", "tok-123456"),
+        (b" tok-123456 ", "tok-123456"),
+    ],
+)
+def test_read_secret_takes_one_line_with_one_trailing_newline(
+    tmp_path: Path, content: bytes, secret: str
+) -> None:
+    file = tmp_path / "token"
+    file.write_bytes(content)
+    assert read_secret(file) == secret
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"", "is empty"), (b" \n", "is empty"), (b"\xff\xfe", "not UTF-8"), (b"a\nb", "one line")],
+)
+def test_read_secret_refuses_what_the_daemon_cannot_send(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """The same function the daemon reads with: an OSError its callers already refuse on."""
+    file = tmp_path / "token"
+    file.write_bytes(content)
+    with pytest.raises(SecretFileError, match=problem) as err:
+        read_secret(file)
+    assert isinstance(err.value, OSError) and str(file) in str(err.value.strerror)
+
+
+def test_credentials_may_span_lines_but_not_be_empty(config_factory: ConfigFactory) -> None:
+    pretty = config_factory.secret("creds.json", '{\n  "claudeAiOauth": {"accessToken": "x"}\n}')
+    config = config_factory.load(agents=[config_factory.agent(credentials_file=str(pretty))])
+    assert config.warnings == ()
+    assert learn_secret_file(pretty)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8765", "[::1]:8765", "localhost:8765"])
+def test_a_loopback_listen_address_gives_no_warning(
+    config_factory: ConfigFactory, listen: str
+) -> None:
+    assert config_factory.load(api={"listen": listen}).warnings == ()
+
+
+def test_a_mount_warns_when_it_holds_the_docker_socket_as_docker_resolves_it(
+    tmp_path: Path,
+) -> None:
+    """Docker resolves the source's symlinks; what lies under it is the host's as it is."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run-other").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    sockets = (str(tmp_path / "run" / "docker.sock"),)
+    assert mount_warning(f"{tmp_path}/run-other:/x", sockets) is None  # beside, not holding it
+    assert mount_warning(f"{tmp_path}/ru:/x", sockets) is None  # a prefix is not a parent
+    for source in ("run/docker.sock", "run", "link", ""):
+        assert "Docker socket" in (mount_warning(f"{tmp_path}/{source}:/x:ro", sockets) or "")
+    assert "whole host" in (mount_warning("/:/host:ro", sockets) or "")
+    assert docker_socket_paths({"DOCKER_HOST": "unix:///tmp/d.sock"})[-1] == "/tmp/d.sock"
+    assert docker_socket_paths({"XDG_RUNTIME_DIR": "/run/user/7"})[-1] == "/run/user/7/docker.sock"
+
+
+def _example_line(block: str, key: str) -> str:
+    """The line of `key` in the example's first `block` table ("[daemon]", "[[agents]]")."""
+    text = EXAMPLE.read_text()
+    body = text.split(f"\n{block}\n", 1)[1].split("\n[", 1)[0]
+    return next(line for line in body.splitlines() if re.match(rf"^#? ?{key} = ", line))
+
+
+def test_example_config_states_the_bounds_of_every_number_key() -> None:
+    documented = []
+    for section, cls in [*SECTIONS.items(), ("agents", AgentConfig)]:
+        block = "[[agents]]" if section == "agents" else f"[{section}]"
+        for f in dataclasses.fields(cls):
+            if (bounds := f.metadata.get("bounds")) is None:
+                continue
+            line = _example_line(block, f.name)
+            for end in (bounds.low, bounds.high):
+                if end is not None:
+                    assert plain_number(end) in line, (
+                        f"{section}.{f.name}: {plain_number(end)} not in {line}"
+                    )
+            documented.append(f.name)
+    assert len(documented) >= 10

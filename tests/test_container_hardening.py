@@ -73,19 +73,24 @@ async def test_the_container_processes_run_as_the_agent_not_root(
     assert uids and "root" not in uids and "0" not in uids, uids
 
 
-async def test_the_agent_user_cannot_write_or_replace_the_credentials(
+async def test_what_the_agent_writes_to_its_credentials_never_reaches_the_host_file(
     manager: ContainerManager, make_agent: MakeAgent
 ) -> None:
+    # Claude Code must be able to write its refreshed tokens back (the read-only mount
+    # it had refused that); the host file is a copy's source only, never a target.
     agent = make_agent()
+    assert agent.credentials_file is not None
     container = await manager.ensure(agent)
+    await manager.sync_credentials(container, agent)
     before = agent.credentials_file.read_text()
     write = f"echo stolen > {CREDENTIALS_PATH}"
-    code, text = await run_exec(container, ["sh", "-c", write], user=agent.user)
-    assert code != 0 and ("Read-only" in text or "Permission denied" in text), text
-    move = f"mv {CREDENTIALS_PATH} /tmp/c"
-    code, text = await run_exec(container, ["sh", "-c", move], user=agent.user)
-    assert code != 0, text
+    assert await run_exec(container, ["sh", "-c", write], user=agent.user) == (0, "")
+    link = f"rm {CREDENTIALS_PATH} && ln -s /state/home/x {CREDENTIALS_PATH}"
+    assert await run_exec(container, ["sh", "-c", link], user=agent.user) == (0, "")
+    await manager.sync_credentials(container, agent)
     assert agent.credentials_file.read_text() == before
+    mounts = [m["Destination"] for m in (await container.show())["Mounts"]]
+    assert mounts == ["/state"]
 
 
 @pytest.fixture(params=["scripted", pytest.param("agent", marks=pytest.mark.agent_image)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import shlex
 import uuid
 from pathlib import Path
@@ -23,6 +24,7 @@ from claude_hooks.runner.containers import (
     ContainerManager,
     StateDir,
     StateFacts,
+    credentials_copy_needed,
     memory_bytes,
     parse_state_facts,
     run_exec,
@@ -91,20 +93,31 @@ def test_config_labels_mark_the_container_as_ours() -> None:
     }
 
 
-def test_config_mounts_state_volume_and_read_only_credentials() -> None:
-    mounts = pure_manager().container_config(agent())["HostConfig"]["Mounts"]
-    volume, credentials = mounts
+def test_config_mounts_the_state_volume_and_no_credentials() -> None:
+    # The credentials file used to be a read-only bind mount, which made Claude Code's
+    # token refresh fail to write it back: now it is copied into the volume.
+    (volume,) = pure_manager().container_config(agent())["HostConfig"]["Mounts"]
     assert (volume["Type"], volume["Source"], volume["Target"]) == (
         "volume", "claude-hooks-dev-state", "/state",
     )  # fmt: skip
     assert CONFIG_LABEL not in volume["VolumeOptions"]["Labels"]
-    assert credentials == {
-        "Type": "bind",
-        "Source": "/secrets/dev-creds.json",
-        "Target": CREDENTIALS_PATH,
-        "ReadOnly": True,
-    }
     assert CREDENTIALS_PATH.startswith("/state/")  # Claude's config dir persists in the volume
+
+
+@pytest.mark.parametrize(
+    ("host", "copy", "needed"),
+    [
+        (100, None, True),
+        (200, (100, 50), True),
+        (100, (100, 50), False),
+        (100, (200, 50), False),  # Claude Code refreshed it
+        (100, (200, 0), True),  # the empty mountpoint of the old read-only bind mount
+    ],
+)
+def test_the_host_credentials_are_copied_only_when_newer(
+    host: int, copy: tuple[int, int] | None, needed: bool
+) -> None:
+    assert credentials_copy_needed(host, copy) is needed
 
 
 def test_config_drops_every_capability_and_privilege_gain_and_makes_the_root_read_only() -> None:
@@ -167,7 +180,6 @@ def test_config_hash_is_stable_and_follows_every_setting() -> None:
         {"pids_limit": 100},
         {"network": "none"},
         {"user": "1001:1001"},
-        {"credentials_file": Path("/secrets/other.json")},
     ):
         assert manager.config_hash(agent(**change)) != base, change
 
@@ -175,7 +187,15 @@ def test_config_hash_is_stable_and_follows_every_setting() -> None:
 def test_config_hash_ignores_what_each_exec_gets() -> None:
     manager = pure_manager()
     base = manager.config_hash(agent())
-    for change in ({"token_file": Path("/elsewhere")}, {"model": "x"}, {"max_turns": 3}):
+    for change in (
+        {"token_file": Path("/elsewhere")},
+        {"model": "x"},
+        {"max_turns": 3},
+        # Claude's login is copied into the volume or set per exec, never mounted: a new
+        # file (or auth mode) needs no new container.
+        {"credentials_file": Path("/secrets/other.json")},
+        {"credentials_file": None, "oauth_token_file": Path("/secrets/oauth")},
+    ):
         assert manager.config_hash(agent(**change)) == base, change
 
 
@@ -222,24 +242,78 @@ async def test_ensure_creates_the_container_as_configured(
     assert info["Config"]["User"] == f"{AGENT_UID}:{AGENT_UID}"
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/state"]["Name"] == f"claude-hooks-{a.name}-state"
-    assert mounts[CREDENTIALS_PATH]["RW"] is False
+    assert CREDENTIALS_PATH not in mounts
 
 
 @pytest.mark.docker
-async def test_container_runs_as_non_root_with_writable_state_and_read_only_credentials(
+async def test_container_runs_as_non_root_with_writable_state_and_a_copy_of_the_credentials(
     manager: ContainerManager, make_agent: MakeAgent
 ) -> None:
     a = make_agent()
+    assert a.credentials_file is not None
     container = await manager.ensure(a)
     assert await run_exec(container, ["id", "-u"], user=a.user) == (0, f"{AGENT_UID}\n")
+    assert await manager.sync_credentials(container, a)
     code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
     assert (code, text) == (0, a.credentials_file.read_text())
-    code, text = await run_exec(container, ["sh", "-c", f"echo x > {CREDENTIALS_PATH}"], user="0")
-    assert code != 0 and "Read-only file system" in text
+    owner = await run_exec(container, ["stat", "-c", "%u %a", CREDENTIALS_PATH], user=a.user)
+    assert owner == (0, f"{AGENT_UID} 600\n")
+    # Claude Code refreshes the token and writes the file back: it may, and the host
+    # copy stays as it was.
+    refreshed = '{"claudeAiOauth": {"accessToken": "refreshed"}}'
+    code, text = await run_exec(
+        container, ["sh", "-c", f"echo '{refreshed}' > {CREDENTIALS_PATH}"], user=a.user
+    )
+    assert (code, text) == (0, "")
     assert a.credentials_file.read_text().startswith('{"claudeAiOauth"')
+    assert "refreshed" not in a.credentials_file.read_text()
     projects = "/state/home/.claude/projects/-state-work-task-1"
     code, text = await run_exec(container, ["mkdir", "-p", projects], user=a.user)
     assert (code, text) == (0, "")
+
+
+@pytest.mark.docker
+async def test_a_refreshed_copy_stays_until_the_host_file_is_replaced(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    assert a.credentials_file is not None
+    container = await manager.ensure(a)
+    assert await manager.sync_credentials(container, a)
+    # Claude Code refreshed the token in the volume (the copy is now newer).
+    refreshed = '{"claudeAiOauth": {"accessToken": "refreshed-in-volume"}}'
+    write = f"echo '{refreshed}' > {CREDENTIALS_PATH} && touch -d @{2**31 - 10} {CREDENTIALS_PATH}"
+    assert await run_exec(container, ["sh", "-c", write], user=a.user) == (0, "")
+    assert not await manager.sync_credentials(container, a)  # the next task keeps it
+    code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
+    assert (code, text.strip()) == (0, refreshed)
+    # The operator logs in again on the host: the newer host file replaces the copy,
+    # even where the agent planted a link instead of the file.
+    link = f"rm -f {CREDENTIALS_PATH} && ln -s /state/elsewhere {CREDENTIALS_PATH}"
+    assert await run_exec(container, ["sh", "-c", link], user=a.user) == (0, "")
+    a.credentials_file.write_text('{"claudeAiOauth": {"accessToken": "new-login"}}\n')
+    os.utime(a.credentials_file, (2**31 - 1, 2**31 - 1))
+    assert await manager.sync_credentials(container, a)
+    code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
+    assert (code, "new-login" in text) == (0, True)
+    kind = await run_exec(container, ["sh", "-c", f"test -L {CREDENTIALS_PATH} || echo file"])
+    assert kind == (0, "file\n")
+
+
+@pytest.mark.docker
+async def test_an_empty_file_left_by_the_old_mount_is_replaced(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    # The read-only bind mount of older releases left an empty mountpoint file in the
+    # volume, newer than the host file: it must not pass for a refreshed login.
+    a = make_agent()
+    assert a.credentials_file is not None
+    os.utime(a.credentials_file, (1_000_000_000, 1_000_000_000))
+    container = await manager.ensure(a)
+    assert await run_exec(container, ["touch", CREDENTIALS_PATH], user=a.user) == (0, "")
+    assert await manager.sync_credentials(container, a)
+    code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
+    assert (code, text) == (0, a.credentials_file.read_text())
 
 
 @pytest.mark.docker
@@ -342,6 +416,7 @@ async def test_rebuild_makes_a_new_container_on_the_same_volume_and_credentials(
 ) -> None:
     a = make_agent()
     first = await manager.ensure(a)
+    await manager.sync_credentials(first, a)
     await run_exec(first, ["sh", "-c", "echo kept > /state/marker"], user=a.user)
     second = await manager.rebuild(a)
     assert second.id != first.id
@@ -469,3 +544,47 @@ async def test_orphan_removal_spares_containers_of_another_daemon_instance(
     assert await ours.remove_orphans(set()) == []
     container = await docker.containers.get(their_agent.container_name)
     assert container["State"]["Running"]
+
+
+def test_a_container_of_another_instance_is_foreign_naming_it_and_both_instances() -> None:
+    from claude_hooks.runner.containers import INSTANCE_LABEL, foreign_owner
+
+    ours = {MANAGED_LABEL: "1", INSTANCE_LABEL: "aaa"}
+    assert foreign_owner("claude-hooks-dev", ours, "aaa") is None
+    theirs = foreign_owner("claude-hooks-dev", {**ours, INSTANCE_LABEL: "bbb"}, "aaa")
+    assert theirs is not None
+    assert "container claude-hooks-dev belongs to another claude-hooks instance" in theirs
+    assert (
+        f"{INSTANCE_LABEL}=bbb, ours is aaa" in theirs and "docker rm -f claude-hooks-dev" in theirs
+    )
+    unlabelled = foreign_owner("claude-hooks-dev", {MANAGED_LABEL: "1"}, "aaa")
+    assert unlabelled is not None and f"no {INSTANCE_LABEL} label" in unlabelled
+    assert foreign_owner("claude-hooks-dev", {**ours, INSTANCE_LABEL: "bbb"}, None) is None
+
+
+@pytest.mark.docker
+async def test_another_instance_never_recreates_rebuilds_stops_or_kills_into_a_container(
+    docker: aiodocker.Docker, make_agent: MakeAgent, test_labels: dict[str, str], tmp_path: Path
+) -> None:
+    """The same agent name under another state dir (#16 §2): refused, never replaced."""
+    from claude_hooks.runner.containers import instance_labels, signal_processes, strays_of
+
+    theirs = ContainerManager(
+        docker, extra_labels={**test_labels, **instance_labels(tmp_path / "a")}
+    )
+    ours = ContainerManager(docker, extra_labels={**test_labels, **instance_labels(tmp_path / "b")})
+    agent = make_agent()
+    container = await theirs.ensure(agent)
+    await _start_detached(container, agent.user, {TASK_MARKER: "1", DAEMON_MARKER: "theirs"})
+    their_task = strays_of("ours")  # what our kill_strays would take for a dead daemon's
+    for step in (
+        ours.kill_strays(agent, "ours", grace=0.5),
+        ours.ensure(agent),  # its labels differ from ours: "config changed"
+        ours.rebuild(agent),
+        ours.down([agent]),
+    ):
+        with pytest.raises(ContainerError, match="belongs to another claude-hooks instance"):
+            await step
+    after = await docker.containers.get(agent.container_name)
+    assert after.id == container.id and after["State"]["Running"]
+    assert len(await signal_processes(after, "list", their_task, user=agent.user)) == 1

@@ -14,6 +14,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ import aiodocker
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.daemon.main import EXIT_CRASHED, EXIT_STORE
+from claude_hooks.daemon.main import EXIT_CONFIG, EXIT_CRASHED, EXIT_STORE
 from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.runner.containers import INSTANCE_LABEL, instance_labels
 from claude_hooks.tasks import TaskState
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
@@ -248,17 +250,132 @@ async def test_a_crash_is_logged_as_an_error_with_its_traceback_and_exits_1(
 ) -> None:
     """Python's own traceback would reach the journal at info: `-p warning` would hide it."""
     config = setup()
-    with socket.socket() as taken:  # the API's address is in use: the start fails
-        taken.bind((config.api.host, config.api.port))
-        taken.listen()
-        daemon = await start_daemon(config, daemons)
-        async with asyncio.timeout(30):
-            code = await daemon.process.wait()
+    config.daemon.state_dir.parent.mkdir(parents=True, exist_ok=True)
+    config.daemon.state_dir.write_text("")  # a file where the state directory belongs
+    daemon = await start_daemon(config, daemons)
+    async with asyncio.timeout(30):
+        code = await daemon.process.wait()
     assert code == EXIT_CRASHED, daemon.output()
-    events = [json.loads(line) for line in daemon.output().splitlines() if line[:1] == "{"]
+    events = json_events(daemon)
     crashed = [e for e in events if e["event"] == "daemon_crashed"]
     assert len(crashed) == 1 and crashed[0]["level"] == "error", daemon.output()
-    assert "Traceback" in crashed[0]["exception"] and "in use" in crashed[0]["exception"]
+    assert "Traceback" in crashed[0]["exception"] and "FileExistsError" in crashed[0]["exception"]
+
+
+def json_events(daemon: Daemon) -> list[dict[str, object]]:
+    return [json.loads(line) for line in daemon.output().splitlines() if line[:1] == "{"]
+
+
+def start_failure(daemon: Daemon) -> str:
+    """The one `daemon_start_failed` line's words; no traceback anywhere in the output."""
+    assert "Traceback" not in daemon.output(), daemon.output()
+    failed = [e for e in json_events(daemon) if e["event"] == "daemon_start_failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "error", daemon.output()
+    assert "\n" not in str(failed[0]["error"])
+    return str(failed[0]["error"])
+
+
+def other_instance(first: Config, root: Path, *, listen: str, forgejo_url: str) -> Config:
+    """The same agents (names, images, files) under another state dir: a second instance."""
+    table = tomllib.loads(first.path.read_text())
+    factory = ConfigFactory(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return factory.load(
+        forgejo={**table["forgejo"], "url": forgejo_url},
+        daemon=table["daemon"] | {"state_dir": str(root / "state")},
+        api={**table["api"], "listen": listen},
+        agents=table["agents"],
+    )
+
+
+async def test_a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_ones_task_succeeds(
+    setup, daemons: list[Daemon], forgejo_sim: ForgejoSim
+) -> None:
+    """#16 §2: it used to SIGTERM the first one's claude (`kill_strays`), then die on the
+    port with a traceback, and the first one's task failed "claude exited 143"."""
+    config = setup()
+    first = await start_daemon(config, daemons)
+    mention(forgejo_sim, "delay=2")  # a 12 s run
+    await wait_for_event(config, "tool_use", daemon=first)  # claude is mid-run
+    second = await start_daemon(config, daemons)  # `claude-hooks run` typed in a shell
+    async with asyncio.timeout(30):
+        code = await second.process.wait()
+    assert code == EXIT_STORE, second.output()
+    said = start_failure(second)
+    assert f"pid {first.process.pid}" in said and str(config.daemon.state_dir) in said, said
+    assert "stray_processes" not in second.output()
+    assert [row[1] for row in task_rows(config)] == ["running"]  # nothing recovered under it
+    await wait_for_state(config, TaskState.SUCCEEDED, limit=40, daemon=first)
+    assert await first.stop() == 0, first.output()
+    [(_, state, attempts, error)] = task_rows(config)
+    assert (state, attempts, error) == ("succeeded", 1, None)
+
+
+async def test_a_port_in_use_is_said_in_words_before_anything_is_touched(
+    setup, daemons: list[Daemon], forgejo_sim: ForgejoSim, tmp_path: Path
+) -> None:
+    """Another state dir (so no lock stops it) and the first daemon's port: it used to
+    kill the first one's claude in their shared-named container, then crash on the port."""
+    config = setup()
+    first = await start_daemon(config, daemons)
+    mention(forgejo_sim, "delay=2")
+    await wait_for_event(config, "tool_use", daemon=first)
+    clash = other_instance(
+        config, tmp_path / "other", listen=config.api.listen, forgejo_url=forgejo_sim.base_url
+    )
+    second = await start_daemon(clash, daemons)
+    async with asyncio.timeout(30):
+        code = await second.process.wait()
+    assert code == EXIT_CONFIG, second.output()
+    said = start_failure(second)
+    assert f"api.listen = '{config.api.listen}'" in said and "in use" in said, said
+    assert "stray_processes" not in second.output()
+    await wait_for_state(config, TaskState.SUCCEEDED, limit=40, daemon=first)
+    assert await first.stop() == 0, first.output()
+    assert [row[1:] for row in task_rows(config)] == [("succeeded", 1, None)]
+
+
+async def test_another_instance_with_the_same_agent_names_leaves_the_container_alone(
+    setup, daemons: list[Daemon], forgejo_sim: ForgejoSim, docker: aiodocker.Docker, tmp_path: Path
+) -> None:
+    """Another state dir on the same engine: it used to kill the first one's claude as a
+    stray and recreate its container ("config changed") for a task of its own."""
+    config = setup()
+    first = await start_daemon(config, daemons)
+    mention(forgejo_sim, "delay=3")  # an 18 s run
+    await wait_for_event(config, "tool_use", daemon=first)
+    container = await docker.containers.get(config.agents[0].container_name)
+    # The same Forgejo account: the first daemon has marked the mention read already.
+    other = other_instance(
+        config, tmp_path / "other", listen=f"127.0.0.1:{free_port()}",
+        forgejo_url=forgejo_sim.base_url,
+    )  # fmt: skip
+    second = await start_daemon(other, daemons)
+    await wait_for_ready(other, second)
+    # The API answers before housekeeping ends: wait for the refusal itself.
+    refused = await wait_until(
+        lambda: [e for e in json_events(second) if e["event"] == "container_refused"],
+        timeout=20,
+        what="the other instance's container to be refused",
+    )
+    theirs = instance_labels(config.daemon.state_dir)[INSTANCE_LABEL]
+    assert len(refused) == 1, second.output()
+    assert config.agents[0].container_name in str(refused[0]["error"])
+    assert theirs in str(refused[0]["error"]), refused
+    code, out = await run_cli(
+        other, "submit", "--agent", AGENT, "--repo", REPO, "--wait", "say hello"
+    )
+    assert code != 0, out
+    [(_, state, _, error)] = task_rows(other)
+    assert state == "failed" and error and "belongs to another claude-hooks instance" in error
+    assert [row[1] for row in task_rows(config)] == ["running"]  # still, after all that
+    assert await second.stop() == 0, second.output()
+    assert "stray_processes" not in second.output() and "container_recreate" not in second.output()
+    await wait_for_state(config, TaskState.SUCCEEDED, limit=40, daemon=first)
+    assert await first.stop() == 0, first.output()
+    assert [row[1:] for row in task_rows(config)] == [("succeeded", 1, None)]
+    after = await docker.containers.get(config.agents[0].container_name)
+    assert after.id == container.id  # neither recreated nor replaced
 
 
 async def test_a_store_that_will_not_open_exits_with_its_own_code(
@@ -338,3 +455,27 @@ async def wait_for_ready(config: Config, daemon: Daemon) -> None:
             what="/healthz to answer 200",
             details=lambda: daemon.output()[-4000:],
         )
+
+
+async def test_the_demo_and_the_cli_still_work_beside_a_running_daemon(
+    setup, daemons: list[Daemon], forgejo_sim: ForgejoSim
+) -> None:
+    """The lock is the daemon's alone: the demo has a state dir of its own, the CLI reads
+    through the API (no command opens the store)."""
+    config = setup()
+    daemon = await start_daemon(config, daemons)
+    mention(forgejo_sim, "delay=1")
+    await wait_for_state(config, TaskState.RUNNING, daemon=daemon)
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "claude_hooks", "demo",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(120):
+        out, _ = await demo.communicate()
+    assert demo.returncode == 0 and "task 1: succeeded" in out.decode(), out.decode()
+    code, listed = await run_cli(config, "tasks")
+    assert code == 0 and REPO in listed, listed
+    code, checked = await run_cli(config, "check", "--offline")
+    assert code == 0, checked
+    await wait_for_state(config, TaskState.SUCCEEDED, limit=40, daemon=daemon)
+    assert await daemon.stop() == 0, daemon.output()

@@ -270,6 +270,7 @@ async def test_agent_image_runs_pinned_claude_and_git_as_the_agent_uid(
     assert await run_exec(container, ["id", "-u", "agent"]) == (0, f"{AGENT_UID}\n")
     owner = ["stat", "-c", "%u", STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR]
     assert await run_exec(container, owner, user=agent.user) == (0, f"{AGENT_UID}\n" * 3)
+    assert await manager.sync_credentials(container, agent)  # what each task does first
     assert (await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user))[0] == 0
     assert (await run_exec(container, ["sh", "-c", "command -v node"]))[0] != 0  # build only
 

@@ -422,6 +422,22 @@ async def test_a_new_verdict_takes_over_from_the_reviewers_earlier_ones(
     assert flags((await listed_reviews(api, team.repo, number))[approved])[1] is True
 
 
+def test_a_submitted_review_notifies_the_pull_requests_author(
+    forgejo_sim: ForgejoSim, team: Team
+) -> None:
+    number = forgejo_sim.create_pull(team.repo, "dev", "PR", "", head="x")
+    for thread in forgejo_sim.threads("dev"):
+        forgejo_sim.state.threads[thread.id].status = "read"
+    for event, body in (("REQUEST_CHANGES", "fix it"), ("COMMENT", "hm"), ("APPROVED", "")):
+        forgejo_sim.advance(1)
+        review = forgejo_sim.submit_review(team.repo, number, "reviewer", event, body)
+        [thread] = forgejo_sim.threads("dev")
+        assert (thread.number, thread.status) == (number, "unread")
+        assert thread.updated_at == forgejo_sim.review(team.repo, number, review).submitted_at
+        forgejo_sim.state.threads[thread.id].status = "read"
+    assert forgejo_sim.threads("reviewer") == []  # never the reviewer itself
+
+
 async def test_reviews_go_stale_when_the_head_moves(
     forgejo_sim: ForgejoSim, team: Team, api: Any
 ) -> None:

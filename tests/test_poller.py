@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
@@ -373,8 +374,15 @@ async def test_run_stops_promptly_when_asked(sim, clients, store) -> None:
 
 @pytest.fixture
 async def hook(sim, clients, store) -> AsyncIterator[tuple[WebhookHandler, Recorder]]:
+    async with webhook_endpoint(sim, clients, Recorder(store)) as receiver:
+        yield receiver
+
+
+@contextlib.asynccontextmanager
+async def webhook_endpoint(
+    sim: ForgejoSim, clients: dict[str, ForgejoClient], recorder: Recorder
+) -> AsyncIterator[tuple[WebhookHandler, Recorder]]:
     """A webhook endpoint like the daemon's: verify, parse, hand to the webhook handler."""
-    recorder = Recorder(store)
     receiver = WebhookHandler(make_intake(clients, recorder))
 
     async def handle(request: web.Request) -> web.Response:
@@ -471,6 +479,91 @@ async def test_a_webhook_trigger_is_checked_by_the_agent_it_is_for(sim, hook) ->
     assert [(s.agent, s.requested_by) for s in await recorder.tasks()] == [("reviewer", "alice")]
     refused = [(e["agent"], e["reason"]) for e in logs if e["event"] == "trigger_refused"]
     assert refused == [("dev", "not_a_writer")]  # dev may not ask: fails closed, as polling
+
+
+# --- one agent's unreadable token file -----------------------------------------------------
+
+DEV_TOKEN_FILE = "/etc/claude-hooks/dev.token"
+
+
+def unreadable_token() -> str:
+    raise PermissionError(13, "Permission denied", DEV_TOKEN_FILE)
+
+
+@pytest.fixture
+async def devs_token_unreadable(sim) -> AsyncIterator[dict[str, ForgejoClient]]:
+    """dev (the first configured agent) cannot read its token file; reviewer can."""
+    made = {
+        "dev": ForgejoClient(
+            sim.base_url, unreadable_token, max_attempts=2, initial_backoff=0.01, max_backoff=0.02
+        ),
+        "reviewer": ForgejoClient(sim.base_url, TOKENS["reviewer"], max_attempts=2),
+    }
+    yield made
+    for client in made.values():
+        await client.close()
+
+
+def unreadable_reports(logs: list[dict[str, object]]) -> list[tuple[object, object]]:
+    return [(e["agent"], e["file"]) for e in logs if e["event"] == "token_unreadable"]
+
+
+async def test_a_webhook_reads_with_the_account_of_the_agent_it_addresses(
+    sim, store, devs_token_unreadable
+) -> None:
+    # Issue 16: the lookups a webhook needs (here the submitted review) were made with the
+    # first configured agent's token: dev's unreadable file lost reviewer's review task.
+    recorder = Recorder(store)
+    async with webhook_endpoint(sim, devs_token_unreadable, recorder):
+        number = sim.create_pull(REPO, "alice", "Fix parser", head="fix")
+        sim.advance(2)
+        with capture_logs() as logs:
+            sim.submit_review(REPO, number, "alice", "COMMENT", body="@reviewer a second look?")
+            await delivered(sim)
+    assert [(s.agent, s.review_id is not None) for s in await recorder.tasks()] == [
+        ("reviewer", True)
+    ]
+    assert unreadable_reports(logs) == []  # dev was never needed, so never asked
+
+
+async def test_a_webhook_for_an_agent_whose_token_is_unreadable_says_so(
+    sim, store, devs_token_unreadable
+) -> None:
+    recorder = Recorder(store)
+    async with webhook_endpoint(sim, devs_token_unreadable, recorder):
+        number = sim.create_issue(REPO, "alice", "Parser crash")
+        with capture_logs() as logs:
+            sim.add_comment(REPO, number, "alice", "@dev @reviewer please look")
+            await delivered(sim)
+    # reviewer's trigger goes in; dev's waits for a redelivery, and the log names the file.
+    assert [s.agent for s in await recorder.tasks()] == ["reviewer"]
+    assert ("dev", DEV_TOKEN_FILE) in unreadable_reports(logs)
+    assert "forgejo_unreachable" not in [e["event"] for e in logs]
+
+
+async def test_an_unreadable_token_backs_off_one_poller_not_every_one(
+    sim, store, devs_token_unreadable
+) -> None:
+    # Issue 16: one agent's unreadable token file was logged as forgejo_unreachable and
+    # put every poller into the shared outage backoff.
+    recorder = Recorder(store)
+    outage = SharedBackoff(initial=30.0, maximum=60.0)
+    dev = make_poller("dev", devs_token_unreadable, recorder, outage=outage, interval=0.01)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        running = asyncio.create_task(dev.run(stop))
+        try:
+            await wait_until(lambda: len(unreadable_reports(logs)) >= 2, what="two failed polls")
+        finally:
+            stop.set()
+            await running
+    assert set(unreadable_reports(logs)) == {("dev", DEV_TOKEN_FILE)}
+    assert "forgejo_unreachable" not in [e["event"] for e in logs]
+    assert not outage.down and outage.remaining() == 0.0
+    number = sim.create_issue(REPO, "alice", "Parser crash")
+    sim.add_comment(REPO, number, "alice", "@reviewer please")
+    reviewer = make_poller("reviewer", devs_token_unreadable, recorder, outage=outage)
+    assert await reviewer.poll_once() == 1
 
 
 # --- pure parts: shared backoff, permission cache ---------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,8 @@ from claude_hooks.report.render import (
     stderr_tail,
     timeout_reason,
 )
-from claude_hooks.report.tracker import ProgressThrottle, Reporter
+from claude_hooks.report.tracker import ProgressThrottle, Reporter, TaskReports
+from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.text import find_marker, format_cost, format_duration, marker
 from claude_hooks.work.delivery import Delivery, review_attempts
@@ -770,3 +772,66 @@ def test_a_deferred_task_says_what_it_waits_for_until_when_and_that_it_resumes()
         in (body)
     )
     assert "position" not in body
+
+
+# ---------------------------------------------------------------- the outbox (issue 16)
+
+
+async def finished_in_store(store: Store, number: int, comment_id: int) -> Task:
+    spec = TaskSpec(
+        agent="dev", kind=TaskKind.MENTION, repo=TEAM_REPO, number=number,
+        idempotency_key=f"outbox-{number}", requested_by="alice", request="@dev fix it",
+        source=TriggerSource.POLL, comment_id=comment_id,
+    )  # fmt: skip
+    task, _ = await store.enqueue(spec)
+    await store.mark_running(task.id)
+    return await store.finish(task.id, Outcome(TaskState.SUCCEEDED, result="All fixed."))
+
+
+@pytest.fixture
+async def outbox_store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "outbox.sqlite3")
+    yield store
+    await store.close()
+
+
+async def test_a_final_report_forgejo_refuses_stays_in_the_outbox_until_it_lands(
+    forgejo_sim: ForgejoSim,
+    clients: dict[str, ForgejoClient],
+    issue_with_request: tuple[int, int],
+    outbox_store: Store,
+) -> None:
+    # Issue 16: the final edit gave up during an outage and nothing ever tried it again.
+    number, comment_id = issue_with_request
+    reports = TaskReports(make_reporter(clients, final_attempts=1), outbox_store, lambda _: None)
+    task = await finished_in_store(outbox_store, number, comment_id)
+    assert not task.final_reported
+    outage = forgejo_sim.outage(lambda method, path: method == "POST" and "/comments" in path)
+    await reports.on_change(task)
+    await reports.close()  # the chain has run: the final edit was refused
+    assert agent_comments(forgejo_sim, number) == []
+    assert [t.id for t in await outbox_store.unreported()] == [task.id]
+    forgejo_sim.end_outage(outage)
+    assert await reports.redeliver() == 1
+    await reports.close()
+    [body] = agent_comments(forgejo_sim, number)
+    assert body.startswith(marker(task.id)) and "✅ **Done**" in body and "All fixed." in body
+    assert await outbox_store.unreported() == []
+    assert await reports.redeliver() == 0
+
+
+async def test_a_final_report_forgejo_refuses_for_good_leaves_the_outbox(
+    forgejo_sim: ForgejoSim,
+    clients: dict[str, ForgejoClient],
+    issue_with_request: tuple[int, int],
+    outbox_store: Store,
+) -> None:
+    number, comment_id = issue_with_request
+    reports = TaskReports(make_reporter(clients, final_attempts=3), outbox_store, lambda _: None)
+    task = await finished_in_store(outbox_store, number, comment_id)
+    forgejo_sim.outage(lambda method, path: method == "POST" and "/comments" in path, status=403)
+    await reports.on_change(task)
+    await reports.close()
+    writes = [r for r in forgejo_sim.requests if r.method == "POST" and r.injected]
+    assert len(writes) == 1  # a refusal is not retried, now or later
+    assert await outbox_store.unreported() == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiodocker.exceptions import DockerError
 from structlog.testing import capture_logs
 
+from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.report.render import timeout_reason
 from claude_hooks.store import Store
 from claude_hooks.tasks import AgentPause, Outcome, Task, TaskState
+from claude_hooks.work import scheduler as scheduler_module
+from claude_hooks.work.outages import OutagePolicy
 from claude_hooks.work.scheduler import (
     Precheck,
     Scheduler,
@@ -240,15 +245,19 @@ async def test_a_run_over_its_timeout_is_stopped_and_failed(
     assert runner.cancelled == [task.id]
 
 
-async def test_a_runner_exception_fails_the_task_with_its_text(
+async def test_a_runner_exception_fails_the_task_in_words_and_its_text_goes_to_the_journal(
     make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
 ) -> None:
+    # Issue 16: the thread read "❌ Failed: DockerError: … unix:///<host path> …".
     scheduler = await make_scheduler()
     task, _ = await scheduler.submit(make_spec(1))
-    runner.outcomes[task.id] = RuntimeError("container claude-hooks-dev is gone")
-    runner.release(task.id)
-    failed = await until_state(store, task.id, TaskState.FAILED)
-    assert failed.error == "RuntimeError: container claude-hooks-dev is gone"
+    runner.outcomes[task.id] = RuntimeError("/srv/claude-hooks/state: container is gone")
+    with capture_logs() as logs:
+        runner.release(task.id)
+        failed = await until_state(store, task.id, TaskState.FAILED)
+    assert failed.error == "an internal error (the daemon's journal has the details)"
+    [crash] = [e for e in logs if e["event"] == "task_crashed"]
+    assert crash["exc_info"] is True  # the journal keeps the exception and its trace
 
 
 async def test_drain_lets_tasks_that_end_in_time_finish(
@@ -350,7 +359,7 @@ async def test_a_failing_precheck_does_not_drop_the_task(
     make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
 ) -> None:
     async def precheck(task: Task) -> Precheck:
-        raise ConnectionError("forgejo unreachable")
+        raise RuntimeError("an unexpected answer")  # not an outage: the run finds out
 
     scheduler = await make_scheduler(precheck=precheck)
     task, _ = await scheduler.submit(make_spec(1))
@@ -651,3 +660,145 @@ async def test_a_usage_limit_deferral_pauses_the_agent_and_requeues_the_task(
     scheduler.wake()
     await until_state(store, later.id, TaskState.SUCCEEDED)
     assert (await until_state(store, limited.id, TaskState.SUCCEEDED)).deferrals == 0
+
+
+# --- outages (issue 16): waited out with a backoff, bounded, worded ---
+
+FORGEJO_500 = ForgejoError("GET", "/repos/acme/app", 500, "injected failure")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def clocked(
+    tmp_path: Path, clock: FakeClock, runner: FakeRunner
+) -> AsyncIterator[Callable[..., Awaitable[tuple[Scheduler, Store]]]]:
+    """A scheduler and its store on one injected clock (the outage budget spans both)."""
+    opened: list[tuple[Scheduler, Store]] = []
+
+    async def make(**options: Any) -> tuple[Scheduler, Store]:
+        store = await Store.open(tmp_path / "clocked.sqlite3", clock=clock)
+        options = {"max_concurrency": 2, "agent_limits": {}, "execute": runner} | options
+        scheduler = Scheduler(store, clock=clock, **options)
+        await scheduler.start()
+        opened.append((scheduler, store))
+        return scheduler, store
+
+    yield make
+    for scheduler, store in opened:
+        await scheduler.drain(0)
+        await store.close()
+
+
+async def until_deferred(store: Store, scheduler: Scheduler, task_id: int) -> Task:
+    async def deferred() -> Task | None:
+        task = await store.get(task_id)
+        ready = task is not None and task.deferred and task_id in scheduler._queue
+        return task if ready else None
+
+    return await wait_until(deferred, what=f"task {task_id} deferred")
+
+
+async def test_an_outage_in_the_run_defers_the_task_until_the_backoff_and_then_it_succeeds(
+    clocked: Callable[..., Awaitable[tuple[Scheduler, Store]]],
+    runner: FakeRunner,
+    clock: FakeClock,
+) -> None:
+    # Issue 16: the task failed for good ("ForgejoError: Forgejo GET /repos/acme/app: HTTP 500").
+    policy = OutagePolicy(attempts=3, within=3600, backoff=10)
+    scheduler, store = await clocked(outages=policy)
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.outcomes[task.id] = FORGEJO_500
+    runner.release(task.id)
+    waiting = await until_deferred(store, scheduler, task.id)
+    assert waiting.deferred and waiting.not_before == clock.now + 10
+    assert waiting.error == "Forgejo is unreachable, will retry (try 1 of 3)"
+    assert (waiting.deferrals, waiting.deferred_since) == (1, clock.now)
+    scheduler.wake()
+    assert runner.started_ids == [task.id]  # not before its time
+    runner.outcomes.pop(task.id)
+    clock.now += 10
+    scheduler.wake()
+    done = await until_state(store, task.id, TaskState.SUCCEEDED)
+    assert runner.started_ids == [task.id, task.id] and done.attempts == 2
+
+
+async def test_an_outage_that_outlasts_the_retry_budget_fails_the_task_in_words(
+    clocked: Callable[..., Awaitable[tuple[Scheduler, Store]]],
+    runner: FakeRunner,
+    clock: FakeClock,
+) -> None:
+    policy = OutagePolicy(attempts=2, within=3600, backoff=10)
+    scheduler, store = await clocked(outages=policy)
+    task, _ = await scheduler.submit(make_spec(1))
+    runner.outcomes[task.id] = DockerError(900, "Cannot connect via unix:///srv/docker.sock")
+    runner.release(task.id)
+    for tries in (1, 2):
+        await wait_until(lambda n=tries: runner.started_ids.count(task.id) == n)
+        waiting = await until_deferred(store, scheduler, task.id)
+        assert waiting.deferrals == tries
+        clock.now += 3600 / 100 * tries
+        scheduler.wake()
+    failed = await until_state(store, task.id, TaskState.FAILED)
+    assert runner.started_ids == [task.id] * 3
+    assert failed.error == "gave up after 2 retries over 1 min 48 s: Docker is unreachable"
+
+
+async def test_an_outage_in_the_precheck_defers_the_task_without_starting_it(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    down = [True]
+
+    async def precheck(task: Task) -> Precheck:
+        if down[0]:
+            raise FORGEJO_500
+        return Precheck.proceed()
+
+    scheduler = await make_scheduler(clock=clock, precheck=precheck)
+    task, _ = await scheduler.submit(make_spec(1))
+    waiting = await until_deferred(store, scheduler, task.id)
+    assert waiting.deferred and waiting.attempts == 0 and runner.started_ids == []
+    down[0] = False
+    clock.now += 3600
+    scheduler.wake()
+    runner.release(task.id)
+    await until_state(store, task.id, TaskState.SUCCEEDED)
+
+
+async def test_a_store_locked_past_its_busy_timeout_defers_the_start_and_the_record_waits(
+    make_scheduler: Callable[..., Awaitable[Scheduler]],
+    runner: FakeRunner,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 16: "StoreError: <host path>: start task 64 failed: database is locked", failed.
+    monkeypatch.setattr(scheduler_module, "RECORD_RETRY_FIRST", 0.01)
+    await store._call("shorten", lambda: store._db.conn.execute("PRAGMA busy_timeout = 50"))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    locked = [False]
+
+    async def precheck(task: Task) -> Precheck:
+        if not locked[0]:  # another process takes the lock just as the task starts
+            other.execute("BEGIN EXCLUSIVE")
+            locked[0] = True
+        return Precheck.proceed()
+
+    clock = FakeClock()
+    with capture_logs() as logs:
+        scheduler = await make_scheduler(clock=clock, precheck=precheck)
+        task, _ = await scheduler.submit(make_spec(1))
+        await wait_until(lambda: any(e["event"] == "task_record_busy" for e in logs))
+        other.execute("ROLLBACK")  # the lock ends: the deferral is recorded
+        await wait_until(lambda: task.id in scheduler._queue)
+    other.close()
+    waiting = await store.get(task.id)
+    assert waiting is not None and waiting.deferred and runner.started_ids == []
+    assert waiting.error == "the task store is busy, will retry (try 1 of 8)"
+    clock.now += 3600
+    scheduler.wake()
+    runner.release(task.id)
+    await until_state(store, task.id, TaskState.SUCCEEDED)

@@ -9,8 +9,10 @@ history, host command lines, or the agent's Forgejo comments. The stand-in claud
 told to print them, the way a prompt-injected Claude would: what it can reach in its
 container (its environment, the credentials file), and what the thread hands it. Mid-run
 the operator rotates the agent's token and rewrites the credentials; the new values must
-be hidden as well. The credentials file is bind-mounted, so inside the container it is
-visible by design; the humans' comments are the test's input, not searched.
+be hidden as well. The run is made once per kind of Claude login: a credentials file
+(copied into the agent's volume, so inside the container it is visible by design), and
+an OAuth token plus a secret_env file (in the Claude exec's environment, so visible
+there by design). The humans' comments are the test's input, not searched.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import random
 import sqlite3
 import stat
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -52,11 +55,19 @@ CANARIES = {
     # written mid-run; characters that percent-encoding changes
     "rotated_token": "CANARY/rotated+token=e5b2093d",
     "rotated_credentials": "CANARY-rotated-oauth-1c7d42b9",
+    # the "tokens" login: oauth_token_file and a secret_env file
+    "oauth_token": "CANARY-oauth-token-6d0c8e15",
+    "secret_env": "CANARY-secret-env-b47a2f93",
+    "rotated_oauth_token": "CANARY-rotated-oauth-token-08e6c3d1",
 }
+LOGINS = ("credentials", "tokens")
 CREDENTIALS_IN_CONTAINER = "/state/home/.claude/.credentials.json"
 # What a prompt-injected Claude runs to smuggle out what its container holds.
 EXFILTRATE = f"""
 env | grep GIT_CONFIG_VALUE | base64
+env | grep -e OAUTH -e AWS
+env | base64
+env | xxd -p
 base64 {CREDENTIALS_IN_CONTAINER}
 xxd -p {CREDENTIALS_IN_CONTAINER}
 xxd -p {CREDENTIALS_IN_CONTAINER} | tr a-f A-F
@@ -91,8 +102,23 @@ def run_directive(command: str) -> str:
     return "run=" + base64.b64encode(command.encode()).decode()
 
 
-@pytest.fixture
+def claude_login(factory: ConfigFactory, login: str) -> dict[str, str | dict[str, str]]:
+    """The agent's Claude login keys, of the kind `login` names."""
+    if login == "credentials":
+        creds = factory.secret("creds.json", credentials(CANARIES["credentials"]))
+        os.chown(creds, AGENT_UID, AGENT_UID)
+        return {"credentials_file": str(creds)}
+    return {
+        "oauth_token_file": str(factory.secret("oauth-token", CANARIES["oauth_token"])),
+        "secret_env": {
+            "AWS_SECRET_ACCESS_KEY": str(factory.secret("aws-key", CANARIES["secret_env"]))
+        },
+    }
+
+
+@pytest.fixture(params=LOGINS)
 async def daemon(
+    request: pytest.FixtureRequest,
     forgejo_sim: ForgejoSim,
     config_factory: ConfigFactory,
     test_image: str,
@@ -102,12 +128,10 @@ async def daemon(
     forgejo_sim.add_user("alice", token="forgejo-token-of-alice-0123456789")
     forgejo_sim.add_user(agent, token=CANARIES["agent_token"])
     forgejo_sim.add_repo(REPO, collaborators={"alice": "write", agent: "admin"})
-    creds = config_factory.secret("creds.json", credentials(CANARIES["credentials"]))
-    os.chown(creds, AGENT_UID, AGENT_UID)
     values = config_factory.agent(
         agent, token_file=str(config_factory.secret("agent-token", CANARIES["agent_token"])),
-        credentials_file=str(creds), image=test_image, network="none", checkout=False,
-        timeout=60,
+        image=test_image, network="none", checkout=False, timeout=60,
+        **{"credentials_file": None, **claude_login(config_factory, request.param)},
     )  # fmt: skip
     hook_secret = config_factory.secret("webhook-secret", CANARIES["webhook_secret"])
     config = config_factory.load(
@@ -181,8 +205,14 @@ def rotate(driver: ChaosDriver, forgejo_sim: ForgejoSim) -> None:
     agent = driver.config.agents[0]
     agent.token_file.write_text(CANARIES["rotated_token"] + "\n")
     forgejo_sim.add_token(driver.agent, CANARIES["rotated_token"])
-    # in place: the bind mount keeps the file's inode, so the container sees the new one
-    agent.credentials_file.write_text(credentials(CANARIES["rotated_credentials"]))
+    if agent.credentials_file is not None:
+        # A new login on the host: newer than the copy in the volume, so copied next task
+        # (a second on, for the mtime's whole-second granularity).
+        agent.credentials_file.write_text(credentials(CANARIES["rotated_credentials"]))
+        later = time.time() + 2
+        os.utime(agent.credentials_file, (later, later))
+    if agent.oauth_token_file is not None:
+        agent.oauth_token_file.write_text(CANARIES["rotated_oauth_token"] + "\n")
 
 
 def all_events(driver: ChaosDriver) -> str:
@@ -286,5 +316,8 @@ async def test_no_canary_secret_appears_anywhere_outside_the_container(
     assert len(answers) == 9 + 2 * 3 + 1 and any(where.startswith("exec ") for where in views)
     assert {"claude-hooks.sqlite3", "claude-hooks.sqlite3-wal"} <= set(running_store)
     assert sum(body.count("***") for body in replies) >= 10
+    if daemon.config.agents[0].oauth_token_file is not None:  # Claude's exec really had them
+        shown = "\n".join(replies)
+        assert "CLAUDE_CODE_OAUTH_TOKEN=***" in shown and "AWS_SECRET_ACCESS_KEY=***" in shown
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()} == {0o600}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -21,13 +22,15 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from claude_hooks.config import AgentConfig, Config
-from claude_hooks.daemon.services import Services
+from claude_hooks.daemon.lock import LOCK_NAME, StateDirInUse
+from claude_hooks.daemon.services import ListenError, Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.report.render import INTERRUPTED_REASON
 from claude_hooks.report.tracker import TaskReports
 from claude_hooks.runner import workspace
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
+from claude_hooks.runner.runtime import DockerRuntime
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 from claude_hooks.store import Store, StoreError
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
@@ -207,7 +210,7 @@ def fail_listen(
     taken = held.enter_context(socket.socket())  # another process holds the port
     taken.bind((config.api.host, config.api.port))
     taken.listen()
-    return OSError
+    return ListenError
 
 
 def fail_recovery(
@@ -281,6 +284,45 @@ async def test_the_port_answers_before_a_recovered_task_is_taken_up(
     async with asyncio.timeout(WITHIN):
         await runtime.started.wait()
     assert seen == [("recovery", True), ("run", True)]
+
+
+async def test_a_second_start_on_the_same_state_dir_is_refused_before_it_opens_anything(
+    config_factory: ConfigFactory, opened: list[Services], closed: list[str]
+) -> None:
+    """One daemon per state dir (#16 §2): the second opens neither the store nor Docker."""
+    config = lifecycle_config(config_factory)
+    first = await start(config, opened, HeldRuntime())
+    second = lifecycle_config(config_factory)  # the same state dir, another port
+    with pytest.raises(StateDirInUse) as refused:
+        await Services.start(second, daemon_id="test-second", runtime=HeldRuntime())
+    assert closed == []  # nothing was opened, so nothing closed
+    said = str(refused.value)
+    assert f"pid {os.getpid()}" in said and str(config.daemon.state_dir) in said, said
+    assert (config.daemon.state_dir / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    await first.close()  # the lock goes with the process's Services: the next start works
+    again = await start(second, opened, HeldRuntime())
+    assert again.accepting
+
+
+async def test_a_port_in_use_is_named_with_its_key_and_nothing_after_the_listener_starts(
+    config_factory: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = lifecycle_config(config_factory)
+    housekept: list[str] = []
+
+    async def housekeeping(self: Services) -> None:
+        housekept.append("housekeeping")
+
+    monkeypatch.setattr(Services, "_housekeeping", housekeeping)
+    with socket.socket() as taken:  # another process holds the port
+        taken.bind((config.api.host, config.api.port))
+        taken.listen()
+        with pytest.raises(ListenError) as refused:
+            await Services.start(config, daemon_id="test-port", runtime=DockerRuntime(None))  # type: ignore[arg-type]
+    said = str(refused.value)
+    assert said.startswith(f"api.listen = '{config.api.listen}': cannot listen: "), said
+    assert "address already in use" in said and "set api.listen" in said, said
+    assert housekept == []  # stray processes and orphans untouched: the start failed first
 
 
 # --- close: the stack unwound ------------------------------------------------------------------

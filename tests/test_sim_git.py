@@ -278,6 +278,28 @@ async def test_pushing_to_a_pull_requests_branch_moves_its_head_and_its_pull_ref
     assert "+print(2)" in diff and "print(1)" not in diff  # merge-base..head, not one commit
 
 
+async def test_a_push_to_a_pull_requests_branch_sends_synchronized_from_the_pusher(
+    forgejo_sim: ForgejoSim, team: Team, git: Git
+) -> None:
+    forgejo_sim.commit_file(team.repo, "feature", "app.py", "print(1)\n", "One", "alice")
+    number = forgejo_sim.create_pull(team.repo, "alice", "Feature", head="feature")
+    forgejo_sim.add_webhook("http://127.0.0.1:9/hook")  # refused; the delivery is recorded
+    work = await clone(git, forgejo_sim, team)
+    await git.ok("checkout", "-q", "feature", cwd=work)
+    second = await git.commit(work, "app.py", "print(2)\n", "Two")
+    await git.ok("push", "-q", "origin", "feature", "HEAD:refs/heads/side", cwd=work,
+                 token=team.token("dev"))  # fmt: skip
+    await forgejo_sim.webhooks_idle()
+
+    [sync] = forgejo_sim.deliveries  # the new branch `side` heads no pull request
+    assert (sync.event, sync.event_type, sync.payload["action"]) == (
+        "pull_request", "pull_request_sync", "synchronized",
+    )  # fmt: skip
+    assert sync.payload["sender"]["login"] == "dev"  # the pusher, not the author (alice)
+    assert sync.payload["pull_request"]["head"]["sha"] == second
+    assert sync.payload["number"] == number
+
+
 async def test_deleting_a_branch_by_push_removes_it_from_the_repository(
     forgejo_sim: ForgejoSim, team: Team, git: Git
 ) -> None:

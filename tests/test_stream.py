@@ -56,7 +56,7 @@ EXPECTED_KINDS = {
     "default-permission-mode-denied": [
         "init", "text", "tool_use", "permission_denied", "tool_result", "text", "result",
     ],
-    "error-429-max-retries-2": ["init", "api_retry", "api_retry", "text", "result"],
+    "error-429-max-retries-2": ["init", "api_retry", "api_retry", "api_error", "result"],
     "max-turns-1": ["init", "text", "tool_use", "tool_result", "result"],
     "resume-unknown-session": ["result"],
 }  # fmt: skip

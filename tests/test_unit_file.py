@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from claude_hooks.api.connections import connection_limits
 from claude_hooks.config import SYSTEMD_STOP_TIMEOUT, DaemonConfig
 from tests.conftest import REPO_ROOT
 
@@ -79,3 +80,11 @@ def test_restarts_outlast_minutes_of_docker_being_down() -> None:
     )
     assert 5 * 60 <= window < math.inf  # minutes of retries, yet a hopeless loop stops
     assert start_limit_hit_after(600, 5, 10 + attempt) < 60  # what it was
+
+
+def test_unit_sets_an_open_file_limit_the_api_cap_fits() -> None:
+    """Without LimitNOFILE= the daemon inherits whatever the user manager has (often
+    1024); the API's connection cap is derived from it and must leave room to spare."""
+    limit = int(unit()["Service"]["LimitNOFILE"])
+    limits = connection_limits(limit)
+    assert 1000 <= limits.max_connections <= limit // 2, limits

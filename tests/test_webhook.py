@@ -186,6 +186,28 @@ def test_a_submitted_review_parses_with_its_type_and_content(name: str) -> None:
     assert (event.content, event.sender, event.number) == ("@dev fix", "alice", 7)
 
 
+def test_a_comment_review_from_gitea_before_1_19_1_parses_as_the_review_it_is() -> None:
+    # Before Gitea 1.19.1 (go-gitea/gitea#23650; Forgejo v1.19.0-3) a "comment" review went
+    # out as HookEventPullRequestComment, so with X-Gitea-Event: issue_comment, carrying the
+    # review's PullRequestPayload: action "reviewed", review.type "pull_request_comment",
+    # and no comment object (go-playground/webhooks' capture testdata/gitea/
+    # pull-request-review-event.json has this shape).
+    payload = {
+        "action": "reviewed",
+        "number": 7,
+        "pull_request": _pull(),
+        "review": {"type": "pull_request_comment", "content": "@dev look at this"},
+        "repository": REPO,
+        "sender": _user("reviewer", 3),
+    }
+    event = parse_webhook("issue_comment", payload, delivery="d-legacy")
+    assert isinstance(event, ReviewEvent)
+    assert (event.review_type, event.content, event.sender, event.number, event.delivery) == (
+        "pull_request_comment", "@dev look at this", "reviewer", 7, "d-legacy",
+    )  # fmt: skip
+    assert event.pull.head_sha == "f00d"
+
+
 @pytest.mark.parametrize(
     ("name", "payload"),
     [

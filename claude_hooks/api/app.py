@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,7 +54,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 WEB_DIR = Path(__file__).parent / "web"
-STATIC_FILES = frozenset({"app.js", "style.css"})
+# The status page's files and the Content-Type each is served with (the one the OpenAPI
+# document names; mimetypes would guess application/javascript on some systems).
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 OPENAPI_FILE = WEB_DIR / "openapi.json"
 # Routes anyone may call; everything else (unknown paths too) needs the bearer token.
 PUBLIC_PATHS = frozenset(
@@ -152,7 +155,7 @@ class ApiDeps:
     store: Store
     scheduler: Scheduler
     submit: Submit  # the daemon's API submission: queues and acknowledges on Forgejo
-    on_webhook: OnWebhook  # (event, payload, delivery id) → number of tasks created
+    on_webhook: OnWebhook  # (event, payload, delivery id) → 1 kept to decide, 0 asks nothing
     webhook_secret: Callable[[], bytes | None]  # None: webhooks are not configured
     api_token: Callable[[], str | None]  # re-read on every request so rotation works
     readiness: Callable[[], Awaitable[Mapping[str, bool]]]
@@ -180,6 +183,18 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         return web.json_response({"error": self.message, **self.extra}, status=self.status)
+
+
+class RequestTimeout(ApiError):
+    """408: the connection closes after it (RFC 9110 §15.5.9), the rest of the body unread."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(408, f"request timeout: {problem}")
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.force_close()
+        return response
 
 
 def bad_request(name: str, problem: str) -> ApiError:
@@ -215,11 +230,12 @@ class Submission:
     kind: TaskKind
 
 
-def load_json(body: bytes) -> Any:
-    """A body's JSON value; ApiError(400) when it is not JSON or nests too deep."""
+def load_json(body: bytes, *, exact: bool = False) -> Any:
+    """A body's JSON value; ApiError(400) when it is not JSON or nests too deep. `exact`:
+    fractions and exponents as Decimal (JSON Schema counts 5.0 and 5e0 as integers)."""
     value: Any = None
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_float=Decimal) if exact else json.loads(body)
         too_deep = nesting_depth(value) > MAX_JSON_DEPTH  # parsed, it may still break code later
     except RecursionError:  # the parser recurses per level: deep enough, it gives up
         too_deep = True
@@ -246,7 +262,7 @@ def nesting_depth(value: Any) -> int:
 
 def parse_submission(body: bytes, agents: Sequence[str]) -> Submission:
     """The task a POST /tasks body asks for; ApiError(400) naming the field otherwise."""
-    data = load_json(body)
+    data = load_json(body, exact=True)
     if not isinstance(data, dict):
         raise bad_request("body", f"must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - {"agent", "repo", "number", "prompt", "kind"})
@@ -261,6 +277,8 @@ def parse_submission(body: bytes, agents: Sequence[str]) -> Submission:
     if not REPO_NAME.fullmatch(repo):
         raise bad_request("repo", f"must be owner/name as Forgejo names them, got {repo!r:.160}")
     number = data.get("number")
+    if isinstance(number, Decimal):
+        number = integral(number)
     if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
         raise bad_request("number", f"must be an issue or pull request number, got {number!r:.80}")
     if number is not None and not 1 <= number <= SQLITE_INTEGER_MAX:
@@ -271,6 +289,14 @@ def parse_submission(body: bytes, agents: Sequence[str]) -> Submission:
         raise bad_request("kind", f"{kind!r:.80} is not one of {kinds}")
     prompt = _text(data, "prompt")
     return Submission(canonical[agent.lower()], repo, number, prompt, TaskKind(kind))
+
+
+def integral(number: Decimal) -> int | Decimal:
+    """7.0 and 7e0 as the integer 7 (JSON Schema's integers: the document's `number`);
+    anything else unchanged. Bounded first: int() of 1e999999999 would take the memory."""
+    # adjusted() (the leading digit's exponent) first: abs() of 1e999999999 overflows too.
+    in_range = number.is_finite() and number.adjusted() < 19 and abs(number) <= SQLITE_INTEGER_MAX
+    return int(number) if in_range and number == number.to_integral_value() else number
 
 
 def _text(data: Mapping[str, Any], name: str) -> str:
@@ -453,6 +479,38 @@ def host_name_of(configured: str) -> str:
     return configured.strip().lower().strip("[]").rstrip(".")
 
 
+# What str.strip() removes (str.isspace), as a class JSON Schema's regexes and Python's read
+# alike: the document's patterns then accept exactly the padded values the API strips.
+SPACE_CLASS = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
+def agent_pattern(names: Sequence[str]) -> str:
+    """A JSON Schema pattern for the configured agents as parse_submission takes them:
+    any case (str.lower, which also maps the Kelvin sign to k), padded with white space."""
+
+    def letter(char: str) -> str:
+        if char in "-_":
+            return char  # plain outside a class: no escape some regex dialects refuse
+        if not char.isascii() or not char.isalnum():
+            return re.escape(char)
+        if not char.isalpha():
+            return char
+        kelvin = r"\u212a" if char.lower() == "k" else ""
+        return f"[{char.lower()}{char.upper()}{kelvin}]"
+
+    choices = "|".join("".join(letter(c) for c in name) for name in names)
+    return f"^{SPACE_CLASS}*(?:{choices}){SPACE_CLASS}*$"
+
+
+def served_document(document: dict[str, Any], agents: Sequence[str]) -> dict[str, Any]:
+    """web/openapi.json with what only the config knows: the agents a task may be for."""
+    served: dict[str, Any] = json.loads(json.dumps(document))  # the file's copy stays as read
+    agent = served["components"]["schemas"]["Submission"]["properties"]["agent"]
+    agent["pattern"] = agent_pattern(agents)
+    agent["description"] = f"A configured agent: {', '.join(agents)} (any case)"
+    return served
+
+
 # --- the application --------------------------------------------------------------------------
 
 API_KEY: web.AppKey[Api] = web.AppKey("api")
@@ -499,7 +557,10 @@ async def _errors(
         if exc.status < 400:
             raise
         message = f"{exc.reason.lower()}: {request.method} {request.path}"
-        return ApiError(exc.status, message).response()
+        response = ApiError(exc.status, message).response()
+        if "Allow" in exc.headers:  # a 405 names the methods the resource has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("api_request_failed", method=request.method, path=request.path)
         return ApiError(500, "internal error: see the daemon log").response()
@@ -594,7 +655,9 @@ class Api:
         self.tuning = tuning
         self.deliveries = DeliveryLog(tuning.remembered_deliveries)
         self.closing = asyncio.Event()
-        self.openapi_document = json.loads(OPENAPI_FILE.read_text(encoding="utf-8"))
+        self.openapi_document = served_document(
+            json.loads(OPENAPI_FILE.read_text(encoding="utf-8")), deps.config.agent_names
+        )
         self._cancels: set[asyncio.Task[Task]] = set()
 
     def token(self) -> str | None:
@@ -628,10 +691,15 @@ class Api:
         limit = self.deps.config.api.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"body of {request.content_length} bytes is over the {limit} limit")
+        timeout = self.deps.config.api.body_timeout
         try:
-            return await request.read()  # aiohttp stops reading past client_max_size
+            async with asyncio.timeout(timeout):  # aiohttp itself would wait for ever
+                return await request.read()  # aiohttp stops reading past client_max_size
         except web.HTTPRequestEntityTooLarge:
             raise ApiError(413, f"body is over the {limit} bytes limit") from None
+        except TimeoutError:
+            log.info("api_request_timeout", part="body", timeout=timeout, path=request.path)
+            raise RequestTimeout(f"the body did not arrive within {timeout:g}s") from None
 
     # --- the status page ---
 
@@ -642,7 +710,8 @@ class Api:
         name = request.match_info["name"]
         if name not in STATIC_FILES:
             raise ApiError(404, f"no static file {name!r}")
-        return web.FileResponse(WEB_DIR / name, headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", "Content-Type": STATIC_FILES[name]}
+        return web.FileResponse(WEB_DIR / name, headers=headers)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi_document)

@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from claude_hooks.config import Config, read_secret
+from claude_hooks.cli.check_auth import login_reports
+from claude_hooks.config import Config, ConfigError, SecretFileError, read_secret
+from claude_hooks.work.prompts import PromptTemplateError, load_template
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[CheckResu
         CheckResult("container user", True, f"warning: {w}")
         for w in container_user_warnings(config, host_account, subuid_owner)
     ]
+    results += [CheckResult(name, ok, detail) for name, ok, detail in login_reports(config)]
     if offline:
         return results
     results += await check_forgejo(config)
@@ -90,7 +93,7 @@ def container_user_warnings(
     warnings = []
     for i, agent in enumerate(config.agents):
         uid = numeric_uid(agent.user)
-        if uid is None:
+        if uid is None or uid == 0:  # root: the config itself warns (config.agent_warnings)
             continue
         if (account := account_of(uid)) is not None:
             holder = f"is the host account {account!r}"
@@ -104,6 +107,19 @@ def container_user_warnings(
             f"uid no account holds, in the image too (deploy/Dockerfile AGENT_UID)"
         )
     return warnings
+
+
+def check_prompt_files(config: Config) -> None:
+    """Read each agent's prompt_file as the worker will (load_template), so a file that
+    is missing, unreadable or names unknown placeholders stops `check` and `run` with its
+    key, not the agent's first task."""
+    for i, agent in enumerate(config.agents):
+        if agent.prompt_file is None:
+            continue
+        try:
+            load_template(agent.role, agent.prompt_file)
+        except PromptTemplateError as exc:
+            raise ConfigError(config.path, f"agents[{i}].prompt_file", str(exc)) from None
 
 
 async def _guard(name: str, probe: Callable[[], Awaitable[str]], limit: float) -> CheckResult:
@@ -120,10 +136,13 @@ async def check_forgejo(config: Config) -> list[CheckResult]:
     from claude_hooks.forgejo.client import ForgejoClient
 
     results = []
-    for agent in config.agents:
+    for i, agent in enumerate(config.agents):
 
-        async def whoami(agent=agent) -> str:
-            token = read_secret(agent.token_file)
+        async def whoami(agent=agent, key=f"agents[{i}].token_file") -> str:
+            try:
+                token = read_secret(agent.token_file)
+            except SecretFileError as exc:  # changed since the config was loaded
+                raise ValueError(f"{config.path}: {key}: {exc.strerror}") from None
             async with ForgejoClient(
                 config.forgejo.url, token, timeout=config.forgejo.request_timeout, max_attempts=1
             ) as client:

@@ -38,7 +38,7 @@ MAX_RECONNECTS = 30  # consecutive failed attempts before giving up (a restart t
 EVENT_PAGE = 1000
 # Events that say what the agent is doing now: the --wait progress line shows the latest.
 STEP_TYPES = frozenset(
-    {"state", "tool_use", "text", "api_retry", "permission_denied", "result", "stderr"}
+    {"state", "tool_use", "text", "api_retry", "api_error", "permission_denied", "result", "stderr"}
 )
 EVENT_MARKS = {
     "init": "▶",
@@ -49,6 +49,8 @@ EVENT_MARKS = {
     "result": "■",
     "state": "●",
     "api_retry": "!",
+    "api_error": "!",
+    "rate_limit": "!",
     "permission_denied": "!",
     "stderr": "!",
 }

@@ -1,10 +1,11 @@
 """`claude-hooks containers up|down|rebuild|logs|shell [AGENT…]`: the agents' containers.
 
 The same ContainerManager, labels and settings as the daemon, so a container made here
-is one the daemon takes as current, with the state volume and the read-only credentials
-mount. `up` is the unit's ExecStartPre: it creates what is missing (a fresh machine has
-no container) and starts what is stopped. `down` and `rebuild` stop whatever runs in a
-container, so they refuse while a task's processes (CLAUDE_HOOKS_TASK in their
+is one the daemon takes as current, with the state volume (and a `credentials_file`
+login copied into it when the host file is newer, as before each task). `up` is the
+unit's ExecStartPre: it creates what is missing (a fresh machine has no container)
+and starts what is stopped. `down` and `rebuild` stop whatever runs in a container,
+so they refuse while a task's processes (CLAUDE_HOOKS_TASK in their
 environment) run there, unless --force. Every command checks the agents' secret files
 first and prints one line per agent; it exits 0 when everything worked, else 1.
 """
@@ -26,7 +27,7 @@ from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
 
 from claude_hooks.cli.main import EXIT_FAIL, EXIT_OK, AddCommand
-from claude_hooks.config import AgentConfig, Config, ConfigError, load_config
+from claude_hooks.config import AgentConfig, AuthMode, Config, ConfigError, load_config
 from claude_hooks.daemon.journal import cli_line
 from claude_hooks.runner.containers import (
     ANY_TASK,
@@ -35,6 +36,7 @@ from claude_hooks.runner.containers import (
     ROOT,
     ContainerError,
     ContainerManager,
+    foreign_owner,
     instance_labels,
     signal_processes,
     wait_gone,
@@ -141,28 +143,28 @@ def preflight(agent: AgentConfig) -> list[Finding]:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         findings.append(Finding(agent.name, f"token file {agent.token_file}: {reason}"))
-    try:
-        credentials = agent.credentials_file.stat()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        what = f"credentials file {agent.credentials_file}: {reason}"
-        return [*findings, Finding(agent.name, what)]
-    if not stat.S_ISREG(credentials.st_mode):
-        what = f"credentials file {agent.credentials_file} is not a regular file"
-        return [*findings, Finding(agent.name, what)]
-    ids = user_ids(agent.user)
-    if ids is not None and not readable_by(credentials, *ids):
-        findings.append(
-            Finding(
-                agent.name,
-                f"credentials file {agent.credentials_file} (owner uid {credentials.st_uid}, "
-                f"mode {stat.S_IMODE(credentials.st_mode):04o}) is not readable by the "
-                f"container user {agent.user}: the mount keeps host owner and mode; "
-                f"run: chown {agent.user} {agent.credentials_file}",
-                fatal=False,
-            )
-        )
+    # Claude's login: only the daemon reads it (a credentials file is copied into the
+    # volume as the agent user), so it need not be readable by the container's uid.
+    for label, file in _claude_secret_files(agent):
+        try:
+            if not stat.S_ISREG(file.stat().st_mode):
+                findings.append(Finding(agent.name, f"{label} {file} is not a regular file"))
+            elif not file.read_text(encoding="utf-8").strip():
+                findings.append(Finding(agent.name, f"{label} {file} is empty"))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            findings.append(Finding(agent.name, f"{label} {file}: {reason}"))
     return findings
+
+
+def _claude_secret_files(agent: AgentConfig) -> list[tuple[str, Path]]:
+    labels = {
+        AuthMode.CREDENTIALS: "credentials file",
+        AuthMode.OAUTH_TOKEN: "OAuth token file",
+        AuthMode.API_KEY: "API key file",
+    }
+    files = [(labels[agent.auth], agent.auth_file)] if agent.auth_file is not None else []
+    return files + [(f"secret_env {name} file", f) for name, f in agent.secret_env.items()]
 
 
 def shell_argv(agent: AgentConfig, *, tty: bool) -> list[str]:
@@ -221,6 +223,10 @@ async def inspect(engine: Engine, agent: AgentConfig) -> DockerContainer | None:
             f"(no label {MANAGED_LABEL}=1; made by an older `docker run`?): "
             f"remove it (docker rm -f {agent.container_name}), then run this again"
         )
+    labels = container["Config"]["Labels"] or {}
+    problem = foreign_owner(agent.container_name, labels, engine.manager.instance)
+    if problem is not None:
+        raise ContainerError(problem)  # its tasks are not ours to stop (--force) either
     return container
 
 
@@ -270,6 +276,7 @@ class Refused(Exception):
 async def act_up(engine: Engine, agent: AgentConfig, options: Options) -> str:
     before = await inspect(engine, agent)
     after = await engine.manager.ensure(agent)
+    await engine.manager.sync_credentials(after, agent)
     previous = ContainerState.of(before) if before is not None else None
     what = describe_up(previous, ContainerState.of(after), engine.manager.config_hash(agent))
     return f"{what}: {agent.container_name} (image {agent.image})"
@@ -312,7 +319,7 @@ async def act_rebuild(engine: Engine, agent: AgentConfig, options: Options) -> s
     await engine.manager.rebuild(agent)
     return (
         f"rebuilt: {agent.container_name} from {agent.image} "
-        f"(volume {agent.volume_name} and credentials mount kept){note}"
+        f"(volume {agent.volume_name} kept, Claude's login in it){note}"
     )
 
 

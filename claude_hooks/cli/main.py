@@ -19,11 +19,14 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _load(args: argparse.Namespace) -> Config:
-    """The config `check` and `run` use: valid, and its stop fits the unit's TimeoutStopSec."""
+    """The config `check` and `run` use: valid, its stop fits the unit's TimeoutStopSec,
+    and its prompt files are templates the worker can use."""
+    from claude_hooks.cli.check import check_prompt_files
     from claude_hooks.daemon.budget import check_shutdown_budget
 
     config = load_config(args.config)
     check_shutdown_budget(config)
+    check_prompt_files(config)
     return config
 
 
@@ -48,8 +51,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
+    from claude_hooks.api.connections import FileLimitTooLow
     from claude_hooks.daemon.log import setup_logging
-    from claude_hooks.daemon.main import EXIT_CRASHED, EXIT_STORE, run_daemon
+    from claude_hooks.daemon.main import EXIT_CONFIG, EXIT_CRASHED, EXIT_STORE, run_daemon
+    from claude_hooks.daemon.services import ListenError
     from claude_hooks.store import StoreError
 
     setup_logging(config.daemon.log_format, args.log_level or config.daemon.log_level)
@@ -57,8 +62,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run_daemon(config))
     except StoreError as exc:  # a broken state dir is the operator's to fix: say so, no traceback
+        # Also the state dir held by another daemon (daemon/lock.py): the error names its pid.
         log.error("daemon_start_failed", path=exc.path, error=str(exc))
         return EXIT_STORE
+    except ListenError as exc:  # api.listen cannot be bound: the setting names the fix
+        log.error("daemon_start_failed", key="api.listen", error=str(exc))
+        return EXIT_CONFIG
+    except FileLimitTooLow as exc:  # the unit's LimitNOFILE= (or ulimit -n) names the fix
+        log.error("daemon_start_failed", key="LimitNOFILE", error=str(exc))
+        return EXIT_CONFIG
     except Exception:  # through the log, not Python's bare traceback: at error priority
         log.exception("daemon_crashed")
         return EXIT_CRASHED

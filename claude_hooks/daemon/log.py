@@ -35,7 +35,10 @@ __all__ = ["REDACTED", "Redactor", "config_secret_files", "redactor", "setup_log
 def config_secret_files(config: Config) -> list[Path]:
     files: list[Path] = []
     for agent in config.agents:
-        files += [agent.token_file, agent.credentials_file]
+        files.append(agent.token_file)
+        if agent.auth_file is not None:
+            files.append(agent.auth_file)
+        files += agent.secret_env.values()
     if config.api.token_file:
         files.append(config.api.token_file)
     if config.forgejo.webhook_secret_file:

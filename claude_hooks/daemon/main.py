@@ -34,8 +34,10 @@ log = structlog.get_logger(__name__)
 
 EXIT_STOPPED = 0  # stopped when asked, drained; tasks cut short resume on the next start
 EXIT_CRASHED = 1  # an uncaught exception: Python's own code, its traceback in the journal
-EXIT_CONFIG = 2  # the config does not load (cli.EXIT_USAGE)
-EXIT_STORE = 3  # the task store cannot be opened (StoreError names the file)
+EXIT_CONFIG = 2  # the config does not load (cli.EXIT_USAGE), or api.listen cannot be bound
+# The task store cannot be opened (StoreError names the file), or another daemon holds
+# the state directory (StateDirInUse names its pid): the state is not this process's.
+EXIT_STORE = 3
 
 
 @dataclass

@@ -10,14 +10,21 @@ Start-up is a stack (contextlib.AsyncExitStack, as aiohttp's cleanup contexts): 
 part registers its close as it is opened, so a step that fails closes what was opened
 before it, and `close` unwinds in reverse: what runs (the scheduler's tasks, the report
 chains) ends before what it uses (the Forgejo clients, Docker, the store). A failing
-close is logged and the others still run. The HTTP listener is bound before the
-scheduler takes up what a previous process left, so a recovered task never runs while
-the port that shows it is still closed.
+close is logged and the others still run.
+
+The order of the first steps is what keeps one daemon from breaking another's work:
+the state directory's lock (daemon/lock.py) comes before the store and Docker, so a
+second daemon on the same state directory stops before it reads or kills anything; the
+HTTP listener is bound before the housekeeping (stray processes, orphan containers) and
+before the scheduler takes up what a previous process left, so a port already taken
+stops the start before anything is touched, and a recovered task never runs while the
+port that shows it is still closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +35,16 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.api.app import ApiDeps, TaskFeed, build_app
+from claude_hooks.api.connections import (
+    AcceptErrorLog,
+    ConnectionGuard,
+    GuardedSite,
+    RateLimitedLog,
+    connection_limits,
+    open_file_limit,
+)
 from claude_hooks.config import Config, read_secret
+from claude_hooks.daemon.lock import StateDirLock
 from claude_hooks.daemon.log import redactor
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.intake.decide import Policy
@@ -36,14 +52,15 @@ from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.poller import Poller, SharedBackoff
 from claude_hooks.intake.reader import Permissions
 from claude_hooks.intake.submit import STOPS_CLOSE_WITHIN, Submitter
-from claude_hooks.intake.webhooks import WebhookHandler
+from claude_hooks.intake.webhooks import WebhookHandler, WebhookInbox
 from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import REPORTS_CLOSE_WITHIN, Reporter, TaskReports
-from claude_hooks.runner.containers import ContainerManager, instance_labels
+from claude_hooks.runner.containers import ContainerError, ContainerManager, instance_labels
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskSpec
 from claude_hooks.work.delivery import Delivery
+from claude_hooks.work.outages import OutagePolicy
 from claude_hooks.work.scheduler import Scheduler, SchedulerError, TaskQueue
 from claude_hooks.work.worker import TaskWorker
 
@@ -53,6 +70,10 @@ log = structlog.get_logger(__name__)
 # (daemon/budget.py), which must fit the unit's TimeoutStopSec.
 HTTP_CLOSE_WITHIN = 2.0  # open requests (event streams) after the listener stops
 CLOSE_WITHIN = HTTP_CLOSE_WITHIN + STOPS_CLOSE_WITHIN + REPORTS_CLOSE_WITHIN
+
+
+class ListenError(Exception):
+    """`api.listen` cannot be bound (in use, not an address of this host); in words."""
 
 
 @dataclass
@@ -72,6 +93,7 @@ class Services:
     pollers: Sequence[Poller]
     outage: SharedBackoff
     webhooks: WebhookHandler
+    inbox: WebhookInbox  # the API keeps deliveries here; they are decided in the background
     closing: AsyncExitStack  # every part's close, registered as the part was opened
     web_runner: web.AppRunner | None = None
     accepting: bool = True
@@ -106,6 +128,8 @@ class Services:
         runtime: AgentRuntime | None,
     ) -> Services:
         config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = StateDirLock.acquire(config.daemon.state_dir)  # before the store and Docker
+        closing.push_async_callback(lock.aclose)  # the last thing released
         store = await Store.open(config.daemon.db_path)
         _on_close(closing, "store", store.close)
         docker = aiodocker.Docker()
@@ -121,6 +145,7 @@ class Services:
                 timeout=config.forgejo.request_timeout,
                 on_request=metrics.forgejo_request,
                 serves=config.forgejo.serves,
+                token_file=agent.token_file,
             )
             _on_close(closing, f"forgejo client of {agent.name}", client.close)
         runtime = runtime or DockerRuntime(containers)
@@ -129,12 +154,15 @@ class Services:
         )
         _on_close(closing, "reports", services.reports.close)
         _on_close(closing, "stop commands", services.submitter.close)
+        if listen:  # before the housekeeping: a port in use stops us before we touch anything
+            await services._listen()
         if isinstance(runtime, DockerRuntime):
             await services._housekeeping()
-        if listen:
-            await services._listen()
         _on_close(closing, "scheduler", services.scheduler.close)
         await services.scheduler.start()  # dispatches recovered tasks: the port answers now
+        _on_close(closing, "webhook inbox", services.inbox.close)
+        services.inbox.start()  # decides what a previous process kept but did not decide
+        services.reports.start_outbox()  # final reports an outage or a crash kept from a thread
         return services
 
     @classmethod
@@ -160,6 +188,13 @@ class Services:
         permissions = Permissions(policy, {n: c.repo_permission for n, c in clients.items()})
         reports = TaskReports(Reporter(client_for, redact=redactor), store, queue.position)
         delivery = Delivery(client_for, redact=redactor)
+
+        async def submit_loop_step(spec: TaskSpec) -> None:
+            # A step the worker starts itself (a CI fix): the scheduler made below, on a
+            # repository the task that starts it was already served for.
+            if config.forgejo.serves(spec.repo):
+                await scheduler.submit(spec)
+
         worker = TaskWorker(
             config,
             store,
@@ -169,6 +204,7 @@ class Services:
             delivery,
             daemon_id=daemon_id,
             permissions=permissions,
+            submit=submit_loop_step,
         )
         scheduler = Scheduler(
             store,
@@ -178,6 +214,11 @@ class Services:
             precheck=worker.precheck,
             timeouts={a.name: a.timeout for a in config.agents},
             queue=queue,
+            outages=OutagePolicy(
+                attempts=config.daemon.outage_retries,
+                within=config.daemon.outage_retry_for,
+                backoff=config.daemon.outage_backoff,
+            ),
         )
         feed = TaskFeed()
         scheduler.subscribe(reports.on_change)
@@ -199,6 +240,7 @@ class Services:
             )
             for agent in config.agents
         ]
+        webhooks = WebhookHandler(intake)
         return cls(
             config=config,
             daemon_id=daemon_id,
@@ -214,16 +256,25 @@ class Services:
             intake=intake,
             pollers=pollers,
             outage=outage,
-            webhooks=WebhookHandler(intake),
+            webhooks=webhooks,
+            inbox=WebhookInbox(webhooks, store),
             closing=closing,
         )
 
     async def _housekeeping(self) -> None:
-        """Containers of agents no longer configured go; processes of a dead daemon die."""
+        """Containers of agents no longer configured go; processes of a dead daemon die.
+
+        Only in this instance's containers (its label): the lock makes any other
+        daemon process on them a dead one. A same-named container of another
+        instance is refused, its processes left alone, and the other agents go on.
+        """
         try:
             removed = await self.containers.remove_orphans(set(self.config.agent_names))
             for agent in self.config.agents:
-                await self.containers.kill_strays(agent, self.daemon_id)
+                try:
+                    await self.containers.kill_strays(agent, self.daemon_id)
+                except ContainerError as exc:
+                    log.error("container_refused", agent=agent.name, error=str(exc))
         except Exception as exc:  # Docker down must not stop Forgejo intake; tasks wait
             log.warning("container_housekeeping_failed", error=str(exc))
             return
@@ -237,7 +288,7 @@ class Services:
             store=self.store,
             scheduler=self.scheduler,
             submit=self.submit,
-            on_webhook=self.webhooks.receive,
+            on_webhook=self.inbox.take,
             webhook_secret=self._webhook_secret,
             api_token=self._api_token,
             readiness=self.readiness,
@@ -250,9 +301,46 @@ class Services:
         )
         await self.web_runner.setup()
         _on_close(self.closing, "http listener", self.web_runner.cleanup)
-        site = web.TCPSite(self.web_runner, config.api.host, config.api.port)
-        await site.start()
-        log.info("api_listening", url=config.api.base_url)
+        self._log_accept_errors()
+        limits = connection_limits(open_file_limit())
+        guard = ConnectionGuard(limits, RateLimitedLog("api_connection_refused", level="warning"))
+        handler_args = {
+            "access_log": None,
+            "keepalive_timeout": config.api.idle_timeout,
+            "header_timeout": config.api.header_timeout,
+            # Reading what is left of a refused body lets the client see the answer;
+            # no longer than a body may take.
+            "lingering_time": min(10.0, config.api.body_timeout),
+        }
+        site = GuardedSite(
+            self.web_runner,
+            config.api.host,
+            config.api.port,
+            guard=guard,
+            handler_args=handler_args,
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(listen_problem(config.api.listen, exc)) from None
+        log.info(
+            "api_listening",
+            url=config.api.base_url,
+            max_connections=limits.max_connections,
+            backlog=limits.backlog,
+            open_file_limit=open_file_limit(),
+        )
+
+    def _log_accept_errors(self) -> None:
+        """asyncio logs every failed accept(): thousands a second once descriptors run out."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(AcceptErrorLog(previous, RateLimitedLog("api_accept_failed")))
+
+        async def restore() -> None:
+            loop.set_exception_handler(previous)
+
+        _on_close(self.closing, "accept error log", restore)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -279,6 +367,7 @@ class Services:
         try:
             await stop.wait()  # --- the accepting scope ends ---
             self.stop_accepting()
+            await self.inbox.close()  # undecided deliveries stay stored for the next start
             await asyncio.gather(*pollers, return_exceptions=True)
             running = len(self.scheduler.running_ids())  # --- work scope: the drain ---
             if on_drain is not None:
@@ -329,7 +418,7 @@ class Services:
     async def readiness(self) -> dict[str, bool]:
         store_ok = True
         try:
-            await self.store.counts()
+            await self.store.writable()  # a store another process locks cannot take a task
         except Exception:
             store_ok = False
         return {
@@ -353,6 +442,19 @@ class Services:
         """Close every part, the last opened first; closing again does nothing."""
         self.stop_accepting()
         await self.closing.aclose()
+
+
+def listen_problem(listen: str, exc: OSError) -> str:
+    """Why api.listen cannot be bound, for the operator: the key, the value, the fix."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        hint = (
+            "another process listens there (another claude-hooks daemon? `ss -ltnp` names it): "
+            "stop it, or set api.listen to a free port"
+        )
+    else:
+        hint = "set api.listen to an address of this host with a free port"
+    return f"api.listen = {listen!r}: cannot listen: {reason}; {hint}"
 
 
 def _on_close(closing: AsyncExitStack, part: str, close: Callable[[], Awaitable[object]]) -> None:

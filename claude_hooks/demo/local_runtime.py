@@ -50,6 +50,11 @@ class LocalRuntime:
     ) -> workspace.Published:
         return workspace.Published(commits=0, log=())
 
+    async def diff_since(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
+    ) -> workspace.DiffSince:
+        return workspace.DiffSince(since, missing=True)  # no checkout here, so no history
+
     async def run(
         self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
@@ -94,6 +95,17 @@ class RepositoryNotServed(ForgejoError):
     @property
     def retryable(self) -> bool:
         return False
+
+
+class TokenUnreadable(ForgejoError):
+    """This account's token file could not be read: nothing was sent, and Forgejo may be
+    fine. Retried by the client (a file mid-rotation), but never an outage of Forgejo:
+    one agent's missing file must not hold back the others (poller.is_outage)."""
+
+    def __init__(self, method: str, path: str, file: str | None, reason: str) -> None:
+        self.file = file
+        where = f" {file}" if file else ""
+        super().__init__(method, path, None, f"cannot read the token{where}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -221,8 +233,10 @@ class ForgejoClient:
         initial_backoff: float = 1.0,
         on_request: RequestHook | None = None,
         serves: Callable[[str], bool] | None = None,
+        token_file: Path | None = None,
     ) -> None:
         self._api = base_url.rstrip("/") + API_PREFIX
+        self._token_file = token_file  # named when the token cannot be read
         # The daemon's clients pass forgejo.repositories here: the last line of defence,
         # so no code path reads or writes a repository the operator did not configure.
         self._serves = serves
@@ -553,7 +567,9 @@ class ForgejoClient:
         try:
             return self._token().strip()
         except Exception as exc:  # a token file mid-rotation: retried like a connection error
-            raise ForgejoError(method, path, None, f"cannot read the token: {exc}") from None
+            file = self._token_file or getattr(exc, "filename", None)
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise TokenUnreadable(method, path, str(file) if file else None, reason) from None
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -592,4 +608,4 @@ def _total_count(headers: Mapping[str, str]) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-__all__ = ["ForgejoClient", "ForgejoError", "rfc3339", "split_repo"]
+__all__ = ["ForgejoClient", "ForgejoError", "TokenUnreadable", "rfc3339", "split_repo"]

@@ -152,6 +152,15 @@ class PullRequest:
     requested_reviewers: tuple[str, ...] = ()
     draft: bool = False
     mergeable: bool = False
+    # Which repository each branch lives in ("" when Forgejo did not say, e.g. a fork
+    # since deleted): a head outside the base's repository is a fork's, not ours to push.
+    head_repo: str = ""
+    base_repo: str = ""
+
+    @property
+    def from_fork(self) -> bool:
+        """The head branch is not in the base repository (or Forgejo would not say where)."""
+        return not self.head_repo or self.head_repo.lower() != self.base_repo.lower()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PullRequest:
@@ -176,7 +185,14 @@ class PullRequest:
             ),
             draft=bool(data.get("draft")),
             mergeable=bool(data.get("mergeable")),
+            head_repo=_repo_name(head),
+            base_repo=_repo_name(base),
         )
+
+
+def _repo_name(branch: Mapping[str, Any]) -> str:
+    repo = branch.get("repo")
+    return _opt_str(repo, "full_name") if isinstance(repo, Mapping) else ""
 
 
 @dataclass(frozen=True)
@@ -276,6 +292,15 @@ class ReviewComment:
     position: int  # new-side line
     original_position: int  # old-side line
     created_at: datetime | None = None
+    diff_hunk: str = ""  # the diff around the line, as Forgejo shows it with the comment
+    commit_id: str = ""  # the commit the comment was made on
+    html_url: str = ""
+    resolver: str = ""  # login of who marked the conversation resolved; "" while open
+
+    @property
+    def line(self) -> int:
+        """The line it is on: new side, else old side (a comment on a removed line)."""
+        return self.position or self.original_position
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReviewComment:
@@ -287,6 +312,10 @@ class ReviewComment:
             position=data.get("position") or 0,
             original_position=data.get("original_position") or 0,
             created_at=parse_time(data.get("created_at")),
+            diff_hunk=_opt_str(data, "diff_hunk"),
+            commit_id=_opt_str(data, "commit_id"),
+            html_url=_opt_str(data, "html_url"),
+            resolver=_login_of(data.get("resolver")),
         )
 
 

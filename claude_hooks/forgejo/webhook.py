@@ -159,6 +159,8 @@ def parse_webhook(
     if not isinstance(payload, Mapping):
         raise ForgejoDataError(f"webhook payload: expected an object, got {type(payload).__name__}")
     action = payload.get("action")
+    if event == "issue_comment" and _is_legacy_comment_review(payload):
+        return _review_event(payload, delivery)
     # issue_comment's event-type for PRs is "pull_request_comment", the same word as a
     # review's event: the payload's shape tells them apart.
     if event == "issue_comment" or ("comment" in payload and "issue" in payload):
@@ -176,16 +178,31 @@ def parse_webhook(
             delivery, _repo(payload), _pull(payload), reviewer.login, _sender(payload)
         )
     if event in REVIEW_EVENTS and action == "reviewed":
-        review = _object(payload, "review")
-        return ReviewEvent(
-            delivery,
-            _repo(payload),
-            _pull(payload),
-            str(review.get("type") or ""),
-            str(review.get("content") or ""),
-            _sender(payload),
-        )
+        return _review_event(payload, delivery)
     return None
+
+
+def _is_legacy_comment_review(payload: Mapping[str, Any]) -> bool:
+    """A "comment" review from Gitea/Forgejo before 1.19.1 (go-gitea/gitea#23650): sent
+    as issue_comment, but with the review's pull-request payload and no comment."""
+    return (
+        payload.get("action") == "reviewed"
+        and "comment" not in payload
+        and isinstance(payload.get("review"), Mapping)
+        and isinstance(payload.get("pull_request"), Mapping)
+    )
+
+
+def _review_event(payload: Mapping[str, Any], delivery: str | None) -> ReviewEvent:
+    review = _object(payload, "review")
+    return ReviewEvent(
+        delivery,
+        _repo(payload),
+        _pull(payload),
+        str(review.get("type") or ""),
+        str(review.get("content") or ""),
+        _sender(payload),
+    )
 
 
 def _comment_event(payload: Mapping[str, Any], delivery: str | None) -> CommentEvent:

@@ -9,6 +9,8 @@ after the restart, and the idempotency keys make the second reading harmless.
 Cursors (the `since` of the listing and one watermark per thread) live in the
 store, so a restart neither loses nor replays a window. When Forgejo is down, all
 pollers wait on one shared backoff and one log line says so, another when it is back.
+An agent whose token file cannot be read is not an outage (Forgejo was never asked):
+that poller alone backs off and logs `token_unreadable`, naming the file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Protocol
 import structlog
 
 from claude_hooks.config import AgentConfig
-from claude_hooks.forgejo.client import ForgejoClient, ForgejoError, rfc3339
+from claude_hooks.forgejo.client import ForgejoClient, ForgejoError, TokenUnreadable, rfc3339
 from claude_hooks.forgejo.models import ForgejoDataError, NotificationThread, parse_time
 from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.thread import Watermark
@@ -50,7 +52,16 @@ class CursorStore(Protocol):
 
 def is_outage(error: BaseException) -> bool:
     """Forgejo itself is unreachable or failing (after the client's own retries)."""
-    return isinstance(error, ForgejoError) and error.retryable
+    return (
+        isinstance(error, ForgejoError)
+        and error.retryable
+        and not isinstance(error, TokenUnreadable)  # this account's file, not Forgejo
+    )
+
+
+def ends_poll(error: BaseException) -> bool:
+    """A failure no thread is to blame for: the whole poll stops and is tried again."""
+    return is_outage(error) or isinstance(error, TokenUnreadable)
 
 
 class SharedBackoff:
@@ -120,6 +131,7 @@ class Poller:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.agent = agent.name
+        self._token_file = agent.token_file
         self._client = client
         self._intake = intake
         self._cursors = cursors
@@ -159,7 +171,10 @@ class Poller:
     def _after_failure(self, error: Exception, failures: int) -> float:
         if is_outage(error):
             return self._outage.failure(error)
-        if isinstance(error, ForgejoError | ForgejoDataError):
+        if isinstance(error, TokenUnreadable):  # this poller's own backoff, not the shared one
+            file = error.file or str(self._token_file)
+            self._log.error("token_unreadable", file=file, error=error.message)
+        elif isinstance(error, ForgejoError | ForgejoDataError):
             self._log.error("poll_failed", error=str(error))
         else:
             self._log.exception("poll_crashed")
@@ -205,7 +220,7 @@ class Poller:
         try:
             ctx = await self._intake.read(self.agent, thread.repo, number, since=watermark)
         except ForgejoError as error:
-            if is_outage(error):
+            if ends_poll(error):
                 raise
             report = self._log.info if error.status in GONE else self._log.error
             report("thread_unreadable", repo=thread.repo, number=number, error=str(error))
@@ -227,7 +242,7 @@ class Poller:
         try:
             await self._client.mark_thread_read(thread.id)
         except ForgejoError as error:
-            if is_outage(error):
+            if ends_poll(error):
                 raise
             self._log.error("mark_read_failed", thread=thread.id, error=str(error))
             return False
@@ -273,4 +288,4 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-__all__ = ["CursorStore", "Poller", "SharedBackoff", "is_outage"]
+__all__ = ["CursorStore", "Poller", "SharedBackoff", "ends_poll", "is_outage"]

@@ -3,18 +3,34 @@
 Comments, new issues and review requests carry all they need; a submitted review
 (no id, no inline comments) and an assignment (no timeline id) are looked up first,
 the same lookups the poller makes, so both paths build the same keys. The thread is
-built once (`delivered_thread`, pure) and decided once for every configured agent.
+built once (`delivered_thread`, pure), then decided for each agent it asks something
+of (`asked_agents`, pure), each with its own account: the reads and permission checks
+for an agent's triggers are made by that agent, never by the first configured one, so
+one agent's unreadable token file (`token_unreadable`, not an outage) stops only its
+own triggers; that decision fails, and the inbox below tries it again.
+
+Deciding asks Forgejo (permissions, reviews, timelines), which may be slow or down;
+Forgejo waits only ~10 s for an answer. So the API hands a delivery to the
+`WebhookInbox`: checked for shape, kept in the store, answered at once; the inbox
+decides from the stored row in the background (retrying with backoff, and again
+after a restart) and deletes it once decided. Deciding twice is harmless: every
+trigger has an idempotency key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from claude_hooks.forgejo.models import Issue
+from claude_hooks.forgejo.client import TokenUnreadable
+from claude_hooks.forgejo.models import ForgejoDataError, Issue
 from claude_hooks.forgejo.webhook import (
     CommentEvent,
     IssueEvent,
@@ -23,9 +39,11 @@ from claude_hooks.forgejo.webhook import (
     WebhookEvent,
     parse_webhook,
 )
-from claude_hooks.intake.decide import Decision
+from claude_hooks.intake.decide import Decision, Policy, propose
 from claude_hooks.intake.intake import Intake
+from claude_hooks.intake.mentions import find_mentions
 from claude_hooks.intake.thread import Post, PostKind, ReviewRequest, ThreadContext, ThreadEvent
+from claude_hooks.store import Store, StoredWebhook
 from claude_hooks.tasks import TriggerSource
 
 log = structlog.get_logger(__name__)
@@ -54,20 +72,169 @@ class WebhookHandler:
         ctx = delivered_thread(event, resolved=await self._resolve(event))
         if ctx is None or not ctx.new:
             return Decision()
+        decision, unreadable = Decision(), None
+        for agent in asked_agents(ctx, intake.policy):
+            try:
+                decision = decision + await self._take(ctx, agent, event)
+            except TokenUnreadable as error:
+                _log_unreadable(error, agent, delivery)
+                unreadable = unreadable or error  # the other agents' triggers still go in
+        if unreadable is not None:
+            raise unreadable  # not remembered: a redelivery retries it; keys dedupe the rest
+        return decision
+
+    async def _take(self, ctx: ThreadContext, agent: str, event: WebhookEvent) -> Decision:
+        """`agent`'s part of the delivery, read and checked with `agent`'s account."""
+        intake = self._intake
         if intake.policy.is_agent(event.sender):
-            ctx = await intake.reader().with_history(ctx)  # a person's event is hop 0
-        agents = intake.policy.agents
-        return await intake.take(ctx, agents, TriggerSource.WEBHOOK, delivery=delivery)
+            ctx = await intake.reader(agent).with_history(ctx)  # a person's event is hop 0
+        return await intake.take(ctx, (agent,), TriggerSource.WEBHOOK, delivery=event.delivery)
 
     async def _resolve(self, event: WebhookEvent) -> list[ThreadEvent]:
-        reader = self._intake.reader()
+        """The lookups a payload needs, made by the agent it addresses (the next one when
+        that agent's token cannot be read)."""
+        if not isinstance(event, ReviewEvent | IssueEvent) or (
+            isinstance(event, IssueEvent) and event.action != "assigned"
+        ):
+            return []
+        unreadable: TokenUnreadable | None = None
+        for agent in lookup_agents(event, self._intake.policy):
+            try:
+                return await self._lookup(event, agent)
+            except TokenUnreadable as error:
+                _log_unreadable(error, agent, event.delivery)
+                unreadable = unreadable or error
+        assert unreadable is not None  # a Policy always has agents
+        raise unreadable
+
+    async def _lookup(self, event: ReviewEvent | IssueEvent, agent: str) -> list[ThreadEvent]:
+        reader = self._intake.reader(agent)
         if isinstance(event, ReviewEvent):
             return await reader.submitted_review(event.repo, event.number, event.sender)
-        if isinstance(event, IssueEvent) and event.action == "assigned":
-            is_agent = self._intake.policy.is_agent
-            agents = [a for a in event.issue.assignees if is_agent(a)]
-            return await reader.latest_assignments(event.repo, event.number, agents)
-        return []
+        agents = [a for a in event.issue.assignees if self._intake.policy.is_agent(a)]
+        return await reader.latest_assignments(event.repo, event.number, agents)
+
+
+def _log_unreadable(error: TokenUnreadable, agent: str, delivery: str | None) -> None:
+    log.error(
+        "token_unreadable", file=error.file, agent=agent, delivery=delivery, error=error.message
+    )
+
+
+def asked_agents(ctx: ThreadContext, policy: Policy) -> list[str]:
+    """The agents the delivered thread asks something of (a mention, `@agent stop`, a
+    review request, an assignment); history only changes the hop, never who is asked."""
+    return [
+        agent for agent in policy.agents if propose(agent, ctx, policy, TriggerSource.WEBHOOK).items
+    ]
+
+
+def lookup_agents(event: ReviewEvent | IssueEvent, policy: Policy) -> list[str]:
+    """Whose account looks up what the payload lacks: the agents it addresses first (the
+    assigned ones; those the review's text mentions), then the others."""
+    if isinstance(event, ReviewEvent):
+        addressed = [a for a in policy.agents if find_mentions(event.content, a)]
+    else:
+        assigned = {a.lower() for a in event.issue.assignees}
+        addressed = [a for a in policy.agents if a.lower() in assigned]
+    return addressed + [a for a in policy.agents if a not in addressed]
+
+
+MAX_DECISION_ATTEMPTS = 12  # with retry_delay: about half an hour of Forgejo trouble
+
+
+def retry_delay(attempts: int, first: float = 2.0, ceiling: float = 300.0) -> float:
+    """Seconds before deciding a delivery again after `attempts` failed decisions."""
+    return float(min(ceiling, first * 2 ** (attempts - 1)))
+
+
+class WebhookInbox:
+    """Takes deliveries at once (kept in the store) and decides them in the background."""
+
+    def __init__(
+        self,
+        handler: WebhookHandler,
+        store: Store,
+        *,
+        first_retry: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._handler = handler
+        self._store = store
+        self._first_retry = first_retry
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._not_before: dict[int, float] = {}  # row id → when to try it again
+        self._task: asyncio.Task[None] | None = None
+
+    async def take(self, event: str, payload: dict[str, Any], delivery: str | None) -> int:
+        """The API's part: 1 when the delivery was kept for a decision, 0 when it asks
+        nothing. Raises ForgejoDataError for a payload of the wrong shape (a 400, at once)."""
+        if parse_webhook(event, payload, delivery) is None:
+            return 0  # a push, a closed issue, …: nothing to keep
+        await self._store.add_webhook(event, json.dumps(payload), delivery)
+        self._wake.set()
+        return 1
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="webhook-inbox")
+
+    async def close(self) -> None:
+        """Stop deciding; what is left stays in the store for the next start."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            wait: float | None = None
+            try:
+                for stored in await self._store.pending_webhooks():
+                    due = self._not_before.get(stored.id, 0.0) - self._clock()
+                    if due > 0:
+                        wait = due if wait is None else min(wait, due)
+                        continue
+                    retry_in = await self._decide(stored)
+                    if retry_in is not None:
+                        wait = retry_in if wait is None else min(wait, retry_in)
+            except Exception as exc:  # the store busy or failing: look again later
+                log.warning("webhook_inbox_unreadable", error=str(exc))
+                wait = self._first_retry
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _decide(self, stored: StoredWebhook) -> float | None:
+        """Decide one kept delivery and drop it; when it must wait, the seconds to wait."""
+        fields = {"webhook_event": stored.event, "delivery": stored.delivery}
+        try:
+            parsed = parse_webhook(stored.event, json.loads(stored.payload), stored.delivery)
+            triggers = len((await self._handler.handle(parsed)).triggers) if parsed else 0
+        except (ForgejoDataError, ValueError) as exc:  # the same row fails the same way again
+            log.error("webhook_dropped", error=str(exc), **fields)
+        except Exception as exc:  # Forgejo slow or down, the store busy: try again later
+            attempts = stored.attempts + 1
+            if attempts < MAX_DECISION_ATTEMPTS:
+                delay = retry_delay(attempts, self._first_retry)
+                log.warning(
+                    "webhook_decision_failed",
+                    error=str(exc),
+                    attempts=attempts,
+                    retry_in=delay,
+                    **fields,
+                )
+                await self._store.webhook_attempted(stored.id)
+                self._not_before[stored.id] = self._clock() + delay
+                return delay
+            log.error("webhook_abandoned", error=str(exc), attempts=attempts, **fields)
+        else:
+            log.info("webhook_decided", tasks=triggers, **fields)
+        await self._store.webhook_decided(stored.id)
+        self._not_before.pop(stored.id, None)
+        return None
 
 
 def delivered_thread(

@@ -14,8 +14,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from claude_hooks.tasks import FailureKind, Outcome, RunFailure, Task, TaskState
+from claude_hooks.tasks import (
+    FailureKind,
+    Outcome,
+    RunFailure,
+    Task,
+    TaskKind,
+    TaskState,
+    UsageLimit,
+)
 from claude_hooks.text import (
+    MENTION,
     defuse_mentions,
     fence,
     format_cost,
@@ -79,6 +88,32 @@ def api_error_reason(status: int | None) -> str:
     )
 
 
+def budget_reason(budget_usd: float | None) -> str:
+    return f"budget limit reached ({_usd(budget_usd)})" if budget_usd else "budget limit reached"
+
+
+def _usd(amount: float) -> str:
+    # As the operator wrote it in the config: "$5.00", "$0.50"; finer amounts in full.
+    return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:g}"
+
+
+def usage_limit_reason(limit: UsageLimit | None) -> str:
+    """A run stopped by a Claude usage limit: which limit, and until when if known."""
+    if limit is None:
+        return "Claude usage limit reached"
+    which = f" ({limit.limit_type})" if limit.limit_type else ""
+    until = f", resets {reset_in_words(limit.resets_at)}" if limit.resets_at is not None else ""
+    return f"Claude usage limit reached{which}{until}"
+
+
+def reset_in_words(resets_at: float) -> str:
+    """ "2026-12-02 05:00 UTC": an operator compares it with the CLI's own "resets 5am"."""
+    try:
+        return datetime.fromtimestamp(resets_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):
+        return "at an unreadable time"
+
+
 def cancelled_reason(by: str | None = None) -> str:
     return f"cancelled by {by}" if by else "cancelled"
 
@@ -87,8 +122,24 @@ def skipped_reason(why: str) -> str:
     return f"skipped: {why}"
 
 
-def delivery_failed_reason(error: Exception) -> str:
-    return f"delivering failed: {error}"
+def delivery_failed_reason(what: str) -> str:
+    """Delivering the work failed; `what` is in words, never an exception's text."""
+    return f"delivering failed: {what}"
+
+
+def crashed_reason(what: str) -> str:
+    """A run that raised: `what` in words; the exception itself stays in the journal."""
+    return f"{what} (the daemon's journal has the details)"
+
+
+def outage_reason(what: str, attempt: int, attempts: int) -> str:
+    """A task waiting out an outage: `what` is down, e.g. "Forgejo is unreachable"."""
+    return f"{what}, will retry (try {attempt} of {attempts})"
+
+
+def gave_up_reason(what: str, tries: int, seconds: float) -> str:
+    """An outage that outlasted the task's retry budget."""
+    return f"gave up after {tries} retries over {format_duration(seconds)}: {what}"
 
 
 def with_merge_note(result: str | None, detail: str) -> str:
@@ -104,7 +155,9 @@ def failure_reason(failure: RunFailure) -> str:
         case FailureKind.API_ERROR:
             return api_error_reason(failure.api_status)
         case FailureKind.BUDGET:
-            return "budget limit reached"
+            return budget_reason(failure.budget_usd)
+        case FailureKind.USAGE_LIMIT:
+            return usage_limit_reason(failure.usage_limit)
         case FailureKind.CLAUDE_ERROR:
             what = failure.what or "error"
             said = f": {failure.detail}" if failure.detail else ""
@@ -233,8 +286,27 @@ def render_tracking(
             raise ValueError(f"render_tracking: phase {phase} needs an outcome")
         parts += _final_body(task, phase, outcome, now)
     parts.append(f"<sub>claude-hooks task {task.id} · {task.spec.agent}</sub>")
+    body = defuse_mentions("\n\n".join(parts))
+    if phase.is_final and outcome is not None and (who := addressee(task, outcome)):
+        # The one mention the daemon means: the person a stopped loop hands back to.
+        body = body.replace(f"\n\n`@{who}`", f"\n\n@{who}", 1)
     # The marker goes back first after redaction, which could never touch it anyway.
-    return redact(defuse_mentions("\n\n".join(parts)))
+    return redact(body)
+
+
+def addressee(task: Task, outcome: Outcome) -> str | None:
+    """The login a final comment is addressed to, by a leading `@login` of its result:
+    only a ROUNDS_SPENT task's, whose whole text the daemon writes (no Claude run)."""
+    if task.spec.kind is not TaskKind.ROUNDS_SPENT or outcome.state is not TaskState.SUCCEEDED:
+        return None
+    match = MENTION.match(strip_markers(outcome.result or "").strip())
+    return match[1][1:] if match else None
+
+
+def posts_only_final(task: Task) -> bool:
+    """A task without a run posts one comment, its final one, and no "Queued" first:
+    Forgejo notifies a mention in a new comment, never one an edit adds."""
+    return task.spec.kind is TaskKind.ROUNDS_SPENT
 
 
 def clock_time(ts: float) -> str:
@@ -274,3 +346,123 @@ def comment_as_text(path: str, line: int | None, body: str) -> str:
     """An inline comment that cannot sit on a line of the diff, moved into the review body."""
     where = f"{path}:{line}" if line else path
     return f"(on {where}) {body}"
+
+
+# ---------------------------------------------------------------- the team's loop (#14)
+
+
+def _code(text: str, limit: int = 120) -> str:
+    """A name someone chose (a branch, a path, a CI context) in inline code, on one line."""
+    flat = one_line(text.replace("`", "'"), limit)
+    return f"`{flat}`"
+
+
+FORK_REASON = "its branch is in another repository (a fork), which the daemon does not push to"
+
+
+def unplain_branch_reason(branch: str) -> str:
+    return f"its branch name {_code(branch)} is not one the daemon pushes to"
+
+
+def not_pushed_note(why: str) -> str:
+    """A dev run on a pull request whose branch the daemon cannot push."""
+    return f"Not pushed: {why}. The commits stay in the agent's working tree only."
+
+
+def push_refused_reason(branch: str, detail: str) -> str:
+    said = f": {one_line(detail, MAX_STDERR_LINE_CHARS)}" if detail else ""
+    return f"could not push {_code(branch)}, Forgejo refused it or was not reachable{said}"
+
+
+def pushed_note(branch: str, log: Sequence[str]) -> str:
+    count = len(log)
+    lines = [f"Pushed {count} commit{'' if count == 1 else 's'} to {_code(branch)}:"]
+    lines += [f"- {one_line(line, MAX_STEP_CHARS)}" for line in log]
+    return "\n".join(lines)
+
+
+NO_COMMITS_NOTE = "No commits: nothing was pushed, and review was not re-requested."
+
+
+def rerequested_note(reviewers: Sequence[str]) -> str:
+    if not reviewers:
+        return "Nobody to re-request review from."
+    return "Review re-requested from " + ", ".join(_code(r, 60) for r in reviewers) + "."
+
+
+def rerequest_failed_note(reviewers: Sequence[str], error: str) -> str:
+    who = ", ".join(_code(r, 60) for r in reviewers)
+    return f"Re-requesting review from {who} failed: {one_line(error, 200)}"
+
+
+def answered_comments(answers: Sequence[tuple[str, str, str]]) -> str:
+    """The one summary answering a review's inline comments (Forgejo's API has no reply
+    to a review comment's thread): (where, link, answer) each."""
+    lines = ["Review comments:"]
+    for where, link, answer in answers:
+        place = f"[{_code(where)}]({link})" if link else _code(where)
+        lines.append(f"- {place}: {one_line(answer, 600) or 'not answered in this run'}")
+    return "\n".join(lines)
+
+
+def ci_contexts(statuses: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{_code(context or 'default', 60)} {state or 'unknown'}"
+                     for context, state in statuses)  # fmt: skip
+
+
+def ci_failed_reason(statuses: Sequence[tuple[str, str]]) -> str:
+    return f"CI failed: {ci_contexts(statuses)}"
+
+
+def ci_pending_reason(statuses: Sequence[tuple[str, str]]) -> str:
+    return f"CI pending: {ci_contexts(statuses)}" if statuses else "CI pending"
+
+
+def ci_waited_too_long_reason(waited: float, statuses: Sequence[tuple[str, str]]) -> str:
+    return f"CI still pending after {format_duration(waited)}: {ci_contexts(statuses)}"
+
+
+def ci_line(state: str, statuses: Sequence[tuple[str, str]]) -> str:
+    """The head's commit status on a tracking comment."""
+    if not state and not statuses:
+        return "CI: no commit status reported for the head."
+    listed = f" ({ci_contexts(statuses)})" if statuses else ""
+    return f"CI: {state or 'unknown'}{listed}"
+
+
+def head_moved_reason(queued: str, now: str) -> str:
+    return f"the head moved to {_code(now[:10])} after {_code(queued[:10])}"
+
+
+def ci_fix_request(statuses: Sequence[tuple[str, str]], head: str) -> str:
+    """The request text of a CI_FIX task (the daemon's words, shown to the dev agent)."""
+    return f"The commit status of {head[:10]} failed: {ci_contexts(statuses)}. Fix it."
+
+
+def lead_declined_note(reason: str) -> str:
+    because = f": {one_line(reason, MAX_REASON_CHARS)}" if reason.strip() else ""
+    return f"Not merged: the lead declined{because}"
+
+
+def rounds_spent_text(
+    addressee: str | None,
+    rounds: int,
+    reviewer: str,
+    unresolved: Sequence[tuple[str, str]],
+    review_body: str = "",
+) -> str:
+    """The one comment to the person who started the work when the loop stops: how many
+    rounds, and what is unresolved (where, text each). Only the leading @addressee may
+    notify (render_tracking keeps it); the rest is defused like every post."""
+    to = f"@{addressee} " if addressee else ""
+    s = "" if rounds == 1 else "s"
+    lines = [
+        f"{to}The agents stopped after {rounds} review round{s} without an approval: "
+        f"{reviewer} still requests changes. Over to you: fix it, or say what to do next.",
+    ]
+    if review_body.strip():
+        lines += ["", f"Latest review: {one_line(strip_markers(review_body), 600)}"]
+    if unresolved:
+        lines += ["", "Unresolved:"]
+        lines += [f"- {_code(where)}: {one_line(text, 600)}" for where, text in unresolved]
+    return "\n".join(lines)

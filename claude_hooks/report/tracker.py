@@ -9,13 +9,16 @@ duplicate.
 `Reporter` is the thin I/O shell around report/render.py; `TaskReports` turns the
 scheduler's state changes and the worker's steps into Reporter calls, in order per
 task. Reporting never crashes a task: a failed edit is logged and the next edit
-tries again. The outputs that *are* the work (pull request, review, merge) are
-work/delivery.py's.
+tries again. A final state is the one thing the thread must show: the store keeps it
+in an outbox (`Task.final_reported`) until an edit lands, and `TaskReports.redeliver`
+(at start-up, then every OUTBOX_INTERVAL) posts what is still undelivered. The
+outputs that *are* the work (pull request, review, merge) are work/delivery.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
@@ -35,6 +38,7 @@ from claude_hooks.report.render import (
     Phase,
     Redact,
     phase_of,
+    posts_only_final,
     render_tracking,
 )
 from claude_hooks.store import Store
@@ -125,7 +129,7 @@ class Reporter:
 
     async def acknowledge(self, task: Task, position: int | None = None) -> int | None:
         """👀 on the trigger and the queued tracking comment; its id, or None if none exists."""
-        if task.spec.number is None:
+        if task.spec.number is None or posts_only_final(task):
             return None
         self._finished.discard(task.id)
         if not task.deferred:  # a deferred task was acknowledged when it came in
@@ -171,10 +175,13 @@ class Reporter:
                 return
             tracker.throttle.mark(self._clock())
 
-    async def finish(self, task: Task, outcome: Outcome) -> None:
-        """The final edit: result, status, duration, turns, cost, links or the failure reason."""
+    async def finish(self, task: Task, outcome: Outcome) -> bool:
+        """The final edit: result, status, duration, turns, cost, links or the failure reason.
+
+        True once the thread shows it (or the task has no thread, or Forgejo refuses it
+        for good); False when it is worth trying again later."""
         if task.spec.number is None:
-            return
+            return True
         tracker = self._trackers.pop(task.id, None) or self._tracker(task)
         self._finished.add(task.id)
         if tracker.flush is not None:
@@ -188,7 +195,7 @@ class Reporter:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._final_attempts),
             wait=wait_exponential(multiplier=self._final_backoff, max=60),
-            retry=retry_if_exception_type(ForgejoError),
+            retry=retry_if_exception(lambda exc: isinstance(exc, ForgejoError) and exc.retryable),
             reraise=True,
         )
         try:
@@ -198,6 +205,10 @@ class Reporter:
                         await self._write(task, tracker, body)
         except Exception as exc:  # reporting never fails the task
             self._tracking_failed(task, "final", exc)
+            # Forgejo refusing for good (the issue gone, no access) is no outage to wait
+            # out: the outbox would try it every round for ever.
+            return isinstance(exc, ForgejoError) and not exc.retryable
+        return True
 
     def _tracking_failed(self, task: Task, phase: str, exc: Exception) -> None:
         # A ForgejoError already says what and where; anything else is a bug: keep its trace.
@@ -274,6 +285,7 @@ def outcome_of_task(task: Task) -> Outcome:
 
 
 REPORTS_CLOSE_WITHIN = 10.0  # seconds the report chains may finish at shutdown
+OUTBOX_INTERVAL = 30.0  # seconds between two looks for final reports not yet delivered
 
 
 class TaskReports:
@@ -292,6 +304,7 @@ class TaskReports:
         self._store = store
         self._position = scheduler_position
         self._chains: dict[int, asyncio.Task[None]] = {}
+        self._outbox: asyncio.Task[None] | None = None
 
     def _chain(self, task_id: int, make: Callable[[], Awaitable[None]]) -> None:
         previous = self._chains.get(task_id)
@@ -319,7 +332,32 @@ class TaskReports:
             outcome = outcome_of_task(task)
             if task.state is TaskState.INTERRUPTED and not outcome.reason:
                 outcome = replace(outcome, reason=INTERRUPTED_REASON)
-            self._chain(task.id, lambda: self._reporter.finish(task, outcome))
+            self._chain(task.id, lambda: self._finish(task, outcome))
+
+    async def _finish(self, task: Task, outcome: Outcome) -> None:
+        if await self._reporter.finish(task, outcome) and task.state.is_final:
+            await self._store.mark_reported(task.id)
+
+    async def redeliver(self) -> int:
+        """Post the final states the threads do not show yet (a Forgejo outage swallowed
+        them, or the daemon died first); how many were queued for delivery."""
+        waiting = [t for t in await self._store.unreported() if t.id not in self._chains]
+        for task in waiting:
+            log.info("final_report_redelivered", task_id=task.id, state=str(task.state))
+            self._chain(task.id, functools.partial(self._finish, task, outcome_of_task(task)))
+        return len(waiting)
+
+    def start_outbox(self, interval: float = OUTBOX_INTERVAL) -> None:
+        """Look for undelivered final reports now and every `interval` seconds until close."""
+        self._outbox = asyncio.create_task(self._run_outbox(interval), name="report-outbox")
+
+    async def _run_outbox(self, interval: float) -> None:
+        while True:
+            try:
+                await self.redeliver()
+            except Exception as exc:  # the store busy: the next round tries again
+                log.warning("report_outbox_failed", error=str(exc))
+            await asyncio.sleep(interval)
 
     def progress(self, task: Task, steps: tuple[str, ...]) -> None:
         if task.spec.number is not None:
@@ -344,6 +382,9 @@ class TaskReports:
     async def close(self, limit: float = REPORTS_CLOSE_WITHIN) -> None:
         """Let the chains finish for `limit` seconds, then cancel the rest: after this no
         chain uses the store or a Forgejo client, which close next."""
+        if self._outbox is not None:
+            self._outbox.cancel()
+            await asyncio.gather(self._outbox, return_exceptions=True)
         pending = list(self._chains.values())
         if pending:
             _, left = await asyncio.wait(pending, timeout=limit)

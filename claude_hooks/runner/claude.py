@@ -3,21 +3,24 @@
 Where things live inside an agent container (decided here, used by containers.py):
 everything Claude Code and git keep between tasks is under the state volume at
 /state, so a rebuilt container finds its sessions again (`--resume` needs the
-transcripts in $CLAUDE_CONFIG_DIR/projects/…). The Claude credentials are
-bind-mounted read-only at $CLAUDE_CONFIG_DIR/.credentials.json, where the CLI
-looks for them.
+transcripts in $CLAUDE_CONFIG_DIR/projects/…). A `credentials_file` login is
+copied to $CLAUDE_CONFIG_DIR/.credentials.json, where the CLI looks for it and
+may write it back when it refreshes the token (containers.sync_credentials).
 
 Secrets reach a process only through the exec's environment, which `docker
 inspect` does not show; never through argv (it does show arguments) and never
 through a git remote URL (it would be written to .git/config). The Forgejo token
-reaches only the workspace's clone and push execs, never Claude's.
+reaches only the workspace's clone and push execs, never Claude's; Claude's own
+login (CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_API_KEY) and `secret_env` reach only the
+`claude -p` exec, never the clone and push execs (`with_claude_secrets`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-from claude_hooks.config import AgentConfig
+from claude_hooks.config import AUTH_ENV, AgentConfig, read_secret
 
 STATE_DIR = "/state"
 HOME_DIR = f"{STATE_DIR}/home"
@@ -53,6 +56,8 @@ def claude_argv(agent: AgentConfig, *, session_id: str | None, system_prompt: st
         argv += ["--model", agent.model]
     if agent.max_turns is not None:
         argv += ["--max-turns", str(agent.max_turns)]
+    if agent.max_budget_usd is not None:
+        argv += ["--max-budget-usd", f"{agent.max_budget_usd:g}"]
     if system_prompt:
         argv += ["--append-system-prompt", system_prompt]
     if session_id:
@@ -80,6 +85,26 @@ def exec_env(
     env.update({"HOME": HOME_DIR, "CLAUDE_CONFIG_DIR": CLAUDE_CONFIG_DIR})
     env.update({TASK_MARKER: str(task_id), DAEMON_MARKER: daemon_id})
     return [f"{key}={value}" for key, value in env.items()]
+
+
+def claude_secrets(agent: AgentConfig, read: Callable[[Path], str] = read_secret) -> dict[str, str]:
+    """The secret environment of the `claude -p` exec: its login token or API key (for
+    those auth modes) and every `secret_env` file, read now so a rotation needs no
+    restart. `read` is config.read_secret, which teaches each value to the redactor."""
+    secrets = {name: read(file) for name, file in agent.secret_env.items()}
+    variable = AUTH_ENV.get(agent.auth)
+    if variable is not None and agent.auth_file is not None:
+        secrets[variable] = read(agent.auth_file)
+    return secrets
+
+
+def with_claude_secrets(env: Sequence[str], secrets: Mapping[str, str]) -> list[str]:
+    """`env` plus Claude's secrets: for the `claude -p` exec only. They override a
+    plain `agents.env` value, never the runner's own layout and markers."""
+    merged = dict(item.split("=", 1) for item in env)
+    protected = {"HOME", "CLAUDE_CONFIG_DIR", TASK_MARKER, DAEMON_MARKER}
+    merged.update({k: v for k, v in secrets.items() if k not in protected})
+    return [f"{key}={value}" for key, value in merged.items()]
 
 
 def with_forge_auth(env: Sequence[str], token: str, forgejo_url: str | None) -> list[str]:

@@ -6,12 +6,17 @@ and recreated when those settings change — but never under a running task.
 
 Layout (see claude.py): the named volume `claude-hooks-<agent>-state` is /state and
 holds HOME and CLAUDE_CONFIG_DIR, so Claude's session transcripts and the working
-trees survive a rebuild. The credentials file is bind-mounted read-only straight
-at $CLAUDE_CONFIG_DIR/.credentials.json, inside the volume's mount. The image
-creates /state/home/.claude owned by its agent user, and a fresh named volume
-starts as a copy of the image's /state, owner included; so Docker only has to
-create the file mountpoint, and nothing here runs as root. The mounted file keeps
-its host owner and mode: agent.user must be able to read it (match its uid).
+trees survive a rebuild. The image creates /state/home/.claude owned by its
+agent user, and a fresh named volume starts as a copy of the image's /state,
+owner included, so nothing here runs as root.
+
+A `credentials_file` login is not mounted: Claude Code refreshes its access token
+and writes the file back, which a read-only mount refused. Before each task the
+daemon copies the host file to $CLAUDE_CONFIG_DIR/.credentials.json when the host
+file is newer than the copy there (`sync_credentials`), as the agent user, so the
+copy is the agent's to rewrite; the host file is only ever read. A refresh makes
+the copy newer, so it stays; an operator who replaces the host file (a new login)
+makes the host file newer, so it is copied again.
 
 Nothing in the container may act as root with power: no capabilities (CapDrop
 ALL, for root execs too), no-new-privileges (setuid binaries gain nothing), a
@@ -28,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,8 +44,10 @@ import aiohttp
 import structlog
 from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
+from aiodocker.stream import Stream
 
-from claude_hooks.config import AgentConfig
+from claude_hooks.config import AgentConfig, memory_bytes
+from claude_hooks.redact import redactor
 from claude_hooks.runner.claude import (
     CLAUDE_CONFIG_DIR,
     CREDENTIALS_PATH,
@@ -98,16 +103,34 @@ done
 """
 STATE_DIRS = (STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR)
 
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+# Writes stdin to $1 (the credentials copy) with mode 600 and mtime $2, atomically:
+# Claude Code never reads half a file. A planted link at $1 is replaced, not followed.
+INSTALL_SCRIPT = r"""
+set -e
+umask 077
+tmp="$1.claude-hooks.$$"
+rm -f "$tmp"
+cat > "$tmp"
+touch -d "@$2" "$tmp"
+mv -f "$tmp" "$1"
+"""
+
+
+def credentials_copy_needed(host_mtime: int, copy: tuple[int, int] | None) -> bool:
+    """Copy the host's credentials file unless the volume's copy (mtime, size) is as
+    new or newer (Claude Code refreshed it after the last copy: it holds the live
+    tokens). An empty copy is none: the mountpoint an older release's read-only bind
+    mount left in the volume."""
+    return copy is None or copy[1] == 0 or host_mtime > copy[0]
 
 
 def instance_labels(state_dir: Path) -> dict[str, str]:
     """The label naming which daemon owns a container: its state directory.
 
-    Orphan removal only looks at containers carrying this daemon's label, so two
-    daemons (or a daemon and `claude-hooks demo`) on one Docker engine never remove
-    each other's containers.
+    Every change a manager with this label makes (orphan removal, stray processes,
+    recreate, rebuild, stop) is to containers carrying it, so two daemons (or a daemon
+    and `claude-hooks demo`) on one Docker engine never touch each other's containers;
+    a same-named container of another instance is refused (`foreign_owner`).
     """
     where = str(state_dir.expanduser().resolve())
     return {INSTANCE_LABEL: hashlib.sha256(where.encode()).hexdigest()[:12]}
@@ -117,12 +140,28 @@ class ContainerError(Exception):
     """A container problem, worded for the operator."""
 
 
-def memory_bytes(text: str) -> int:
-    """Bytes from a Docker size such as "4g", "512m", "1.5GiB" (binary units, like Docker)."""
-    match = _MEMORY.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a Docker memory size (e.g. 4g, 512m)")
-    return int(float(match[1]) * _MEMORY_UNITS[match[2].lower()])
+def foreign_owner(name: str, labels: Mapping[str, str], instance: str | None) -> str | None:
+    """Why the container `name` (with these labels) is not ours to touch, or None.
+
+    `instance` is our INSTANCE_LABEL value; None (a manager without one: `check`, tests)
+    makes no claim and refuses nothing.
+    """
+    if instance is None:
+        return None
+    theirs = labels.get(INSTANCE_LABEL)
+    if theirs == instance:
+        return None
+    owner = (
+        f"another claude-hooks instance ({INSTANCE_LABEL}={theirs}, ours is {instance})"
+        if theirs
+        else f"no claude-hooks instance (it has no {INSTANCE_LABEL} label)"
+    )
+    return (
+        f"container {name} belongs to {owner}: another daemon.state_dir with the same agent "
+        f"names on this Docker engine; it is left alone (not recreated, no process in it "
+        f"stopped). Give one of the two configs other agent names, or, if that instance "
+        f"is gone for good, remove its container (its state volume stays): docker rm -f {name}"
+    )
 
 
 @dataclass(frozen=True)
@@ -194,6 +233,7 @@ class ContainerManager:
     ) -> None:
         self._docker = docker
         self._extra_labels = dict(extra_labels)
+        self.instance = self._extra_labels.get(INSTANCE_LABEL)  # None: claims no instance
         self._locks: dict[str, asyncio.Lock] = {}
         self._checked: set[str] = set()  # container ids whose /state this process checked
 
@@ -244,12 +284,6 @@ class ContainerManager:
                         "Source": agent.volume_name,
                         "Target": STATE_DIR,
                         "VolumeOptions": {"Labels": volume_labels},
-                    },
-                    {
-                        "Type": "bind",
-                        "Source": os.path.abspath(agent.credentials_file),
-                        "Target": CREDENTIALS_PATH,
-                        "ReadOnly": True,
                     },
                 ],
             },
@@ -355,17 +389,21 @@ class ContainerManager:
         return self._locks.setdefault(agent, asyncio.Lock())
 
     async def _find(self, agent: AgentConfig) -> DockerContainer | None:
+        """The agent's container if it is ours: ContainerError for anyone else's."""
         try:
             container = await self._docker.containers.get(agent.container_name)
         except DockerError as exc:
             if exc.status == 404:
                 return None
             raise
-        if container["Config"]["Labels"].get(MANAGED_LABEL) != "1":
+        labels = container["Config"]["Labels"] or {}
+        if labels.get(MANAGED_LABEL) != "1":
             raise ContainerError(
                 f"container {agent.container_name} exists but is not managed by claude-hooks "
                 f"(no label {MANAGED_LABEL}=1): remove or rename it"
             )
+        if (problem := foreign_owner(agent.container_name, labels, self.instance)) is not None:
+            raise ContainerError(problem)
         return container
 
     async def _create(self, agent: AgentConfig) -> DockerContainer:
@@ -414,16 +452,59 @@ class ContainerManager:
         if problem is not None:
             raise ContainerError(f"agent {agent.name}: in {agent.container_name}: {problem}")
         self._checked.add(container.id)
-        code, _ = await run_exec(container, ["test", "-r", CREDENTIALS_PATH], user=agent.user)
-        if code != 0:
-            log.warning(
-                "credentials_unreadable",
-                agent=agent.name,
+
+    async def sync_credentials(self, container: DockerContainer, agent: AgentConfig) -> bool:
+        """Copy a `credentials_file` login into the state volume when the host file is
+        newer than the copy there; whether it copied. Teaches the redactor what the
+        copy holds (Claude Code may have refreshed it since the last task).
+
+        Everything runs as the agent user, who owns the copy: the daemon never writes
+        where the agent could steer it, and the host file is only read.
+        """
+        if agent.credentials_file is None:
+            return False
+        try:
+            data = agent.credentials_file.read_bytes()
+            host_mtime = int(agent.credentials_file.stat().st_mtime)
+        except OSError as exc:
+            raise ContainerError(
+                f"agent {agent.name}: cannot read credentials_file "
+                f"{agent.credentials_file}: {exc.strerror or exc}"
+            ) from None
+        redactor.learn(data.decode("utf-8", errors="replace"))
+        code, output = await run_exec(
+            container, ["stat", "-c", "%Y %s", CREDENTIALS_PATH], user=agent.user
+        )
+        words = output.split()
+        facts = (int(words[0]), int(words[1])) if code == 0 and _digits(words, 2) else None
+        copied = credentials_copy_needed(host_mtime, facts)
+        if copied:
+            code, output = await _exec_with_input(
+                container,
+                [
+                    "sh",
+                    "-c",
+                    INSTALL_SCRIPT,
+                    "install-credentials",
+                    CREDENTIALS_PATH,
+                    str(host_mtime),
+                ],
+                data,
                 user=agent.user,
-                file=str(agent.credentials_file),
-                hint="the bind mount keeps the host owner and mode: make the file readable "
-                "by the container user (chown it to that uid)",
             )
+            if code != 0:
+                raise ContainerError(
+                    f"agent {agent.name}: cannot copy {agent.credentials_file} to "
+                    f"{CREDENTIALS_PATH} in {agent.container_name}: {output.strip()}"
+                )
+            log.info("credentials_copied", agent=agent.name, file=str(agent.credentials_file))
+        # Bounded: the agent owns the path and could make it a link to something huge.
+        code, output = await run_exec(
+            container, ["head", "-c", "1048576", CREDENTIALS_PATH], user=agent.user
+        )
+        if code == 0:
+            redactor.learn(output)
+        return copied
 
     async def _task_pids(self, container: DockerContainer) -> list[int]:
         # As the user the container was created with: the tasks run as that uid,
@@ -454,6 +535,35 @@ async def run_exec(
             output += message.data
     info = await execution.inspect()
     return info["ExitCode"], output.decode("utf-8", errors="replace")
+
+
+def _digits(words: list[str], count: int) -> bool:
+    return len(words) == count and all(word.isdigit() for word in words)
+
+
+async def _exec_with_input(
+    container: DockerContainer, cmd: Sequence[str], data: bytes, *, user: str
+) -> tuple[int | None, str]:
+    """`run_exec` with `data` on stdin (a secret stays out of argv and the environment)."""
+    execution = await container.exec(list(cmd), user=user, stdin=True, stdout=True, stderr=True)
+    output = bytearray()
+    async with execution.start(detach=False) as stream:
+        await stream.write_in(data)
+        close_stdin(stream)
+        while (message := await stream.read_out()) is not None:
+            output += message.data
+    info = await execution.inspect()
+    return info["ExitCode"], output.decode("utf-8", errors="replace")
+
+
+def close_stdin(stream: Stream) -> None:
+    """End the exec's stdin, keeping its output: aiodocker's Stream.close() drops the
+    whole connection; a half-close of the hijacked connection makes the engine close
+    the process's stdin."""
+    connection = stream._resp.connection if stream._resp is not None else None
+    transport = connection.transport if connection is not None else None
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
 
 
 async def signal_processes(

@@ -25,11 +25,13 @@ from aiodocker.execs import Exec
 from aiodocker.stream import Stream
 
 from claude_hooks.runner.containers import (
+    close_stdin,
     signal_processes,
     task_processes,
     wait_gone,
 )
-from claude_hooks.runner.stream import Result, StreamEvent, parse_line
+from claude_hooks.runner.limits import NO_SIGNALS, RunSignals
+from claude_hooks.runner.stream import Result, StreamEvent, observe, parse_line
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +65,7 @@ class ExecResult:
     result_event: Result | None  # the stream's `result` line; None when claude was killed
     stderr_tail: str
     lines: int  # stdout lines parsed
+    signals: RunSignals = NO_SIGNALS  # usage-limit events and API errors among the lines
 
 
 class LineSplitter:
@@ -118,6 +121,7 @@ class _OutputReader:
         self._lines = LineSplitter()
         self.stderr = TailBuffer()
         self.result: Result | None = None
+        self.signals = NO_SIGNALS
         self.count = 0
 
     async def pump(self, stream: Stream) -> None:
@@ -140,6 +144,7 @@ class _OutputReader:
             self.count += 1
             if isinstance(event, Result):
                 self.result = event
+            self.signals = observe(self.signals, event)
             self._on_event(event)
 
 
@@ -163,7 +168,7 @@ async def run_claude(
     stream = execution.start(detach=False)
     try:
         await stream.write_in(claude.stdin)
-        _close_stdin(stream)
+        close_stdin(stream)
         await reader.pump(stream)
         exit_code = await _exit_code(execution)
         # Claude is gone; what it started in the background must not outlive it (it
@@ -184,16 +189,8 @@ async def run_claude(
         result_event=reader.result,
         stderr_tail=reader.stderr.text(),
         lines=reader.count,
+        signals=reader.signals,
     )
-
-
-def _close_stdin(stream: Stream) -> None:
-    # aiodocker's Stream.close() drops the whole connection, and the output with it;
-    # a half-close of the hijacked connection makes the engine close the process's stdin.
-    connection = stream._resp.connection if stream._resp is not None else None
-    transport = connection.transport if connection is not None else None
-    if transport is not None and transport.can_write_eof():
-        transport.write_eof()
 
 
 async def _exit_code(execution: Exec, settle: float = 2.0) -> int | None:

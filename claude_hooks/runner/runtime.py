@@ -36,6 +36,12 @@ class AgentRuntime(Protocol):
         """Push the dev branch if Claude committed to it."""
         ...
 
+    async def diff_since(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
+    ) -> workspace.DiffSince:
+        """What changed in the prepared tree since the commit `since` (a re-review)."""
+        ...
+
 
 class DockerRuntime:
     """Each agent in its own long-lived container; each task one `docker exec`."""
@@ -47,6 +53,8 @@ class DockerRuntime:
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
         container = await self.containers.ensure(agent)
+        # Before each task: a newer login on the host replaces the one in the volume.
+        await self.containers.sync_credentials(container, agent)
         return await workspace.prepare(container, plan, user=agent.user, env=env)
 
     async def run(
@@ -60,3 +68,9 @@ class DockerRuntime:
     ) -> workspace.Published:
         container = await self.containers.ensure(agent)
         return await workspace.publish(container, plan, user=agent.user, env=env)
+
+    async def diff_since(
+        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
+    ) -> workspace.DiffSince:
+        container = await self.containers.ensure(agent)
+        return await workspace.diff_since(container, plan, since, user=agent.user, env=env)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar, TypeGuard
 
+from claude_hooks.runner.limits import NO_SIGNALS, REJECTED, RunSignals, usage_limit_of
 from claude_hooks.tasks import FailureKind, Outcome, RunFailure, TaskState
 from claude_hooks.text import format_cost, format_duration, one_line
 
@@ -136,6 +138,43 @@ class PermissionDenied:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A `rate_limit_event` (2.1.x): where the account stands against a usage limit.
+
+    "allowed_warning" is only news; "rejected" means requests are being refused
+    until `resets_at` (unix seconds) — the run is about to end on it.
+    """
+
+    status: str | None  # allowed | allowed_warning | rejected
+    resets_at: float | None
+    limit_type: str | None  # five_hour | seven_day | … (rateLimitType)
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "rate_limit"
+
+    @property
+    def summary(self) -> str:
+        resets = f", resets at {_utc(self.resets_at)}" if self.resets_at is not None else ""
+        kind = f" ({self.limit_type})" if self.limit_type else ""
+        return summary_line(f"Claude usage {self.status or 'unknown'}{kind}{resets}")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiErrorMessage:
+    """The assistant message Claude Code writes itself when the API failed for good
+    (`model: "<synthetic>"`, a top-level `error`: "rate_limit", "server_error", …)."""
+
+    error: str
+    text: str
+    message_id: str | None
+    raw: str = field(repr=False)
+    kind: ClassVar[str] = "api_error"
+
+    @property
+    def summary(self) -> str:
+        return summary_line(f"Claude API error ({self.error}): {self.text}")
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     subtype: str | None
     is_error: bool
@@ -148,6 +187,8 @@ class Result:
     api_error_status: int | None
     errors: tuple[str, ...]
     raw: str = field(repr=False)
+    api_error: str | None = None  # 2.1.x: what the API error was, e.g. "usage_limit_reached"
+    api_error_type: str | None = None  # 2.1.x: the error body's type, e.g. "overloaded_error"
     kind: ClassVar[str] = "result"
 
     @property
@@ -193,6 +234,8 @@ StreamEvent = (
     | ToolResult
     | ApiRetry
     | PermissionDenied
+    | RateLimit
+    | ApiErrorMessage
     | Result
     | Unknown
     | Malformed
@@ -225,6 +268,8 @@ def _event(obj: dict[str, Any], raw: str) -> StreamEvent:
         return _result(obj, raw)
     if kind == "system":
         return _system(obj, raw)
+    if kind == "rate_limit_event":
+        return _rate_limit(obj, raw)
     return Unknown(type=_str(kind) or "(no type)", raw=raw)
 
 
@@ -277,6 +322,10 @@ def _assistant(obj: dict[str, Any], raw: str) -> StreamEvent:
     if message is None or not blocks:
         return Unknown(type="assistant", raw=raw)
     message_id = _str(message.get("id"))
+    error = _str(obj.get("error"))
+    if error is not None:
+        text = "\n".join(_text(b.get("text")) for b in blocks if b.get("type") == "text")
+        return ApiErrorMessage(error=error, text=text, message_id=message_id, raw=raw)
     first = blocks[0]
     block_type = first.get("type")
     if block_type == "text":
@@ -324,6 +373,21 @@ def _result(obj: dict[str, Any], raw: str) -> Result:
         terminal_reason=_str(obj.get("terminal_reason")),
         api_error_status=_int(obj.get("api_error_status")),
         errors=tuple(_text(e) for e in errors) if isinstance(errors, list) else (),
+        raw=raw,
+        api_error=_str(obj.get("api_error")),
+        api_error_type=_str(obj.get("api_error_type")),
+    )
+
+
+def _rate_limit(obj: dict[str, Any], raw: str) -> StreamEvent:
+    info = obj.get("rate_limit_info")
+    if not isinstance(info, dict):
+        return Unknown(type="rate_limit_event", raw=raw)
+    resets = info.get("resetsAt")
+    return RateLimit(
+        status=_str(info.get("status")),
+        resets_at=float(resets) if _is_number(resets) else None,
+        limit_type=_str(info.get("rateLimitType")),
         raw=raw,
     )
 
@@ -390,30 +454,79 @@ def _int(value: object) -> int | None:
     return None
 
 
-def failure_of(result: Result | None, exit_code: int | None, stderr_tail: str) -> RunFailure | None:
-    """Why a run failed, from its result line (if any), exit code and the end of stderr;
-    None when it succeeded.
+# HTTP statuses (and error body types) that may pass: the API overloaded or failing,
+# a timeout. Another run later can succeed where the CLI's own retries did not.
+_RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504, 529})
+_RETRYABLE_TYPES = frozenset({"overloaded_error", "api_error", "timeout_error"})
+_RETRYABLE_ERRORS = frozenset({"server_error", "overloaded"})
 
-    Decided by `is_error` and `terminal_reason`, never by `subtype`: an API failure
+
+def observe(signals: RunSignals, event: StreamEvent) -> RunSignals:
+    """`signals` after one more event: what the outcome rules need besides the result."""
+    if isinstance(event, RateLimit) and event.status == REJECTED:
+        return replace(signals, rejected_limit=(event.limit_type, event.resets_at))
+    if isinstance(event, ApiErrorMessage):
+        return replace(signals, api_error=event.error, api_error_text=event.text)
+    return signals
+
+
+def _failed(result: Result) -> bool:
+    # 1.0.x ends an aborted run with subtype "error_during_execution" but is_error false.
+    return result.is_error or (result.subtype or "").startswith("error_")
+
+
+def failure_of(
+    result: Result | None,
+    exit_code: int | None,
+    stderr_tail: str,
+    *,
+    signals: RunSignals = NO_SIGNALS,
+    ended_at: float | None = None,
+    zone: tzinfo | None = None,
+    budget_usd: float | None = None,
+) -> RunFailure | None:
+    """Why a run failed, from its result line (if any), the other lines' `signals`,
+    its exit code and the end of stderr; None when it succeeded.
+
+    Decided by `is_error` and `terminal_reason`, never by `subtype` alone: an API failure
     after all retries ends with subtype "success" but is_error true (docs/CLAUDE-CLI.md).
+    A usage limit is told apart from other failures (limits.py): `ended_at` and the
+    agent's `zone` place a reset time the CLI gave only as text ("resets 5am").
     """
     if result is None:
         if exit_code is not None and exit_code > _SIGNAL_EXIT_BASE:
             return RunFailure(FailureKind.KILLED, exit_code)
         last = next((ln for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
         return RunFailure(FailureKind.NO_RESULT, exit_code, detail=last)
-    if not result.is_error:
+    if not _failed(result):
         return None
     reason = result.terminal_reason
+    # The run's own limits first: their texts are the CLI's, never a usage limit's.
+    if reason == "budget_exhausted" or result.subtype == "error_max_budget_usd":
+        return RunFailure(FailureKind.BUDGET, exit_code, budget_usd=budget_usd)
     if reason == "max_turns" or (reason is None and result.subtype == "error_max_turns"):
         return RunFailure(FailureKind.MAX_TURNS, exit_code)
+    limit = usage_limit_of(result.result, result.api_error, signals, ended_at=ended_at, zone=zone)
+    if limit is not None:
+        return RunFailure(FailureKind.USAGE_LIMIT, exit_code, usage_limit=limit)
     if reason == "api_error":
-        return RunFailure(FailureKind.API_ERROR, exit_code, api_status=result.api_error_status)
-    if result.subtype == "error_max_budget_usd":
-        return RunFailure(FailureKind.BUDGET, exit_code)
+        return RunFailure(
+            FailureKind.API_ERROR,
+            exit_code,
+            api_status=result.api_error_status,
+            retryable=_retryable(result, signals),
+        )
     detail = "; ".join(e for e in result.errors if e) or result.result or ""
     what = reason or result.subtype
     return RunFailure(FailureKind.CLAUDE_ERROR, exit_code, what=what, detail=detail)
+
+
+def _retryable(result: Result, signals: RunSignals) -> bool:
+    return (
+        result.api_error_status in _RETRYABLE_STATUS
+        or result.api_error_type in _RETRYABLE_TYPES
+        or signals.api_error in _RETRYABLE_ERRORS
+    )
 
 
 def outcome_of(
@@ -421,14 +534,34 @@ def outcome_of(
     exit_code: int | None,
     stderr_tail: str,
     words: Callable[[RunFailure], str],
+    *,
+    signals: RunSignals = NO_SIGNALS,
+    ended_at: float | None = None,
+    zone: tzinfo | None = None,
+    budget_usd: float | None = None,
 ) -> Outcome:
-    """How a run ended; a failure is stated in `words` (report/render.failure_reason)."""
-    failure = failure_of(result, exit_code, stderr_tail)
+    """How a run ended; a failure is stated in `words` (report/render.failure_reason).
+
+    A usage limit or a retryable API error is still FAILED, carrying `usage_limit` /
+    `retryable`: whoever records the outcome decides to pause and requeue instead.
+    """
+    failure = failure_of(
+        result,
+        exit_code,
+        stderr_tail,
+        signals=signals,
+        ended_at=ended_at,
+        zone=zone,
+        budget_usd=budget_usd,
+    )
     tail = stderr_tail or None
     state = TaskState.SUCCEEDED if failure is None else TaskState.FAILED
     reason = None if failure is None else words(failure)
+    flags: dict[str, Any] = {}
+    if failure is not None:
+        flags = {"usage_limit": failure.usage_limit, "retryable": failure.retryable}
     if result is None:
-        return Outcome(state=state, reason=reason, exit_code=exit_code, stderr_tail=tail)
+        return Outcome(state=state, reason=reason, exit_code=exit_code, stderr_tail=tail, **flags)
     return Outcome(
         state=state,
         reason=reason,
@@ -439,4 +572,12 @@ def outcome_of(
         duration_ms=result.duration_ms,
         exit_code=exit_code,
         stderr_tail=tail,
+        **flags,
     )
+
+
+def _utc(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):
+        return str(seconds)

@@ -27,9 +27,24 @@ class WorkspaceError(Exception):
     """The working tree could not be prepared or pushed; the message says why."""
 
 
+class PushRefused(WorkspaceError):
+    """git push failed: the forge refused it (protected branch, no write access, a push
+    that raced ours) or could not be reached. `detail` is git's own last words."""
+
+    def __init__(self, branch: str, exit_code: int | None, output: str) -> None:
+        super().__init__(f"pushing {branch} failed (exit {exit_code}): {output}")
+        self.branch = branch
+        self.exit_code = exit_code
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        self.detail = lines[-1] if lines else ""
+
+
 class Checkout(StrEnum):
     BRANCH = "branch"  # dev: branch <agent>/<number> from the default branch, reused later
     PULL_HEAD = "pull-head"  # reviewer/lead: the PR's head, at the sha the task was queued for
+    # dev on a pull request of this repository: its head branch, checked out by name, so
+    # what Claude commits is pushed to the pull request (issue #14, item 6)
+    PULL_BRANCH = "pull-branch"
     DEFAULT = "default"  # anything else: the default branch, detached
     NONE = "none"  # no repository: an empty directory
 
@@ -40,7 +55,7 @@ class WorkspacePlan:
     checkout: Checkout
     clone_url: str = ""
     base: str = "main"  # default branch
-    branch: str = ""  # dev branch name
+    branch: str = ""  # the branch a dev pushes: its own, or the pull request's head branch
     pull_number: int | None = None
     head_sha: str = ""
 
@@ -101,7 +116,12 @@ else
 fi
 cd "$dir"
 case $mode in
-branch)
+branch|pull-branch)
+    if [ "$mode" = pull-branch ] &&
+        ! git rev-parse --verify --quiet "refs/remotes/origin/$branch" >/dev/null; then
+        echo "the pull request's branch $branch is not in the repository any more" >&2
+        exit 1
+    fi
     if git rev-parse --verify --quiet "refs/heads/$branch" >/dev/null; then
         git checkout --quiet "$branch"
         # Others may have pushed to the branch since: build on that, never force over
@@ -134,17 +154,52 @@ esac
 git rev-parse HEAD
 """.replace("@CONFIG_PATHSPECS@", config_pathspecs())
 
-# $1 dir, $2 base, $3 branch. Prints the commits the branch has over the base, then
-# pushes the branch when there are any.
+# $1 dir, $2 the ref new work is counted from, $3 branch. Prints the commits HEAD has
+# over that ref, then pushes the branch when there are any. A dev branch counts from the
+# default branch (everything on it is the task's); a pull request's branch from its head
+# as fetched (only what this run added), and the lease keeps a push that raced us out.
 PUBLISH_SCRIPT = r"""
 set -eu
 cd "$1"
-commits=$(git rev-list --count "origin/$2..HEAD")
+commits=$(git rev-list --count "$2..HEAD")
 echo "commits=$commits"
 [ "$commits" -gt 0 ] || exit 0
-git log --format='%h %s' "origin/$2..HEAD"
+git log --format='%h %s' "$2..HEAD"
 git push --quiet --force-with-lease origin "HEAD:refs/heads/$3"
+echo "head=$(git rev-parse HEAD)"
 """
+
+
+# $1 dir, $2 the commit reviewed before. What changed on the checked-out head since then,
+# or one line saying the commit is not here (a force-push dropped it): a re-review reads
+# it (issue #14, item 2). Forgejo's compare API names only the files and commits, so the
+# diff itself comes from git, in the tree the review runs in.
+DIFF_SINCE_SCRIPT = r"""
+set -eu
+cd "$1"
+if ! git cat-file -e "$2^{commit}" 2>/dev/null; then
+    echo "missing=$2"
+    exit 0
+fi
+git -c core.quotePath=false diff --no-color --no-ext-diff "$2" HEAD --
+"""
+
+
+def diff_since_args(plan: WorkspacePlan, since: str) -> list[str]:
+    return ["sh", "-c", DIFF_SINCE_SCRIPT, "diff-since", plan.path, since]
+
+
+@dataclass(frozen=True)
+class DiffSince:
+    since: str
+    text: str = ""  # the unified diff since..HEAD ("" when nothing changed)
+    missing: bool = False  # the commit is not in the tree (history was rewritten)
+
+
+def parse_diff_since(since: str, output: str) -> DiffSince:
+    if output.startswith("missing="):
+        return DiffSince(since, missing=True)
+    return DiffSince(since, text=output)
 
 
 def prepare_args(plan: WorkspacePlan) -> list[str]:
@@ -155,24 +210,35 @@ def prepare_args(plan: WorkspacePlan) -> list[str]:
     ]  # fmt: skip
 
 
+def publish_since(plan: WorkspacePlan) -> str:
+    """The ref the commits a publish pushes are counted from."""
+    if plan.checkout is Checkout.PULL_BRANCH:
+        return f"origin/{plan.branch}"
+    return f"origin/{plan.base}"
+
+
 def publish_args(plan: WorkspacePlan) -> list[str]:
-    return ["sh", "-c", PUBLISH_SCRIPT, "publish-workspace", plan.path, plan.base, plan.branch]
+    since = publish_since(plan)
+    return ["sh", "-c", PUBLISH_SCRIPT, "publish-workspace", plan.path, since, plan.branch]
 
 
 @dataclass(frozen=True)
 class Published:
     commits: int
     log: tuple[str, ...]  # "abc1234 subject" lines
+    head: str = ""  # the sha pushed, when anything was
 
 
 def parse_publish_output(output: str) -> Published:
     lines = [line for line in output.splitlines() if line.strip()]
-    count = 0
+    count, head = 0, ""
     for line in lines:
         if line.startswith("commits="):
             count = int(line.removeprefix("commits=") or 0)
-    subjects = tuple(line for line in lines if not line.startswith("commits="))
-    return Published(commits=count, log=subjects[:count])
+        elif line.startswith("head="):
+            head = line.removeprefix("head=").strip()
+    subjects = tuple(line for line in lines if not line.startswith(("commits=", "head=")))
+    return Published(commits=count, log=subjects[:count], head=head)
 
 
 async def prepare(
@@ -185,11 +251,22 @@ async def prepare(
     return output.strip().splitlines()[-1] if output.strip() else ""
 
 
+async def diff_since(
+    container: DockerContainer, plan: WorkspacePlan, since: str, *, user: str, env: Sequence[str]
+) -> DiffSince:
+    """The diff from `since` to the tree's HEAD (the caller checks `since` is a sha)."""
+    args = diff_since_args(plan, since)
+    code, output = await run_exec(container, args, user=user, environment=env)
+    if code != 0:
+        raise WorkspaceError(f"diffing {plan.path} since {since[:10]} failed (exit {code})")
+    return parse_diff_since(since, output)
+
+
 async def publish(
     container: DockerContainer, plan: WorkspacePlan, *, user: str, env: Sequence[str]
 ) -> Published:
     """Push the dev branch when Claude committed to it."""
     code, output = await run_exec(container, publish_args(plan), user=user, environment=env)
     if code != 0:
-        raise WorkspaceError(f"pushing {plan.branch} failed (exit {code}): {output.strip()}")
+        raise PushRefused(plan.branch, code, output.strip())
     return parse_publish_output(output)

@@ -1,4 +1,4 @@
-"""Durable state: tasks, their event logs and the poller's cursors, in SQLite.
+"""Durable state: tasks, their event logs, the poller's cursors, undecided webhooks, in SQLite.
 
 The only package with SQL. Read it in this order: schema.py (the tables and
 their migrations), db.py (the connection on its writer thread, and every query),
@@ -11,6 +11,8 @@ from claude_hooks.store.db import (
     MAX_INTERRUPTIONS,
     InvalidTransition,
     RecoveryReport,
+    Spend,
+    StoredWebhook,
     StoreError,
     TaskNotFound,
 )
@@ -26,7 +28,9 @@ __all__ = [
     "EventSink",
     "InvalidTransition",
     "RecoveryReport",
+    "Spend",
     "Store",
     "StoreError",
+    "StoredWebhook",
     "TaskNotFound",
 ]

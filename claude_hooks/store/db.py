@@ -54,9 +54,18 @@ CRASH_INTERRUPTION = "interrupted: the daemon stopped while it ran (crash or kil
 class StoreError(Exception):
     """The database file cannot be opened, read or written; says which file and why."""
 
-    def __init__(self, path: Path | str, message: str) -> None:
+    def __init__(self, path: Path | str, message: str, *, busy: bool = False) -> None:
         self.path = str(path)
+        self.busy = busy  # another connection held the lock past the busy timeout
         super().__init__(f"{path}: {message}")
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another process holds the database; it will pass."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "database is locked" in str(exc) or "database is busy" in str(exc)
 
 
 class TaskNotFound(LookupError):
@@ -72,6 +81,17 @@ class InvalidTransition(Exception):
         self.task_id = task_id
         self.state = state
         super().__init__(f"task {task_id} is {state}; cannot {wanted}")
+
+
+@dataclass(frozen=True)
+class StoredWebhook:
+    """A webhook delivery the API took and the intake has not decided yet."""
+
+    id: int
+    event: str  # X-Forgejo-Event
+    payload: str  # the JSON body as received
+    delivery: str | None  # X-Forgejo-Delivery
+    attempts: int  # decisions tried and failed so far (Forgejo unreachable, …)
 
 
 @dataclass(frozen=True)
@@ -183,6 +203,8 @@ def _task_from_row(row: sqlite3.Row) -> Task:
         links=tuple(json.loads(row["links"])),
         not_before=row["not_before"],
         deferrals=row["deferrals"],
+        deferred_since=row["deferred_since"],
+        final_reported=row["final_reported_at"] is not None,
     )
 
 
@@ -200,6 +222,38 @@ def _event_from_row(row: sqlite3.Row) -> TaskEvent:
 def _state_event(ts: float, state: TaskState, summary: str, reason: str | None = None) -> NewEvent:
     data = json.dumps({"state": str(state), "reason": reason})
     return NewEvent(ts=ts, type="state", summary=summary, data=data)
+
+
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Spend:
+    """An agent's task costs within a sliding window (agents.daily_budget_usd)."""
+
+    window: float  # seconds
+    costs: tuple[tuple[float, float], ...]  # (finished_at, cost_usd), oldest first
+
+    @property
+    def total_usd(self) -> float:
+        return sum(cost for _, cost in self.costs)
+
+    @property
+    def oldest_ages_out_at(self) -> float | None:
+        """When the oldest cost leaves the window; None when there is none."""
+        return self.costs[0][0] + self.window if self.costs else None
+
+    def under_budget_at(self, budget_usd: float) -> float | None:
+        """The first moment the window's total is below `budget_usd` again as costs age
+        out (nothing new assumed); None when it is below already."""
+        total = self.total_usd
+        if total < budget_usd:
+            return None
+        for finished_at, cost in self.costs:
+            total -= cost
+            if total < budget_usd:
+                return finished_at + self.window
+        return None  # a budget of 0 or less: never (the config refuses one)
 
 
 class Database:
@@ -260,7 +314,8 @@ class Database:
         try:
             return fn(*args)
         except sqlite3.Error as exc:
-            raise StoreError(path, f"{what} failed: {exc}{_hint(path)}") from exc
+            busy = is_busy(exc)
+            raise StoreError(path, f"{what} failed: {exc}{_hint(path)}", busy=busy) from exc
 
     # --- tasks ---
 
@@ -360,6 +415,7 @@ class Database:
             "num_turns": outcome.num_turns,
             "duration_ms": outcome.duration_ms,
             "links": json.dumps(list(outcome.links)),
+            "final_reported_at": None,  # in the outbox until the thread shows it
         }
         allowed = frozenset({TaskState.RUNNING})
         if outcome.state in (TaskState.CANCELLED, TaskState.FAILED):
@@ -387,6 +443,8 @@ class Database:
             "interruptions": 0,
             "not_before": None,
             "deferrals": 0,
+            "deferred_since": None,
+            "final_reported_at": None,
         }
         allowed = FINAL_STATES | {TaskState.INTERRUPTED}
         with self.transaction():
@@ -410,6 +468,8 @@ class Database:
                 "finished_at": None,
                 "deferrals": row["deferrals"] + (1 if outcome.uses_attempt else 0),
             }
+            if outcome.uses_attempt and row["deferred_since"] is None:
+                changes["deferred_since"] = self.clock()
             if outcome.session_id is not None:
                 changes["session_id"] = outcome.session_id
             if outcome.cost_usd is not None:  # what the cut-short run cost still counts
@@ -525,6 +585,33 @@ class Database:
         ).fetchall()
         return [_task_from_row(row) for row in rows]
 
+    def mark_reported(self, task_id: int) -> None:
+        """The thread shows the task's final state: out of the outbox."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE tasks SET final_reported_at = ? WHERE id = ? AND state IN"
+                " ('succeeded', 'failed', 'cancelled')",
+                (self.clock(), task_id),
+            )
+
+    def unreported(self, limit: int) -> list[Task]:
+        """Ended tasks on a thread whose final state the thread does not show yet."""
+        rows = self.conn.execute(
+            "SELECT * FROM tasks WHERE final_reported_at IS NULL AND number IS NOT NULL"
+            " AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [_task_from_row(row) for row in rows.fetchall()]
+
+    def try_write(self, busy_timeout_ms: int) -> None:
+        """Take the write lock and let go (readiness): a locked store raises."""
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("ROLLBACK")
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
     def queued(self) -> list[Task]:
         rows = self.conn.execute("SELECT * FROM tasks WHERE state = 'queued' ORDER BY id")
         return [_task_from_row(row) for row in rows.fetchall()]
@@ -547,6 +634,16 @@ class Database:
         ).fetchone()
         return _task_from_row(row) if row is not None else None
 
+    def spend(self, agent: str, window: float = DAY) -> Spend:
+        """What `agent`'s tasks that finished in the last `window` seconds cost."""
+        since = self.clock() - window
+        rows = self.conn.execute(
+            "SELECT finished_at, cost_usd FROM tasks WHERE agent = ? AND finished_at >= ?"
+            " AND cost_usd IS NOT NULL ORDER BY finished_at, id",
+            (agent, since),
+        ).fetchall()
+        return Spend(window, tuple((row["finished_at"], row["cost_usd"]) for row in rows))
+
     def counts(self) -> dict[tuple[str, TaskState], int]:
         rows = self.conn.execute("SELECT agent, state, COUNT(*) FROM tasks GROUP BY agent, state")
         return {(agent, TaskState(state)): n for agent, state, n in rows.fetchall()}
@@ -565,6 +662,42 @@ class Database:
                 " updated_at = excluded.updated_at",
                 (name, value, self.clock()),
             )
+
+    # --- webhook deliveries waiting for a decision ---
+
+    def add_webhook(self, event: str, payload: str, delivery: str | None) -> int | None:
+        """Keep a delivery until it is decided: its row id, None when the delivery id
+        is already waiting (a redelivery)."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO webhook_inbox (delivery, event, payload, received_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (delivery) DO NOTHING",
+                (delivery, event, payload, self.clock()),
+            )
+            return cursor.lastrowid if cursor.rowcount else None
+
+    def pending_webhooks(self) -> list[StoredWebhook]:
+        rows = self.conn.execute("SELECT * FROM webhook_inbox ORDER BY id").fetchall()
+        return [
+            StoredWebhook(
+                id=row["id"],
+                event=row["event"],
+                payload=row["payload"],
+                delivery=row["delivery"],
+                attempts=row["attempts"],
+            )
+            for row in rows
+        ]
+
+    def webhook_attempted(self, webhook_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE webhook_inbox SET attempts = attempts + 1 WHERE id = ?", (webhook_id,)
+            )
+
+    def webhook_decided(self, webhook_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM webhook_inbox WHERE id = ?", (webhook_id,))
 
     # --- events ---
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 
 from claude_hooks.redact import redactor
-from claude_hooks.store.db import RecoveryReport, WriterThread
+from claude_hooks.store.db import DAY, RecoveryReport, Spend, StoredWebhook, WriterThread
 from claude_hooks.store.events import EventCap, EventSink, NewEvent
 from claude_hooks.store.schema import SCHEMA_VERSION
 from claude_hooks.tasks import AgentPause, Outcome, Task, TaskEvent, TaskSpec, TaskState
@@ -159,6 +159,22 @@ class Store:
         what = f"set tracking comment of task {task_id}"
         await self._call(what, self._db.set_tracking_comment, task_id, comment_id)
 
+    async def spend(self, agent: str, window: float = DAY) -> Spend:
+        """The cost of `agent`'s tasks finished in the last `window` seconds (24 h)."""
+        return await self._call(f"sum the spend of {agent}", self._db.spend, agent, window)
+
+    async def mark_reported(self, task_id: int) -> None:
+        await self._call(f"mark task {task_id} reported", self._db.mark_reported, task_id)
+
+    async def unreported(self, limit: int = 100) -> list[Task]:
+        """Ended tasks whose final state is not yet on their thread, oldest first."""
+        return await self._call("list unreported tasks", self._db.unreported, limit)
+
+    async def writable(self, busy_timeout: float = 0.5) -> None:
+        """Raise StoreError unless the store takes a write now (BEGIN IMMEDIATE; ROLLBACK)."""
+        ms = int(busy_timeout * 1000)
+        await self._call("try a write", self._db.try_write, ms)
+
     async def counts(self) -> dict[tuple[str, TaskState], int]:
         return await self._call("count tasks", self._db.counts)
 
@@ -167,6 +183,20 @@ class Store:
 
     async def set_cursor(self, name: str, value: str) -> None:
         await self._call(f"write cursor {name}", self._db.set_cursor, name, value)
+
+    async def add_webhook(self, event: str, payload: str, delivery: str | None) -> int | None:
+        return await self._call(
+            "keep a webhook delivery", self._db.add_webhook, event, payload, delivery
+        )
+
+    async def pending_webhooks(self) -> list[StoredWebhook]:
+        return await self._call("read webhook deliveries", self._db.pending_webhooks)
+
+    async def webhook_attempted(self, webhook_id: int) -> None:
+        await self._call(f"count webhook {webhook_id}", self._db.webhook_attempted, webhook_id)
+
+    async def webhook_decided(self, webhook_id: int) -> None:
+        await self._call(f"drop webhook {webhook_id}", self._db.webhook_decided, webhook_id)
 
     async def integrity_check(self) -> bool:
         problems = await self._call("integrity check", self._db.integrity_check)

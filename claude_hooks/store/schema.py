@@ -77,6 +77,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             cause TEXT NOT NULL
         )""",
     ),
+    # 4: webhook deliveries taken but not yet decided.
+    # The API answers once a delivery is here; the intake decides from this row in
+    # the background (again after a restart) and deletes it once decided.
+    (
+        """CREATE TABLE webhook_inbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery TEXT UNIQUE,
+            event TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+    ),
+    # 5: outages (when a task's run of deferrals began) and the outbox of final reports
+    # (NULL: the final state is not yet shown on the thread; older tasks count as shown)
+    (
+        "ALTER TABLE tasks ADD COLUMN deferred_since REAL",
+        "ALTER TABLE tasks ADD COLUMN final_reported_at REAL",
+        "UPDATE tasks SET final_reported_at = COALESCE(finished_at, created_at)"
+        " WHERE state IN ('succeeded', 'failed', 'cancelled')",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

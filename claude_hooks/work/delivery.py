@@ -185,6 +185,8 @@ class Delivery:
             )
         except ForgejoError as exc:
             self._log(task).warning("merge_refused", error=str(exc))
+            if exc.status is None:  # no answer: the message is the connection error's text
+                return MergeResult(False, "Forgejo did not answer the merge request")
             return MergeResult(False, f"Forgejo refused the merge: {exc.message} ({exc.status})")
         if not merged:  # 405 / 409: not mergeable (conflict, WIP) or the head moved
             return MergeResult(
@@ -195,12 +197,26 @@ class Delivery:
         self._log(task).info("pull_merged", number=spec.number, style=style.value)
         return MergeResult(True, f"merged #{spec.number} ({style.value}) and deleted its branch")
 
+    async def approval_gate(self, task: Task, pull: PullRequest, head_sha: str) -> GateResult:
+        """The merge gate without the commit status (the caller weighs pending and failing
+        apart: a merge request waits for one and gives up on the other)."""
+        client = self._client_for(task.spec.agent)
+        return await self._merge_gate(client, task.spec.repo, pull, head_sha, with_status=False)
+
     async def _merge_gate(
-        self, client: ForgejoClient, repo: str, pull: PullRequest, head_sha: str
+        self,
+        client: ForgejoClient,
+        repo: str,
+        pull: PullRequest,
+        head_sha: str,
+        *,
+        with_status: bool = True,
     ) -> GateResult:
         """The gate's facts, fresh from Forgejo: reviews, reviewers' access, the head's status."""
         reviews = await client.list_reviews(repo, pull.number)
         reviewers = verdict_reviewers(reviews)
         access = {login: await client.repo_permission(repo, login) for login in reviewers}
-        status = await client.combined_status(repo, pull.head_sha) if pull.head_sha else None
+        status = None
+        if with_status and pull.head_sha:
+            status = await client.combined_status(repo, pull.head_sha)
         return merge_gate(pull, reviews, access, status, head_sha=head_sha)

@@ -15,7 +15,10 @@ stopped one:
 - timeout → failed, "timeout after 1 min 30 s"
 - drain (shutdown) → interrupted, "interrupted by shutdown — will resume"
 - precheck says the task no longer makes sense → cancelled, "skipped: <reason>"
-- execute raised → failed with the exception text
+- precheck or execute raised an outage (Forgejo, Docker, the store: work/outages.py)
+  → queued again after an exponential backoff, until the OutagePolicy's budget is
+  spent; then failed, "gave up after N retries over …: Forgejo is unreachable"
+- execute raised anything else → failed, in words (the exception goes to the journal)
 - the run (or its precheck) deferred it → queued again, not run before a time
 
 A deferred task waits in its agent's queue without holding it up: the agent's next
@@ -54,12 +57,17 @@ from claude_hooks.report.render import (
     skipped_reason,
     timeout_reason,
 )
-from claude_hooks.store import RecoveryReport, Store, TaskNotFound
+from claude_hooks.store import RecoveryReport, Store, StoreError, TaskNotFound
 from claude_hooks.tasks import FINAL_STATES, AgentPause, Outcome, Task, TaskSpec, TaskState
+from claude_hooks.work.outages import OutagePolicy, crash_words, outage_of, outage_outcome
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_AGENT_LIMIT = 1
+# A state change the store is too busy to take (another process holds its lock) is
+# tried again for this long, so an outcome is not lost to a short lock.
+RECORD_RETRY_FOR = 60.0
+RECORD_RETRY_FIRST = 0.25
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,7 @@ class Scheduler:
         timeouts: Mapping[str, float] | None = None,
         queue: TaskQueue | None = None,
         clock: Callable[[], float] = time.time,
+        outages: OutagePolicy | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
@@ -272,6 +281,7 @@ class Scheduler:
         self._started = False
         self._draining = False
         self._clock = clock
+        self._outages = outages or OutagePolicy()
         self._pauses: dict[str, AgentPause] = {}
         self._pause_listeners: list[Callable[[str, AgentPause | None], None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -532,9 +542,23 @@ class Scheduler:
                 raise  # not ours (loop shutdown): the record stays running; recover() re-runs it
             return self._stop_outcome(run)
         except Exception as exc:
+            if (down := outage_of(exc)) is not None:
+                return self._outage(run.task, down, exc)
             log.exception("task_crashed")
-            return Outcome(TaskState.FAILED, reason=f"{type(exc).__name__}: {exc}")
+            return Outcome(TaskState.FAILED, reason=crash_words(exc))
         return self._stop_outcome(run) if run.stop is not None else outcome
+
+    def _outage(self, task: Task, down: str, exc: Exception) -> Outcome:
+        outcome = outage_outcome(task, down, self._clock(), self._outages)
+        log.warning(
+            "task_outage",
+            down=down,
+            error=f"{type(exc).__name__}: {exc}",
+            deferrals=task.deferrals,
+            retry_at=outcome.retry_at,
+            gave_up=not outcome.deferred,
+        )
+        return outcome
 
     async def _checked(self, task: Task) -> Precheck:
         if self._precheck is None:
@@ -542,7 +566,9 @@ class Scheduler:
         try:
             return await self._precheck(task)
         except Exception as exc:
-            # Forgejo being briefly unreachable should not drop work; the run will find out.
+            if (down := outage_of(exc)) is not None:
+                return Precheck(deferral=self._outage(task, down, exc))
+            # Anything else: the run itself will find out, and say it in words.
             log.warning("precheck_failed", error=f"{type(exc).__name__}: {exc}")
             return PROCEED
 
@@ -556,7 +582,7 @@ class Scheduler:
         except TimeoutError:
             if deadline.expired():
                 return timed_out
-            raise  # the runner's own TimeoutError: a failure with its text
+            raise  # the runner's own TimeoutError: a failure, worded by _attempt
         return timed_out if deadline.expired() else checked_outcome(outcome)
 
     def _stop_outcome(self, run: _Run) -> Outcome | None:
@@ -572,7 +598,9 @@ class Scheduler:
             if outcome.deferred:
                 await self._defer(run, outcome)
                 return
-            run.task = await self._store.finish(run.task.id, outcome)
+            run.task = await _while_busy(
+                lambda: self._store.finish(run.task.id, outcome), what="finish"
+            )
             # A failure is worth an operator's look: `journalctl -p warning` shows it.
             emit = log.warning if outcome.state is TaskState.FAILED else log.info
             emit(
@@ -594,7 +622,7 @@ class Scheduler:
         if outcome.pause is not None:
             p = outcome.pause
             await self.pause(p.agent, p.until, p.reason, p.cause, limit_type=p.limit_type)
-        run.task = await self._store.defer(run.task.id, outcome)
+        run.task = await _while_busy(lambda: self._store.defer(run.task.id, outcome), what="defer")
         log.info(
             "task_deferred",
             task_id=run.task.id,
@@ -620,6 +648,21 @@ class Scheduler:
         if task is None:
             raise TaskNotFound(task_id)
         return task
+
+
+async def _while_busy(write: Callable[[], Awaitable[Task]], *, what: str) -> Task:
+    """`write()`, tried again while the store is locked by another process (bounded)."""
+    waited, delay = 0.0, RECORD_RETRY_FIRST
+    while True:
+        try:
+            return await write()
+        except StoreError as exc:
+            if not exc.busy or waited >= RECORD_RETRY_FOR:
+                raise
+            log.warning("task_record_busy", what=what, retry_in=delay)
+        await asyncio.sleep(delay)  # the lock is another process's: nothing to wait on
+        waited += delay
+        delay = min(delay * 2, 5.0)
 
 
 async def _wait_released(runs: Sequence[_Run], limit: float, skip: asyncio.Event | None) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -266,6 +266,38 @@ def _match_path(path: str, known: Mapping[str, frozenset[int]]) -> str | None:
     return next((c for c in candidates if c in known), None)
 
 
+_HUNK_HEADER = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
+HUNK_CONTEXT = 8  # lines shown either side of the commented one when cutting a hunk
+
+
+def hunk_around(diff: str, path: str, line: int) -> str:
+    """The part of a unified diff around new-side `line` of `path`: Forgejo sends it with
+    the comment (`diff_hunk`); this is for a comment that came without one."""
+    if not diff or not path or line <= 0:
+        return ""
+    file_path: str | None = None
+    current: list[tuple[int, str]] | None = None  # the hunk being read, if it holds `line`
+    found: list[tuple[int, str]] | None = None
+    new_line = 0
+    for row in diff.splitlines():
+        if row.startswith("diff --git "):
+            file_path = current = None
+        elif row.startswith("+++ ") and current is None:
+            file_path = row[4:].strip().removeprefix("b/")
+        elif file_path == path and (match := _HUNK_HEADER.match(row)):
+            if found is not None:
+                break
+            start, count = int(match[1]), int(match[2] or 1)
+            new_line = start
+            current = found = [(line, row)] if start <= line < start + count else None
+        elif current is not None:
+            current.append((new_line, row))
+            new_line += 0 if row.startswith("-") else 1
+    if found is None:
+        return ""
+    return "\n".join(row for n, row in found if abs(n - line) <= HUNK_CONTEXT)
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -311,3 +343,36 @@ def parse_lead_verdict(result_text: str) -> LeadVerdict:
     body = found.data.get("body")
     text = body.strip() if isinstance(body, str) and body.strip() else result_text[: found.start]
     return LeadVerdict(LeadAction.MERGE if is_merge else LeadAction.NONE, text.strip())
+
+
+# ---------------------------------------------------------------- review feedback answer
+
+
+@dataclass(frozen=True)
+class FeedbackAnswer:
+    """What the author agent said about each inline comment it was asked to address."""
+
+    body: str  # its final text without the JSON block
+    replies: Mapping[int, str]  # review comment id → what was done about it
+
+
+def parse_feedback_answer(result_text: str, comment_ids: Iterable[int]) -> FeedbackAnswer:
+    """`{"addressed": [{"comment": 123, "reply": "…"}]}` at the end of the dev's answer.
+
+    Only ids of the comments it was shown count; anything unusable leaves the whole
+    text as the body and no replies (each comment is then listed as not answered).
+    """
+    known = set(comment_ids)
+    found = _last_object_with(result_text, "addressed")
+    if found is None or not isinstance(found.data.get("addressed"), list):
+        return FeedbackAnswer(result_text.strip(), {})
+    replies: dict[int, str] = {}
+    for item in found.data["addressed"]:
+        if not isinstance(item, Mapping):
+            continue
+        comment_id = _as_line(item.get("comment", item.get("id")))
+        reply = item.get("reply", item.get("body"))
+        if comment_id in known and isinstance(reply, str) and reply.strip():
+            replies[comment_id] = reply.strip()
+    body = (result_text[: found.start] + result_text[found.end :]).strip()
+    return FeedbackAnswer(body, replies)

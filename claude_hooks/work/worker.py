@@ -11,6 +11,7 @@ writes in order without ever holding up the scheduler.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -20,18 +21,41 @@ from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, re
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
 from claude_hooks.forgejo.models import Comment, Issue, PullRequest
 from claude_hooks.intake.reader import Permissions
-from claude_hooks.report.render import delivery_failed_reason, failure_reason, with_merge_note
+from claude_hooks.report.render import (
+    failure_reason,
+    head_moved_reason,
+    lead_declined_note,
+    not_pushed_note,
+    push_refused_reason,
+    with_merge_note,
+)
 from claude_hooks.report.tracker import TaskReports
 from claude_hooks.runner import workspace
-from claude_hooks.runner.claude import claude_argv, exec_env, with_forge_auth
+from claude_hooks.runner.claude import (
+    claude_argv,
+    claude_secrets,
+    exec_env,
+    with_claude_secrets,
+    with_forge_auth,
+)
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
+from claude_hooks.runner.limits import zone_named
 from claude_hooks.runner.runtime import AgentRuntime
 from claude_hooks.runner.stream import StreamEvent, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
 from claude_hooks.work.delivery import Delivery
+from claude_hooks.work.loop_steps import (
+    LoopSteps,
+    PullFacts,
+    Submit,
+    pull_push_refusal,
+    status_line,
+)
+from claude_hooks.work.outages import delivery_words, outage_of
 from claude_hooks.work.prompts import (
     PromptContext,
+    ReReview,
     branch_name,
     build_prompt,
     load_template,
@@ -56,6 +80,7 @@ class ThreadFacts:
     diff: str | None
     default_branch: str
     clone_url: str
+    pull_facts: PullFacts | None = None  # a pull request's status, reviews, loop context
 
 
 def workspace_plan(
@@ -73,6 +98,16 @@ def workspace_plan(
     )
     if agent.role is Role.DEV and facts.pull is None:
         return replace(default, checkout=workspace.Checkout.BRANCH, branch=branch_name(task))
+    if agent.role is Role.DEV and facts.pull is not None and pull_push_refusal(facts.pull) is None:
+        # A dev on a pull request of this repository commits on its head branch, and the
+        # daemon pushes it there (a fork's, or a name it will not push, stays detached).
+        return replace(
+            default,
+            checkout=workspace.Checkout.PULL_BRANCH,
+            branch=facts.pull.head_ref,
+            pull_number=facts.pull.number,
+            head_sha=spec.head_sha or facts.pull.head_sha,
+        )
     if facts.pull is not None:
         return replace(
             default,
@@ -95,6 +130,7 @@ class TaskRun:
     git_env: tuple[str, ...]  # clone and push: the token, as a header
     step: Callable[[str], None]  # one line more on the tracking comment's checklist
     log: structlog.typing.FilteringBoundLogger
+    rereview: ReReview | None = None  # a review after this reviewer's review of an older head
 
 
 class TaskWorker:
@@ -112,6 +148,8 @@ class TaskWorker:
         daemon_id: str,
         permissions: Permissions,
         stop_grace: float = STOP_GRACE,
+        submit: Submit | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._store = store
@@ -122,6 +160,10 @@ class TaskWorker:
         self._daemon_id = daemon_id
         self._stop_grace = stop_grace
         self._permissions = permissions  # the daemon's one view, shared with the intake
+        # The team's loop: its facts, checks and follow-ups; `submit` queues a CI fix.
+        self._loop = LoopSteps(
+            config, store, runtime, client_for, delivery, submit=submit, clock=clock
+        )
 
     # --- precheck ---------------------------------------------------------------------------
 
@@ -141,18 +183,34 @@ class TaskWorker:
             if spec.head_sha and pull.head_sha != spec.head_sha:
                 log.info("review_head_moved", task_id=task.id, old=spec.head_sha, new=pull.head_sha)
                 return Precheck.proceed(replace(spec, head_sha=pull.head_sha))
+        if spec.kind is TaskKind.MERGE_REQUEST and issue.is_pull:
+            pull = await client.get_pull(spec.repo, spec.number)
+            return await self._loop.merge_precheck(task, pull)
+        if spec.kind is TaskKind.CI_FIX and issue.is_pull and spec.head_sha:
+            pull = await client.get_pull(spec.repo, spec.number)
+            if pull.head_sha != spec.head_sha:  # a newer head gets its own status, and fix
+                return Precheck.skip(head_moved_reason(spec.head_sha, pull.head_sha))
         return Precheck.proceed()
 
     # --- execute ----------------------------------------------------------------------------
 
     async def execute(self, task: Task) -> Outcome:
+        if task.spec.kind is TaskKind.ROUNDS_SPENT:
+            return await self._loop.rounds_spent(task)  # one comment, no Claude run
         run = await self._start(task)
         session = await self._store.last_session(run.agent.name, task.spec.repo, task.spec.number)
         prompt = self._prompt(run, follow_up=session is not None)
         run.log.info("claude_started", resume=session, workdir=run.plan.path)
         result = await self._claude(run, prompt, session)
         outcome = outcome_of(
-            result.result_event, result.exit_code, result.stderr_tail, failure_reason
+            result.result_event,
+            result.exit_code,
+            result.stderr_tail,
+            failure_reason,
+            signals=result.signals,
+            ended_at=time.time(),
+            zone=zone_named(run.agent.time_zone),
+            budget_usd=run.agent.max_budget_usd,
         )
         if outcome.state is TaskState.SUCCEEDED:
             outcome = await self._deliver(run, outcome)
@@ -171,7 +229,8 @@ class TaskWorker:
         agent = self._config.agent(task.spec.agent)
         # Claude reads these credentials, so they may show up in what it prints: redact
         # the values the file holds now (it may have been rewritten since the start).
-        learn_secret_file(agent.credentials_file)
+        if agent.credentials_file is not None:
+            learn_secret_file(agent.credentials_file)
         bound = log.bind(
             task_id=task.id, agent=agent.name, repo=task.spec.repo, number=task.spec.number
         )
@@ -186,7 +245,12 @@ class TaskWorker:
         plan = workspace_plan(task, agent, facts)
         step(f"preparing {plan.path}")
         await self._runtime.prepare(agent, plan, git_env)
-        return TaskRun(task, agent, facts, plan, tuple(env), tuple(git_env), step, bound)
+        rereview = None
+        if task.spec.kind is TaskKind.REVIEW and facts is not None and facts.pull_facts is not None:
+            head = _head_sha(task, facts)
+            rereview = await self._loop.rereview(task, agent, plan, env, facts.pull_facts, head)
+        run_env, run_git_env = tuple(env), tuple(git_env)
+        return TaskRun(task, agent, facts, plan, run_env, run_git_env, step, bound, rereview)
 
     async def _claude(self, run: TaskRun, prompt: str, session: str | None) -> ExecResult:
         sink = self._store.event_sink(run.task.id)
@@ -198,11 +262,13 @@ class TaskWorker:
                 run.step(event.summary)
 
         agent = run.agent
-        argv = claude_argv(agent, session_id=session, system_prompt=system_prompt(agent.role))
+        rules = system_prompt(agent.role, run.task.spec.kind)
+        argv = claude_argv(agent, session_id=session, system_prompt=rules)
         claude = ClaudeExec(
             task_id=run.task.id,
             argv=tuple(argv),
-            env=run.env,
+            # Claude's login and secret_env: in this exec's environment only, read now.
+            env=tuple(with_claude_secrets(run.env, claude_secrets(agent))),
             stdin=prompt.encode(),
             workdir=run.plan.path,
             stop_grace=self._stop_grace,
@@ -228,6 +294,10 @@ class TaskWorker:
             is_follow_up=follow_up,
             default_branch=facts.default_branch,
             config_from_base=run.plan.checkout is workspace.Checkout.PULL_HEAD,
+            status=facts.pull_facts.status if facts.pull_facts is not None else None,
+            feedback=facts.pull_facts.feedback if facts.pull_facts is not None else None,
+            rereview=run.rereview,
+            closes=facts.pull_facts.closes if facts.pull_facts is not None else None,
         )
         role, template = run.agent.role, load_template(run.agent.role, run.agent.prompt_file)
         return build_prompt(role, ctx, template)
@@ -243,8 +313,9 @@ class TaskWorker:
         authors = {issue.user.login, *(c.user.login for c in comments)}
         writers = await self._permissions.trusted(spec.agent, spec.repo, authors)
         diff = await client.pull_diff(spec.repo, spec.number) if pull is not None else None
+        pull_facts = await self._loop.pull_facts(task, pull) if pull is not None else None
         return ThreadFacts(
-            issue, pull, comments, writers, diff, repo.default_branch, repo.clone_url
+            issue, pull, comments, writers, diff, repo.default_branch, repo.clone_url, pull_facts
         )
 
     # --- delivery ---------------------------------------------------------------------------
@@ -256,16 +327,46 @@ class TaskWorker:
         try:
             if run.plan.checkout is workspace.Checkout.BRANCH:
                 return await self._deliver_branch(run, facts, outcome)
+            if run.plan.checkout is workspace.Checkout.PULL_BRANCH:
+                return await self._deliver_pull_branch(run, outcome)
+            if facts.pull is not None and role is Role.DEV and (why := self._unpushable(run)):
+                return replace(outcome, result=_with(outcome.result, not_pushed_note(why)))
             if facts.pull is not None and role is Role.REVIEWER:
                 run.step("posting the review")
                 review = review_from_result(outcome.result, facts.diff or "")
                 await self._delivery.post_review(run.task, review, _head_sha(run.task, facts))
-                return outcome
+                return self._with_status(outcome, facts)
             if facts.pull is not None and role is Role.LEAD:
-                return await self._deliver_merge(run, facts, outcome)
+                return self._with_status(await self._deliver_merge(run, facts, outcome), facts)
+        except workspace.PushRefused as exc:
+            reason = push_refused_reason(exc.branch, exc.detail)
+            return replace(outcome, state=TaskState.FAILED, reason=reason)
         except (ForgejoError, workspace.WorkspaceError) as exc:
-            return replace(outcome, state=TaskState.FAILED, reason=delivery_failed_reason(exc))
+            if outage_of(exc) is not None:
+                raise  # Forgejo down: the scheduler puts the task back until it answers
+            run.log.warning("delivery_failed", error=str(exc))
+            return replace(outcome, state=TaskState.FAILED, reason=delivery_words(exc))
         return outcome
+
+    async def _deliver_pull_branch(self, run: TaskRun, outcome: Outcome) -> Outcome:
+        """Push what Claude committed on the pull request's branch; the loop's follow-ups."""
+        run.step(f"pushing {run.plan.branch}")
+        published = await self._runtime.publish(run.agent, run.plan, run.git_env)
+        pull_facts = run.facts.pull_facts if run.facts is not None else None
+        return await self._loop.after_push(run.task, run.plan, pull_facts, outcome, published)
+
+    def _unpushable(self, run: TaskRun) -> str | None:
+        """Why a dev's run on a pull request was not pushed (its checkout stayed detached)."""
+        pull = run.facts.pull if run.facts is not None else None
+        if pull is None or run.plan.checkout is not workspace.Checkout.PULL_HEAD:
+            return None
+        return pull_push_refusal(pull)
+
+    def _with_status(self, outcome: Outcome, facts: ThreadFacts) -> Outcome:
+        """The head's commit status, on the reviewer's and the lead's tracking comment."""
+        if facts.pull_facts is None:
+            return outcome
+        return replace(outcome, result=_with(outcome.result, status_line(facts.pull_facts)))
 
     async def _deliver_branch(self, run: TaskRun, facts: ThreadFacts, outcome: Outcome) -> Outcome:
         plan = run.plan
@@ -284,6 +385,8 @@ class TaskWorker:
     async def _deliver_merge(self, run: TaskRun, facts: ThreadFacts, outcome: Outcome) -> Outcome:
         verdict = parse_lead_verdict(outcome.result or "")
         if verdict.action is not LeadAction.MERGE:
+            if run.task.spec.kind is TaskKind.MERGE_REQUEST:  # asked to merge: say it did not
+                return replace(outcome, result=_with(outcome.result, lead_declined_note("")))
             return outcome
         run.step("merging")
         head_sha = _head_sha(run.task, facts)
@@ -294,6 +397,10 @@ class TaskWorker:
 def _head_sha(task: Task, facts: ThreadFacts) -> str:
     """The PR head the task is about: the queued sha, else the head seen before the run."""
     return task.spec.head_sha or (facts.pull.head_sha if facts.pull else "")
+
+
+def _with(result: str | None, note: str) -> str:
+    return f"{result or ''}\n\n{note}".strip()
 
 
 def _git_identity(agent: AgentConfig) -> dict[str, str]:

@@ -9,6 +9,7 @@ test can assert that the page ran cleanly.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -111,6 +112,29 @@ class Page:
             raise CdpError(f"{expression!r} threw: {reply['exceptionDetails']}")
         return reply["result"].get("value")
 
+    async def shown(self, selector: str) -> bool:
+        """Whether a person sees the element: rendered, not hidden by style, with an area.
+
+        The `hidden` property alone says nothing: a stylesheet's `display` can override it.
+        """
+        return bool(
+            await self.evaluate(
+                f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+                " if (!el) return false;"
+                " const style = getComputedStyle(el); const box = el.getBoundingClientRect();"
+                " return style.display !== 'none' && style.visibility !== 'hidden'"
+                " && Number(style.opacity) > 0 && box.width > 0 && box.height > 0"
+                " && el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}); })()"
+            )
+        )
+
+    async def screenshot(self, path: Path) -> bytes:
+        """The page as rendered: a PNG, also written to `path` (a test's artifact)."""
+        reply = await self._cdp.send("Page.captureScreenshot", {"format": "png"}, self._session)
+        png = base64.b64decode(reply["data"])
+        await asyncio.to_thread(_write_file, path, png)
+        return png
+
     async def wait_for(self, expression: str, seconds: float = 10.0) -> Any:
         """The expression's value once truthy; fails with what it last was."""
         last: list[Any] = [None]
@@ -166,6 +190,11 @@ class Browser:
         await self.cdp.send("Page.navigate", {"url": url}, attached["sessionId"])
         await page.wait_for("document.readyState === 'complete'")
         return page
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 async def _devtools_url(profile: Path, process: asyncio.subprocess.Process) -> str:

@@ -3,7 +3,10 @@
 The app is served on 127.0.0.1 with a real store and scheduler (tests/test_api.py's
 harness). The page must show nothing before a token is given, render the tasks
 once it is, and then follow new tasks, state changes and a task's log live,
-without a reload.
+without a reload. What a person sees is checked by computed style and bounding box
+(`Page.shown`), never by the `hidden` property a stylesheet can override, and each
+view is kept as a screenshot in the test's tmp_path (`screenshots/<view>.png`,
+under pytest's basetemp, which keeps the last three runs).
 """
 
 from __future__ import annotations
@@ -52,6 +55,19 @@ async def sign_in(page: Page, token: str) -> None:
     )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+VIEWS = ("#login", "#overview", "#task-view")
+
+
+async def assert_view(page: Page, shown: str, screenshot: Path) -> bytes:
+    """Exactly `shown` of the page's views is visible to a person; its screenshot is kept."""
+    seen = {view: await page.shown(view) for view in VIEWS}
+    assert seen == {view: view == shown for view in VIEWS}
+    png = await page.screenshot(screenshot)
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+    return png
+
+
 async def test_the_page_follows_tasks_live_once_given_the_token(
     api: ApiHarness, chromium: str, tmp_path: Path
 ) -> None:
@@ -60,12 +76,15 @@ async def test_the_page_follows_tasks_live_once_given_the_token(
     await api.runs.started[first["task_id"]].wait()
     await api.emit(first["task_id"], ("tool_use", "Bash: make test"))
 
+    shots = tmp_path / "screenshots"
     async with Browser.launch(chromium, tmp_path / "profile") as browser:
         page = await browser.open(api.url + "/")
 
         # Public page, private data: nothing shows before a token is accepted.
         await page.wait_for("!document.getElementById('login').hidden")
         assert await page.evaluate("document.querySelectorAll('[data-task-id]').length") == 0
+        pictures = [await assert_view(page, "#login", shots / "signed-out.png")]
+        assert await page.shown("#token")
         await sign_in(page, "not-the-token")
         await page.wait_for(
             "document.getElementById('login-error').textContent.includes('refused')"
@@ -79,6 +98,9 @@ async def test_the_page_follows_tasks_live_once_given_the_token(
         dev_card = "document.querySelector('.agent[data-agent=\"dev\"]').textContent"
         assert "owner/repo#11" in await page.evaluate(dev_card)
         assert "#1 in queue" in await page.evaluate(dev_card)
+        # Signed in: the task list, and no sign-in form above it.
+        pictures.append(await assert_view(page, "#overview", shots / "signed-in.png"))
+        assert await page.shown("#recent tr[data-task-id='1']")
         assert await page.evaluate(f"sessionStorage.getItem('claude-hooks-token') === '{TOKEN}'")
 
         # From here on nothing reloads: a marker on window would vanish with a reload.
@@ -92,6 +114,7 @@ async def test_the_page_follows_tasks_live_once_given_the_token(
         # The live log of one task.
         await page.evaluate("location.hash = '#/tasks/2'")
         await page.wait_for("document.querySelectorAll('#task-log li').length >= 2")
+        pictures.append(await assert_view(page, "#task-view", shots / "task.png"))
         await api.emit(2, ("tool_use", "Edit: docs/index.md"))
         await page.wait_for(
             "[...document.querySelectorAll('#task-log li')]"
@@ -111,4 +134,5 @@ async def test_the_page_follows_tasks_live_once_given_the_token(
         assert seqs == list(range(1, len(seqs) + 1))  # each event once, in order
 
         assert await page.evaluate("window.stillTheSamePage") is True
+        assert len(set(pictures)) == 3  # three different pictures, one per view
         assert browser.cdp.exceptions == []

@@ -3,7 +3,9 @@
 Forgejo is the simulator in the test process, tasks run in real Docker with the scripted
 fake claude. The driver submits mentions (Forgejo comments) and API tasks, kills the daemon,
 restarts it, and at the end lets one clean run finish everything so the record can be
-audited: what was accepted, what finished, what was duplicated or lost.
+audited: what was accepted, what finished, what was duplicated or lost. With `outages`,
+a cycle may also take Forgejo down (502s or dropped connections) or the Docker engine
+(the daemon's DOCKER_HOST is a link the driver removes) for part of its run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from claude_hooks.config import Config
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.text import find_marker
 from tests.fakes.configs import ConfigFactory
-from tests.fakes.docker import AGENT_UID
 from tests.waiting import wait_until
 
 REPO = "acme/app"
@@ -45,14 +46,18 @@ def free_port() -> int:
 
 
 def chaos_config(
-    factory: ConfigFactory, sim: ForgejoSim, image: str, agent: str, **overrides: object
+    factory: ConfigFactory,
+    sim: ForgejoSim,
+    image: str,
+    agent: str,
+    daemon: dict[str, object] | None = None,
+    **overrides: object,
 ) -> Config:
     token = f"forgejo-token-of-{agent}-0123456789"
     sim.add_user("alice", token="forgejo-token-of-alice-0123456789")
     sim.add_user(agent, token=token)
     sim.add_repo(REPO, collaborators={"alice": "write", agent: "admin"})
     creds = factory.secret("creds.json", '{"claudeAiOauth": {"accessToken": "oauth-chaos-1"}}')
-    os.chown(creds, AGENT_UID, AGENT_UID)
     values = factory.agent(
         agent, token_file=str(factory.secret("agent-token", token)),
         credentials_file=str(creds), image=image, network="none", checkout=False,
@@ -61,7 +66,7 @@ def chaos_config(
     values.update(overrides)
     return factory.load(
         forgejo={"url": sim.base_url},
-        daemon={"poll_interval": 0.2, "drain_timeout": 5, "log_format": "json"},
+        daemon={"poll_interval": 0.2, "drain_timeout": 5, "log_format": "json", **(daemon or {})},
         api={
             "listen": f"127.0.0.1:{free_port()}",
             "token_file": str(factory.secret("api-token", API_TOKEN)),
@@ -89,12 +94,15 @@ class Figures:
     lost: int = 0
     failed_interrupted_twice: int = 0
     tasks: int = 0
+    forgejo_outages: int = 0
+    docker_outages: int = 0
 
     def line(self) -> str:
         return (
             f"chaos: cycles={self.cycles} accepted={self.accepted} finished={self.finished} "
             f"duplicated={self.duplicated} lost={self.lost} tasks={self.tasks} "
-            f"failed_interrupted_twice={self.failed_interrupted_twice}"
+            f"failed_interrupted_twice={self.failed_interrupted_twice} "
+            f"forgejo_outages={self.forgejo_outages} docker_outages={self.docker_outages}"
         )
 
 
@@ -110,15 +118,33 @@ class ChaosDriver:
     starts: int = 0
     strays: int = 0  # claude processes a killed daemon left running in the container
     survivors: list[str] = field(default_factory=list)  # strays still alive after a restart
+    outages: bool = False  # cycles may take Forgejo or Docker down for a while
+    outages_taken: Counter[str] = field(default_factory=Counter)
 
     @property
     def log_dir(self) -> Path:
         return self.config.path.parent
 
+    @property
+    def docker_link(self) -> Path:
+        """The daemon's Docker socket with `outages`: a link to the engine's, or nothing."""
+        return self.log_dir / "docker.sock"
+
+    def docker_up(self) -> None:
+        engine = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if not self.docker_link.is_symlink():
+            self.docker_link.symlink_to(engine.removeprefix("unix://"))
+
+    def docker_down(self) -> None:
+        self.docker_link.unlink(missing_ok=True)
+
     async def start(self, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> Path:
         """Start `claude-hooks run`; its output goes to the returned log file."""
         log = self.log_dir / f"daemon-{self.starts}.log"
         self.starts += 1
+        if self.outages:
+            self.docker_up()
+            env = {"DOCKER_HOST": f"unix://{self.docker_link}", **(env or {})}
         self.process = await asyncio.create_subprocess_exec(
             *prefix, sys.executable, "-m", "claude_hooks", "run", "--config",
             str(self.config.path), stdout=log.open("wb"), stderr=asyncio.subprocess.STDOUT,
@@ -160,14 +186,31 @@ class ChaosDriver:
         self.strays += len(left)
         await self.start()
         await self.reap(docker, left)
+        outage = self.rng.choice([None, None, "forgejo", "docker"]) if self.outages else None
         deadline = asyncio.get_running_loop().time() + self.rng.uniform(0.8, 2.5)
         while asyncio.get_running_loop().time() < deadline:
+            if outage is not None and self.rng.random() < 0.4:
+                self.outage_begins(outage)
+                outage = None
             if self.rng.random() < 0.5:
                 self.mention()
             else:
                 await self.submit_api(session)
             await asyncio.sleep(self.rng.uniform(0.1, 0.6))  # not a wait: the seeded chaos
+        self.outages_end()  # before the kill: the next start must reach Docker to reap
         await self.kill()
+
+    def outage_begins(self, kind: str) -> None:
+        self.outages_taken[kind] += 1
+        if kind == "docker":
+            self.docker_down()
+        else:
+            self.sim.outage(lambda method, path: True, status=self.rng.choice([502, None]))
+
+    def outages_end(self) -> None:
+        self.sim.end_outage()
+        if self.outages:
+            self.docker_up()
 
     async def reap(self, docker: aiodocker.Docker, left: dict[str, str], limit: float = 8) -> None:
         """Wait for the restarted daemon to kill what its dead predecessor left running."""

@@ -96,12 +96,15 @@ def cli_agent(
     claude: Path,
     api_url: str,
     mounts: tuple[str, ...] = (),
+    api_key_in_env: bool = True,
     **values: object,
 ) -> dict[str, object]:
-    """An agent running the real CLI from `claude`, against the scripted API only."""
+    """An agent running the real CLI from `claude`, against the scripted API only.
+
+    `api_key_in_env=False` for an agent whose login comes from its own key file."""
     env = {
         "ANTHROPIC_BASE_URL": api_url,
-        "ANTHROPIC_API_KEY": "test-key",
+        **({"ANTHROPIC_API_KEY": "test-key"} if api_key_in_env else {}),
         "CLAUDE_CODE_MAX_RETRIES": "0",
         # A safety belt for the host network: any other HTTPS request fails locally.
         "HTTPS_PROXY": "http://127.0.0.1:9",

@@ -36,7 +36,8 @@ class ConfigFactory:
             ),
         }
         values.update(overrides)
-        return values
+        # None drops a key: credentials_file=None for an agent with another auth mode.
+        return {key: value for key, value in values.items() if value is not None}
 
     def text(
         self,

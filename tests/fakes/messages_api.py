@@ -129,12 +129,23 @@ def _frame(event: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """An HTTP error the API answers every request with instead of a turn."""
+
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str]
+
+
 class ScriptedMessagesApi:
     """Serves `turns` to whoever asks; records every request it got."""
 
-    def __init__(self, turns: Sequence[Turn]) -> None:
+    def __init__(self, turns: Sequence[Turn], refusal: Refusal | None = None) -> None:
         self.turns = tuple(turns)
+        self.refusal = refusal
         self.requests: list[dict[str, Any]] = []  # bodies of POST /v1/messages
+        self.headers: list[dict[str, str]] = []  # their headers, in the same order
         self.unscripted: list[str] = []  # "METHOD /path" of anything else asked
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -174,6 +185,12 @@ class ScriptedMessagesApi:
         except ValueError:
             return _error(400, "invalid_request_error", "the body is not JSON")
         self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        if self.refusal is not None:
+            refusal = self.refusal
+            return web.json_response(
+                dict(refusal.body), status=refusal.status, headers=dict(refusal.headers)
+            )
         if not self.turns:
             return _error(500, "api_error", "the script has no turns")
         turn = self.turns[min(turn_index(body), len(self.turns) - 1)]

@@ -326,15 +326,17 @@ class ApiHandlers:
         repo, issue = self._pull(request)
         data = await _body(request)
         style = _text(data, "Do", required=True) or ""
-        if not has_access(self.state, repo, request[LOGIN], "write"):
-            raise SimError(405, "User not allowed to merge PR")
         self.sim.merge(
             repo.full_name,
             issue.number,
             request[LOGIN],
             style=style,
+            may_merge=has_access(self.state, repo, request[LOGIN], "write"),
             head_commit_id=_text(data, "head_commit_id"),
             delete_branch=bool(data.get("delete_branch_after_merge")),
+            title=_text(data, "MergeTitleField") or "",
+            message=_text(data, "MergeMessageField") or "",
+            merge_commit_id=_text(data, "MergeCommitID") or "",
         )
         return web.Response(status=200)
 

@@ -21,7 +21,7 @@ gateway, recorded and subject to fault injection; git requests check their own t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -29,9 +29,18 @@ import structlog
 from aiohttp import web
 
 from claude_hooks.demo.sim import notifications as notes
-from claude_hooks.demo.sim.gateway import ApiGateway, RecordedRequest
-from claude_hooks.demo.sim.git import SIM_IDENTITY, FileCommit, GitHttp, GitStore
+from claude_hooks.demo.sim.gateway import ApiGateway, Outage, RecordedRequest
+from claude_hooks.demo.sim.git import (
+    SIM_IDENTITY,
+    FileCommit,
+    GitHttp,
+    GitStore,
+    MergeConflict,
+    MergeSpec,
+    NotFastForward,
+)
 from claude_hooks.demo.sim.mentions import find_mentions
+from claude_hooks.demo.sim.references import issue_actions
 from claude_hooks.demo.sim.render import Renderer
 from claude_hooks.demo.sim.state import (
     ALLOWED_REACTIONS,
@@ -185,17 +194,26 @@ class ForgejoSim:
     def watch(self, repo: str, login: str) -> None:
         self.state.repo(repo).watchers.add(self.state.user(login).key)
 
-    def set_branch(self, repo: str, ref: str, sha: str) -> None:
-        """A push happened: move `ref` to `sha`; open pull requests from it follow."""
+    def set_branch(self, repo: str, ref: str, sha: str, pusher: str | None = None) -> None:
+        """A push happened: move `ref` to `sha`; open pull requests from it follow, and
+        each one whose head moved sends `pull_request` `synchronized` (sender: `pusher`,
+        else the pull request's author). Pull requests from or into `ref` are checked
+        for conflicts again, as Forgejo's pull checker does after a push."""
         target = self.state.repo(repo)
         target.branches[ref] = sha
-        for issue in self.state.issues.values():
+        for issue in self._open_pulls(target):
             pull = issue.pull
-            if issue.repo == target.key and pull and issue.state == "open" and pull.head_ref == ref:
+            assert pull is not None
+            if pull.head_ref == ref:
                 moved, pull.head_sha = pull.head_sha != sha, sha
                 self.git.set_ref(target.full_name, f"refs/pull/{issue.number}/head", sha)
                 if moved:
                     self._mark_reviews_stale(issue, sha)
+                    self._recheck(target, pull)
+                    sender = pusher or issue.user
+                    self._emit_pull("pull_request_sync", "synchronized", issue, sender)
+            elif pull.base_ref == ref:
+                self._recheck(target, pull)
 
     def git_dir(self, repo: str) -> Path:
         """The bare repository behind `repo` (git must be enabled)."""
@@ -220,13 +238,13 @@ class ForgejoSim:
         heads = self.git.branches(target.full_name)
         parent = heads.get(branch) or heads[target.default_branch]
         who = self.state.user(author) if author else None
-        identity = (who.login, f"{who.key}@forgejo.invalid") if who else SIM_IDENTITY
+        identity = _git_identity(who) if who else SIM_IDENTITY
         commit = FileCommit(
             f"refs/heads/{branch}", parent, path, content.encode(), message, identity,
             self.clock.now(),
         )  # fmt: skip
         sha = self.git.commit(target.full_name, commit)
-        self.set_branch(target.full_name, branch, sha)
+        self.set_branch(target.full_name, branch, sha, pusher=who.login if who else None)
         return sha
 
     def add_webhook(self, url: str, secret: str = "", events: Iterable[str] | None = None) -> int:
@@ -249,6 +267,20 @@ class ForgejoSim:
     def drop_next(self, n: int) -> None:
         """The next n API requests get their connection closed without a response."""
         self.gateway.faults.drop += n
+
+    def outage(
+        self, match: Callable[[str, str], bool], status: int | None = 500, hang: float = 0.0
+    ) -> Outage:
+        """API requests `match(method, path)` selects fail until `end_outage` (status None:
+        the connection is dropped; `hang`: they wait that long first)."""
+        outage = Outage(match, status, hang)
+        self.gateway.faults.outages.append(outage)
+        return outage
+
+    def end_outage(self, outage: Outage | None = None) -> None:
+        """End one outage, or all of them."""
+        faults = self.gateway.faults
+        faults.outages = [o for o in faults.outages if outage is not None and o is not outage]
 
     def delay(self, seconds: float) -> None:
         """Every API request waits this long before being answered (0 turns it off)."""
@@ -351,6 +383,7 @@ class ForgejoSim:
         # With git behind both commits the diff is git's (pull_diff); else a made-up one.
         diff = diff or ("" if merge_base else _synthetic_diff(head))
         pull = SimPull(head, head_sha, base, merge_base or target.branches[base], diff)
+        pull.mergeable = not self.git.conflicts(target.full_name, target.branches[base], head_sha)
         issue = self._new_issue(repo, author, title, body, pull=pull)
         self.git.set_ref(target.full_name, f"refs/pull/{issue.number}/head", head_sha)
         audience = notes.broadcast_audience(self.state, issue) | set(find_mentions(body))
@@ -489,6 +522,7 @@ class ForgejoSim:
     ) -> SimStatus:
         """Report a commit status (POST /statuses/{sha}); Forgejo stores any state string."""
         target = self.state.repo(repo)
+        sha = self._full_sha(target, sha)
         if not self._is_commit(target, sha):
             raise SimError(404, f"commit {sha!r} does not exist in {target.full_name}")
         kept = self.state.statuses.setdefault((target.key, sha), [])
@@ -498,6 +532,25 @@ class ForgejoSim:
         )  # fmt: skip
         kept.append(status)
         return status
+
+    def set_pull_status(
+        self,
+        repo: str,
+        number: int,
+        state: str,
+        context: str = "ci",
+        creator: str | None = None,
+        description: str = "",
+    ) -> SimStatus:
+        """Play CI: report `state` for `context` on the pull request's current head.
+
+        Forgejo sends no webhook and no notification for a commit status
+        (docs/FORGEJO.md, "Commit statuses"): the daemon sees it only by asking.
+        """
+        _, pull = self.state.pull(repo, number)
+        return self.set_status(
+            repo, pull.head_sha, state, context=context, creator=creator, description=description
+        )
 
     def resolve_ref(self, repo: str, ref: str) -> str:
         """A branch name → its head sha; anything else is taken for a sha (ResolveRefOrSha)."""
@@ -511,21 +564,99 @@ class ForgejoSim:
         style: str = "merge",
         head_commit_id: str | None = None,
         delete_branch: bool = False,
+        title: str = "",
+        message: str = "",
+        merge_commit_id: str = "",
+        may_merge: bool = True,
     ) -> None:
+        """POST /pulls/{n}/merge semantics (routers/api/v1/repo/pull.go MergePullRequest),
+        `may_merge` the caller's right to: the checks in Forgejo's order, a real git merge
+        when git holds both commits, then the pull request marked merged, the issues its
+        body closes closed, and the head branch deleted when asked."""
         issue, pull = self.state.pull(repo, number)
-        _check_mergeable(issue, pull, style, head_commit_id)
         target = self.state.repos[issue.repo]
+        merger = self.state.user(actor).key
+        _check_mergeable(issue, pull, style, may_merge)
+        if style == "manually-merged":
+            sha = self._manually_merged(target, pull, merge_commit_id)
+        else:
+            if head_commit_id and head_commit_id != pull.head_sha:
+                raise SimError(409, "head out of date")  # ErrSHADoesNotMatch
+            sha = self._merge_commits(target, issue, merger, style, title, message)
         now = self.clock.now()
-        pull.merged, pull.merged_at, pull.merged_by = True, now, self.state.user(actor).key
-        pull.merge_commit_sha = fake_sha(target.full_name, number, "merge", pull.head_sha)
+        pull.merged, pull.merged_at, pull.merged_by = True, now, merger
+        pull.merge_commit_sha = sha
         issue.state, issue.closed_at, issue.updated_at = "closed", now, now
-        target.branches[pull.base_ref] = pull.merge_commit_sha
-        if delete_branch:
-            target.branches.pop(pull.head_ref, None)
+        if style != "manually-merged":
+            self.set_branch(target.full_name, pull.base_ref, sha, pusher=merger)
         item = self._timeline_item(issue, "merge_pull", actor)
         self._deliver(issue, actor, notes.broadcast_audience(self.state, issue), item.id)
         self._mark_read_for(actor, issue)
         self._emit_pull("pull_request", "closed", issue, actor)
+        self._act_on_references(issue, actor, sha)
+        if delete_branch:
+            self._delete_branch(target, pull.head_ref)
+
+    def _merge_commits(
+        self, target: SimRepo, issue: SimIssue, merger: str, style: str, title: str, message: str
+    ) -> str:
+        """The base branch's head after merging; made up when git lacks the commits."""
+        pull = issue.pull
+        assert pull is not None
+        base_sha = target.branches[pull.base_ref]
+        if not (
+            self.git.has_commit(target.full_name, base_sha)
+            and self.git.has_commit(target.full_name, pull.head_sha)
+        ):
+            return fake_sha(target.full_name, issue.number, "merge", pull.head_sha)
+        text = (title.strip() or _default_merge_message(target, issue, style)) + (
+            f"\n\n{message.strip()}" if message.strip() else ""
+        )
+        spec = MergeSpec(
+            pull.base_ref, base_sha, pull.head_sha, style, text,
+            committer=_git_identity(self.state.user(merger)),
+            author=_git_identity(self.state.user(issue.user)), when=self.clock.now(),
+        )  # fmt: skip
+        try:
+            return self.git.merge(target.full_name, spec)
+        except MergeConflict as conflict:  # ErrMergeConflicts / ErrRebaseConflicts
+            raise SimError(409, f"merge conflict: {conflict}") from None
+        except NotFastForward as refused:
+            # Forgejo d883bd8f12 answers 500 here (ErrMergeDivergingFastForwardOnly is
+            # not mapped by the API handler); 405 is what its OpenAPI lets it say.
+            raise SimError(405, f"not possible to fast-forward: {refused}") from None
+
+    def _manually_merged(self, target: SimRepo, pull: SimPull, merge_commit_id: str) -> str:
+        """MergedManually: the given commit must be on the base branch and hold the head."""
+        base_sha = target.branches[pull.base_ref]
+        on_base = self.git.is_ancestor(target.full_name, merge_commit_id, base_sha)
+        if not (on_base and self.git.is_ancestor(target.full_name, pull.head_sha, merge_commit_id)):
+            raise SimError(409, f"Wrong commit ID {merge_commit_id!r}")
+        return merge_commit_id
+
+    def _act_on_references(self, pull: SimIssue, actor: str, sha: str) -> None:
+        """handleCloseCrossReferences: issues of this repository the body closes (or
+        reopens) change state, each with a timeline item and an `issues` webhook."""
+        for action in issue_actions(pull.body):
+            if action.repo not in ("", pull.repo):
+                continue
+            issue = self.state.issues.get((pull.repo, action.number))
+            if issue is None or issue.is_pull or (issue.state == "closed") == action.closes:
+                continue
+            now = self.clock.now()
+            issue.state = "closed" if action.closes else "open"
+            issue.closed_at = now if action.closes else None
+            kind = "close" if action.closes else "reopen"
+            item = self._timeline_item(issue, kind, actor, body=sha)
+            self._deliver(issue, actor, notes.broadcast_audience(self.state, issue), item.id)
+            self._emit_issue("issues", "closed" if action.closes else "reopened", issue, actor)
+
+    def _delete_branch(self, target: SimRepo, branch: str) -> None:
+        if branch == target.default_branch:
+            raise SimError(403, "the head branch is the default branch")
+        target.branches.pop(branch, None)
+        if self.git.has(target.full_name):
+            self.git.delete_branch(target.full_name, branch)
 
     # -- inspection ----------------------------------------------------------------------
 
@@ -733,6 +864,28 @@ class ForgejoSim:
         for review in self.state.pr_reviews(issue.repo, issue.number):
             review.stale = review.commit_id != head
 
+    def _open_pulls(self, repo: SimRepo) -> list[SimIssue]:
+        return [
+            i for i in self.state.issues.values()
+            if i.repo == repo.key and i.pull is not None and i.state == "open"
+        ]  # fmt: skip
+
+    def _recheck(self, repo: SimRepo, pull: SimPull) -> None:
+        """The pull checker after a push: conflicts and merge base against the base now."""
+        base_sha = repo.branches.get(pull.base_ref, "")
+        pull.mergeable = not self.git.conflicts(repo.full_name, base_sha, pull.head_sha)
+        pull.merge_base = self.git.merge_base(repo.full_name, base_sha, pull.head_sha) or (
+            pull.merge_base
+        )
+
+    def _full_sha(self, repo: SimRepo, sha: str) -> str:
+        """A short sha git knows, made full (CreateCommitStatus does the same)."""
+        if len(sha) >= 40 or not self.git.has(repo.full_name):
+            return sha
+        commit = f"{sha}^{{commit}}"
+        full = self.git.git(repo.full_name, "rev-parse", "--verify", "--quiet", commit, check=False)
+        return full.strip() or sha
+
     def _is_commit(self, repo: SimRepo, sha: str) -> bool:
         """A full sha git knows, or one a branch or pull request points at (made-up heads)."""
         pulls = [i.pull for i in self.state.issues.values() if i.repo == repo.key and i.pull]
@@ -820,21 +973,38 @@ def _check_review(
         raise SimError(422, f"{verb} your own pull is not allowed")
 
 
-def _check_mergeable(
-    issue: SimIssue, pull: SimPull, style: str, head_commit_id: str | None
-) -> None:
+def _check_mergeable(issue: SimIssue, pull: SimPull, style: str, may_merge: bool) -> None:
+    """The form binding, then services/pull/check.go CheckPullMergeable, in its order."""
     if style not in MERGE_STYLES:
         raise SimError(422, f"unknown merge style {style!r}")
     if pull.merged:
-        raise SimError(405, "the pull request is already merged")
+        raise SimError(405, "PR already merged")
     if issue.state != "open":
-        raise SimError(405, "the pull request is closed")
+        raise SimError(404, "the pull request is closed")  # ErrIsClosed → NotFound
+    if not may_merge:
+        raise SimError(405, "User not allowed to merge PR")
+    if style == "manually-merged":
+        return
     if issue.draft:
-        raise SimError(405, "work in progress pull requests cannot be merged")
+        raise SimError(405, "Work in progress PRs cannot be merged")
     if not pull.mergeable:
-        raise SimError(405, "the pull request cannot be merged: it conflicts with the base")
-    if head_commit_id and head_commit_id != pull.head_sha:
-        raise SimError(409, "head out of date: the pull request was updated since")
+        raise SimError(405, "PR not in mergeable state: it conflicts with the base")
+
+
+def _default_merge_message(target: SimRepo, issue: SimIssue, style: str) -> str:
+    """GetDefaultMergeMessage's title line (the API leaves out its body)."""
+    pull = issue.pull
+    assert pull is not None
+    if style == "squash":
+        return f"{issue.title} (#{issue.number})"
+    return (
+        f"Merge pull request '{issue.title}' (#{issue.number}) "
+        f"from {pull.head_ref} into {pull.base_ref}"
+    )
+
+
+def _git_identity(user: SimUser) -> tuple[str, str]:
+    return user.login, f"{user.key}@forgejo.invalid"
 
 
 def _synthetic_diff(head: str) -> str:

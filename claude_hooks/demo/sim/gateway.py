@@ -43,6 +43,17 @@ class RecordedRequest:
         return json.loads(self.response_body) if self.response_body else None
 
 
+@dataclass(frozen=True)
+class Outage:
+    """Requests `match(method, path)` selects fail until the outage ends: an error status,
+    a dropped connection (status None), after `hang` seconds (past the client's timeout:
+    a timeout)."""
+
+    match: Callable[[str, str], bool]
+    status: int | None = 500
+    hang: float = 0.0
+
+
 @dataclass
 class Faults:
     """What fault injection still has to do to the next API requests."""
@@ -50,6 +61,7 @@ class Faults:
     fail: list[tuple[int, float | None]] = field(default_factory=list)  # status, Retry-After
     drop: int = 0
     delay: float = 0.0
+    outages: list[Outage] = field(default_factory=list)
 
 
 def error_response(status: int, message: str, base_url: str) -> web.Response:
@@ -73,12 +85,21 @@ class ApiGateway:
         raw = await request.read() if request.can_read_body else b""
         if self.faults.delay:
             await asyncio.sleep(self.faults.delay)
-        if self.faults.drop:
-            self.faults.drop -= 1
+        outage = next(
+            (o for o in self.faults.outages if o.match(request.method, request.path)), None
+        )
+        if outage is not None and outage.hang:
+            await asyncio.sleep(outage.hang)
+        if self.faults.drop or (outage is not None and outage.status is None):
+            self.faults.drop = max(0, self.faults.drop - (outage is None))
             self._record(request, raw, None, injected=True)
             assert request.transport is not None
             request.transport.close()
             raise asyncio.CancelledError  # aiohttp's way to end a handler without answering
+        if outage is not None and outage.status is not None:
+            response = error_response(outage.status, "injected failure", self._base_url())
+            self._record(request, raw, response, injected=True)
+            return response
         if self.faults.fail:
             status, retry_after = self.faults.fail.pop(0)
             response = error_response(status, "injected failure", self._base_url())

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 import structlog
 from aiohttp import web
@@ -191,12 +191,158 @@ class GitStore:
             return None
         return self.git(repo, "merge-base", base, head, check=False).strip() or None
 
+    def conflicts(self, repo: str, base: str, head: str) -> bool:
+        """Whether merging head into base conflicts (Forgejo's pull checker, here with
+        `git merge-tree`); False when git lacks either commit."""
+        if not (self.has_commit(repo, base) and self.has_commit(repo, head)):
+            return False
+        done = subprocess.run(
+            ["git", "--git-dir", str(self.path(repo)), "merge-tree", "--write-tree", base, head],
+            capture_output=True, env=_clean_env(), check=False,
+        )  # fmt: skip
+        return done.returncode == 1  # 0 clean; 1 conflicts; other: an error, not a verdict
+
+    def is_ancestor(self, repo: str, ancestor: str, descendant: str) -> bool:
+        if not (self.has_commit(repo, ancestor) and self.has_commit(repo, descendant)):
+            return False
+        done = subprocess.run(
+            ["git", "--git-dir", str(self.path(repo)), "merge-base", "--is-ancestor",
+             ancestor, descendant],
+            capture_output=True, env=_clean_env(), check=False,
+        )  # fmt: skip
+        return done.returncode == 0
+
+    def merge(self, repo: str, spec: MergeSpec) -> str:
+        """Merge as `spec` says and move the base branch; its new head."""
+        return GitMerger(self.path(repo)).merge(spec)
+
+    def delete_branch(self, repo: str, branch: str) -> None:
+        self.git(repo, "update-ref", "-d", f"refs/heads/{branch}", check=False)
+
     def diff(self, repo: str, base: str, head: str) -> str | None:
         """`git diff merge-base..head`, what Forgejo's .diff shows; None without the commits."""
         merge_base = self.merge_base(repo, base, head)
         if merge_base is None:
             return None
         return self.git(repo, "diff", "--no-color", "--no-ext-diff", "-M", merge_base, head)
+
+
+MERGE_STYLES_GIT = ("merge", "rebase", "rebase-merge", "squash", "fast-forward-only")
+
+
+class MergeConflict(GitError):
+    """The merge (or one rebased commit) conflicts; `style` is what was tried."""
+
+    def __init__(self, style: str, detail: str) -> None:
+        super().__init__(f"{style}: {detail}")
+        self.style = style
+
+
+class NotFastForward(GitError):
+    """fast-forward-only asked for a head that does not contain the base."""
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """One pull-request merge as Forgejo's services/pull/merge*.go does it."""
+
+    base_ref: str  # branch name
+    base_sha: str
+    head_sha: str
+    style: str  # one of MERGE_STYLES_GIT
+    message: str  # the commit message (unused by "rebase" and "fast-forward-only")
+    committer: tuple[str, str]  # name, email: the merger
+    author: tuple[str, str]  # of the squash commit: the pull request's author
+    when: datetime
+
+
+class GitMerger:
+    """Merges in a throwaway clone with porcelain git, then pushes the result to the
+    base branch, the way Forgejo merges (a temporary repository, then a push)."""
+
+    def __init__(self, bare: Path) -> None:
+        self.bare = bare
+        self.work = Path()  # the clone, while merge() runs
+        self.env: dict[str, str] = {}
+
+    def merge(self, spec: MergeSpec) -> str:
+        """The base branch's new head; raises MergeConflict / NotFastForward."""
+        with tempfile.TemporaryDirectory(prefix="forgejo-sim-merge-") as tmp:
+            self.work = Path(tmp)
+            self.env = _clean_env() | _identity_env(spec)
+            self._git("clone", "--quiet", "--shared", "--no-checkout", str(self.bare), tmp)
+            self._git("checkout", "--quiet", "-B", "base", spec.base_sha)
+            {
+                "merge": self._merge,
+                "rebase": self._rebase,
+                "rebase-merge": self._rebase,
+                "squash": self._squash,
+                "fast-forward-only": self._fast_forward,
+            }[spec.style](spec)
+            new_head = self._git("rev-parse", "HEAD").strip()
+            # A compare-and-swap push: refused if the base moved meanwhile.
+            lease = f"--force-with-lease=refs/heads/{spec.base_ref}:{spec.base_sha}"
+            self._git("push", "--quiet", lease, "origin", f"HEAD:refs/heads/{spec.base_ref}")
+        return new_head
+
+    def _merge(self, spec: MergeSpec) -> None:
+        merged = self._git("merge", "--no-ff", "-m", spec.message, spec.head_sha, check=False)
+        if merged.returncode != 0:
+            self._git("merge", "--abort", check=False)
+            raise MergeConflict(spec.style, _output(merged))
+
+    def _rebase(self, spec: MergeSpec) -> None:
+        self._git("checkout", "--quiet", "-B", "tracking", spec.head_sha)
+        rebased = self._git("rebase", "--quiet", "base", check=False)
+        if rebased.returncode != 0:
+            self._git("rebase", "--abort", check=False)
+            raise MergeConflict(spec.style, _output(rebased))
+        self._git("checkout", "--quiet", "base")
+        if spec.style == "rebase":
+            self._git("merge", "--quiet", "--ff-only", "tracking")
+        else:
+            self._git("merge", "--quiet", "--no-ff", "-m", spec.message, "tracking")
+
+    def _squash(self, spec: MergeSpec) -> None:
+        squashed = self._git("merge", "--quiet", "--squash", spec.head_sha, check=False)
+        if squashed.returncode != 0:
+            raise MergeConflict(spec.style, _output(squashed))
+        name, email = spec.author
+        self._git("commit", "--quiet", f"--author={name} <{email}>", "-m", spec.message)
+
+    def _fast_forward(self, spec: MergeSpec) -> None:
+        done = self._git("merge", "--quiet", "--ff-only", spec.head_sha, check=False)
+        if done.returncode != 0:
+            raise NotFastForward(f"{spec.head_sha[:12]} does not contain {spec.base_sha[:12]}")
+
+    @overload
+    def _git(self, *args: str, check: Literal[True] = ...) -> str: ...
+    @overload
+    def _git(self, *args: str, check: Literal[False]) -> subprocess.CompletedProcess[str]: ...
+
+    def _git(self, *args: str, check: bool = True) -> str | subprocess.CompletedProcess[str]:
+        cwd = self.work if args[0] != "clone" else None
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, env=self.env, check=False
+        )
+        if not check:
+            return done
+        if done.returncode != 0:
+            raise GitError(f"git {' '.join(args[:2])} for a merge failed: {_output(done)}")
+        return done.stdout
+
+
+def _identity_env(spec: MergeSpec) -> dict[str, str]:
+    name, email = spec.committer
+    stamp = f"{int(spec.when.timestamp())} +0000"
+    return {
+        "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": stamp,
+        "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email, "GIT_COMMITTER_DATE": stamp,
+    }  # fmt: skip
+
+
+def _output(done: subprocess.CompletedProcess[str]) -> str:
+    return (done.stdout + done.stderr).strip()
 
 
 # --- smart HTTP -------------------------------------------------------------------------
@@ -268,7 +414,7 @@ class GitHttp:
         before = self.store.branches(repo.full_name) if service == RECEIVE_PACK else {}
         response, code = await self._backend(request, repo, login)
         if service == RECEIVE_PACK and request.method == "POST" and code == 0:
-            self._pushed(repo, before)
+            self._pushed(repo, before, login)
         return response
 
     def _authorize(self, request: web.Request, name: str, service: str) -> tuple[SimRepo, str]:
@@ -349,12 +495,12 @@ class GitHttp:
             log.warning("sim_git_request_failed", status=status, code=code, error=stderr)
         return response, code if status < 400 else 1
 
-    def _pushed(self, repo: SimRepo, before: dict[str, str]) -> None:
+    def _pushed(self, repo: SimRepo, before: dict[str, str], pusher: str) -> None:
         """Branches a push moved, created or deleted reach the simulator's state."""
         after = self.store.branches(repo.full_name)
         for branch, sha in after.items():
             if before.get(branch) != sha:
-                self.sim.set_branch(repo.full_name, branch, sha)
+                self.sim.set_branch(repo.full_name, branch, sha, pusher=pusher)
                 log.info("sim_git_pushed", repo=repo.full_name, branch=branch, sha=sha[:12])
         for branch in before.keys() - after.keys():
             repo.branches.pop(branch, None)

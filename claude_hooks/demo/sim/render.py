@@ -426,12 +426,17 @@ class Renderer:
         }
 
     def pull_payload(self, action: str, issue: SimIssue, sender: str) -> Json:
+        """PullRequestPayload: requested_reviewer, commit_id and review are always
+        there (no omitempty), null or "" when the event has none."""
         return {
             "action": action,
             "number": issue.number,
             "pull_request": self.pull(issue),
+            "requested_reviewer": None,
             "repository": self.repo(self.state.repos[issue.repo]),
             "sender": self.user(sender),
+            "commit_id": "",
+            "review": None,
         }
 
     def comment_payload(
