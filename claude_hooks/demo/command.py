@@ -216,7 +216,9 @@ async def _play(
         say(f"\n{watch.at()}  {HUMAN} on {REPO}#{number}: {MENTION!r}")
         closed = await watch.until_closed(FINISHED_WITHIN)
         if closed:
-            say(f"\nIssue #{number} was closed by the team, with one comment from {HUMAN}.")
+            said = sum(c.user == HUMAN for i in sim.state.issues.values()
+                       for c in sim.comments(REPO, i.number))  # fmt: skip
+            say(f"\nIssue #{number} was closed by the team; {HUMAN} wrote {said} comment(s).")
             _next_steps(say)
         else:
             say(f"\nThe flow did not finish within {FINISHED_WITHIN:g}s: run with --log-level info")
@@ -275,6 +277,9 @@ class Watch:
                 if review.id in self.reviews or review.state == "PENDING":
                     continue
                 self.reviews.add(review.id)
+                if review.state == "REQUEST_REVIEW":
+                    self.say(f"{self.at()}  review requested from {review.user}")
+                    continue
                 lines = self.sim.review_comments(review.id)
                 where = "".join(f"; on {c.path}:{c.new_position}" for c in lines)
                 self.say(f"{self.at()}  {review.user} reviewed: {review.state}{where}")
