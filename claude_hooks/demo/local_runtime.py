@@ -1,8 +1,9 @@
-"""The demo's runtime where no Docker engine answers: the scripted claude as a host process.
+"""The demo's runtime where no Docker engine answers: the scripted team as host processes.
 
-Only `claude-hooks demo` uses it. It maps the container's /state onto a local
-directory and runs the fake claude with the host's sh; the product always runs
-tasks in the agent's container (runner/runtime.py DockerRuntime).
+Only `claude-hooks demo` uses it. It maps each agent's /state onto a local
+directory and runs workspace.py's scripts (real git, the host's) and the scripted
+claude with the host's shell; the product always runs tasks in the agent's
+container (runner/runtime.py DockerRuntime).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from claude_hooks.config import AgentConfig
 from claude_hooks.demo.agent_image import INPUTS
 from claude_hooks.runner import workspace
-from claude_hooks.runner.claude import STATE_DIR
+from claude_hooks.runner.claude import HOME_DIR, STATE_DIR
 from claude_hooks.runner.execution import ClaudeExec, ExecResult, LineSplitter, TailBuffer
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 
@@ -24,43 +26,71 @@ FAKE_CLAUDE = INPUTS / "fake-claude.sh"
 
 
 class LocalRuntime:
+    """Each agent's /state is a directory of its own under `root`; the workspace scripts
+    (workspace.py's, unchanged) and the agent's claude_command run as host processes."""
+
     def __init__(self, root: Path) -> None:
         self._root = root
 
-    def local(self, path: str) -> str:
-        """A container path under /state, on this machine."""
-        return str(self._root / path.removeprefix(STATE_DIR).lstrip("/"))
+    def local(self, agent: str, path: str) -> str:
+        """A container path under /state, on this machine, for `agent`."""
+        return str(self._root / agent / path.removeprefix(STATE_DIR).lstrip("/"))
 
-    def _env(self, env: Sequence[str]) -> dict[str, str]:
-        mapped = {k: self.local(v) if v.startswith(STATE_DIR) else v
+    def _env(self, agent: str, env: Sequence[str]) -> dict[str, str]:
+        mapped = {k: self.local(agent, v) if v.startswith(STATE_DIR) else v
                   for k, v in (item.split("=", 1) for item in env)}  # fmt: skip
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **mapped,
                 "FAKE_CLAUDE_SAMPLES": str(INPUTS / "samples")}  # fmt: skip
 
+    def _here(self, agent: str, plan: workspace.WorkspacePlan) -> workspace.WorkspacePlan:
+        return replace(plan, path=self.local(agent, plan.path))
+
+    async def _script(self, agent: str, args: list[str], env: Sequence[str]) -> tuple[int, str]:
+        home = Path(self.local(agent, HOME_DIR))
+        await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            *args, cwd=home, env=self._env(agent, env),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await process.communicate()
+        return process.returncode or 0, out.decode(errors="replace")
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
-        if plan.checkout is not workspace.Checkout.NONE:
-            raise workspace.WorkspaceError("the demo's local runtime makes no git checkout")
-        await asyncio.to_thread(Path(self.local(plan.path)).mkdir, parents=True, exist_ok=True)
-        return ""
+        here = self._here(agent.name, plan)
+        code, output = await self._script(agent.name, workspace.prepare_args(here), env)
+        if code != 0:
+            raise workspace.WorkspaceError(f"preparing {plan.path} failed (exit {code})")
+        return output.strip().splitlines()[-1] if output.strip() else ""
 
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> workspace.Published:
-        return workspace.Published(commits=0, log=())
+        here = self._here(agent.name, plan)
+        code, output = await self._script(agent.name, workspace.publish_args(here), env)
+        if code != 0:
+            raise workspace.PushRefused(plan.branch, code, output.strip())
+        return workspace.parse_publish_output(output)
 
     async def diff_since(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
     ) -> workspace.DiffSince:
-        return workspace.DiffSince(since, missing=True)  # no checkout here, so no history
+        here = self._here(agent.name, plan)
+        args = workspace.diff_since_args(here, since)
+        code, output = await self._script(agent.name, args, env)
+        if code != 0:
+            raise workspace.WorkspaceError(f"diffing {plan.path} since {since[:10]} failed")
+        return workspace.parse_diff_since(since, output)
 
     async def run(
         self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
+        command = claude.argv[0]
+        argv = ("sh", str(FAKE_CLAUDE)) if command == "claude" else (command,)
         process = await asyncio.create_subprocess_exec(
-            "sh", str(FAKE_CLAUDE), *claude.argv[1:], cwd=self.local(claude.workdir),
-            env=self._env(claude.env), stdin=asyncio.subprocess.PIPE,
+            *argv, *claude.argv[1:], cwd=self.local(agent.name, claude.workdir),
+            env=self._env(agent.name, claude.env), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )  # fmt: skip

@@ -7,25 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_hooks.config import Config, load_config
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def toml_table(header: str, values: dict[str, Any]) -> str:
-    lines = [header] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n\n"
+from claude_hooks.demo.toml import toml_table, toml_value  # noqa: F401  (tests import them here)
 
 
 class ConfigFactory:
