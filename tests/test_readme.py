@@ -40,7 +40,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_readme_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    text = code_blocks("toml")[0]
+    text = next(block for block in code_blocks("toml") if "[forgejo]" in block)
     monkeypatch.setenv("HOME", str(tmp_path))
     for rel in re.findall(r'"~/([^"]+)"', text):
         file = tmp_path / rel
