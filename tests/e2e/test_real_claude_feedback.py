@@ -14,14 +14,17 @@ What the model saw is asserted on the request bodies the API received (the revie
 its inline comment, with path, line and diff hunk, and the rules for the answer); what
 the daemon did on the simulator: one new commit on the same branch on top of the old
 head, the pull request's head moved, review re-requested from the writer, the tracking
-comment answering the inline comment; one run of the CLI per event.
+comment answering the inline comment; one run of the CLI per event. A second round
+(one more miss found) resumes the feedback run's session on the same thread and
+builds on the first fix, the earlier comment listed as still open.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from claude_hooks.config import Config
 from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.demo.sim.git import git_available
+from claude_hooks.demo.sim.state import SimReviewComment
 from claude_hooks.tasks import TaskKind, TaskState
 from tests.e2e.claude_cli import (  # noqa: F401  (installed_claude: a fixture)
     cli_agent,
@@ -58,12 +62,6 @@ REPO = "acme/app"
 ALICE, DEV = "alice", f"dev{uuid.uuid4().hex[:8]}"
 DEV_TOKEN = f"forgejo-token-of-{DEV}-0123456789"
 REVIEW_BODY = "One issue blocks merge."
-INLINE = "y must be 2, the caller divides by it"
-FIX_MESSAGE = "Set y to 2"
-REPLY = "Set y to 2 in app.py."
-SUMMARY = "Changed y to 2 as the review asked."
-
-
 DEV_SCRIPT = [
     bash_turn(
         "printf 'x = 1\\ny = 1\\n' > app.py && git add -A && git commit -q -m 'Add app'",
@@ -73,15 +71,34 @@ DEV_SCRIPT = [
 ]
 
 
-def feedback_script(comment_id: int) -> list[Turn]:
+@dataclass(frozen=True)
+class Fix:
+    """One round: the inline comment on a line of app.py, and how the model answers it."""
+
+    line: int
+    inline: str  # the reviewer's comment
+    old: str  # the line as it is, and as the fix makes it
+    new: str
+    message: str  # the fix's commit message
+    reply: str  # the model's answer to the comment
+    summary: str  # the model's final text before its answer block
+
+
+Y_FIX = Fix(2, "y must be 2, the caller divides by it", "y = 1", "y = 2", "Set y to 2",
+            "Set y to 2 in app.py.", "Changed y to 2 as the review asked.")  # fmt: skip
+X_FIX = Fix(1, "x must start at 0", "x = 1", "x = 0", "Start x at 0",
+            "x starts at 0 now.", "Changed x to 0 too.")  # fmt: skip
+
+
+def feedback_script(fix: Fix, comment_id: int) -> list[Turn]:
     """The model's two turns: fix and commit with the Bash tool, then the answer."""
-    addressed = f'{{"addressed": [{{"comment": {comment_id}, "reply": "{REPLY}"}}]}}'
+    addressed = f'{{"addressed": [{{"comment": {comment_id}, "reply": "{fix.reply}"}}]}}'
     return [
         bash_turn(
-            f"sed -i 's/^y = 1$/y = 2/' app.py && git commit -q -am '{FIX_MESSAGE}'",
-            description="Fix y and commit",
+            f"sed -i 's/^{fix.old}$/{fix.new}/' app.py && git commit -q -am '{fix.message}'",
+            description="Fix the line and commit",
         ),
-        final_turn(f"{SUMMARY}\n\n```json\n{addressed}\n```"),
+        final_turn(f"{fix.summary}\n\n```json\n{addressed}\n```"),
     ]
 
 
@@ -140,6 +157,24 @@ def user_text(body: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def last_user_text(body: Mapping[str, Any]) -> str:
+    """What the request's last user message says: a resumed run's new prompt."""
+    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+    return user_text({"messages": users[-1:]})
+
+
+def rerequests(sim: ForgejoSim, number: int) -> list[tuple[str, str]]:
+    """(who asked, whom) of each review request on the pull request's timeline."""
+    items = sim.timeline(REPO, number)
+    return [(i.user, i.assignee) for i in items if i.type == "review_request"]
+
+
+def answer_line(sim: ForgejoSim, number: int, inline: SimReviewComment, fix: Fix) -> str:
+    """The tracking comment's line answering `inline`, linked to it."""
+    link = f"{sim.base_url}/{REPO}/pulls/{number}/files#issuecomment-{inline.id}"
+    return f"- [`app.py:{fix.line}`]({link}): {fix.reply}"
+
+
 def notification_polls(sim: ForgejoSim) -> int:
     return sum(1 for r in sim.requests if r.path.endswith("/notifications/new"))
 
@@ -151,32 +186,49 @@ def system_text(body: Mapping[str, Any]) -> str:
     return str(system or "")
 
 
-async def test_the_real_cli_addresses_an_inline_review_and_the_daemon_re_requests_it(
-    forgejo_sim: ForgejoSim, services: Services, messages_api: ScriptedMessagesApi
-) -> None:
-    sim = forgejo_sim
-    # The dev agent's pull request, as its dev flow opens one: a mention, a run, a push.
-    messages_api.turns = tuple(DEV_SCRIPT)
+async def opened_pull(sim: ForgejoSim, services: Services, api: ScriptedMessagesApi) -> int:
+    """The dev agent's pull request, as its dev flow opens one: a mention, a run, a push."""
+    api.turns = tuple(DEV_SCRIPT)
     issue = sim.create_issue(REPO, ALICE, "Add app.py", "Please add app.py.")
     sim.add_comment(REPO, issue, ALICE, "@" + DEV + " please implement this")
     opened = await finished(services, 1)
     assert opened.state is TaskState.SUCCEEDED, opened.error
     [number] = [i.number for i in sim.state.issues.values() if i.pull is not None]
-    pull = sim.issue(REPO, number).pull
-    assert pull is not None and pull.head_ref == f"{DEV}/{issue}"
-    assert f"Closes #{issue}" in sim.issue(REPO, number).body
-    branch, old_head = pull.head_ref, pull.head_sha
-    assert bare_git(sim, "show", f"{old_head}:app.py") == "x = 1\ny = 1"
+    pull = sim.issue(REPO, number)
+    assert pull.pull is not None and pull.pull.head_ref == f"{DEV}/{issue}"
+    assert f"Closes #{issue}" in pull.body
+    assert bare_git(sim, "show", f"{pull.pull.head_sha}:app.py") == "x = 1\ny = 1"
+    return number
 
-    # Alice starts a review with one inline comment on line 2 of the new file (pending:
-    # nobody is told yet), so the scripted model can answer that comment by its id, then
-    # submits it. Nobody mentions the agent.
+
+def request_changes(
+    sim: ForgejoSim, api: ScriptedMessagesApi, number: int, fix: Fix, earlier: Sequence[Turn]
+) -> tuple[int, SimReviewComment]:
+    """Alice starts a review with one inline comment (pending: nobody is told yet), so the
+    scripted model can answer that comment by its id, then submits it. Nobody mentions
+    the agent. `earlier`: the turns of the conversation so far."""
     sim.advance(1)  # see tests/test_dev_flow.py: same-second events are missed
-    comment = {"path": "app.py", "body": INLINE, "new_position": 2}
+    comment = {"path": "app.py", "body": fix.inline, "new_position": fix.line}
     review_id = sim.submit_review(REPO, number, ALICE, "PENDING", comments=[comment])
     [inline] = sim.review_comments(review_id)
-    messages_api.turns = tuple(feedback_script(inline.id))
+    api.turns = (*earlier, *feedback_script(fix, inline.id))
     assert sim.submit_review(REPO, number, ALICE, "REQUEST_CHANGES", REVIEW_BODY) == review_id
+    return review_id, inline
+
+
+def branch_head(sim: ForgejoSim, number: int) -> tuple[str, str]:
+    pull = sim.issue(REPO, number).pull
+    assert pull is not None
+    return pull.head_ref, bare_git(sim, "rev-parse", f"refs/heads/{pull.head_ref}")
+
+
+async def test_the_real_cli_addresses_an_inline_review_and_the_daemon_re_requests_it(
+    forgejo_sim: ForgejoSim, services: Services, messages_api: ScriptedMessagesApi
+) -> None:
+    sim = forgejo_sim
+    number = await opened_pull(sim, services, messages_api)
+    branch, old_head = branch_head(sim, number)
+    review_id, inline = request_changes(sim, messages_api, number, Y_FIX, earlier=())
 
     task = await finished(services, 2)
     events = await services.store.events(task.id)
@@ -195,29 +247,27 @@ async def test_the_real_cli_addresses_an_inline_review_and_the_daemon_re_request
     # What the CLI sent the model: the review, its inline comment with path, line and the
     # diff around it; and the dev's rules for answering each comment by its number.
     prompt = user_text(feedback_requests[0])
-    assert REVIEW_BODY in prompt and INLINE in prompt, prompt
+    assert REVIEW_BODY in prompt and Y_FIX.inline in prompt, prompt
     assert f"### Comment {inline.id} by @{ALICE}, line 2" in prompt, prompt
     assert "File: app.py" in prompt and "+y = 1" in prompt, prompt
     assert '{"addressed": [{"comment": 123' in system_text(feedback_requests[0])
 
     # The fix is a new commit on the pull request's own branch, on top of the old head.
-    new_head = bare_git(sim, "rev-parse", f"refs/heads/{branch}")
+    _, new_head = branch_head(sim, number)
     assert new_head != old_head and bare_git(sim, "rev-parse", f"{new_head}~1") == old_head
-    assert bare_git(sim, "log", "-1", "--format=%s|%an", new_head) == f"{FIX_MESSAGE}|{DEV}"
+    assert bare_git(sim, "log", "-1", "--format=%s|%an", new_head) == f"{Y_FIX.message}|{DEV}"
     assert bare_git(sim, "show", f"{new_head}:app.py") == "x = 1\ny = 2"
     pull = sim.issue(REPO, number).pull
     assert pull is not None and (pull.head_ref, pull.head_sha) == (branch, new_head)
 
     # Review asked of Alice again, by the agent, on the thread's timeline.
-    requests = [i for i in sim.timeline(REPO, number) if i.type == "review_request"]
-    assert [(i.user, i.assignee) for i in requests] == [(DEV, ALICE)]
+    assert rerequests(sim, number) == [(DEV, ALICE)]
     assert ALICE in sim.state.requested_reviewers(sim.issue(REPO, number))
 
     # The tracking comment answers the inline comment; the answer block itself is read.
-    link = f"{sim.base_url}/{REPO}/pulls/{number}/files#issuecomment-{inline.id}"
     body = await tracking_comment_with(
-        sim, number, task, SUMMARY, f"Pushed 1 commit to `{branch}`",
-        f"- [`app.py:2`]({link}): {REPLY}", f"Review re-requested from `{ALICE}`.",
+        sim, number, task, Y_FIX.summary, f"Pushed 1 commit to `{branch}`",
+        answer_line(sim, number, inline, Y_FIX), f"Review re-requested from `{ALICE}`.",
     )  # fmt: skip
     assert '"addressed"' not in body
     # The only comment on the pull request is the agent's tracking comment; and once the
@@ -227,3 +277,40 @@ async def test_the_real_cli_addresses_an_inline_review_and_the_daemon_re_request
     polled = notification_polls(sim)
     await wait_until(lambda: notification_polls(sim) >= polled + 2, what="two more polls")
     assert len(await services.store.list_tasks(limit=10)) == 2
+
+
+async def test_a_second_round_resumes_the_session_and_builds_on_the_first_fix(
+    forgejo_sim: ForgejoSim, services: Services, messages_api: ScriptedMessagesApi
+) -> None:
+    sim = forgejo_sim
+    number = await opened_pull(sim, services, messages_api)
+    _, first_inline = request_changes(sim, messages_api, number, Y_FIX, earlier=())
+    first = await finished(services, 2)
+    assert first.state is TaskState.SUCCEEDED, first.error
+    branch, first_fix = branch_head(sim, number)
+
+    # Alice finds one more miss: the same thread, so the CLI resumes its session.
+    round_one = feedback_script(Y_FIX, first_inline.id)
+    _, inline = request_changes(sim, messages_api, number, X_FIX, earlier=round_one)
+    task = await finished(services, 3)
+    events = await services.store.events(task.id)
+    assert task.state is TaskState.SUCCEEDED, (task.error, [e.summary for e in events])
+    assert task.session_id == first.session_id
+    assert [turn_index(r) for r in messages_api.requests] == [0, 1, 0, 1, 2, 3]
+    # The resumed conversation's new prompt: the new comment, the earlier one still open.
+    prompt = last_user_text(messages_api.requests[4])
+    assert f"### Comment {inline.id} by @{ALICE}, line 1" in prompt and X_FIX.inline in prompt
+    assert "Earlier review comments still unresolved" in prompt, prompt
+    assert f"### Comment {first_inline.id} by @{ALICE}, line 2" in prompt, prompt
+
+    # On top of the first fix, on the same branch; asked again; the answer on the thread.
+    _, head = branch_head(sim, number)
+    assert bare_git(sim, "rev-parse", f"{head}~1") == first_fix
+    assert bare_git(sim, "show", f"{head}:app.py") == "x = 0\ny = 2"
+    pull = sim.issue(REPO, number).pull
+    assert pull is not None and pull.head_sha == head
+    assert rerequests(sim, number) == [(DEV, ALICE), (DEV, ALICE)]
+    await tracking_comment_with(
+        sim, number, task, X_FIX.summary, f"Pushed 1 commit to `{branch}`",
+        answer_line(sim, number, inline, X_FIX), f"Review re-requested from `{ALICE}`.",
+    )  # fmt: skip
