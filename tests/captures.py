@@ -39,7 +39,25 @@ def capture(kind: str, name: str) -> Path:
     return path
 
 
+def locate(kind: str, name: str) -> Path | str:
+    """`$CLAUDE_HOOKS_CAPTURES/<kind>/<name>`, or why it is unavailable; nothing raised.
+
+    For callers that decide themselves what a missing file means (tests/contract.py).
+    """
+    root = os.environ.get(CAPTURES_ENV, "")
+    if not root:
+        return f"{CAPTURES_ENV} is not set"
+    path = Path(root) / kind / name
+    if not path.is_file():
+        return f"{CAPTURES_ENV}={root}: no file {path}"
+    return path
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
 def _missing(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() == "true":
+    if under_ci():
         pytest.fail(f"required under CI=true: {reason}")
     pytest.skip(reason)

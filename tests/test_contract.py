@@ -1,13 +1,17 @@
 """The contract check can fail: wrong requests and wrong answers are reported.
 
 These tests use their own simulator (not the checked `forgejo_sim` fixture),
-because they make bad requests on purpose.
+because they make bad requests on purpose. They need Forgejo's OpenAPI document,
+which is not redistributed here (tests/data/SPEC-SOURCE.md): without
+`$CLAUDE_HOOKS_CAPTURES/forgejo/openapi.v3.json` they skip, or fail under CI=true. The
+tests of what happens without it run always.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +20,7 @@ from multidict import MultiDict, MultiDictProxy
 
 from claude_hooks.demo.sim.forgejo import ForgejoSim, RecordedRequest
 from claude_hooks.forgejo.client import ForgejoClient
+from tests.captures import CAPTURES_ENV
 from tests.contract import ForgejoContract, forgejo_contract
 
 pytest_plugins = ["pytester"]
@@ -168,8 +173,61 @@ def test_injected_failures_are_not_held_against_the_simulator(contract: ForgejoC
 
 
 def test_the_fixture_fails_a_test_whose_requests_break_the_contract(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, contract: ForgejoContract
 ) -> None:
+    result = run_inner_tests(pytester)
+    result.assert_outcomes(passed=3, errors=1)  # test_bad passes, then fails at teardown
+    result.stdout.fnmatch_lines(["*1 Forgejo API contract violation*", "*'sudo_as'*"])
+
+
+def test_without_the_spec_the_simulator_tests_run_unchecked_with_one_warning(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(CAPTURES_ENV, raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    result = run_inner_tests(pytester)
+    result.assert_outcomes(passed=3, warnings=1)  # the bad request too: nothing checks it
+    result.stdout.fnmatch_lines(
+        [f"*ContractNotChecked: simulator requests are not contract-checked*{CAPTURES_ENV}*"]
+    )
+
+
+@pytest.mark.parametrize("captures", ["unset", "without the spec"])
+def test_without_the_spec_the_simulator_tests_fail_under_ci(
+    captures: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if captures == "unset":
+        monkeypatch.delenv(CAPTURES_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CAPTURES_ENV, str(tmp_path))
+    monkeypatch.setenv("CI", "true")
+    result = run_inner_tests(pytester)
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(
+        [f"*required under CI=true: Forgejo's OpenAPI document is unavailable: {CAPTURES_ENV}*"]
+    )
+
+
+def test_the_checkers_own_tests_skip_without_the_spec_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(CAPTURES_ENV, raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=f"{CAPTURES_ENV} is not set"):
+        forgejo_contract()
+
+
+def test_the_checkers_own_tests_fail_under_ci_without_the_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(CAPTURES_ENV, raising=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=f"CI=true: .*{CAPTURES_ENV} is not set"):
+        forgejo_contract()
+
+
+def run_inner_tests(pytester: pytest.Pytester) -> pytest.RunResult:
+    """Three simulator tests in their own session: two good requests, one the spec forbids."""
     pytester.makeini(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
     )
@@ -189,10 +247,11 @@ def test_the_fixture_fails_a_test_whose_requests_break_the_contract(
         async def test_good(forgejo_sim):
             await call(forgejo_sim, "")
 
+        async def test_also_good(forgejo_sim):
+            await call(forgejo_sim, "")
+
         async def test_bad(forgejo_sim):
             await call(forgejo_sim, "?sudo_as=me")
         """
     )
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*1 Forgejo API contract violation*", "*'sudo_as'*"])
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider")

@@ -1,7 +1,8 @@
 """ForgejoClient against the Forgejo simulator: every method, retries, errors, pagination.
 
 Every request made here is checked against Forgejo's OpenAPI description when
-the test ends (the forgejo_sim fixture, tests/fakes/forgejo.py).
+the test ends (the forgejo_sim fixture, tests/fakes/forgejo.py), if
+$CLAUDE_HOOKS_CAPTURES holds it.
 """
 
 from __future__ import annotations

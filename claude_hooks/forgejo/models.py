@@ -1,4 +1,5 @@
-"""Typed views of the Forgejo JSON we use (swagger.v1.json definitions).
+"""Typed views of the Forgejo JSON we use, as Forgejo's OpenAPI document defines it
+(swagger.v1.json of Forgejo 17.0.0-dev, see tests/data/SPEC-SOURCE.md).
 
 `from_json` takes what Forgejo sent and keeps only what the daemon reads; a
 missing optional field gets a neutral default, a missing required one raises

@@ -4,10 +4,14 @@ Registered from tests/conftest.py (`pytest_plugins = ["tests.fakes.forgejo"]`).
 Every test that uses the `forgejo_sim` fixture has each API request it caused,
 and each answer the simulator gave, checked against Forgejo's OpenAPI
 description when the test ends (tests/contract.py); a violation fails the test.
+That description is not redistributed here (tests/data/SPEC-SOURCE.md): without
+`$CLAUDE_HOOKS_CAPTURES/forgejo/openapi.v3.json` the tests still run, unchecked, with one
+ContractNotChecked warning per session saying why; under CI=true they fail instead.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,9 +19,11 @@ import pytest
 
 from claude_hooks.demo.sim.forgejo import ForgejoSim, RecordedRequest
 from claude_hooks.demo.sim.state import SimClock, SimError
-from tests.contract import ForgejoContract, forgejo_contract
+from tests.captures import under_ci
+from tests.contract import ForgejoContract, load_contract
 
 __all__ = [
+    "ContractNotChecked",
     "ForgejoSim",
     "RecordedRequest",
     "SimClock",
@@ -63,14 +69,32 @@ def assert_contract(sim: ForgejoSim, contract: ForgejoContract) -> None:
         pytest.fail(f"{len(violations)} Forgejo API contract violation(s):\n  {listed}")
 
 
+class ContractNotChecked(UserWarning):
+    """The simulator tests ran without the Forgejo API contract check."""
+
+
 @pytest.fixture(scope="session")
-def forgejo_contract_checker() -> ForgejoContract:
-    """Forgejo's OpenAPI description, loaded once per session."""
-    return forgejo_contract()
+def forgejo_contract_checker() -> ForgejoContract | None:
+    """Forgejo's OpenAPI description, loaded once per session; None if it is unavailable.
+
+    Unavailable is a failure under CI=true (the contract check is part of what CI
+    proves) and one warning per session elsewhere: the simulator tests are worth running
+    without it.
+    """
+    found = load_contract()
+    if isinstance(found, ForgejoContract):
+        return found
+    if under_ci():
+        pytest.fail(f"required under CI=true: {found}")
+    reason = f"simulator requests are not contract-checked: {found}"
+    warnings.warn(ContractNotChecked(reason), stacklevel=1)  # points here: the fixture decides
+    return None
 
 
 @pytest.fixture
-async def forgejo_sim(forgejo_contract_checker: ForgejoContract) -> AsyncIterator[ForgejoSim]:
+async def forgejo_sim(
+    forgejo_contract_checker: ForgejoContract | None,
+) -> AsyncIterator[ForgejoSim]:
     """A started simulator; every request made to it is contract-checked at teardown."""
     sim = ForgejoSim()
     await sim.start()
@@ -78,4 +102,5 @@ async def forgejo_sim(forgejo_contract_checker: ForgejoContract) -> AsyncIterato
         yield sim
     finally:
         await sim.stop()
-    assert_contract(sim, forgejo_contract_checker)
+    if forgejo_contract_checker is not None:
+        assert_contract(sim, forgejo_contract_checker)

@@ -1,6 +1,7 @@
 """The JSON Forgejo sends for each record (services/convert/*.go, modules/structs/*.go).
 
-Field names and types follow swagger.v1.json. Where Forgejo serialises a nil Go
+Field names and types follow Forgejo's OpenAPI document (swagger.v1.json of Forgejo
+17.0.0-dev, see tests/data/SPEC-SOURCE.md). Where Forgejo serialises a nil Go
 pointer it sends null (milestone, closed_at, merged_by…), and so do we.
 """
 
