@@ -57,6 +57,12 @@ def under_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+def required() -> bool:
+    """Whether a missing capture fails: under CI=true with CLAUDE_HOOKS_CAPTURES set (a
+    clean clone's CI without the captures skips what needs them, as anywhere else)."""
+    return under_ci() and bool(os.environ.get(CAPTURES_ENV))
+
+
 def _missing(reason: str) -> NoReturn:
     if under_ci():
         pytest.fail(f"required under CI=true: {reason}")

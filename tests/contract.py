@@ -38,7 +38,7 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from claude_hooks.demo.sim.gateway import API_PREFIX, RecordedRequest
-from tests.captures import locate, under_ci
+from tests.captures import locate, required
 
 SPEC_KIND, SPEC_NAME = "forgejo", "openapi.v3.json"  # $CLAUDE_HOOKS_CAPTURES/forgejo/…
 HOST = "http://forgejo.invalid"
@@ -275,10 +275,10 @@ def _contract_from(spec_file: Path) -> ForgejoContract:
 
 def forgejo_contract() -> ForgejoContract:
     """The contract for a test that cannot do without it: skips without the spec, but
-    fails under CI=true, where the contract check is part of what CI proves."""
+    fails under CI=true when CLAUDE_HOOKS_CAPTURES is set (see tests/captures.py)."""
     found = load_contract()
     if isinstance(found, str):
-        if under_ci():
+        if required():
             pytest.fail(f"required under CI=true: {found}")
         pytest.skip(found)
     return found

@@ -192,20 +192,25 @@ def test_without_the_spec_the_simulator_tests_run_unchecked_with_one_warning(
     )
 
 
-@pytest.mark.parametrize("captures", ["unset", "without the spec"])
-def test_without_the_spec_the_simulator_tests_fail_under_ci(
-    captures: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_a_captures_directory_without_the_spec_fails_the_simulator_tests_under_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    if captures == "unset":
-        monkeypatch.delenv(CAPTURES_ENV, raising=False)
-    else:
-        monkeypatch.setenv(CAPTURES_ENV, str(tmp_path))
+    monkeypatch.setenv(CAPTURES_ENV, str(tmp_path))
     monkeypatch.setenv("CI", "true")
     result = run_inner_tests(pytester)
     result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines(
         [f"*required under CI=true: Forgejo's OpenAPI document is unavailable: {CAPTURES_ENV}*"]
     )
+
+
+def test_a_clean_clones_ci_without_captures_runs_the_simulator_tests_unchecked(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(CAPTURES_ENV, raising=False)
+    monkeypatch.setenv("CI", "true")
+    result = run_inner_tests(pytester)
+    result.assert_outcomes(passed=3, warnings=1)
 
 
 def test_the_checkers_own_tests_skip_without_the_spec_naming_the_variable(
@@ -217,12 +222,12 @@ def test_the_checkers_own_tests_skip_without_the_spec_naming_the_variable(
         forgejo_contract()
 
 
-def test_the_checkers_own_tests_fail_under_ci_without_the_spec(
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_checkers_own_tests_fail_under_ci_when_the_captures_lack_the_spec(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv(CAPTURES_ENV, raising=False)
+    monkeypatch.setenv(CAPTURES_ENV, str(tmp_path))
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match=f"CI=true: .*{CAPTURES_ENV} is not set"):
+    with pytest.raises(pytest.fail.Exception, match=f"CI=true: .*{CAPTURES_ENV}="):
         forgejo_contract()
 
 

@@ -6,7 +6,8 @@ and each answer the simulator gave, checked against Forgejo's OpenAPI
 description when the test ends (tests/contract.py); a violation fails the test.
 That description is not redistributed here (tests/data/SPEC-SOURCE.md): without
 `$CLAUDE_HOOKS_CAPTURES/forgejo/openapi.v3.json` the tests still run, unchecked, with one
-ContractNotChecked warning per session saying why; under CI=true they fail instead.
+ContractNotChecked warning per session saying why; under CI=true with
+CLAUDE_HOOKS_CAPTURES set (but the spec missing there) they fail instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from claude_hooks.demo.sim.forgejo import ForgejoSim, RecordedRequest
 from claude_hooks.demo.sim.state import SimClock, SimError
-from tests.captures import under_ci
+from tests.captures import required
 from tests.contract import ForgejoContract, load_contract
 
 __all__ = [
@@ -77,14 +78,14 @@ class ContractNotChecked(UserWarning):
 def forgejo_contract_checker() -> ForgejoContract | None:
     """Forgejo's OpenAPI description, loaded once per session; None if it is unavailable.
 
-    Unavailable is a failure under CI=true (the contract check is part of what CI
-    proves) and one warning per session elsewhere: the simulator tests are worth running
-    without it.
+    Unavailable is a failure under CI=true with CLAUDE_HOOKS_CAPTURES set (the check is
+    then part of what CI proves) and one warning per session otherwise: the simulator
+    tests are worth running without it.
     """
     found = load_contract()
     if isinstance(found, ForgejoContract):
         return found
-    if under_ci():
+    if required():
         pytest.fail(f"required under CI=true: {found}")
     reason = f"simulator requests are not contract-checked: {found}"
     warnings.warn(ContractNotChecked(reason), stacklevel=1)  # points here: the fixture decides
