@@ -509,6 +509,20 @@ class Database:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM agent_pauses WHERE agent = ?", (agent,)).rowcount > 0
 
+    def release_held(self, agent: str, until: float) -> list[Task]:
+        """The agent's queued tasks deferred to no later than `until` (held by a pause
+        lifted early), ready now."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM tasks WHERE agent = ? AND state = 'queued'"
+                " AND not_before IS NOT NULL AND not_before <= ?",
+                (agent, until),
+            ).fetchall()
+            ids = [row["id"] for row in rows]
+            for task_id in ids:
+                conn.execute("UPDATE tasks SET not_before = NULL WHERE id = ?", (task_id,))
+        return [task for task in map(self.get, ids) if task is not None]
+
     def pauses(self) -> list[AgentPause]:
         rows = self.conn.execute("SELECT agent, until, reason, cause FROM agent_pauses")
         return [AgentPause(r["agent"], r["until"], r["reason"], r["cause"]) for r in rows]
