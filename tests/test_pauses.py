@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.report.render import Phase, render_tracking
+from claude_hooks.runner.stream import RateLimit
 from claude_hooks.store import Spend, Store
 from claude_hooks.tasks import AgentPause, Outcome, Task, TaskState, UsageLimit
 from claude_hooks.work.outages import OutagePolicy
 from claude_hooks.work.pauses import budget_pause, run_deferral
 from claude_hooks.work.scheduler import Precheck
-from claude_hooks.work.worker import TaskWorker
+from claude_hooks.work.worker import TaskWorker, checklist_line
 from tests.fakes.configs import ConfigFactory
 from tests.test_store import make_spec
 
@@ -149,3 +150,15 @@ async def test_the_precheck_pauses_an_agent_over_its_daily_budget(
         assert check.deferral.retry_at == pytest.approx(time.time() + DAY, abs=60)
     finally:
         await store.close()
+
+
+def test_a_usage_warning_is_listed_on_the_tracking_comment_and_nothing_else_is_done() -> None:
+    def rate_limit(status: str) -> RateLimit:
+        return RateLimit(status, FIVE_AM, "five_hour", raw="{}")
+
+    warning = checklist_line(rate_limit("allowed_warning"))
+    assert (
+        warning == "Claude usage is close to its limit (five_hour), resets at 2023-11-14 05:00 UTC"
+    )
+    assert checklist_line(rate_limit("allowed")) is None  # routine: the event log only
+    assert checklist_line(rate_limit("rejected")) is None  # the outcome says it

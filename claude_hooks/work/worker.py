@@ -41,7 +41,7 @@ from claude_hooks.runner.claude import (
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.limits import zone_named
 from claude_hooks.runner.runtime import AgentRuntime
-from claude_hooks.runner.stream import StreamEvent, outcome_of
+from claude_hooks.runner.stream import RateLimit, StreamEvent, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
 from claude_hooks.work.delivery import Delivery
@@ -275,9 +275,11 @@ class TaskWorker:
 
         def on_event(event: StreamEvent) -> None:
             sink.add(event.kind, event.summary, event.raw)
-            run.log.info("claude_event", type=event.kind, text=event.summary)
-            if event.kind in ("tool_use", "api_retry", "permission_denied"):
-                run.step(event.summary)
+            warns = isinstance(event, RateLimit) and event.is_warning
+            emit = run.log.warning if warns else run.log.info
+            emit("claude_event", type=event.kind, text=event.summary)
+            if (line := checklist_line(event)) is not None:
+                run.step(line)
 
         agent = run.agent
         rules = system_prompt(agent.role, run.task.spec.kind)
@@ -410,6 +412,16 @@ class TaskWorker:
         head_sha = _head_sha(run.task, facts)
         merged = await self._delivery.merge(run.task, run.agent.merge_style, head_sha)
         return replace(outcome, result=with_merge_note(outcome.result, merged.detail))
+
+
+def checklist_line(event: StreamEvent) -> str | None:
+    """What of a run's stream the tracking comment lists: tool calls, the API's retries,
+    refusals, and a usage limit coming close (only news: the run goes on)."""
+    if event.kind in ("tool_use", "api_retry", "permission_denied"):
+        return event.summary
+    if isinstance(event, RateLimit) and event.is_warning:
+        return event.summary
+    return None
 
 
 def _head_sha(task: Task, facts: ThreadFacts) -> str:
