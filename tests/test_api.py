@@ -300,6 +300,7 @@ PROTECTED = [
     ("POST", "/tasks/1/cancel"),
     ("GET", "/events"),
     ("GET", "/agents"),
+    ("POST", "/agents/dev/resume"),
     ("GET", "/openapi.json"),
     ("GET", "/no/such/path"),
 ]
@@ -571,9 +572,40 @@ async def test_agents_lists_configured_agents_with_their_load(api: ApiHarness) -
     await api.runs.started[first["task_id"]].wait()
     agents = await api.get("/agents")
     assert agents == [
-        {"name": "dev", "role": "dev", "max_concurrency": 1, "running": 1, "queued": 1},
-        {"name": "reviewer", "role": "reviewer", "max_concurrency": 1, "running": 0, "queued": 0},
+        {
+            "name": "dev",
+            "role": "dev",
+            "max_concurrency": 1,
+            "running": 1,
+            "queued": 1,
+            "paused": None,
+        },
+        {
+            "name": "reviewer",
+            "role": "reviewer",
+            "max_concurrency": 1,
+            "running": 0,
+            "queued": 0,
+            "paused": None,
+        },
     ]
+
+
+async def test_agents_shows_a_pause_and_resume_lifts_it(api: ApiHarness) -> None:
+    until = time.time() + 3600
+    reason = "paused until 05:00 UTC (Claude usage limit)"
+    await api.scheduler.pause("reviewer", until, reason, "usage_limit")
+    [dev, reviewer] = await api.get("/agents")
+    assert dev["paused"] is None
+    assert reviewer["paused"] == {"until": until, "reason": reason, "cause": "usage_limit"}
+    answer = await api.client.post("/agents/Reviewer/resume", headers=api.auth())
+    assert answer.status == 200
+    assert await answer.json() == {"name": "reviewer", "resumed": True}
+    assert [agent["paused"] for agent in await api.get("/agents")] == [None, None]
+    again = await api.client.post("/agents/reviewer/resume", headers=api.auth())
+    assert await again.json() == {"name": "reviewer", "resumed": False}  # not paused now
+    unknown = await api.client.post("/agents/nobody/resume", headers=api.auth())
+    assert unknown.status == 404 and (await unknown.json())["error"] == "no agent 'nobody'"
 
 
 # --- event logs -------------------------------------------------------------------------------
@@ -899,6 +931,8 @@ async def test_real_answers_match_the_openapi_document(api: ApiHarness) -> None:
         ("GET", f"/tasks/{first['task_id']}/events?after=1", {}, None),
         ("GET", "/tasks/99", {}, None),
         ("GET", "/agents", {}, None),
+        ("POST", "/agents/dev/resume", {}, None),
+        ("POST", "/agents/nobody/resume", {}, None),
         ("GET", "/readyz", {}, None),
         ("GET", "/healthz", {}, None),
         ("POST", "/tasks/2/cancel", {}, None),

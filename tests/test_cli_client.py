@@ -13,6 +13,7 @@ import io
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,3 +361,24 @@ def test_on_a_terminal_progress_redraws_one_line() -> None:
     assert drawn.count("\r\x1b[K") == 3  # two steps drawn, then the line cleared
     assert "task 5 running 0:00 · tool_use: Bash: ls" in drawn
     assert "quiet" not in drawn
+
+
+async def test_tasks_names_a_paused_agent_above_the_table_and_resume_lifts_it(
+    api: ApiHarness, config: Path
+) -> None:
+    await api.submit()
+    reason = "paused until 05:00 UTC (Claude usage limit)"
+    await api.scheduler.pause("reviewer", time.time() + 3600, reason, "usage_limit")
+    listing = await cli(config, "tasks")
+    assert listing.code == 0
+    first, second = listing.out.splitlines()[:2]
+    assert first == f"reviewer: {reason} (`claude-hooks resume reviewer` lifts it now)"
+    assert second.split()[0] == "ID"  # then the table, as before
+    resumed = await cli(config, "resume", "reviewer")
+    assert (resumed.code, resumed.out) == (0, "agent reviewer resumed\n")
+    assert api.scheduler.paused() == {}
+    assert not (await cli(config, "tasks")).out.startswith("reviewer:")
+    again = await cli(config, "resume", "reviewer")
+    assert again.code == 1 and again.err == "agent reviewer is not paused: nothing to resume\n"
+    unknown = await cli(config, "resume", "nobody")
+    assert unknown.code == 1 and "HTTP 404: no agent 'nobody'" in unknown.err

@@ -802,3 +802,24 @@ async def test_a_store_locked_past_its_busy_timeout_defers_the_start_and_the_rec
     scheduler.wake()
     runner.release(task.id)
     await until_state(store, task.id, TaskState.SUCCEEDED)
+
+
+async def test_resume_lifts_a_usage_limit_pause_early_and_the_held_task_runs_at_once(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    clock = FakeClock()
+    scheduler = await make_scheduler(clock=clock)
+    limited, _ = await scheduler.submit(make_spec(1, agent="dev"))
+    resets = clock.now + 900
+    pause = AgentPause("dev", resets, "paused", "usage_limit", "five_hour")
+    runner.outcomes[limited.id] = Outcome(
+        TaskState.QUEUED, reason="paused", retry_at=resets, uses_attempt=False, pause=pause
+    )
+    runner.release(limited.id)
+    await wait_until(lambda: not scheduler.running_ids() and "dev" in scheduler.paused())
+    runner.outcomes.pop(limited.id)
+    runner.gates[limited.id] = asyncio.Event()
+    runner.release(limited.id)
+    assert await scheduler.resume("dev", by="alice")  # long before the reset
+    done = await until_state(store, limited.id, TaskState.SUCCEEDED)
+    assert runner.started_ids == [limited.id, limited.id] and done.not_before is None

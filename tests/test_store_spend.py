@@ -51,3 +51,30 @@ async def test_spend_sums_the_agent_s_costs_of_the_last_24_hours(tmp_path: Path)
         assert (await store.spend("nobody")) == Spend(24 * HOUR, ())
     finally:
         await store.close()
+
+
+async def test_a_run_cut_short_by_a_usage_limit_still_counts_and_so_does_a_retried_task(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    store = await Store.open(tmp_path / "s.sqlite3", clock=clock)
+    try:
+        task, _ = await store.enqueue(make_spec(1, agent="dev"))
+        await store.mark_running(task.id)
+        limited = Outcome(
+            TaskState.QUEUED, retry_at=clock.now + HOUR, uses_attempt=False, cost_usd=2.0
+        )
+        await store.defer(task.id, limited)
+        clock.now += 10
+        assert (await store.spend("dev")).total_usd == pytest.approx(2.0)  # while it waits
+        clock.now += HOUR
+        await store.mark_running(task.id)
+        done = await store.finish(task.id, Outcome(TaskState.SUCCEEDED, cost_usd=1.0))
+        assert done.cost_usd == pytest.approx(3.0)  # the task's two runs
+        assert (await store.spend("dev")).total_usd == pytest.approx(3.0)
+        await store.requeue(task.id, "retry requested by alice")  # a fresh chance, same money
+        assert (await store.spend("dev")).total_usd == pytest.approx(3.0)
+        spend = await store.spend("dev")
+        assert spend.oldest_ages_out_at == 1_000_000.0 + 24 * HOUR  # the cut-short run's time
+    finally:
+        await store.close()

@@ -46,7 +46,15 @@ from claude_hooks.forgejo.models import ForgejoDataError
 from claude_hooks.forgejo.webhook import delivery_id, event_name, verify_signature
 from claude_hooks.metrics import Metrics, QueueSnapshot
 from claude_hooks.store import Store, StoreError
-from claude_hooks.tasks import Task, TaskEvent, TaskKind, TaskSpec, TaskState, TriggerSource
+from claude_hooks.tasks import (
+    AgentPause,
+    Task,
+    TaskEvent,
+    TaskKind,
+    TaskSpec,
+    TaskState,
+    TriggerSource,
+)
 from claude_hooks.work.scheduler import Scheduler, SchedulerError
 
 log = structlog.get_logger(__name__)
@@ -502,12 +510,20 @@ def agent_pattern(names: Sequence[str]) -> str:
     return f"^{SPACE_CLASS}*(?:{choices}){SPACE_CLASS}*$"
 
 
+def pause_json(pause: AgentPause | None) -> dict[str, Any] | None:
+    if pause is None:
+        return None
+    return {"until": pause.until, "reason": pause.reason, "cause": pause.cause}
+
+
 def served_document(document: dict[str, Any], agents: Sequence[str]) -> dict[str, Any]:
     """web/openapi.json with what only the config knows: the agents a task may be for."""
     served: dict[str, Any] = json.loads(json.dumps(document))  # the file's copy stays as read
     agent = served["components"]["schemas"]["Submission"]["properties"]["agent"]
     agent["pattern"] = agent_pattern(agents)
     agent["description"] = f"A configured agent: {', '.join(agents)} (any case)"
+    [name] = served["paths"]["/agents/{name}/resume"]["post"]["parameters"]
+    name["schema"]["pattern"] = agent_pattern(agents)
     return served
 
 
@@ -533,6 +549,7 @@ def build_app(deps: ApiDeps, *, tuning: ApiTuning | None = None) -> web.Applicat
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/openapi.json", api.openapi)
     app.router.add_get("/agents", api.agents)
+    app.router.add_post("/agents/{name}/resume", api.resume_agent)
     app.router.add_post("/tasks", api.submit_task)
     app.router.add_post("/task", api.submit_task)  # the older spelling, kept for scripts
     app.router.add_get("/tasks", api.list_tasks)
@@ -758,6 +775,7 @@ class Api:
     async def agents(self, request: web.Request) -> web.Response:
         counts = await self.deps.store.counts()
         running = self.deps.scheduler.running_by_agent()
+        paused = self.deps.scheduler.paused()
         return web.json_response(
             [
                 {
@@ -766,10 +784,21 @@ class Api:
                     "max_concurrency": agent.max_concurrency,
                     "running": running.get(agent.name, 0),
                     "queued": counts.get((agent.name, TaskState.QUEUED), 0),
+                    "paused": pause_json(paused.get(agent.name)),
                 }
                 for agent in self.deps.config.agents
             ]
         )
+
+    async def resume_agent(self, request: web.Request) -> web.Response:
+        """Lift an agent's pause (a usage limit, a daily budget) before it ends."""
+        canonical = {name.lower(): name for name in self.deps.config.agent_names}
+        name = canonical.get(request.match_info["name"].strip().lower())
+        if name is None:
+            raise ApiError(404, f"no agent {request.match_info['name']!r:.80}", field="name")
+        resumed = await self.deps.scheduler.resume(name, by="api")
+        log.info("api_agent_resume", agent=name, resumed=resumed)
+        return web.json_response({"name": name, "resumed": resumed})
 
     async def submit_task(self, request: web.Request) -> web.Response:
         if not self.deps.accepting():

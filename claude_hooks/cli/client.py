@@ -1,4 +1,4 @@
-"""`claude-hooks submit | tasks | show | logs | cancel`: the HTTP API from a terminal.
+"""`claude-hooks submit | tasks | show | logs | cancel | resume`: the HTTP API from a terminal.
 
 The client reads the API address (api.listen) and the bearer token (api.token_file)
 from the same config file as the daemon. Formatting is plain functions over the
@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import aiohttp
 
@@ -176,6 +177,16 @@ def format_table(tasks: Sequence[Mapping[str, Any]], now: float, width: int = 12
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, clip(row[-1], request_width)]).rstrip())
     return "\n".join(lines)
+
+
+def format_pauses(agents: Sequence[Mapping[str, Any]]) -> str:
+    """A line per paused agent (its queue waits), shown above the `tasks` table."""
+    return "".join(
+        f"{agent['name']}: {agent['paused']['reason']} (`claude-hooks resume {agent['name']}`"
+        " lifts it now)\n"
+        for agent in agents
+        if agent.get("paused")
+    )
 
 
 def format_task(task: Mapping[str, Any], now: float) -> str:
@@ -484,6 +495,8 @@ async def list_tasks(client: ApiClient, args: argparse.Namespace) -> int:
     if args.agent:
         params["agent"] = args.agent
     _, page = await client.call("GET", "/tasks", params=params)
+    _, agents = await client.call("GET", "/agents")
+    print(format_pauses(agents), end="")
     print(format_table(page["tasks"], time.time(), shutil.get_terminal_size().columns))
     return EXIT_OK
 
@@ -522,6 +535,15 @@ async def cancel(client: ApiClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def resume(client: ApiClient, args: argparse.Namespace) -> int:
+    _, answer = await client.call("POST", f"/agents/{quote(args.agent, safe='')}/resume")
+    if not answer["resumed"]:
+        cli_line(f"agent {answer['name']} is not paused: nothing to resume", "warning")
+        return EXIT_FAIL
+    print(f"agent {answer['name']} resumed")
+    return EXIT_OK
+
+
 def register(add: AddCommand) -> None:
     """Add this module's subcommands to the `claude-hooks` parser."""
     p = add("submit", lambda a: _run(a, submit), "submit a task to an agent through the API")
@@ -547,3 +569,6 @@ def register(add: AddCommand) -> None:
 
     p = add("cancel", lambda a: _run(a, cancel), "cancel a queued or running task")
     p.add_argument("id", type=int)
+
+    p = add("resume", lambda a: _run(a, resume), "lift an agent's pause (usage limit, budget)")
+    p.add_argument("agent", help="a configured agent")

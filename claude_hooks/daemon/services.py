@@ -195,6 +195,11 @@ class Services:
             if config.forgejo.serves(spec.repo):
                 await scheduler.submit(spec)
 
+        outages = OutagePolicy(
+            attempts=config.daemon.outage_retries,
+            within=config.daemon.outage_retry_for,
+            backoff=config.daemon.outage_backoff,
+        )
         worker = TaskWorker(
             config,
             store,
@@ -205,6 +210,7 @@ class Services:
             daemon_id=daemon_id,
             permissions=permissions,
             submit=submit_loop_step,
+            retries=outages,  # an overloaded Claude API is waited out like an outage
         )
         scheduler = Scheduler(
             store,
@@ -214,11 +220,7 @@ class Services:
             precheck=worker.precheck,
             timeouts={a.name: a.timeout for a in config.agents},
             queue=queue,
-            outages=OutagePolicy(
-                attempts=config.daemon.outage_retries,
-                within=config.daemon.outage_retry_for,
-                backoff=config.daemon.outage_backoff,
-            ),
+            outages=outages,
         )
         feed = TaskFeed()
         scheduler.subscribe(reports.on_change)

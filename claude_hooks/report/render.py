@@ -114,6 +114,19 @@ def reset_in_words(resets_at: float) -> str:
         return "at an unreadable time"
 
 
+USAGE_LIMIT_PAUSE = "Claude usage limit"
+PAUSED_PREFIX = "paused until "
+
+
+def paused_reason(until: float, why: str) -> str:
+    """An agent's queue held until `until`: "paused until 05:00 UTC (Claude usage limit)"."""
+    return f"{PAUSED_PREFIX}{clock_time(until)} ({why})"
+
+
+def daily_budget_pause(budget_usd: float) -> str:
+    return f"daily budget of {_usd(budget_usd)} reached"
+
+
 def cancelled_reason(by: str | None = None) -> str:
     return f"cancelled by {by}" if by else "cancelled"
 
@@ -271,8 +284,7 @@ def render_tracking(
     """The whole tracking comment for one phase; `redact` hides secrets in every part."""
     parts = [marker(task.id)]
     if phase is Phase.QUEUED and task.deferred:
-        assert task.not_before is not None
-        parts.append(f"⏳ **Waiting** until {clock_time(task.not_before)}: {waiting_words(task)}.")
+        parts.append(waiting_line(task))
     elif phase is Phase.QUEUED:
         where = f" — position {position} in {task.spec.agent}'s queue" if position else ""
         parts.append(f"⏳ **Queued**{where}. Requested by {task.spec.requested_by}.")
@@ -315,6 +327,15 @@ def clock_time(ts: float) -> str:
     if moment.date() == datetime.now(UTC).date():
         return moment.strftime("%H:%M UTC")
     return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def waiting_line(task: Task) -> str:
+    """A deferred task's line: until when, and why; a paused agent's reason says when."""
+    words = waiting_words(task)
+    if words.startswith(PAUSED_PREFIX):
+        return f"⏸️ **Waiting**: {words}."
+    assert task.not_before is not None
+    return f"⏳ **Waiting** until {clock_time(task.not_before)}: {words}."
 
 
 def waiting_words(task: Task) -> str:

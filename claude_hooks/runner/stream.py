@@ -137,6 +137,9 @@ class PermissionDenied:
         return summary_line(f"permission denied for {self.tool_name}: {self.message}")
 
 
+ALLOWED_WARNING = "allowed_warning"
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """A `rate_limit_event` (2.1.x): where the account stands against a usage limit.
@@ -152,9 +155,16 @@ class RateLimit:
     kind: ClassVar[str] = "rate_limit"
 
     @property
+    def is_warning(self) -> bool:
+        """Close to a usage limit: worth telling people, nothing else changes."""
+        return self.status == ALLOWED_WARNING
+
+    @property
     def summary(self) -> str:
         resets = f", resets at {_utc(self.resets_at)}" if self.resets_at is not None else ""
         kind = f" ({self.limit_type})" if self.limit_type else ""
+        if self.is_warning:
+            return summary_line(f"Claude usage is close to its limit{kind}{resets}")
         return summary_line(f"Claude usage {self.status or 'unknown'}{kind}{resets}")
 
 

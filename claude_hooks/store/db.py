@@ -411,7 +411,6 @@ class Database:
             "error": outcome.reason,
             "result": outcome.result,
             "session_id": outcome.session_id,
-            "cost_usd": outcome.cost_usd,
             "num_turns": outcome.num_turns,
             "duration_ms": outcome.duration_ms,
             "links": json.dumps(list(outcome.links)),
@@ -422,9 +421,14 @@ class Database:
             allowed |= {TaskState.QUEUED}  # cancelled, skipped or failed before it started
         summary = str(outcome.state) + (f": {outcome.reason}" if outcome.reason else "")
         with self.transaction():
+            row = self.row(task_id)
             if outcome.state is TaskState.INTERRUPTED:
-                row = self.row(task_id)
                 changes["interruptions"] = (row["interruptions"] + 1) if row is not None else 1
+            # The task's cost is what its runs cost since it was last queued afresh: a
+            # deferred run's is there already.
+            earlier = row["cost_usd"] if row is not None else None
+            changes["cost_usd"] = _plus(earlier, outcome.cost_usd)
+            self._add_cost(task_id, outcome.cost_usd)
             return self.transition(
                 task_id, allowed, outcome.state, changes, summary, outcome.reason
             )
@@ -474,10 +478,21 @@ class Database:
                 changes["session_id"] = outcome.session_id
             if outcome.cost_usd is not None:  # what the cut-short run cost still counts
                 changes["cost_usd"] = (row["cost_usd"] or 0.0) + outcome.cost_usd
+                self._add_cost(task_id, outcome.cost_usd)
             allowed = frozenset({TaskState.RUNNING, TaskState.QUEUED})
             return self.transition(
                 task_id, allowed, TaskState.QUEUED, changes, f"deferred: {reason}", reason
             )
+
+    def _add_cost(self, task_id: int, cost_usd: float | None) -> None:
+        """One run's cost in the ledger the daily budget sums (a retry never clears it)."""
+        if cost_usd is None:
+            return
+        self.conn.execute(
+            "INSERT INTO run_costs (task_id, agent, at, cost_usd)"
+            " SELECT id, agent, ?, ? FROM tasks WHERE id = ?",
+            (self.clock(), cost_usd, task_id),
+        )
 
     # --- paused agents ---
 
@@ -493,6 +508,20 @@ class Database:
     def clear_pause(self, agent: str) -> bool:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM agent_pauses WHERE agent = ?", (agent,)).rowcount > 0
+
+    def release_held(self, agent: str, until: float) -> list[Task]:
+        """The agent's queued tasks deferred to no later than `until` (held by a pause
+        lifted early), ready now."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM tasks WHERE agent = ? AND state = 'queued'"
+                " AND not_before IS NOT NULL AND not_before <= ?",
+                (agent, until),
+            ).fetchall()
+            ids = [row["id"] for row in rows]
+            for task_id in ids:
+                conn.execute("UPDATE tasks SET not_before = NULL WHERE id = ?", (task_id,))
+        return [task for task in map(self.get, ids) if task is not None]
 
     def pauses(self) -> list[AgentPause]:
         rows = self.conn.execute("SELECT agent, until, reason, cause FROM agent_pauses")
@@ -638,11 +667,10 @@ class Database:
         """What `agent`'s tasks that finished in the last `window` seconds cost."""
         since = self.clock() - window
         rows = self.conn.execute(
-            "SELECT finished_at, cost_usd FROM tasks WHERE agent = ? AND finished_at >= ?"
-            " AND cost_usd IS NOT NULL ORDER BY finished_at, id",
+            "SELECT at, cost_usd FROM run_costs WHERE agent = ? AND at >= ? ORDER BY at, id",
             (agent, since),
         ).fetchall()
-        return Spend(window, tuple((row["finished_at"], row["cost_usd"]) for row in rows))
+        return Spend(window, tuple((row["at"], row["cost_usd"]) for row in rows))
 
     def counts(self) -> dict[tuple[str, TaskState], int]:
         rows = self.conn.execute("SELECT agent, state, COUNT(*) FROM tasks GROUP BY agent, state")
@@ -745,6 +773,10 @@ class Database:
 
     def integrity_check(self) -> list[str]:
         return [row[0] for row in self.conn.execute("PRAGMA integrity_check").fetchall()]
+
+
+def _plus(earlier: float | None, more: float | None) -> float | None:
+    return earlier if more is None else (earlier or 0.0) + more
 
 
 def _changed_fields(old: TaskSpec, new: TaskSpec) -> list[str]:

@@ -129,6 +129,10 @@ class Store:
     async def clear_pause(self, agent: str) -> bool:
         return await self._call(f"resume agent {agent}", self._db.clear_pause, agent)
 
+    async def release_held(self, agent: str, until: float) -> list[Task]:
+        what = f"release the tasks of agent {agent}"
+        return await self._call(what, self._db.release_held, agent, until)
+
     async def pauses(self) -> list[AgentPause]:
         return await self._call("list paused agents", self._db.pauses)
 

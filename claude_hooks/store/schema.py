@@ -98,6 +98,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE tasks SET final_reported_at = COALESCE(finished_at, created_at)"
         " WHERE state IN ('succeeded', 'failed', 'cancelled')",
     ),
+    # 6: what each run cost, when it ended (the daily budget's window): a ledger, so a
+    # run deferred by a usage limit, then resumed, or a task retried, still counts
+    (
+        """CREATE TABLE run_costs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+            agent TEXT NOT NULL,
+            at REAL NOT NULL,
+            cost_usd REAL NOT NULL
+        )""",
+        "CREATE INDEX run_costs_by_agent ON run_costs (agent, at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -178,6 +178,13 @@ class TaskQueue:
             self._queues[agent] = deque(sorted(queue, key=lambda t: t.id))
         self._agent_of[task.id] = agent
 
+    def refresh(self, task: Task) -> None:
+        """Put the store's newer view of a queued task in its place (e.g. not deferred)."""
+        agent = self._agent_of.get(task.id)
+        if agent is not None:
+            queue = self._queues[agent]
+            queue[next(i for i, t in enumerate(queue) if t.id == task.id)] = task
+
     def take(self, task_id: int) -> Task | None:
         """Remove a queued task (None if it is not queued here)."""
         agent = self._agent_of.pop(task_id, None)
@@ -409,6 +416,10 @@ class Scheduler:
             return False
         log.info("agent_resumed", agent=agent, by=by or "clock")
         self._tell_pause(agent, None)
+        if was is not None:  # the tasks the pause deferred to its end may run now
+            for task in await self._store.release_held(agent, was.until):
+                self._queue.refresh(task)
+                await self._notify(task)
         self._dispatch()
         return True
 

@@ -41,7 +41,7 @@ from claude_hooks.runner.claude import (
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.limits import zone_named
 from claude_hooks.runner.runtime import AgentRuntime
-from claude_hooks.runner.stream import StreamEvent, outcome_of
+from claude_hooks.runner.stream import RateLimit, StreamEvent, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
 from claude_hooks.work.delivery import Delivery
@@ -52,7 +52,8 @@ from claude_hooks.work.loop_steps import (
     pull_push_refusal,
     status_line,
 )
-from claude_hooks.work.outages import delivery_words, outage_of
+from claude_hooks.work.outages import OutagePolicy, delivery_words, outage_of
+from claude_hooks.work.pauses import budget_pause, run_deferral
 from claude_hooks.work.prompts import (
     PromptContext,
     ReReview,
@@ -150,6 +151,7 @@ class TaskWorker:
         stop_grace: float = STOP_GRACE,
         submit: Submit | None = None,
         clock: Callable[[], float] = time.time,
+        retries: OutagePolicy | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -160,6 +162,9 @@ class TaskWorker:
         self._daemon_id = daemon_id
         self._stop_grace = stop_grace
         self._permissions = permissions  # the daemon's one view, shared with the intake
+        self._clock = clock
+        # A retryable API error is waited out on the outage budget (work/outages.py).
+        self._retries = retries or OutagePolicy()
         # The team's loop: its facts, checks and follow-ups; `submit` queues a CI fix.
         self._loop = LoopSteps(
             config, store, runtime, client_for, delivery, submit=submit, clock=clock
@@ -169,6 +174,11 @@ class TaskWorker:
 
     async def precheck(self, task: Task) -> Precheck:
         spec = task.spec
+        budget = self._config.agent(spec.agent).daily_budget_usd
+        if budget is not None:
+            pause = budget_pause(spec.agent, await self._store.spend(spec.agent), budget)
+            if pause is not None:
+                return Precheck.later(pause.until, pause.reason, uses_attempt=False, pause=pause)
         if spec.number is None:
             return Precheck.proceed()
         client = self._client_for(spec.agent)
@@ -211,6 +221,14 @@ class TaskWorker:
             ended_at=time.time(),
             zone=zone_named(run.agent.time_zone),
             budget_usd=run.agent.max_budget_usd,
+        )
+        # A usage limit pauses the agent; an overloaded API is retried: back to the queue.
+        outcome = run_deferral(
+            task,
+            outcome,
+            self._clock(),
+            backoff=run.agent.usage_limit_backoff,
+            retries=self._retries,
         )
         if outcome.state is TaskState.SUCCEEDED:
             outcome = await self._deliver(run, outcome)
@@ -257,9 +275,11 @@ class TaskWorker:
 
         def on_event(event: StreamEvent) -> None:
             sink.add(event.kind, event.summary, event.raw)
-            run.log.info("claude_event", type=event.kind, text=event.summary)
-            if event.kind in ("tool_use", "api_retry", "permission_denied"):
-                run.step(event.summary)
+            warns = isinstance(event, RateLimit) and event.is_warning
+            emit = run.log.warning if warns else run.log.info
+            emit("claude_event", type=event.kind, text=event.summary)
+            if (line := checklist_line(event)) is not None:
+                run.step(line)
 
         agent = run.agent
         rules = system_prompt(agent.role, run.task.spec.kind)
@@ -392,6 +412,16 @@ class TaskWorker:
         head_sha = _head_sha(run.task, facts)
         merged = await self._delivery.merge(run.task, run.agent.merge_style, head_sha)
         return replace(outcome, result=with_merge_note(outcome.result, merged.detail))
+
+
+def checklist_line(event: StreamEvent) -> str | None:
+    """What of a run's stream the tracking comment lists: tool calls, the API's retries,
+    refusals, and a usage limit coming close (only news: the run goes on)."""
+    if event.kind in ("tool_use", "api_retry", "permission_denied"):
+        return event.summary
+    if isinstance(event, RateLimit) and event.is_warning:
+        return event.summary
+    return None
 
 
 def _head_sha(task: Task, facts: ThreadFacts) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -135,4 +136,32 @@ async def test_the_page_follows_tasks_live_once_given_the_token(
 
         assert await page.evaluate("window.stillTheSamePage") is True
         assert len(set(pictures)) == 3  # three different pictures, one per view
+        assert browser.cdp.exceptions == []
+
+
+async def test_a_paused_agent_is_shown_as_paused_and_a_resume_clears_it_live(
+    api: ApiHarness, chromium: str, tmp_path: Path
+) -> None:
+    reason = "paused until 05:00 UTC (Claude usage limit)"
+    await api.scheduler.pause("reviewer", time.time() + 3600, reason, "usage_limit")
+    reviewer = ".agent[data-agent='reviewer']"
+    async with Browser.launch(chromium, tmp_path / "profile") as browser:
+        page = await browser.open(api.url + "/")
+        await page.wait_for("!document.getElementById('login').hidden")
+        assert not await page.shown(f"{reviewer} .paused")  # nothing before the token
+        await sign_in(page, TOKEN)
+        await page.wait_for(f'document.querySelector("{reviewer} .paused") !== null')
+        assert await page.shown(f"{reviewer} .paused")
+        said = await page.evaluate(f'document.querySelector("{reviewer} .paused").textContent')
+        assert said == f"{reason}; will resume"
+        assert not await page.shown(".agent[data-agent='dev'] .paused")
+        await page.screenshot(tmp_path / "screenshots" / "paused.png")
+
+        # Lifted, live: the next change on the feed reads the agents again.
+        await page.evaluate("window.stillTheSamePage = true")
+        assert await api.scheduler.resume("reviewer", by="alice")
+        await api.submit("review it", agent="reviewer", number=13)
+        await page.wait_for(f'document.querySelector("{reviewer} .paused") === null')
+        assert await page.shown(f"{reviewer} li")  # its task shows in its place
+        assert await page.evaluate("window.stillTheSamePage") is True
         assert browser.cdp.exceptions == []

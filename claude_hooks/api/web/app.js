@@ -10,6 +10,9 @@
 const TOKEN_KEY = "claude-hooks-token";
 const RECONNECT_MS = 2000;
 const RECENT_ROWS = 50;
+// A pause (a usage limit, a daily budget) comes with a task change, but ends on the
+// clock or by `claude-hooks resume`: the agents are read again on a change and this often.
+const AGENTS_REFRESH_MS = 15000;
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
@@ -145,6 +148,7 @@ async function followFeed() {
           state.tasks.set(data.id, data);
           renderOverview();
           renderTaskFacts(data);
+          refreshAgents();
         },
       });
     } catch (error) {
@@ -157,6 +161,31 @@ async function followFeed() {
 }
 
 // --- the overview ----------------------------------------------------------------------------
+
+let agentsRefresh = null;
+
+function refreshAgents() {
+  // One read for a burst of changes.
+  if (agentsRefresh || !state.token) return;
+  agentsRefresh = setTimeout(async () => {
+    try {
+      state.agents = await getJSON("/agents");
+      renderOverview();
+    } catch (error) {
+      if (error instanceof Unauthorized) showLogin("The token was refused.");
+    } finally {
+      agentsRefresh = null;
+    }
+  }, 300);
+}
+
+function pausedLine(agent) {
+  const pause = agent?.paused;
+  if (!pause || pause.until * 1000 <= Date.now()) return null;
+  return el("p", { className: "paused", "data-cause": pause.cause,
+    text: `${pause.reason}; will resume`,
+    title: `claude-hooks resume ${agent.name} lifts it now` });
+}
 
 function taskLink(task, text) {
   return el("a", { href: `#/tasks/${Number(task.id)}`, text: text ?? `#${task.id}` });
@@ -188,7 +217,7 @@ function renderOverview() {
   const tasks = [...state.tasks.values()].sort((a, b) => b.id - a.id);
   const names = [...state.agents.map((a) => a.name)];
   for (const task of tasks) if (!names.includes(task.agent)) names.push(task.agent);
-  const roles = new Map(state.agents.map((a) => [a.name, a.role]));
+  const byName = new Map(state.agents.map((a) => [a.name, a]));
 
   const cards = names.map((name) => {
     const mine = tasks.filter((t) => t.agent === name);
@@ -204,10 +233,13 @@ function renderOverview() {
       list.append(el("li", { "data-task-id": task.id }, stateBadge("queued"), " ",
         taskLink(task), ` ${task.thread}${place}`));
     }
-    const idle = running.length + queued.length === 0 ? el("p", { className: "idle", text: "idle" }) : null;
-    return el("div", { className: "agent", "data-agent": name },
-      el("h3", { text: name }, " ", el("span", { className: "role", text: roles.get(name) ?? "" })),
-      idle, list);
+    const paused = pausedLine(byName.get(name));
+    const idle = running.length + queued.length === 0 && !paused
+      ? el("p", { className: "idle", text: "idle" }) : null;
+    const role = byName.get(name)?.role ?? "";
+    return el("div", { className: paused ? "agent paused" : "agent", "data-agent": name },
+      el("h3", { text: name }, " ", el("span", { className: "role", text: role })),
+      paused, idle, list);
   });
   $("agents").replaceChildren(...cards);
 
@@ -336,6 +368,9 @@ window.addEventListener("hashchange", route);
 setInterval(() => {
   if (!$("overview").hidden) renderOverview();
 }, 5000);
+setInterval(() => {
+  if (!$("overview").hidden) refreshAgents();
+}, AGENTS_REFRESH_MS);
 
 if (state.token) start();
 else showLogin();

@@ -13,6 +13,9 @@
 #   hang-once=1     hang on the task's first run only (a marker file in $HOME remembers),
 #                   replay normally on the next: a crash-and-resume in one directive
 #   ignore-term=1   ...and ignore SIGTERM, so only SIGKILL stops it
+#   limit-once=SECONDS  end the task's first run on a Claude usage limit that resets
+#                   SECONDS from now (samples/usage-limit-5h-rejected.jsonl, a 2.1.x
+#                   capture, with its resetsAt moved), replay normally on the next
 #   lines=N         print N synthetic assistant lines as fast as possible, then a result
 #   exit=N          exit with N instead
 #   run=BASE64      run the base64-encoded shell command, as a prompt-injected Claude
@@ -27,6 +30,7 @@ delay=${FAKE_CLAUDE_DELAY:-0}
 hang=${FAKE_CLAUDE_HANG:-0}
 ignore_term=0
 hang_once=0
+limit_once=0
 lines=0
 exit_code=
 run=
@@ -38,6 +42,7 @@ for setting in $directive; do
         delay=*) delay=${setting#*=} ;;
         hang=*) hang=${setting#*=} ;;
         hang-once=*) hang_once=${setting#*=} ;;
+        limit-once=*) limit_once=${setting#*=} ;;
         ignore-term=*) ignore_term=${setting#*=} ;;
         lines=*) lines=${setting#*=} ;;
         exit=*) exit_code=${setting#*=} ;;
@@ -110,6 +115,16 @@ if [ "$hang_once" = 1 ]; then
     if [ ! -e "$marker" ]; then
         : >"$marker"
         hang=1
+    fi
+fi
+
+if [ "$limit_once" != 0 ]; then
+    marker="${HOME:-/tmp}/.fake-claude-limited-${CLAUDE_HOOKS_TASK:-0}"
+    if [ ! -e "$marker" ]; then
+        : >"$marker"
+        resets=$(($(date +%s) + limit_once))
+        sed "s/\"resetsAt\":[0-9]*/\"resetsAt\":$resets/" "$samples/usage-limit-5h-rejected.jsonl"
+        exit 1
     fi
 fi
 
