@@ -103,8 +103,9 @@ def rig(test_image: str) -> Iterator[Rig]:
     shared.chmod(0o755)  # op traverses it, inside the machine
     secret(shared, "agent-token", AGENT_TOKEN, OP_UID)
     secret(shared, "api-token", API_TOKEN, OP_UID)
+    # The daemon (op) reads the login and copies it into the agent's state volume.
     secret(shared, "credentials.json", '{"claudeAiOauth": {"accessToken": "oauth-sd-1"}}',
-           AGENT_UID)  # fmt: skip
+           OP_UID)  # fmt: skip
     mounts = {
         str(socket): "/run/docker.sock",
         str(shared): f"{shared}:ro",
@@ -227,7 +228,7 @@ async def test_start_waits_for_ready_and_a_task_s_lines_carry_its_fields(
     await machine.aop("test", "-f", f"{OP_HOME}/.local/state/claude-hooks/claude-hooks.sqlite3")
     assert (await machine.aop("test", "-e", f"{OP_HOME}/~", check=False)).returncode != 0
 
-    number = deployment.mention("scenario=error-429-max-retries-2")  # Claude's run fails
+    number = deployment.mention("scenario=max-turns-1")  # Claude's run fails (a 429 would pause the agent)
     task = await wait_until(
         lambda: _finished(deployment, number),
         what="the failing task to end",
