@@ -228,7 +228,8 @@ async def test_start_waits_for_ready_and_a_task_s_lines_carry_its_fields(
     await machine.aop("test", "-f", f"{OP_HOME}/.local/state/claude-hooks/claude-hooks.sqlite3")
     assert (await machine.aop("test", "-e", f"{OP_HOME}/~", check=False)).returncode != 0
 
-    number = deployment.mention("scenario=max-turns-1")  # Claude's run fails (a 429 would pause the agent)
+    # Claude's run fails (max turns: a 429 would pause the agent instead)
+    number = deployment.mention("scenario=max-turns-1")
     task = await wait_until(
         lambda: _finished(deployment, number),
         what="the failing task to end",
