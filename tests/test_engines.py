@@ -4,12 +4,16 @@ config refusing an engine API anyone on the network could use."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from claude_hooks.cli.check import CheckResult, run_checks
+from claude_hooks.cli.containers import shell_argv
 from claude_hooks.config import LOCAL_ENGINE, Config, ConfigError, DockerEngine, EngineTls
+from claude_hooks.runner.containers import read_exactly
+from claude_hooks.runner.engines import docker_url, engines_of
 from tests.fakes.configs import ConfigFactory
 from tests.tls import make_engine_certs
 
@@ -124,3 +128,58 @@ def test_plain_tcp_with_tls_files_is_a_contradiction(
     )
     with pytest.raises(ConfigError, match=r"docker_tls = false: no TLS file is used"):
         config_factory.load(agents=[agent])
+
+
+# --- the engines of a config, pure -------------------------------------------------------------
+
+
+def test_agents_naming_one_engine_share_it_in_first_named_order(
+    config_factory: ConfigFactory, tmp_path: Path
+) -> None:
+    keys = tls_keys(tmp_path / "certs")
+    tcp = {"docker_host": "tcp://127.0.0.1:2376", **keys}
+    config = config_factory.load(
+        agents=[
+            config_factory.agent("dev", **tcp),
+            config_factory.agent("reviewer"),
+            config_factory.agent("lead", **tcp),
+        ]
+    )
+    engines = engines_of(config.agents)
+    assert [e.name for e in engines] == ["tcp://127.0.0.1:2376", LOCAL_ENGINE]
+    assert config.agents[0].engine == config.agents[2].engine  # one client for both
+
+
+def test_a_tls_engine_is_reached_over_https_and_a_plain_one_as_written() -> None:
+    files = EngineTls(Path("/c/ca.pem"), Path("/c/cert.pem"), Path("/c/key.pem"))
+    assert docker_url(DockerEngine("tcp://build-1:2376", files)) == "https://build-1:2376"
+    assert docker_url(DockerEngine("tcp://build-1:2375")) == "tcp://build-1:2375"
+    assert docker_url(DockerEngine("unix:///run/d.sock")) == "unix:///run/d.sock"
+    assert docker_url(DockerEngine()) is None  # aiodocker's default: DOCKER_HOST, the socket
+
+
+def test_containers_shell_reaches_the_agents_engine_as_the_daemon_does(
+    config_factory: ConfigFactory, tmp_path: Path
+) -> None:
+    keys = tls_keys(tmp_path / "certs")
+    agent = config_factory.load(
+        agents=[config_factory.agent("dev", docker_host="tcp://127.0.0.1:2376", **keys)]
+    ).agents[0]
+    argv = shell_argv(agent, tty=False)
+    assert argv[:10] == [
+        "docker", "--host", "tcp://127.0.0.1:2376", "--tlsverify",
+        "--tlscacert", keys["docker_tls_ca_file"], "--tlscert", keys["docker_tls_cert_file"],
+        "--tlskey", keys["docker_tls_key_file"],
+    ]  # fmt: skip
+    assert argv[10:12] == ["exec", "-i"]
+    local = config_factory.load().agents[0]
+    assert shell_argv(local, tty=False)[:2] == ["docker", "exec"]
+
+
+def test_a_prompt_over_tls_ends_by_its_length(tmp_path: Path) -> None:
+    """No half-close over TLS: `head -c` gives claude its end of input."""
+    argv = read_exactly(["cat"], 5)
+    done = subprocess.run(argv, input=b"hello and more", capture_output=True, timeout=10)
+    assert (done.returncode, done.stdout) == (0, b"hello")
+    failing = subprocess.run(read_exactly(["sh", "-c", "exit 3"], 0), capture_output=True)
+    assert failing.returncode == 3  # the command's exit code, not head's
