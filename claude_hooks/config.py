@@ -14,10 +14,12 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import stat
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
@@ -349,6 +351,32 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class EngineTls:
+    """Mutual TLS to a tcp Docker engine, as Docker documents it (--tlsverify)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+LOCAL_ENGINE = "local"
+
+
+@dataclass(frozen=True)
+class DockerEngine:
+    """Where a container runs: `host` None is aiodocker's default (DOCKER_HOST, else the
+    local socket). Agents with equal engines share one client and one ContainerManager."""
+
+    host: str | None = None
+    tls: EngineTls | None = None
+
+    @property
+    def name(self) -> str:
+        """What labels, logs and the CLI call it: "local", else the host as written."""
+        return LOCAL_ENGINE if self.host is None else self.host
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     name: str = field(metadata=_doc("The Forgejo username of this agent"))
     token_file: Path = field(metadata=_doc("File holding the agent's Forgejo token"))
@@ -477,6 +505,29 @@ class AgentConfig:
         default=(),
         metadata=_doc('Extra bind mounts of the container, Docker "host:container[:ro]" specs'),
     )
+    docker_host: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Docker engine of the agent's container: unix:///path or tcp://host:port"
+            " (unset: DOCKER_HOST, else the local socket)"
+        ),
+    )
+    docker_tls: bool | None = field(
+        default=None,
+        metadata=_doc(
+            "tcp docker_host: mutual TLS unless this is written false (a plain, warned-about"
+            " connection anyone reaching the port may use)"
+        ),
+    )
+    docker_tls_ca_file: Path | None = field(
+        default=None, metadata=_doc("tcp docker_host: the CA that signed the engine's certificate")
+    )
+    docker_tls_cert_file: Path | None = field(
+        default=None, metadata=_doc("tcp docker_host: the daemon's client certificate")
+    )
+    docker_tls_key_file: Path | None = field(
+        default=None, metadata=_doc("tcp docker_host: the client certificate's key (a secret)")
+    )
 
     @property
     def auth(self) -> AuthMode:
@@ -494,6 +545,16 @@ class AgentConfig:
             AuthMode.API_KEY: self.api_key_file,
             AuthMode.CREDENTIALS: self.credentials_file,
         }[self.auth]
+
+    @property
+    def engine(self) -> DockerEngine:
+        """The Docker engine this agent's container is on (the loader checked its keys)."""
+        tls = None
+        if self.docker_tls_ca_file and self.docker_tls_cert_file and self.docker_tls_key_file:
+            tls = EngineTls(
+                self.docker_tls_ca_file, self.docker_tls_cert_file, self.docker_tls_key_file
+            )
+        return DockerEngine(self.docker_host, tls)
 
     @property
     def container_name(self) -> str:
@@ -818,6 +879,7 @@ def _validate_agent(
     )
     _validate_claude_auth(config, where, agent, warnings)
     _validate_budgets(path, where, agent)
+    _validate_docker_host(path, where, agent, warnings)
     warnings.extend(agent_warnings(agent, path, where))
 
 
@@ -963,6 +1025,97 @@ def _validate_budgets(path: Path, where: str, agent: AgentConfig) -> None:
         value = getattr(agent, key)
         if value is not None and value <= 0:
             raise ConfigError(path, f"{where}.{key}", f"must be more than 0 dollars, got {value}")
+
+
+TLS_KEYS = ("docker_tls_ca_file", "docker_tls_cert_file", "docker_tls_key_file")
+PORT_BOUNDS = Bounds(1, 65535)
+
+
+def _validate_docker_host(path: Path, where: str, agent: AgentConfig, warnings: list[str]) -> None:
+    """unix:// or tcp://host:port; tcp with mutual TLS unless `docker_tls = false` is written.
+
+    Whoever reaches an engine's API is root on its host: a plain tcp engine is refused
+    by default and only warned about when the operator writes that they mean it.
+    """
+    host, key = agent.docker_host, f"{where}.docker_host"
+    tls_given = [k for k in TLS_KEYS if getattr(agent, k) is not None]
+    scheme, _, rest = (host or "").partition("://")
+    if host is None or scheme == "unix":
+        if host is not None and not rest.startswith("/"):
+            raise ConfigError(path, key, f"{host!r}: a unix socket needs an absolute path")
+        stray = tls_given + (["docker_tls"] if agent.docker_tls is not None else [])
+        if stray:
+            raise ConfigError(path, f"{where}.{stray[0]}", "only for a tcp://host:port docker_host")
+        return
+    if scheme != "tcp":
+        raise ConfigError(path, key, f"{host!r}: must be unix:///path or tcp://host:port")
+    _check_tcp_address(path, key, host)
+    if agent.docker_tls is False:
+        if tls_given:
+            raise ConfigError(
+                path, f"{where}.{tls_given[0]}", "docker_tls = false: no TLS file is used"
+            )
+        warnings.append(
+            f"{path}: {where}.docker_tls: false: the Docker API at {host} is plain tcp, without"
+            " authentication or encryption: anyone who reaches that port is root on its host"
+            " and sees every exec (the agent's token included); use mutual TLS"
+        )
+        return
+    missing = [k for k in TLS_KEYS if k not in tls_given]
+    if missing:
+        raise ConfigError(
+            path,
+            f"{where}.{missing[0]}",
+            f"docker_host {host!r} is tcp: mutual TLS needs {', '.join(TLS_KEYS)}"
+            " (or write docker_tls = false to allow plain tcp, which is warned about)",
+        )
+    _check_tls_files(path, where, agent, warnings)
+
+
+def _check_tcp_address(path: Path, key: str, host: str) -> None:
+    try:
+        address = urllib.parse.urlsplit(host)
+        port = address.port
+    except ValueError as exc:
+        raise ConfigError(path, key, f"{host!r}: {exc}") from None
+    if not address.hostname or address.path not in ("", "/") or port is None:
+        raise ConfigError(path, key, f"{host!r}: must be tcp://host:port (Docker's TLS port: 2376)")
+    checked_number(port, path, f"{key} port", PORT_BOUNDS, shown=host)
+
+
+def _check_tls_files(path: Path, where: str, agent: AgentConfig, warnings: list[str]) -> None:
+    """The files exist, the key is a private secret file, and they make a TLS client."""
+    engine_tls = agent.engine.tls
+    assert engine_tls is not None  # all three are set
+    for tls_key, file in (
+        ("docker_tls_ca_file", engine_tls.ca_file),
+        ("docker_tls_cert_file", engine_tls.cert_file),
+    ):
+        if not file.is_file():
+            raise ConfigError(path, f"{where}.{tls_key}", f"{file} is not a readable file")
+    check_secret_file(
+        engine_tls.key_file,
+        path,
+        f"{where}.docker_tls_key_file",
+        f"the Docker client key of agent {agent.name!r}",
+        warnings,
+        read=read_secret_document,
+    )
+    try:
+        engine_tls_context(engine_tls)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            path,
+            f"{where}.docker_tls_cert_file",
+            f"the CA, certificate and key do not make a TLS client: {exc}",
+        ) from None
+
+
+def engine_tls_context(files: EngineTls) -> ssl.SSLContext:
+    """A client context that verifies the engine against the CA and presents our certificate."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca_file))
+    context.load_cert_chain(str(files.cert_file), str(files.key_file))
+    return context
 
 
 def bind_spec_problem(spec: str) -> str | None:

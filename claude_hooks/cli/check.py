@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from claude_hooks.cli.check_auth import login_reports
-from claude_hooks.config import Config, ConfigError, SecretFileError, read_secret
+from claude_hooks.config import Config, ConfigError, DockerEngine, SecretFileError, read_secret
 from claude_hooks.work.prompts import PromptTemplateError, load_template
 
 
@@ -159,32 +159,44 @@ async def check_forgejo(config: Config) -> list[CheckResult]:
 
 
 async def check_docker(config: Config) -> list[CheckResult]:
-    import aiodocker
+    """Each engine the agents name answers and holds the images of its agents."""
+    from claude_hooks.runner.engines import engines_of
 
+    results: list[CheckResult] = []
+    for engine in engines_of(config.agents):
+        images = {a.image for a in config.agents if a.engine == engine}
+        results += await check_engine(engine, images)
+    return results
+
+
+async def check_engine(engine: DockerEngine, images: set[str]) -> list[CheckResult]:
     from claude_hooks.runner.containers import ContainerManager
+    from claude_hooks.runner.engines import open_docker
 
+    what = "docker engine" if engine.host is None else f"docker engine {engine.name}"
     try:
-        docker = aiodocker.Docker()
+        docker = open_docker(engine)
     except Exception as exc:
-        return [CheckResult("docker engine", False, f"cannot connect: {exc}")]
+        return [CheckResult(what, False, f"cannot connect: {exc}")]
     try:
         manager = ContainerManager(docker)
 
-        async def engine() -> str:
+        async def answers() -> str:
             version = await docker.version()
             return f"engine {version.get('Version')} (API {version.get('ApiVersion')}) answers"
 
-        results = [await _guard("docker engine", engine, 10)]
+        results = [await _guard(what, answers, 10)]
         if not results[0].ok:
             return results
-        for image in sorted({a.image for a in config.agents}):
+        for image in sorted(images):
 
             async def present(image: str = image) -> str:
                 if not await manager.image_present(image):
                     raise ValueError(f"image {image} is not present (build it: just image)")
                 return "present"
 
-            results.append(await _guard(f"docker image {image}", present, 10))
+            name = f"docker image {image}" + ("" if engine.host is None else f" on {engine.name}")
+            results.append(await _guard(name, present, 10))
         return results
     finally:
         await docker.close()

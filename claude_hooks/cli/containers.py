@@ -27,11 +27,19 @@ from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
 
 from claude_hooks.cli.main import EXIT_FAIL, EXIT_OK, AddCommand
-from claude_hooks.config import AgentConfig, AuthMode, Config, ConfigError, load_config
+from claude_hooks.config import (
+    AgentConfig,
+    AuthMode,
+    Config,
+    ConfigError,
+    DockerEngine,
+    load_config,
+)
 from claude_hooks.daemon.journal import cli_line
 from claude_hooks.runner.containers import (
     ANY_TASK,
     CONFIG_LABEL,
+    ENGINE_LABEL,
     MANAGED_LABEL,
     ROOT,
     ContainerError,
@@ -41,6 +49,7 @@ from claude_hooks.runner.containers import (
     signal_processes,
     wait_gone,
 )
+from claude_hooks.runner.engines import engines_of, open_docker
 
 ACTION_HELP = {
     "up": "create missing agent containers and start stopped ones",
@@ -171,7 +180,29 @@ def shell_argv(agent: AgentConfig, *, tty: bool) -> list[str]:
     """`docker exec` of an interactive shell as the agent user: bash where the image has it."""
     flags = ["-it"] if tty else ["-i"]
     shell = "if command -v bash >/dev/null 2>&1; then exec bash; fi; exec sh"
-    return ["docker", "exec", *flags, "--user", agent.user, agent.container_name, "sh", "-c", shell]
+    return [
+        "docker",
+        *engine_flags(agent.engine),
+        "exec",
+        *flags,
+        "--user",
+        agent.user,
+        agent.container_name,
+        "sh",
+        "-c",
+        shell,
+    ]
+
+
+def engine_flags(engine: DockerEngine) -> list[str]:
+    """The docker CLI's flags that reach `engine` as the daemon does (none: its default)."""
+    if engine.host is None:
+        return []
+    flags = ["--host", engine.host]
+    if engine.tls is not None:
+        flags += ["--tlsverify", "--tlscacert", str(engine.tls.ca_file)]
+        flags += ["--tlscert", str(engine.tls.cert_file), "--tlskey", str(engine.tls.key_file)]
+    return flags
 
 
 def plural(count: int, word: str) -> str:
@@ -192,17 +223,22 @@ class Engine:
 
 
 @asynccontextmanager
-async def connect(config: Config) -> AsyncIterator[Engine]:
+async def connect(config: Config, engine: DockerEngine | None = None) -> AsyncIterator[Engine]:
     """The engine, and a ContainerManager labelled exactly as the daemon's (services.py)."""
+    engine = engine or DockerEngine()
     try:
-        docker = aiodocker.Docker()
+        docker = open_docker(engine)
     except Exception as exc:  # aiodocker raises ValueError when it finds no socket
-        raise DockerUnavailable(f"cannot connect to the Docker engine: {exc}") from None
+        raise DockerUnavailable(
+            f"cannot connect to the Docker engine {engine.name}: {exc}"
+        ) from None
     try:
-        manager = ContainerManager(docker, extra_labels=instance_labels(config.daemon.state_dir))
+        labels = {**instance_labels(config.daemon.state_dir), ENGINE_LABEL: engine.name}
+        manager = ContainerManager(docker, extra_labels=labels)
         if not await manager.ping():
             raise DockerUnavailable(
-                f"the Docker engine at {docker.docker_host} does not answer (is dockerd running?)"
+                f"the Docker engine {engine.name} at {docker.docker_host} does not answer"
+                " (is dockerd running?)"
             )
         yield Engine(docker, manager)
     finally:
@@ -380,10 +416,19 @@ async def run_action(config: Config, agents: Sequence[AgentConfig], options: Opt
             ready.append(agent)
     if not ready:
         return EXIT_FAIL
+    results = [await _act_on_engine(config, engine, ready, options) for engine in engines_of(ready)]
+    return EXIT_FAIL if failed or EXIT_FAIL in results else EXIT_OK
+
+
+async def _act_on_engine(
+    config: Config, docker_engine: DockerEngine, agents: Sequence[AgentConfig], options: Options
+) -> int:
+    """The action on the agents whose containers are on `docker_engine`."""
+    failed = False
     action = ACTIONS[options.action]
     try:
-        async with connect(config) as engine:
-            for agent in ready:
+        async with connect(config, docker_engine) as engine:
+            for agent in (a for a in agents if a.engine == docker_engine):
                 try:
                     line = await action(engine, agent, options)
                 except (Refused, ContainerError) as exc:

@@ -43,7 +43,7 @@ from claude_hooks.api.connections import (
     connection_limits,
     open_file_limit,
 )
-from claude_hooks.config import Config, read_secret
+from claude_hooks.config import AgentConfig, Config, read_secret
 from claude_hooks.daemon.lock import StateDirLock
 from claude_hooks.daemon.log import redactor
 from claude_hooks.forgejo.client import ForgejoClient
@@ -56,6 +56,7 @@ from claude_hooks.intake.webhooks import WebhookHandler, WebhookInbox
 from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import REPORTS_CLOSE_WITHIN, Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerError, ContainerManager, instance_labels
+from claude_hooks.runner.engines import EnginePool
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskSpec
@@ -81,8 +82,8 @@ class Services:
     config: Config
     daemon_id: str
     store: Store
-    docker: aiodocker.Docker
-    containers: ContainerManager
+    docker: aiodocker.Docker  # the first engine's (the only one unless docker_host differs)
+    containers: ContainerManager  # the first engine's; every engine's: `engines`
     clients: Mapping[str, ForgejoClient]
     metrics: Metrics
     reports: TaskReports
@@ -96,6 +97,7 @@ class Services:
     inbox: WebhookInbox  # the API keeps deliveries here; they are decided in the background
     closing: AsyncExitStack  # every part's close, registered as the part was opened
     web_runner: web.AppRunner | None = None
+    engines: EnginePool | None = None  # one client and manager per engine the agents name
     accepting: bool = True
 
     @classmethod
@@ -132,10 +134,10 @@ class Services:
         closing.push_async_callback(lock.aclose)  # the last thing released
         store = await Store.open(config.daemon.db_path)
         _on_close(closing, "store", store.close)
-        docker = aiodocker.Docker()
-        _on_close(closing, "docker", docker.close)
         labels = {**instance_labels(config.daemon.state_dir), **(extra_labels or {})}
-        containers = ContainerManager(docker, extra_labels=labels)
+        engines = await EnginePool.open(config.agents, labels)
+        _on_close(closing, "docker", engines.close)
+        docker, containers = engines.clients[0].docker, engines.clients[0].manager
         metrics = Metrics()
         clients: dict[str, ForgejoClient] = {}
         for agent in config.agents:
@@ -148,10 +150,11 @@ class Services:
                 token_file=agent.token_file,
             )
             _on_close(closing, f"forgejo client of {agent.name}", client.close)
-        runtime = runtime or DockerRuntime(containers)
+        runtime = runtime or DockerRuntime(engines)
         services = cls._assemble(
             config, daemon_id, store, docker, containers, clients, metrics, runtime, closing
         )
+        services.engines = engines
         _on_close(closing, "reports", services.reports.close)
         _on_close(closing, "stop commands", services.submitter.close)
         if listen:  # before the housekeeping: a port in use stops us before we touch anything
@@ -270,18 +273,28 @@ class Services:
         daemon process on them a dead one. A same-named container of another
         instance is refused, its processes left alone, and the other agents go on.
         """
+        assert self.engines is not None  # Docker housekeeping: `_open` made the pool
+        for client in self.engines.clients:
+            await self._engine_housekeeping(
+                client.manager, self.engines.agents_on(client, self.config.agents)
+            )
+
+    async def _engine_housekeeping(
+        self, manager: ContainerManager, agents: Sequence[AgentConfig]
+    ) -> None:
+        """One engine's: an agent moved to another engine leaves an orphan here."""
         try:
-            removed = await self.containers.remove_orphans(set(self.config.agent_names))
-            for agent in self.config.agents:
+            removed = await manager.remove_orphans({agent.name for agent in agents})
+            for agent in agents:
                 try:
-                    await self.containers.kill_strays(agent, self.daemon_id)
+                    await manager.kill_strays(agent, self.daemon_id)
                 except ContainerError as exc:
                     log.error("container_refused", agent=agent.name, error=str(exc))
         except Exception as exc:  # Docker down must not stop Forgejo intake; tasks wait
-            log.warning("container_housekeeping_failed", error=str(exc))
+            log.warning("container_housekeeping_failed", engine=manager.engine, error=str(exc))
             return
         if removed:
-            log.info("orphan_containers_removed", containers=removed)
+            log.info("orphan_containers_removed", engine=manager.engine, containers=removed)
 
     async def _listen(self) -> None:
         config = self.config
@@ -425,7 +438,9 @@ class Services:
             store_ok = False
         return {
             "store": store_ok,
-            "docker": await self.containers.ping(),
+            "docker": all((await self.engines.ping()).values())
+            if self.engines is not None
+            else await self.containers.ping(),
             "forgejo": not self.outage.down,
         }
 

@@ -63,6 +63,7 @@ MANAGED_LABEL = "claude-hooks.managed"
 AGENT_LABEL = "claude-hooks.agent"
 CONFIG_LABEL = "claude-hooks.config"
 INSTANCE_LABEL = "claude-hooks.instance"
+ENGINE_LABEL = "claude-hooks.engine"  # the engine's name (config.DockerEngine.name)
 
 ROOT = "0"  # only a fallback for a container without a User; it has no capabilities
 # /tmp is the only writable path outside /state. exec: Claude Code's Bash tool and
@@ -103,14 +104,16 @@ done
 """
 STATE_DIRS = (STATE_DIR, HOME_DIR, CLAUDE_CONFIG_DIR)
 
-# Writes stdin to $1 (the credentials copy) with mode 600 and mtime $2, atomically:
-# Claude Code never reads half a file. A planted link at $1 is replaced, not followed.
+# Writes the $3 bytes on stdin to $1 (the credentials copy) with mode 600 and mtime $2,
+# atomically: Claude Code never reads half a file. A planted link at $1 is replaced, not
+# followed. It reads a byte count, not to end of input: over TLS (a tcp engine) stdin
+# cannot be half-closed, so no end of input ever comes.
 INSTALL_SCRIPT = r"""
 set -e
 umask 077
 tmp="$1.claude-hooks.$$"
 rm -f "$tmp"
-cat > "$tmp"
+head -c "$3" > "$tmp"
 touch -d "@$2" "$tmp"
 mv -f "$tmp" "$1"
 """
@@ -234,6 +237,7 @@ class ContainerManager:
         self._docker = docker
         self._extra_labels = dict(extra_labels)
         self.instance = self._extra_labels.get(INSTANCE_LABEL)  # None: claims no instance
+        self.engine = self._extra_labels.get(ENGINE_LABEL, "local")  # for the logs
         self._locks: dict[str, asyncio.Lock] = {}
         self._checked: set[str] = set()  # container ids whose /state this process checked
 
@@ -488,6 +492,7 @@ class ContainerManager:
                     "install-credentials",
                     CREDENTIALS_PATH,
                     str(host_mtime),
+                    str(len(data)),
                 ],
                 data,
                 user=agent.user,
@@ -559,11 +564,18 @@ async def _exec_with_input(
 def close_stdin(stream: Stream) -> None:
     """End the exec's stdin, keeping its output: aiodocker's Stream.close() drops the
     whole connection; a half-close of the hijacked connection makes the engine close
-    the process's stdin."""
+    the process's stdin. A TLS connection (a tcp engine) cannot be half-closed from
+    asyncio: there the command reads a byte count instead (`read_exactly`)."""
     connection = stream._resp.connection if stream._resp is not None else None
     transport = connection.transport if connection is not None else None
     if transport is not None and transport.can_write_eof():
         transport.write_eof()
+
+
+def read_exactly(argv: Sequence[str], length: int) -> list[str]:
+    """`argv` fed exactly `length` bytes of stdin, then end of input, by `head -c`: for an
+    engine whose exec stdin cannot be half-closed (TLS). The exit code stays argv's."""
+    return ["sh", "-c", 'head -c "$0" | "$@"', str(length), *argv]
 
 
 async def signal_processes(

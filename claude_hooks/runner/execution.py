@@ -26,6 +26,7 @@ from aiodocker.stream import Stream
 
 from claude_hooks.runner.containers import (
     close_stdin,
+    read_exactly,
     signal_processes,
     task_processes,
     wait_gone,
@@ -154,12 +155,15 @@ async def run_claude(
     *,
     user: str,
     on_event: Callable[[StreamEvent], None],
+    half_close: bool = True,
 ) -> ExecResult:
-    """Run claude in the container until it exits; stop all its processes if cancelled."""
+    """Run claude in the container until it exits; stop all its processes if cancelled.
+    `half_close` False (a TLS engine): the prompt's end is its length, not end of input."""
     reader = _OutputReader(on_event)
     task_id = claude.task_id
+    argv = list(claude.argv) if half_close else read_exactly(claude.argv, len(claude.stdin))
     execution = await container.exec(
-        list(claude.argv),
+        argv,
         stdin=True,
         environment=list(claude.env),
         workdir=claude.workdir,

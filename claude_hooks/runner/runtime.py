@@ -13,6 +13,7 @@ from typing import Protocol
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner import workspace
 from claude_hooks.runner.containers import ContainerManager
+from claude_hooks.runner.engines import EnginePool
 from claude_hooks.runner.execution import ClaudeExec, ExecResult, run_claude
 from claude_hooks.runner.stream import StreamEvent
 
@@ -44,33 +45,46 @@ class AgentRuntime(Protocol):
 
 
 class DockerRuntime:
-    """Each agent in its own long-lived container; each task one `docker exec`."""
+    """Each agent in its own long-lived container; each task one `docker exec`.
 
-    def __init__(self, containers: ContainerManager) -> None:
+    With an EnginePool, each agent's container is on the engine its docker_host names;
+    the container object carries its engine's client, so exec and stop go there too.
+    """
+
+    def __init__(self, containers: ContainerManager | EnginePool) -> None:
         self.containers = containers
+
+    def manager(self, agent: AgentConfig) -> ContainerManager:
+        if isinstance(self.containers, EnginePool):
+            return self.containers.manager(agent)
+        return self.containers
 
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
-        container = await self.containers.ensure(agent)
+        container = await self.manager(agent).ensure(agent)
         # Before each task: a newer login on the host replaces the one in the volume.
-        await self.containers.sync_credentials(container, agent)
+        await self.manager(agent).sync_credentials(container, agent)
         return await workspace.prepare(container, plan, user=agent.user, env=env)
 
     async def run(
         self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
-        container = await self.containers.ensure(agent)
-        return await run_claude(container, claude, user=agent.user, on_event=on_event)
+        container = await self.manager(agent).ensure(agent)
+        # Over TLS the exec's stdin cannot be half-closed: the prompt goes by its length.
+        half_close = agent.engine.tls is None
+        return await run_claude(
+            container, claude, user=agent.user, on_event=on_event, half_close=half_close
+        )
 
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> workspace.Published:
-        container = await self.containers.ensure(agent)
+        container = await self.manager(agent).ensure(agent)
         return await workspace.publish(container, plan, user=agent.user, env=env)
 
     async def diff_since(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
     ) -> workspace.DiffSince:
-        container = await self.containers.ensure(agent)
+        container = await self.manager(agent).ensure(agent)
         return await workspace.diff_since(container, plan, since, user=agent.user, env=env)
