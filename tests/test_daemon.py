@@ -472,7 +472,7 @@ async def test_the_demo_and_the_cli_still_work_beside_a_running_daemon(
     )  # fmt: skip
     async with asyncio.timeout(120):
         out, _ = await demo.communicate()
-    assert demo.returncode == 0 and "task 1: succeeded" in out.decode(), out.decode()
+    assert demo.returncode == 0 and "Issue #1 was closed by the team" in out.decode(), out.decode()
     code, listed = await run_cli(config, "tasks")
     assert code == 0 and REPO in listed, listed
     code, checked = await run_cli(config, "check", "--offline")

@@ -143,6 +143,14 @@ class ContainerError(Exception):
     """A container problem, worded for the operator."""
 
 
+class ForeignContainer(ContainerError):
+    """The agent's container name is taken by another claude-hooks instance (or none)."""
+
+    def __init__(self, container: str, problem: str) -> None:
+        super().__init__(problem)
+        self.container = container
+
+
 def foreign_owner(name: str, labels: Mapping[str, str], instance: str | None) -> str | None:
     """Why the container `name` (with these labels) is not ours to touch, or None.
 
@@ -407,7 +415,7 @@ class ContainerManager:
                 f"(no label {MANAGED_LABEL}=1): remove or rename it"
             )
         if (problem := foreign_owner(agent.container_name, labels, self.instance)) is not None:
-            raise ContainerError(problem)
+            raise ForeignContainer(agent.container_name, problem)
         return container
 
     async def _create(self, agent: AgentConfig) -> DockerContainer:

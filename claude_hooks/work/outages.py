@@ -26,7 +26,7 @@ from claude_hooks.report.render import (
     gave_up_reason,
     outage_reason,
 )
-from claude_hooks.runner.containers import ContainerError
+from claude_hooks.runner.containers import ContainerError, ForeignContainer
 from claude_hooks.runner.workspace import WorkspaceError
 from claude_hooks.store import StoreError
 from claude_hooks.tasks import Outcome, Task, TaskState
@@ -98,6 +98,10 @@ def outage_outcome(task: Task, what: str, now: float, policy: OutagePolicy) -> O
 def crash_words(exc: BaseException) -> str:
     """Why a run failed, for the thread, when it raised something other than an outage."""
     for error in _chain(exc):
+        if isinstance(error, ForeignContainer):  # the operator's to sort out: say which
+            return crashed_reason(
+                f"container {error.container} belongs to another claude-hooks instance"
+            )
         if isinstance(error, ContainerError):
             return crashed_reason("the agent's container could not be used")
         if isinstance(error, WorkspaceError):
