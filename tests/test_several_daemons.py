@@ -26,7 +26,7 @@ import aiodocker
 import pytest
 
 from claude_hooks.cli.check import check_docker, shared_agent_warnings
-from claude_hooks.config import Config
+from claude_hooks.config import Config, ConfigError
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.intake.decide import Policy, propose
 from claude_hooks.intake.thread import Post, PostKind, ThreadContext
@@ -71,6 +71,48 @@ def test_an_approval_on_another_daemons_pr_is_that_daemons_merge_not_ours() -> N
     assert team_b.loop_agents(ctx) == ("dev-b", "lead-b")
     (merge,) = propose("lead-b", ctx, team_b, TriggerSource.WEBHOOK).items
     assert isinstance(merge, TaskSpec) and merge.kind is TaskKind.MERGE_REQUEST
+
+
+def changes_requested_by_the_other_team(rounds: int) -> ThreadContext:
+    """dev-a's PR; rev-b (daemon B's agent) asks for changes, dev-a answers, `rounds` times."""
+    events: list[Post] = []
+    for n in range(rounds):
+        events.append(
+            Post(PostKind.REVIEW, 10 + n, "rev-b", "No.", None, review_state="REQUEST_CHANGES")
+        )
+        if n < rounds - 1:
+            events.append(Post(PostKind.COMMENT, 100 + n, "dev-a", "@rev-b fixed", None))
+    return ThreadContext(
+        repo=REPO, number=5, is_pull=True, title="Fix", new=(events[-1],),
+        history=tuple(events[:-1]), head_sha="abc", pull_author="dev-a",
+    )  # fmt: skip
+
+
+def test_a_review_loop_with_another_daemons_agent_is_bounded_by_the_rounds() -> None:
+    """Without `daemon.peer_agents`, rev-b is a person to daemon A: every review of it
+    starts a new conversation, so max_review_rounds never ends the loop between teams."""
+    team_a = Policy(("dev-a",), repositories=(REPO,), max_review_rounds=2, peers=("rev-b",))
+    within = propose("dev-a", changes_requested_by_the_other_team(2), team_a).items
+    past = propose("dev-a", changes_requested_by_the_other_team(3), team_a).items
+
+    assert [t.kind for t in within if isinstance(t, TaskSpec)] == [TaskKind.REVIEW_FEEDBACK]
+    assert [t.kind for t in past if isinstance(t, TaskSpec)] == [TaskKind.ROUNDS_SPENT]
+    assert team_a.agents == ("dev-a",)  # a peer is never acted for
+
+
+def test_a_peers_mentions_chain_hops_and_need_write_access_like_a_persons() -> None:
+    team_a = Policy(("dev-a",), repositories=(REPO,), hop_limit=1, peers=("dev-b",))
+    posts = tuple(
+        Post(PostKind.COMMENT, n, "dev-b" if n % 2 else "dev-a", "@dev-a @dev-b on", None)
+        for n in range(1, 6)
+    )
+    ctx = ThreadContext(repo=REPO, number=6, is_pull=False, title="T", new=posts[-1:],
+                        history=posts[:-1])  # fmt: skip
+    proposal = propose("dev-a", ctx, team_a)
+
+    assert [type(i).__name__ for i in proposal.items] == ["Refusal"]  # past the hop limit
+    first = ThreadContext(repo=REPO, number=6, is_pull=False, title="T", new=posts[:1])
+    assert propose("dev-a", first, team_a).requesters(team_a) == frozenset({"dev-b"})
 
 
 # --- two real daemons on one simulator -------------------------------------------------
@@ -251,3 +293,18 @@ def test_shared_agents_are_those_whose_container_is_labelled_for_another_instanc
     (warning,) = shared_agent_warnings(config, labels)
     assert warning.startswith("agent dev: container claude-hooks-dev belongs to no claude-hooks")
     assert shared_agent_warnings(config, {}) == []  # no container yet: nothing to compare
+
+
+def test_an_agent_both_configured_and_a_peer_is_refused_naming_the_key(
+    config_factory: ConfigFactory,
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_factory.load(daemon={"peer_agents": ["rev-b", "Dev"]})
+    assert "daemon.peer_agents[1]" in str(error.value) and "'Dev'" in str(error.value)
+    loaded = config_factory.load(daemon={"peer_agents": ["rev-b"]})
+    policy = Policy.from_config(loaded)
+    assert (policy.is_agent("REV-B"), policy.is_ours("rev-b"), policy.agents) == (
+        True,
+        False,
+        ("dev",),
+    )
