@@ -268,7 +268,8 @@ class Lab:
         self.agents += names
         repo = f"bench/app{number}"
         self.sim.add_repo(repo, collaborators={HUMAN: "write", **{name: "admin" for name in names}})
-        forgejo: dict[str, Any] = {"url": self.sim.base_url}
+        # forgejo.repositories names what is served: none (or the factory's acme/*) is nothing
+        forgejo: dict[str, Any] = {"url": self.sim.base_url, "repositories": [repo]}
         if webhook:
             secret = factory.secret("webhook-secret", WEBHOOK_SECRET)
             forgejo["webhook_secret_file"] = str(secret)
@@ -302,7 +303,7 @@ class Lab:
     def repo_of(config: Config) -> str:
         return f"bench/app{config.path.parent.name.rsplit('-', 1)[1]}"
 
-    async def start_daemon(self, config: Config) -> Daemon:
+    async def start_daemon(self, config: Config, ready_within: float = 30) -> Daemon:
         log = config.path.parent / f"daemon-{len(self.daemons)}.log"
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "claude_hooks", "run", "--config", str(config.path),
@@ -310,7 +311,7 @@ class Lab:
         )  # fmt: skip
         daemon = Daemon(process, config, log)
         self.daemons.append(daemon)
-        await wait_ready(daemon)
+        await wait_ready(daemon, ready_within)
         return daemon
 
     async def close(self) -> None:

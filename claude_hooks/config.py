@@ -290,6 +290,13 @@ class DaemonConfig:
         default=(),
         metadata=_doc("Logins allowed to trigger agents even without write access to the repo"),
     )
+    peer_agents: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Agents of other daemons on this Forgejo: counted for hops and review rounds,"
+            " never acted for"
+        ),
+    )
     log_format: LogFormat = field(
         default=LogFormat.AUTO, metadata=_doc("auto | journal | console | json")
     )
@@ -788,6 +795,11 @@ def _validate(config: Config, warnings: list[str]) -> None:
     seen: set[str] = set()
     for i, agent in enumerate(config.agents):
         _validate_agent(config, i, agent, seen, warnings)
+    for i, peer in enumerate(config.daemon.peer_agents):
+        if peer.lower() in seen:  # an agent in both lists would be acted for by two daemons
+            raise ConfigError(
+                path, f"daemon.peer_agents[{i}]", f"{peer!r} is an agent of this config"
+            )
     if config.forgejo.webhook_secret_file is not None:
         check_secret_file(
             config.forgejo.webhook_secret_file,

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import pwd
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from claude_hooks.cli.check_auth import login_reports
 from claude_hooks.config import Config, ConfigError, DockerEngine, SecretFileError, read_secret
 from claude_hooks.work.prompts import PromptTemplateError, load_template
+
+if TYPE_CHECKING:
+    import aiodocker
 
 
 @dataclass(frozen=True)
@@ -165,11 +169,11 @@ async def check_docker(config: Config) -> list[CheckResult]:
     results: list[CheckResult] = []
     for engine in engines_of(config.agents):
         images = {a.image for a in config.agents if a.engine == engine}
-        results += await check_engine(engine, images)
+        results += await check_engine(engine, images, config)
     return results
 
 
-async def check_engine(engine: DockerEngine, images: set[str]) -> list[CheckResult]:
+async def check_engine(engine: DockerEngine, images: set[str], config: Config) -> list[CheckResult]:
     from claude_hooks.runner.containers import ContainerManager
     from claude_hooks.runner.engines import open_docker
 
@@ -197,6 +201,57 @@ async def check_engine(engine: DockerEngine, images: set[str]) -> list[CheckResu
 
             name = f"docker image {image}" + ("" if engine.host is None else f" on {engine.name}")
             results.append(await _guard(name, present, 10))
+        on_engine = replace(config, agents=tuple(a for a in config.agents if a.engine == engine))
+        labels = await agent_container_labels(docker, on_engine)
+        results += [
+            CheckResult("agent shared", True, f"warning: {w}")
+            for w in shared_agent_warnings(config, labels)
+        ]
         return results
     finally:
         await docker.close()
+
+
+async def agent_container_labels(
+    docker: aiodocker.Docker, config: Config
+) -> dict[str, Mapping[str, str]]:
+    """The labels of each configured agent's container that exists on the engine."""
+    import aiodocker
+
+    found: dict[str, Mapping[str, str]] = {}
+    for agent in config.agents:
+        try:
+            container = await docker.containers.get(agent.container_name)
+        except aiodocker.DockerError:
+            continue  # none yet (or the engine refused): nothing to compare
+        found[agent.name] = container["Config"].get("Labels") or {}
+    return found
+
+
+def shared_agent_warnings(config: Config, labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Agents another daemon on this host already runs: its container (named after the
+    agent) carries another `claude-hooks.instance` label than this config's state dir.
+
+    The container, not a list of config files, is the evidence: every daemon that
+    ever ran an agent made and labelled its container, however it was started
+    (systemd unit of any user, a foreground `run`, a container of its own), while
+    unit files name only the configs one user's systemd starts. Both daemons would
+    take the agent's mentions (two tasks each) and the second is refused its container.
+    """
+    from claude_hooks.runner.containers import INSTANCE_LABEL, instance_labels
+
+    ours = instance_labels(config.daemon.state_dir)[INSTANCE_LABEL]
+    warnings = []
+    for agent in config.agents:
+        theirs = labels.get(agent.name, {}).get(INSTANCE_LABEL)
+        if agent.name in labels and theirs != ours:
+            owner = f"instance {theirs}" if theirs else "no claude-hooks instance"
+            warnings.append(
+                f"agent {agent.name}: container {agent.container_name} belongs to {owner} "
+                f"({INSTANCE_LABEL}, ours is {ours}: daemon.state_dir {config.daemon.state_dir})."
+                " Another config on this host names the same agent; both daemons would take"
+                " its mentions. Give one config other agents (docs/SCALING.md, Several"
+                " daemons), or if that daemon is gone for good:"
+                f" docker rm -f {agent.container_name}"
+            )
+    return warnings

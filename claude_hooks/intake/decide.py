@@ -52,13 +52,19 @@ class Policy:
     repositories: tuple[str, ...] = ()  # forgejo.repositories; none given serves nothing
     merge_by: Mapping[str, str] = field(default_factory=dict)  # dev agent → its merging lead
     max_review_rounds: int = 3
+    # daemon.peer_agents: other daemons' agents on this Forgejo. Agents to hops, rounds
+    # and reports (a loop between teams stays bounded), never acted for, never trusted.
+    peers: tuple[str, ...] = ()
     _agents_lower: frozenset[str] = field(init=False, repr=False, compare=False)
+    _ours_lower: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", tuple(self.agents))
         merge_by = {dev.lower(): lead.lower() for dev, lead in self.merge_by.items()}
         object.__setattr__(self, "merge_by", MappingProxyType(merge_by))
-        object.__setattr__(self, "_agents_lower", frozenset(a.lower() for a in self.agents))
+        ours = frozenset(a.lower() for a in self.agents)
+        object.__setattr__(self, "_ours_lower", ours)
+        object.__setattr__(self, "_agents_lower", ours | {p.lower() for p in self.peers})
         object.__setattr__(self, "allowed_users", frozenset(u.lower() for u in self.allowed_users))
 
     @classmethod
@@ -70,6 +76,7 @@ class Policy:
             config.forgejo.repositories,
             merge_by={a.name: a.merge_by for a in config.agents if a.merge_by},
             max_review_rounds=config.daemon.max_review_rounds,
+            peers=config.daemon.peer_agents,
         )
 
     def loop_agents(self, ctx: ThreadContext) -> tuple[str, ...]:
@@ -82,7 +89,12 @@ class Policy:
         return tuple(a for a in self.agents if a.lower() in wanted)
 
     def is_agent(self, login: str) -> bool:
+        """An agent of this daemon or of a peer daemon: what counts hops and rounds."""
         return login.lower() in self._agents_lower
+
+    def is_ours(self, login: str) -> bool:
+        """An agent this daemon configures: whose tokens and task ids are ours."""
+        return login.lower() in self._ours_lower
 
     def serves(self, repo: str) -> bool:
         return repository_served(self.repositories, repo)
@@ -328,7 +340,7 @@ def _agents_loop_step(item: Trigger, policy: Policy) -> bool:
     """A loop step an agent's review made: configured agents may move the team's loop
     without write access being asked (their tokens are the daemon's own)."""
     return (
-        isinstance(item, TaskSpec) and item.kind.is_loop_step and policy.is_agent(item.requested_by)
+        isinstance(item, TaskSpec) and item.kind.is_loop_step and policy.is_ours(item.requested_by)
     )
 
 
@@ -392,11 +404,12 @@ def is_report(event: ThreadEvent, policy: Policy) -> bool:
 
 
 def task_markers(events: Iterable[ThreadEvent], policy: Policy) -> frozenset[int]:
-    """The task ids in agents' posts: the tasks whose stored hops `chain_hop` needs."""
+    """The task ids in our agents' posts: the tasks whose stored hops `chain_hop` needs
+    (a peer daemon's markers name tasks of its own store)."""
     return frozenset(
         task_id
         for event in events
-        if isinstance(event, Post) and policy.is_agent(event.author)
+        if isinstance(event, Post) and policy.is_ours(event.author)
         if (task_id := find_marker(event.body)) is not None
     )
 
@@ -419,7 +432,9 @@ def chain_hop(
     event = timeline[index]
     if not policy.is_agent(event.author):
         return 0
-    origin = _origin_task(timeline[: index + 1], event.author)
+    origin = (
+        _origin_task(timeline[: index + 1], event.author) if policy.is_ours(event.author) else None
+    )
     if origin is not None and task_hops and origin in task_hops:
         return task_hops[origin] + 1
     hop = 1

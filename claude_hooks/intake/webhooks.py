@@ -111,7 +111,7 @@ class WebhookHandler:
         reader = self._intake.reader(agent)
         if isinstance(event, ReviewEvent):
             return await reader.submitted_review(event.repo, event.number, event.sender)
-        agents = [a for a in event.issue.assignees if self._intake.policy.is_agent(a)]
+        agents = [a for a in event.issue.assignees if self._intake.policy.is_ours(a)]
         return await reader.latest_assignments(event.repo, event.number, agents)
 
 
