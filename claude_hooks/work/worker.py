@@ -41,7 +41,7 @@ from claude_hooks.runner.claude import (
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.limits import zone_named
 from claude_hooks.runner.runtime import AgentRuntime
-from claude_hooks.runner.stream import StreamEvent, outcome_of
+from claude_hooks.runner.stream import StreamEvent, journal_level, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
 from claude_hooks.work.delivery import Delivery
@@ -257,7 +257,7 @@ class TaskWorker:
 
         def on_event(event: StreamEvent) -> None:
             sink.add(event.kind, event.summary, event.raw)
-            run.log.info("claude_event", type=event.kind, text=event.summary)
+            run.log.log(journal_level(event), "claude_event", type=event.kind, text=event.summary)
             if event.kind in ("tool_use", "api_retry", "permission_denied"):
                 run.step(event.summary)
 
