@@ -256,10 +256,11 @@ class TaskWorker:
         sink = self._store.event_sink(run.task.id)
 
         def on_event(event: StreamEvent) -> None:
-            sink.add(event.kind, event.summary, event.raw)
-            run.log.log(journal_level(event), "claude_event", type=event.kind, text=event.summary)
+            summary = event.summary  # a property: made once, it is the costliest part here
+            sink.add(event.kind, summary, event.raw)
+            run.log.log(journal_level(event), "claude_event", type=event.kind, text=summary)
             if event.kind in ("tool_use", "api_retry", "permission_denied"):
-                run.step(event.summary)
+                run.step(summary)
 
         agent = run.agent
         rules = system_prompt(agent.role, run.task.spec.kind)
