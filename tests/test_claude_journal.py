@@ -18,6 +18,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import aiodocker
 import pytest
@@ -34,6 +35,7 @@ from claude_hooks.store.events import EventCap
 from claude_hooks.tasks import Task, TaskState
 from tests.fakes.configs import ConfigFactory
 from tests.test_services import FakeDocker, api_spec, lifecycle_config
+from tests.test_store import make_spec
 from tests.waiting import wait_until
 
 FRAME = 32 * 1024  # what one Docker exec output frame carries at most
@@ -223,3 +225,27 @@ async def test_a_200000_line_run_leaves_a_small_journal_and_parses_every_line(
     cut = kinds.index("truncated")
     assert cut == EventCap().max_events
     assert "text" not in kinds[cut:] and "result" in kinds[cut:]
+
+
+async def test_a_run_past_the_event_cap_does_not_queue_its_lines_on_the_writer(
+    tmp_path: Path,
+) -> None:
+    """Past the cap the sink drops detail events itself; before, all 200,000 went to the
+    store's one writer thread in 400 batches, ahead of webhook intake and other tasks."""
+    store = await Store.open(tmp_path / "t.sqlite3", event_cap=EventCap(max_events=10))
+    try:
+        task, _ = await store.enqueue(make_spec(1))
+        await store.mark_running(task.id)
+        began = store.transactions
+        sink = store.event_sink(task.id, max_batch=500)
+        for i in range(BIG_RUN_LINES):
+            sink.add("text", f"line {i}")
+        sink.add("result", "all done")
+        await sink.close()
+        batches = store.transactions - began
+        events = await store.events(task.id)
+    finally:
+        await store.close()
+    assert batches <= 2, f"{batches} batches for a cap of 10 events"
+    types = [e.type for e in events]
+    assert types == ["state", "state"] + ["text"] * 8 + ["truncated", "result"]
