@@ -22,6 +22,7 @@ other work of the same loop (the store's writer thread, the HTTP handlers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -36,6 +37,7 @@ TASKS = int(os.environ.get("BENCH_LOOP_TASKS", "20"))
 LINES = int(os.environ.get("BENCH_LOOP_LINES", "50000"))
 SLOTS = 2  # per agent
 MENTION_EVERY = 0.1  # seconds between two webhook mentions during the load
+ACK_LIMIT = 30.0  # seconds a 👀 may take before the sample is recorded as that long
 
 
 def _spec(agent: str, key: str, prompt: str) -> TaskSpec:
@@ -60,7 +62,9 @@ async def _mentions(lab: Lab, config: Config, until: asyncio.Event) -> list[floa
         def eyes(comment: int = comment) -> bool:
             return any(r.content == "eyes" for r in lab.sim.reactions(repo, comment_id=comment))
 
-        await wait_until(eyes, 30, "the 👀 reaction", every=0.002)
+        # A miss counts as the limit: it must not hide the other figures.
+        with contextlib.suppress(AssertionError):
+            await wait_until(eyes, ACK_LIMIT, "the 👀 reaction", every=0.002)
         times.append((time.time() - asked) * 1000)
         await asyncio.sleep(MENTION_EVERY)
     return times
