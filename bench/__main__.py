@@ -3,8 +3,8 @@
 Needs a running Docker engine; builds the scripted agent image and starts the
 Forgejo simulator and daemon subprocesses itself. Shorter runs for a quick look:
 BENCH_IDLE_SECONDS, BENCH_WEBHOOK_RUNS, BENCH_POLL_RUNS, BENCH_SCHED_TASKS,
-BENCH_SCHED_RUN_SECONDS, BENCH_SCHED_DOCKER_TASKS, BENCH_STREAM_LINES, BENCH_DRAIN_RUNS,
-BENCH_DRAIN_HANG_RUNS, BENCH_SCALE_SECONDS.
+BENCH_SCHED_RUN_SECONDS, BENCH_SCHED_DOCKER_TASKS, BENCH_STREAM_LINES, BENCH_LOOP_TASKS,
+BENCH_LOOP_LINES, BENCH_DRAIN_RUNS, BENCH_DRAIN_HANG_RUNS, BENCH_SCALE_SECONDS.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import drain, idle, memory, reaction, scale, scheduling, stream
+from bench import drain, idle, loop, memory, reaction, scale, scheduling, stream
 from bench.stats import Row, render_table
 from claude_hooks.daemon.log import setup_logging
 
@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "idle": idle.idle_cost,
     "scheduling": _scheduling,
     "stream": stream.stream_throughput,
+    "loop": loop.loaded_loop,
     "memory": memory.memory,
     "drain": drain.drain,
     "scale": scale.scale,

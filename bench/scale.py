@@ -77,7 +77,7 @@ async def scale() -> list[Row]:
         webhooks = await idle_window(lab, webhook=True, interval=LONG_INTERVAL)
     polls = AGENTS * SECONDS / DEFAULT_INTERVAL
     per_poll = polling.requests / polls
-    fig = "8 scale"
+    fig = "9 scale"
     return [
         value_row(fig, f"daemon start to /healthz 200, {AGENTS} agents", polling.ready_seconds,
                   "s", floor=f"webhooks-first start: {webhooks.ready_seconds:.1f} s"),

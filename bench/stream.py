@@ -93,6 +93,57 @@ class Ticker:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
+class CallbackClock:
+    """The longest single callback of the event loop, in this thread's CPU time.
+
+    The ticker's lateness is wall time: on a busy machine it includes the time the OS
+    gave the CPU to other processes (and the GIL to other threads). The CPU time of one
+    callback is the part of a stall the daemon's own code causes, whatever the load.
+    """
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.where = ""
+        self._run = asyncio.events.Handle._run
+
+    def __enter__(self) -> CallbackClock:
+        original, clock = self._run, self
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            began = time.thread_time()
+            original(handle)
+            spent = time.thread_time() - began
+            if spent > clock.longest:
+                clock.longest, clock.where = spent, _callback_name(handle)
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        self.longest, self.where = 0.0, ""
+
+
+def _callback_name(handle: asyncio.events.Handle) -> str:
+    callback = handle._callback  # type: ignore[attr-defined]
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        return str(getattr(task.get_coro(), "__qualname__", task.get_name()))
+    return str(getattr(callback, "__qualname__", type(callback).__name__))
+
+
+async def idle_lateness(seconds: float = 3.0) -> tuple[float, float]:
+    """(p99, worst) lateness in s of the ticker in an otherwise idle loop: the machine's floor."""
+    ticker = Ticker()
+    ticker.start()
+    await asyncio.sleep(seconds)
+    await ticker.stop()
+    ordered = sorted(ticker.late)
+    return ordered[int(len(ordered) * 0.99)], ticker.worst
+
+
 def api_spec(config: Config, key: str, prompt: str) -> TaskSpec:
     return TaskSpec(
         agent=config.agents[0].name, kind=TaskKind.API, repo="bench/app", number=None,
@@ -146,7 +197,8 @@ async def end_to_end() -> list[Row]:
     p99 = ticks[int(len(ticks) * 0.99)] if ticks else 0.0
     return [
         value_row("5 stream", f"end to end, {LINES:,} lines: exec → stored", rate, "lines/s",
-                  floor=f"{seconds:.1f} s, task {task.state}", target="(parse ≥ 100k/s)"),
+                  floor=f"{seconds:.1f} s, task {task.state}", target="≥ 100k/s",
+                  met=rate >= 100_000),
         value_row("5 stream", "  …events stored / lines logged", stored, "events",
                   floor=f"{logged:,} claude_event log lines (store caps a task's log)"),
         value_row("5 stream", "event loop worst stall during the stream", stall * 1000, "ms",
@@ -167,4 +219,14 @@ def _log_to(path: os.PathLike[str]) -> Callable[[], None]:
 
 
 async def stream_throughput() -> list[Row]:
-    return parse_alone() + await end_to_end()
+    load = os.getloadavg()[0]
+    parse = parse_alone()
+    end = await end_to_end()
+    ratio = (end[0].p50 or 0) / (parse[0].p50 or 1)
+    return [
+        *parse,
+        *end,
+        value_row("5 stream", "end to end ÷ parse_line alone", ratio, "×",
+                  floor=f"same run; load {load:.2f} → {os.getloadavg()[0]:.2f}",
+                  target="≥ 0.33", met=ratio >= 1 / 3),
+    ]  # fmt: skip

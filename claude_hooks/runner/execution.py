@@ -16,6 +16,7 @@ of the task runs any more.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,10 @@ log = structlog.get_logger(__name__)
 STDERR_TAIL_BYTES = 8192
 MAX_LINE_BYTES = 64 << 20  # a longer "line" is not stream-json; it is cut and reported
 STDOUT, STDERR = 1, 2  # docker's stream ids in exec output frames
+# Stream parsing per turn of the event loop, all runs together, and the least one run
+# gets: a timer (the API, a webhook, a poll) waits at most about two turns.
+STREAM_TURN = 0.001
+LEAST_SLICE = 0.00005
 KILL_SETTLE = 5.0  # seconds for the exec's stream to end, and the kernel to reap, after SIGKILL
 
 
@@ -114,12 +119,36 @@ class TailBuffer:
         return self._data.decode("utf-8", errors="replace")
 
 
+class StreamShare:
+    """How long one run may parse before it lets the event loop go on.
+
+    aiodocker's read_out() does not yield while frames are buffered, and one frame is
+    ~200 lines: a fast stream would hold the loop (webhooks, the API, other runs) for
+    as long as claude kept printing. Each run yields after its slice; the slices of all
+    runs streaming at once add up to about `turn` per turn of the loop, so twenty
+    streams stall it no longer than one.
+    """
+
+    def __init__(self, turn: float = STREAM_TURN, least: float = LEAST_SLICE) -> None:
+        self.turn = turn
+        self.least = least
+        self.streaming = 0  # runs whose output is being read now
+
+    def slice(self) -> float:
+        return max(self.turn / max(self.streaming, 1), self.least)
+
+
+SHARE = StreamShare()  # one per process: the daemon runs one event loop
+
+
 class _OutputReader:
     """Consumes an exec's output frames: events to `on_event`, stderr to a tail."""
 
-    def __init__(self, on_event: Callable[[StreamEvent], None]) -> None:
+    def __init__(self, on_event: Callable[[StreamEvent], None], share: StreamShare = SHARE) -> None:
         self._on_event = on_event
         self._lines = LineSplitter()
+        self._share = share
+        self._yield_at = 0.0  # perf_counter() time at which this run lets the loop go on
         self.stderr = TailBuffer()
         self.result: Result | None = None
         self.signals = NO_SIGNALS
@@ -127,18 +156,23 @@ class _OutputReader:
 
     async def pump(self, stream: Stream) -> None:
         """Until the exec's output ends."""
-        while (message := await stream.read_out()) is not None:
-            if message.stream == STDERR:
-                self.stderr.write(message.data)
-            else:
-                self._deliver(self._lines.feed(message.data))
-            # read_out() does not yield while frames are buffered: a fast stream would
-            # hold the event loop (webhooks, the API, other tasks) until it paused.
-            await asyncio.sleep(0)
-        self._deliver(self._lines.flush())
+        self._share.streaming += 1
+        try:
+            self._yield_at = time.perf_counter() + self._share.slice()
+            while (message := await stream.read_out()) is not None:
+                if message.stream == STDERR:
+                    self.stderr.write(message.data)
+                else:
+                    await self._deliver(self._lines.feed(message.data))
+            await self._deliver(self._lines.flush())
+        finally:
+            self._share.streaming -= 1
 
-    def _deliver(self, lines: list[bytes]) -> None:
+    async def _deliver(self, lines: list[bytes]) -> None:
         for line in lines:
+            if time.perf_counter() >= self._yield_at:
+                await asyncio.sleep(0)
+                self._yield_at = time.perf_counter() + self._share.slice()
             if not line.strip():
                 continue
             event = parse_line(line)

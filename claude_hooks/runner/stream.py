@@ -15,6 +15,7 @@ failure in the words it is given (report/render.py's, which the runner does not 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
@@ -462,6 +463,25 @@ def _int(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
+
+
+# What an operator follows in the journal: what Claude does (tool calls), what went
+# wrong, and how the run ends. Text and thinking, successful tool output and routine
+# rate-limit news are at debug: a run prints thousands of them (all stay in the task's
+# event log), and logging each at info cost half the stream's throughput.
+_JOURNAL_INFO_KINDS = frozenset(
+    {"init", "tool_use", "api_retry", "permission_denied", "api_error", "result", "malformed"}
+)
+RATE_LIMIT_ALLOWED = "allowed"
+
+
+def journal_level(event: StreamEvent) -> int:
+    """The logging level of the daemon's `claude_event` line for this event."""
+    if isinstance(event, ToolResult):
+        return logging.INFO if event.is_error else logging.DEBUG
+    if isinstance(event, RateLimit):
+        return logging.DEBUG if event.status == RATE_LIMIT_ALLOWED else logging.INFO
+    return logging.INFO if event.kind in _JOURNAL_INFO_KINDS else logging.DEBUG
 
 
 # HTTP statuses (and error body types) that may pass: the API overloaded or failing,

@@ -102,8 +102,10 @@ class EventSink:
         store_path: Path,
         interval: float,
         max_batch: int,
+        detail_limit: int | None = None,
     ) -> None:
-        """`stored` runs after each batch is written; `closed` once, when the sink closes."""
+        """`stored` runs after each batch is written; `closed` once, when the sink closes.
+        Past `detail_limit` detail events the sink drops them itself (see `add`)."""
         self.task_id = task_id
         self._write = write
         self._stored = stored
@@ -115,11 +117,21 @@ class EventSink:
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Future[None]] = set()
         self._closed = False
+        self._detail_limit = detail_limit
+        self._details = 0  # detail events (not ALWAYS_KEPT) handed to the writer
 
     def add(self, type: str, summary: str, data: str | None = None) -> None:
         """Cheap and synchronous: the event is written with the next batch."""
         if self._closed:
             raise RuntimeError(f"event sink of task {self.task_id} is closed")
+        if type not in ALWAYS_KEPT:
+            # One more than the cap's worth has reached the writer, so it has dropped
+            # one and stored the truncation marker: it would drop the rest too. A fast
+            # run's millions of lines must not queue up on the one writer thread
+            # ahead of everyone else's writes (webhook intake, other tasks).
+            if self._detail_limit is not None and self._details >= self._detail_limit:
+                return
+            self._details += 1
         self._pending.append(NewEvent(ts=time.time(), type=type, summary=summary, data=data))
         if len(self._pending) >= self._max_batch:
             self._write_pending()

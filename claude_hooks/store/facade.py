@@ -220,6 +220,7 @@ class Store:
             store_path=self.path,
             interval=interval,
             max_batch=max_batch,
+            detail_limit=self._db.cap.max_events + 1,
         )
         self._sinks.add(sink)
         return sink

@@ -11,6 +11,7 @@ writes in order without ever holding up the scheduler.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ from claude_hooks.runner.claude import (
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.limits import zone_named
 from claude_hooks.runner.runtime import AgentRuntime
-from claude_hooks.runner.stream import RateLimit, StreamEvent, outcome_of
+from claude_hooks.runner.stream import RateLimit, StreamEvent, journal_level, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
 from claude_hooks.work.delivery import Delivery
@@ -274,10 +275,11 @@ class TaskWorker:
         sink = self._store.event_sink(run.task.id)
 
         def on_event(event: StreamEvent) -> None:
-            sink.add(event.kind, event.summary, event.raw)
+            summary = event.summary  # a property: made once, it is the costliest part here
+            sink.add(event.kind, summary, event.raw)
             warns = isinstance(event, RateLimit) and event.is_warning
-            emit = run.log.warning if warns else run.log.info
-            emit("claude_event", type=event.kind, text=event.summary)
+            level = logging.WARNING if warns else journal_level(event)
+            run.log.log(level, "claude_event", type=event.kind, text=summary)
             if (line := checklist_line(event)) is not None:
                 run.step(line)
 
