@@ -55,6 +55,9 @@ def _user_result(is_error: bool, text: str) -> str:
     return json.dumps({"type": "user", "message": {"role": "user", "content": [block]}})
 
 
+WARNED = {"rate_limit allowed_warning"}  # at warning, not info: close to a usage limit
+
+
 def _rate_limit(status: str) -> str:
     info = {"status": status, "resetsAt": 1_900_000_000, "rateLimitType": "five_hour"}
     return json.dumps({"type": "rate_limit_event", "rate_limit_info": info})
@@ -92,7 +95,8 @@ LINES: list[tuple[str, str, bool]] = [
 
 @pytest.mark.parametrize(("name", "line", "at_info"), LINES, ids=[n for n, _, _ in LINES])
 def test_the_level_of_each_event_kind(name: str, line: str, at_info: bool) -> None:
-    assert journal_level(parse_line(line)) == (logging.INFO if at_info else logging.DEBUG)
+    shown = logging.WARNING if name in WARNED else logging.INFO  # near a limit: -p warning
+    assert journal_level(parse_line(line)) == (shown if at_info else logging.DEBUG)
 
 
 # --- end to end: Services, the real output pipeline, the daemon's logging ---------------------
@@ -193,7 +197,9 @@ async def test_the_journal_shows_tool_calls_errors_and_the_end_not_text(
     assert {str(e["text"]) for e in logged} == {
         parse_line(line).summary for _, line, at_info in LINES if at_info
     }
-    assert all(e["level"] == "info" for e in logged)
+    warned = {e["text"] for e in logged if e["level"] == "warning"}
+    assert warned == {parse_line(_rate_limit("allowed_warning")).summary}  # close to a limit
+    assert all(e["level"] in ("info", "warning") for e in logged)
     changes = [e["event"] for e in journal_lines(journal) if e.get("task_id") == task.id]
     assert {"task_queued", "task_started", "task_finished"} <= set(changes)
 

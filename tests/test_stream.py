@@ -59,6 +59,8 @@ EXPECTED_KINDS = {
     "error-429-max-retries-2": ["init", "api_retry", "api_retry", "api_error", "result"],
     "max-turns-1": ["init", "text", "tool_use", "tool_result", "result"],
     "resume-unknown-session": ["result"],
+    # the pinned CLI hitting a five-hour limit: the event, its synthetic message, the result
+    "usage-limit-5h-rejected": ["init", "rate_limit", "api_error", "result"],
 }  # fmt: skip
 
 

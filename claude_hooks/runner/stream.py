@@ -480,6 +480,8 @@ def journal_level(event: StreamEvent) -> int:
     if isinstance(event, ToolResult):
         return logging.INFO if event.is_error else logging.DEBUG
     if isinstance(event, RateLimit):
+        if event.is_warning:  # close to a usage limit: worth `journalctl -p warning`
+            return logging.WARNING
         return logging.DEBUG if event.status == RATE_LIMIT_ALLOWED else logging.INFO
     return logging.INFO if event.kind in _JOURNAL_INFO_KINDS else logging.DEBUG
 

@@ -11,7 +11,6 @@ writes in order without ever holding up the scheduler.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -277,9 +276,7 @@ class TaskWorker:
         def on_event(event: StreamEvent) -> None:
             summary = event.summary  # a property: made once, it is the costliest part here
             sink.add(event.kind, summary, event.raw)
-            warns = isinstance(event, RateLimit) and event.is_warning
-            level = logging.WARNING if warns else journal_level(event)
-            run.log.log(level, "claude_event", type=event.kind, text=summary)
+            run.log.log(journal_level(event), "claude_event", type=event.kind, text=summary)
             if (line := checklist_line(event)) is not None:
                 run.step(line)
 
