@@ -268,7 +268,8 @@ class Lab:
         self.agents += names
         repo = f"bench/app{number}"
         self.sim.add_repo(repo, collaborators={HUMAN: "write", **{name: "admin" for name in names}})
-        forgejo: dict[str, Any] = {"url": self.sim.base_url}
+        # The daemon serves only the repositories it is told (forgejo.repositories).
+        forgejo: dict[str, Any] = {"url": self.sim.base_url, "repositories": [repo]}
         if webhook:
             secret = factory.secret("webhook-secret", WEBHOOK_SECRET)
             forgejo["webhook_secret_file"] = str(secret)
