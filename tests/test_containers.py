@@ -15,6 +15,7 @@ import pytest
 from aiodocker.containers import DockerContainer
 
 from claude_hooks.config import AgentConfig
+from claude_hooks.redact import redactor
 from claude_hooks.runner.claude import CREDENTIALS_PATH, DAEMON_MARKER, TASK_MARKER
 from claude_hooks.runner.containers import (
     AGENT_LABEL,
@@ -270,6 +271,32 @@ async def test_container_runs_as_non_root_with_writable_state_and_a_copy_of_the_
     projects = "/state/home/.claude/projects/-state-work-task-1"
     code, text = await run_exec(container, ["mkdir", "-p", projects], user=a.user)
     assert (code, text) == (0, "")
+
+
+@pytest.mark.docker
+async def test_each_task_looks_at_the_credentials_copy_in_one_exec_and_learns_a_refresh(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every task syncs the credentials on its way to Claude: one exec (its round trip
+    # is a floor of the reaction time), not a stat and a read one after the other.
+    a = make_agent()
+    container = await manager.ensure(a)
+    assert await manager.sync_credentials(container, a)
+    token = f"refreshed-token-{uuid.uuid4().hex}"
+    refreshed = json.dumps({"claudeAiOauth": {"accessToken": token}})
+    write = f"echo '{refreshed}' > {CREDENTIALS_PATH} && touch -d @{2**31 - 10} {CREDENTIALS_PATH}"
+    assert await run_exec(container, ["sh", "-c", write], user=a.user) == (0, "")
+    commands: list[list[str]] = []
+    real_exec = container.exec
+
+    async def counted(cmd: list[str], **kwargs: object) -> object:
+        commands.append(cmd)
+        return await real_exec(cmd, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(container, "exec", counted)
+    assert not await manager.sync_credentials(container, a)  # the copy is newer: kept
+    assert len(commands) == 1
+    assert token not in redactor(f"claude printed {token}")  # what Claude may print
 
 
 @pytest.mark.docker

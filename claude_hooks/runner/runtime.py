@@ -7,14 +7,29 @@ without a Docker engine (claude_hooks/demo/local_runtime.py); nothing else does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar, cast
 
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner import workspace
 from claude_hooks.runner.containers import ContainerManager
 from claude_hooks.runner.execution import ClaudeExec, ExecResult, run_claude
 from claude_hooks.runner.stream import StreamEvent
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def all_of(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, the two run side by side. Unlike a bare gather, neither is left
+    running unwatched when the other fails: both end first, then the first argument's
+    error (else the second's) is raised as it is, so callers catch what they always did."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (one, two):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return cast(A, one), cast(B, two)
 
 
 class AgentRuntime(Protocol):
@@ -54,8 +69,14 @@ class DockerRuntime:
     ) -> str:
         container = await self.containers.ensure(agent)
         # Before each task: a newer login on the host replaces the one in the volume.
-        await self.containers.sync_credentials(container, agent)
-        return await workspace.prepare(container, plan, user=agent.user, env=env)
+        # The two execs touch different paths and neither needs the other: side by side,
+        # they cost one exec's round trip on the way to Claude, not two. Both run to
+        # their end before an error of either is raised (the credentials' first).
+        _, head = await all_of(
+            self.containers.sync_credentials(container, agent),
+            workspace.prepare(container, plan, user=agent.user, env=env),
+        )
+        return head
 
     async def run(
         self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]

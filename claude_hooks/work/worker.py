@@ -40,7 +40,7 @@ from claude_hooks.runner.claude import (
 )
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.limits import zone_named
-from claude_hooks.runner.runtime import AgentRuntime
+from claude_hooks.runner.runtime import AgentRuntime, all_of
 from claude_hooks.runner.stream import StreamEvent, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
@@ -306,14 +306,28 @@ class TaskWorker:
         spec = task.spec
         assert spec.number is not None
         client = self._client_for(spec.agent)
-        repo = await client.get_repo(spec.repo)
-        issue = await client.get_issue(spec.repo, spec.number)
+        # Independent reads side by side: the run waits for the slowest, not the sum.
+        repo_and_issue = all_of(
+            client.get_repo(spec.repo), client.get_issue(spec.repo, spec.number)
+        )
+        read, comment_list = await all_of(
+            repo_and_issue, client.list_comments(spec.repo, spec.number)
+        )
+        repo, issue = read
+        comments = tuple(comment_list)
         pull = await client.get_pull(spec.repo, spec.number) if issue.is_pull else None
-        comments = tuple(await client.list_comments(spec.repo, spec.number))
         authors = {issue.user.login, *(c.user.login for c in comments)}
-        writers = await self._permissions.trusted(spec.agent, spec.repo, authors)
-        diff = await client.pull_diff(spec.repo, spec.number) if pull is not None else None
-        pull_facts = await self._loop.pull_facts(task, pull) if pull is not None else None
+        trusted = self._permissions.trusted(spec.agent, spec.repo, authors)
+        diff: str | None = None
+        pull_facts: PullFacts | None = None
+        if pull is None:
+            writers = await trusted
+        else:
+            about_pull = all_of(
+                client.pull_diff(spec.repo, spec.number), self._loop.pull_facts(task, pull)
+            )
+            writers, pulled = await all_of(trusted, about_pull)
+            diff, pull_facts = pulled
         return ThreadFacts(
             issue, pull, comments, writers, diff, repo.default_branch, repo.clone_url, pull_facts
         )
