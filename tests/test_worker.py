@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -161,3 +162,44 @@ async def test_the_threads_independent_reads_run_side_by_side(config: Config) ->
     assert (read.default_branch, read.clone_url, read.pull) == ("trunk", CLONE_URL, None)
     assert [c.id for c in read.comments] == [3]
     assert read.writers == frozenset({"alice"})
+
+
+class PrecheckClient(OverlapClient):
+    """The issue read waits until the comment read has begun too."""
+
+    def __init__(self, *, state: str = "open", comment_error: Exception | None = None) -> None:
+        super().__init__()
+        self.begun = {"repo"}
+        self.state, self.comment_error = state, comment_error
+
+    async def get_issue(self, repo: str, number: int) -> Issue:
+        await self._read("issue")
+        return dataclasses.replace(facts().issue, state=self.state)
+
+    async def get_comment(self, repo: str, comment_id: int) -> Comment | None:
+        self.begun.add("comments")
+        if self.begun >= {"repo", "issue", "comments"}:
+            self._all.set()
+        if self.comment_error is not None:
+            raise self.comment_error
+        return Comment(id=comment_id, body="@dev please", user=ALICE, html_url="")
+
+
+async def test_the_precheck_reads_the_issue_and_the_comment_side_by_side(config: Config) -> None:
+    def worker_of(client: PrecheckClient) -> TaskWorker:
+        return TaskWorker(
+            config, None, None, lambda _: client, None, None,  # type: ignore[arg-type]
+            daemon_id="test", permissions=AllTrusted(),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    asked = dataclasses.replace(
+        task("dev"), spec=dataclasses.replace(task("dev").spec, comment_id=3)
+    )
+    assert (await worker_of(PrecheckClient()).precheck(asked)).skip_reason is None
+    # A closed thread is skipped whatever the comment read said, as before.
+    closed = PrecheckClient(state="closed", comment_error=RuntimeError("comment read broke"))
+    assert (await worker_of(closed).precheck(asked)).skip_reason == "acme/app#12 is closed"
+    with pytest.raises(RuntimeError, match="comment read broke"):
+        await worker_of(PrecheckClient(comment_error=RuntimeError("comment read broke"))).precheck(
+            asked
+        )

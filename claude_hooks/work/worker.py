@@ -172,11 +172,23 @@ class TaskWorker:
         if spec.number is None:
             return Precheck.proceed()
         client = self._client_for(spec.agent)
-        issue = await client.get_issue(spec.repo, spec.number)
+        comment_id = spec.comment_id
+        # Both reads at once: the run waits for one round trip, not two. The answers are
+        # looked at in the old order: a closed thread is skipped whatever the comment read
+        # said, and the issue's error comes first.
+        issue_read, comment_read = await asyncio.gather(
+            client.get_issue(spec.repo, spec.number),
+            client.get_comment(spec.repo, comment_id) if comment_id is not None else _none(),
+            return_exceptions=True,
+        )
+        if isinstance(issue_read, BaseException):
+            raise issue_read
+        issue = issue_read
         if issue.state != "open" and spec.kind is not TaskKind.API:
             return Precheck.skip(f"{spec.thread} is {issue.state}")
-        comment_id = spec.comment_id
-        if comment_id is not None and await client.get_comment(spec.repo, comment_id) is None:
+        if isinstance(comment_read, BaseException):
+            raise comment_read
+        if comment_id is not None and comment_read is None:
             return Precheck.skip("the comment that asked was deleted")
         if spec.kind is TaskKind.REVIEW and issue.is_pull:
             pull = await client.get_pull(spec.repo, spec.number)
@@ -406,6 +418,10 @@ class TaskWorker:
         head_sha = _head_sha(run.task, facts)
         merged = await self._delivery.merge(run.task, run.agent.merge_style, head_sha)
         return replace(outcome, result=with_merge_note(outcome.result, merged.detail))
+
+
+async def _none() -> None:
+    return None
 
 
 def _head_sha(task: Task, facts: ThreadFacts) -> str:
