@@ -16,7 +16,13 @@ from aiodocker.containers import DockerContainer
 
 from claude_hooks.config import AgentConfig
 from claude_hooks.redact import redactor
-from claude_hooks.runner.claude import CREDENTIALS_PATH, DAEMON_MARKER, TASK_MARKER
+from claude_hooks.runner.claude import (
+    CREDENTIALS_PATH,
+    DAEMON_MARKER,
+    TASK_MARKER,
+    claude_argv,
+    exec_env,
+)
 from claude_hooks.runner.containers import (
     AGENT_LABEL,
     CONFIG_LABEL,
@@ -31,6 +37,9 @@ from claude_hooks.runner.containers import (
     run_exec,
     state_problem,
 )
+from claude_hooks.runner.execution import ClaudeExec
+from claude_hooks.runner.runtime import REUSE_FOR, DockerRuntime
+from claude_hooks.runner.workspace import Checkout, WorkspacePlan, task_directory
 from tests.fakes.docker import (  # noqa: F401  (fixtures)
     AGENT_UID,
     RUN_LABEL,
@@ -615,3 +624,36 @@ async def test_another_instance_never_recreates_rebuilds_stops_or_kills_into_a_c
     after = await docker.containers.get(agent.container_name)
     assert after.id == container.id and after["State"]["Running"]
     assert len(await signal_processes(after, "list", their_task, user=agent.user)) == 1
+
+
+@pytest.mark.docker
+async def test_the_claude_exec_reuses_the_container_its_prepare_exec_just_ran_in(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One engine round trip (an inspect) less between the workspace exec and Claude;
+    # a container prepared longer ago than REUSE_FOR is looked at again.
+    a = make_agent()
+    now = [1000.0]
+    runtime = DockerRuntime(manager, clock=lambda: now[0])
+    ensured: list[str] = []
+    real_ensure = manager.ensure
+
+    async def counted(agent: AgentConfig) -> DockerContainer:
+        ensured.append(agent.name)
+        return await real_ensure(agent)
+
+    monkeypatch.setattr(manager, "ensure", counted)
+    plan = WorkspacePlan(path=task_directory("acme/app", 1, 1), checkout=Checkout.NONE)
+    claude = ClaudeExec(
+        task_id=1,
+        argv=tuple(claude_argv(a, session_id=None, system_prompt="")),
+        env=tuple(exec_env(a, task_id=1, daemon_id="d")),
+        stdin=b"fake-claude: scenario=tool-run-success",
+        workdir=plan.path,
+    )
+    await runtime.prepare(a, plan, [])
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    assert len(ensured) == 1
+    now[0] += REUSE_FOR + 1
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    assert len(ensured) == 2

@@ -8,8 +8,11 @@ without a Docker engine (claude_hooks/demo/local_runtime.py); nothing else does.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar, cast
+
+from aiodocker.containers import DockerContainer
 
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner import workspace
@@ -58,11 +61,20 @@ class AgentRuntime(Protocol):
         ...
 
 
+# A container a task's prepare exec just ran in is not inspected again for the claude exec
+# that follows it (one engine round trip less before Claude); older than this, it is.
+REUSE_FOR = 5.0
+
+
 class DockerRuntime:
     """Each agent in its own long-lived container; each task one `docker exec`."""
 
-    def __init__(self, containers: ContainerManager) -> None:
+    def __init__(
+        self, containers: ContainerManager, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.containers = containers
+        self._clock = clock
+        self._prepared: dict[str, tuple[DockerContainer, float]] = {}  # agent: container, when
 
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
@@ -76,13 +88,20 @@ class DockerRuntime:
             self.containers.sync_credentials(container, agent),
             workspace.prepare(container, plan, user=agent.user, env=env),
         )
+        self._prepared[agent.name] = (container, self._clock())  # it ran until just now
         return head
 
     async def run(
         self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
-        container = await self.containers.ensure(agent)
+        container = self._just_prepared(agent) or await self.containers.ensure(agent)
         return await run_claude(container, claude, user=agent.user, on_event=on_event)
+
+    def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
+        seen = self._prepared.get(agent.name)
+        if seen is None or self._clock() - seen[1] > REUSE_FOR:
+            return None
+        return seen[0]
 
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
