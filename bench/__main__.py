@@ -91,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no benchmark named {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
     setup_logging("console", "warning")
     names = args.names or list(BENCHMARKS)
-    print(machine(), file=sys.stderr)
+    at_start = machine()
+    print(at_start, file=sys.stderr)
     began = time.monotonic()
     rows = asyncio.run(run(names))
-    print(f"\n{machine()} · {time.monotonic() - began:.0f} s in all\n")
+    # The load at both ends: other work on the machine shows in every figure.
+    print(f"\nstart: {at_start}\nend:   {machine()} · {time.monotonic() - began:.0f} s in all\n")
     print(render_table(rows))
     return 0 if all(row.met is not False for row in rows) else 1
 

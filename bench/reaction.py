@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import statistics
 import time
 
 from bench.harness import ExecWatcher, Lab, exec_floor, mention, task_rows, wait_until
-from bench.stats import Row, sample_row
+from bench.stats import Row, sample_row, value_row
 from claude_hooks.config import Config
 
 WEBHOOK_RUNS = int(os.environ.get("BENCH_WEBHOOK_RUNS", "30"))
 POLL_RUNS = int(os.environ.get("BENCH_POLL_RUNS", "15"))
 POLL_INTERVAL = 2.0
+FLOOR_RATIO = 1.3  # webhook → claude exec_start p50 against the same run's exec floor p50
 
 
 def _all_ended(config: Config) -> bool:
@@ -67,12 +69,16 @@ async def webhook_reaction() -> list[Row]:
         finally:
             await watcher.close()
             await daemon.stop()
-    floor_text = f"docker exec true p50 {sorted(floor)[len(floor) // 2]:.0f} ms"
+    floor_p50 = statistics.median(floor)
+    floor_text = f"docker exec true p50 {floor_p50:.0f} ms"
+    ratio = statistics.median(execs) / floor_p50 if execs else float("inf")
     return [
         sample_row("1 webhook", "comment → 👀 visible", reactions, "ms",
                    floor=floor_text, target="p50 ≤ 150 ms", limit=150),
         sample_row("1 webhook", "comment → claude exec_start", execs, "ms",
                    floor=floor_text, target="p50 ≤ 300 ms", limit=300),
+        value_row("1 webhook", "exec_start p50 ÷ floor p50", ratio, "×",
+                  floor=floor_text, target=f"≤ {FLOOR_RATIO:g} × floor", met=ratio <= FLOOR_RATIO),
         sample_row("1 webhook", "floor: bare docker exec true", floor, "ms"),
     ]  # fmt: skip
 

@@ -15,7 +15,14 @@ import pytest
 from aiodocker.containers import DockerContainer
 
 from claude_hooks.config import AgentConfig
-from claude_hooks.runner.claude import CREDENTIALS_PATH, DAEMON_MARKER, TASK_MARKER
+from claude_hooks.redact import redactor
+from claude_hooks.runner.claude import (
+    CREDENTIALS_PATH,
+    DAEMON_MARKER,
+    TASK_MARKER,
+    claude_argv,
+    exec_env,
+)
 from claude_hooks.runner.containers import (
     AGENT_LABEL,
     CONFIG_LABEL,
@@ -30,6 +37,9 @@ from claude_hooks.runner.containers import (
     run_exec,
     state_problem,
 )
+from claude_hooks.runner.execution import ClaudeExec
+from claude_hooks.runner.runtime import REUSE_FOR, DockerRuntime
+from claude_hooks.runner.workspace import Checkout, WorkspacePlan, task_directory
 from tests.fakes.docker import (  # noqa: F401  (fixtures)
     AGENT_UID,
     RUN_LABEL,
@@ -270,6 +280,32 @@ async def test_container_runs_as_non_root_with_writable_state_and_a_copy_of_the_
     projects = "/state/home/.claude/projects/-state-work-task-1"
     code, text = await run_exec(container, ["mkdir", "-p", projects], user=a.user)
     assert (code, text) == (0, "")
+
+
+@pytest.mark.docker
+async def test_each_task_looks_at_the_credentials_copy_in_one_exec_and_learns_a_refresh(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every task syncs the credentials on its way to Claude: one exec (its round trip
+    # is a floor of the reaction time), not a stat and a read one after the other.
+    a = make_agent()
+    container = await manager.ensure(a)
+    assert await manager.sync_credentials(container, a)
+    token = f"refreshed-token-{uuid.uuid4().hex}"
+    refreshed = json.dumps({"claudeAiOauth": {"accessToken": token}})
+    write = f"echo '{refreshed}' > {CREDENTIALS_PATH} && touch -d @{2**31 - 10} {CREDENTIALS_PATH}"
+    assert await run_exec(container, ["sh", "-c", write], user=a.user) == (0, "")
+    commands: list[list[str]] = []
+    real_exec = container.exec
+
+    async def counted(cmd: list[str], **kwargs: object) -> object:
+        commands.append(cmd)
+        return await real_exec(cmd, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(container, "exec", counted)
+    assert not await manager.sync_credentials(container, a)  # the copy is newer: kept
+    assert len(commands) == 1
+    assert token not in redactor(f"claude printed {token}")  # what Claude may print
 
 
 @pytest.mark.docker
@@ -588,3 +624,36 @@ async def test_another_instance_never_recreates_rebuilds_stops_or_kills_into_a_c
     after = await docker.containers.get(agent.container_name)
     assert after.id == container.id and after["State"]["Running"]
     assert len(await signal_processes(after, "list", their_task, user=agent.user)) == 1
+
+
+@pytest.mark.docker
+async def test_the_claude_exec_reuses_the_container_its_prepare_exec_just_ran_in(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One engine round trip (an inspect) less between the workspace exec and Claude;
+    # a container prepared longer ago than REUSE_FOR is looked at again.
+    a = make_agent()
+    now = [1000.0]
+    runtime = DockerRuntime(manager, clock=lambda: now[0])
+    ensured: list[str] = []
+    real_ensure = manager.ensure
+
+    async def counted(agent: AgentConfig) -> DockerContainer:
+        ensured.append(agent.name)
+        return await real_ensure(agent)
+
+    monkeypatch.setattr(manager, "ensure", counted)
+    plan = WorkspacePlan(path=task_directory("acme/app", 1, 1), checkout=Checkout.NONE)
+    claude = ClaudeExec(
+        task_id=1,
+        argv=tuple(claude_argv(a, session_id=None, system_prompt="")),
+        env=tuple(exec_env(a, task_id=1, daemon_id="d")),
+        stdin=b"fake-claude: scenario=tool-run-success",
+        workdir=plan.path,
+    )
+    await runtime.prepare(a, plan, [])
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    assert len(ensured) == 1
+    now[0] += REUSE_FOR + 1
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    assert len(ensured) == 2

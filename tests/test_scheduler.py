@@ -823,3 +823,35 @@ async def test_resume_lifts_a_usage_limit_pause_early_and_the_held_task_runs_at_
     assert await scheduler.resume("dev", by="alice")  # long before the reset
     done = await until_state(store, limited.id, TaskState.SUCCEEDED)
     assert runner.started_ids == [limited.id, limited.id] and done.not_before is None
+
+
+def test_taking_the_next_task_looks_at_the_head_of_one_queue_not_at_every_queued_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every dispatch calls next_task and next_wake: walking all 1,000 queued tasks each
+    # time made a start's cost grow with the queue (the scheduling bench's makespan).
+    looked: list[int] = []
+    real_waits = scheduler_module._waits
+
+    def counted(task: Task, now: float) -> bool:
+        looked.append(task.id)
+        return real_waits(task, now)
+
+    monkeypatch.setattr(scheduler_module, "_waits", counted)
+    queue = TaskQueue()
+    for n in range(1, 1001):
+        agent = f"agent{n % 4}"
+        queue.add(Task(id=n, spec=make_spec(n, agent=agent), state=TaskState.QUEUED))
+    later = Task(
+        id=1001, spec=make_spec(1001, agent="agent1"), state=TaskState.QUEUED,
+        not_before=time.time() + 60,
+    )  # fmt: skip
+    queue.add(later)  # deferred, at its queue's end
+    taken = [queue.next_task({}, {}, now=time.time()) for _ in range(8)]
+    assert [t.id for t in taken if t is not None] == [4, 3, 2, 1, 8, 7, 6, 5]  # round-robin
+    assert len(looked) <= 8  # one head per task taken
+    assert queue.next_wake(time.time()) == later.not_before  # a dated task: it is found
+    queue.take(1001)
+    looked.clear()
+    assert queue.next_wake(time.time()) is None
+    assert looked == []  # nothing dated in the queue: no walk over it

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -23,7 +24,7 @@ from claude_hooks.store import (
     TaskNotFound,
 )
 from claude_hooks.store.schema import migrate
-from claude_hooks.tasks import Outcome, TaskKind, TaskSpec, TaskState, TriggerSource
+from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from tests.conftest import REPO_ROOT
 from tests.fakes.leaks import leaks
 
@@ -472,3 +473,29 @@ def test_the_schema_is_in_schema_py_and_queries_in_db_py() -> None:
     from claude_hooks.store.facade import Store as FacadeStore
 
     assert Store is FacadeStore  # `from claude_hooks.store import Store` is the facade
+
+
+async def test_writes_made_together_reach_the_writer_thread_as_one_batch(store: Store) -> None:
+    # Eight runs ending at once (the scheduler's lock-step rounds): one hop to the
+    # thread and one back, not eight of each; each write is still its own transaction,
+    # and one write's error is its caller's alone.
+    tasks = [(await store.enqueue(make_spec(n)))[0] for n in range(1, 9)]
+    hops: list[object] = []
+    executor = store._writer._executor
+    real_submit = executor.submit
+
+    def counted(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn)
+        return real_submit(fn, *args, **kwargs)
+
+    executor.submit = counted  # type: ignore[method-assign]
+    began = store.transactions
+    started = await asyncio.gather(
+        *(store.mark_running(t.id) for t in tasks), store.mark_running(999),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert [t.state for t in started[:8] if isinstance(t, Task)] == [TaskState.RUNNING] * 8
+    assert isinstance(started[8], TaskNotFound)
+    assert len(hops) == 1
+    assert store.transactions - began == 9
+    assert [t.state for t in await store.list_tasks()] == [TaskState.RUNNING] * 8

@@ -1,14 +1,17 @@
-"""The worker's pure decision: which working tree a task's run gets."""
+"""The worker's pure decision: which working tree a task's run gets; how it reads a thread."""
 
 from __future__ import annotations
+
+import asyncio
+import dataclasses
 
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.forgejo.models import Issue, PullRequest, User
+from claude_hooks.forgejo.models import Comment, Issue, PullRequest, Repository, User
 from claude_hooks.runner.workspace import Checkout, WorkspacePlan
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
-from claude_hooks.work.worker import ThreadFacts, workspace_plan
+from claude_hooks.work.worker import TaskWorker, ThreadFacts, workspace_plan
 from tests.fakes.configs import ConfigFactory
 
 ALICE = User(id=1, login="alice")
@@ -111,3 +114,92 @@ def test_no_checkout_without_a_thread_a_clone_url_or_the_agents_consent(config: 
     assert workspace_plan(task("dev"), config.agent("dev"), no_url).checkout is Checkout.NONE
     helper = workspace_plan(task("helper"), config.agent("helper"), facts())
     assert helper == WorkspacePlan(path=PATH, checkout=Checkout.NONE)
+
+
+class OverlapClient:
+    """Forgejo reads that each wait until all three independent ones have begun: read one
+    after another, the first never returns."""
+
+    def __init__(self) -> None:
+        self.begun: set[str] = set()
+        self._all = asyncio.Event()
+
+    async def _read(self, what: str) -> None:
+        self.begun.add(what)
+        if self.begun >= {"repo", "issue", "comments"}:
+            self._all.set()
+        async with asyncio.timeout(5):
+            await self._all.wait()
+
+    async def get_repo(self, repo: str) -> Repository:
+        await self._read("repo")
+        return Repository(1, repo, "trunk", CLONE_URL, "")
+
+    async def get_issue(self, repo: str, number: int) -> Issue:
+        await self._read("issue")
+        return facts().issue
+
+    async def list_comments(self, repo: str, number: int) -> list[Comment]:
+        await self._read("comments")
+        return [Comment(id=3, body="@dev please", user=ALICE, html_url="")]
+
+
+class AllTrusted:
+    async def trusted(self, agent: str, repo: str, logins: set[str]) -> frozenset[str]:
+        return frozenset(logins)
+
+
+async def test_the_threads_independent_reads_run_side_by_side(config: Config) -> None:
+    # Repository, issue and comments do not depend on each other: the run waits for
+    # the slowest of them, not for their sum (a share of the webhook → claude time).
+    client = OverlapClient()
+    worker = TaskWorker(
+        config, None, None, lambda _: client, None, None,  # type: ignore[arg-type]
+        daemon_id="test", permissions=AllTrusted(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    read = await worker._thread_facts(task("dev"))
+    assert client.begun == {"repo", "issue", "comments"}
+    assert (read.default_branch, read.clone_url, read.pull) == ("trunk", CLONE_URL, None)
+    assert [c.id for c in read.comments] == [3]
+    assert read.writers == frozenset({"alice"})
+
+
+class PrecheckClient(OverlapClient):
+    """The issue read waits until the comment read has begun too."""
+
+    def __init__(self, *, state: str = "open", comment_error: Exception | None = None) -> None:
+        super().__init__()
+        self.begun = {"repo"}
+        self.state, self.comment_error = state, comment_error
+
+    async def get_issue(self, repo: str, number: int) -> Issue:
+        await self._read("issue")
+        return dataclasses.replace(facts().issue, state=self.state)
+
+    async def get_comment(self, repo: str, comment_id: int) -> Comment | None:
+        self.begun.add("comments")
+        if self.begun >= {"repo", "issue", "comments"}:
+            self._all.set()
+        if self.comment_error is not None:
+            raise self.comment_error
+        return Comment(id=comment_id, body="@dev please", user=ALICE, html_url="")
+
+
+async def test_the_precheck_reads_the_issue_and_the_comment_side_by_side(config: Config) -> None:
+    def worker_of(client: PrecheckClient) -> TaskWorker:
+        return TaskWorker(
+            config, None, None, lambda _: client, None, None,  # type: ignore[arg-type]
+            daemon_id="test", permissions=AllTrusted(),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    asked = dataclasses.replace(
+        task("dev"), spec=dataclasses.replace(task("dev").spec, comment_id=3)
+    )
+    assert (await worker_of(PrecheckClient()).precheck(asked)).skip_reason is None
+    # A closed thread is skipped whatever the comment read said, as before.
+    closed = PrecheckClient(state="closed", comment_error=RuntimeError("comment read broke"))
+    assert (await worker_of(closed).precheck(asked)).skip_reason == "acme/app#12 is closed"
+    with pytest.raises(RuntimeError, match="comment read broke"):
+        await worker_of(PrecheckClient(comment_error=RuntimeError("comment read broke"))).precheck(
+            asked
+        )

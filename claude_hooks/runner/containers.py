@@ -119,6 +119,13 @@ mv -f "$tmp" "$1"
 """
 
 
+# Prints the credentials copy's "mtime size" (or "none") on one line, then its first MiB.
+READ_COPY_SCRIPT = r"""
+stat -c '%Y %s' "$1" 2>/dev/null || echo none
+exec head -c 1048576 "$1" 2>/dev/null
+"""
+
+
 def credentials_copy_needed(host_mtime: int, copy: tuple[int, int] | None) -> bool:
     """Copy the host's credentials file unless the volume's copy (mtime, size) is as
     new or newer (Claude Code refreshed it after the last copy: it holds the live
@@ -484,11 +491,17 @@ class ContainerManager:
                 f"{agent.credentials_file}: {exc.strerror or exc}"
             ) from None
         redactor.learn(data.decode("utf-8", errors="replace"))
+        # One exec, not two, on every task's way to Claude: the copy's (mtime, size),
+        # then what it holds (bounded: the agent owns the path and could make it a link
+        # to something huge).
         code, output = await run_exec(
-            container, ["stat", "-c", "%Y %s", CREDENTIALS_PATH], user=agent.user
+            container,
+            ["sh", "-c", READ_COPY_SCRIPT, "read-credentials", CREDENTIALS_PATH],
+            user=agent.user,
         )
-        words = output.split()
-        facts = (int(words[0]), int(words[1])) if code == 0 and _digits(words, 2) else None
+        facts_line, _, held = output.partition("\n")
+        words = facts_line.split()
+        facts = (int(words[0]), int(words[1])) if _digits(words, 2) else None
         copied = credentials_copy_needed(host_mtime, facts)
         if copied:
             code, output = await _exec_with_input(
@@ -511,12 +524,8 @@ class ContainerManager:
                     f"{CREDENTIALS_PATH} in {agent.container_name}: {output.strip()}"
                 )
             log.info("credentials_copied", agent=agent.name, file=str(agent.credentials_file))
-        # Bounded: the agent owns the path and could make it a link to something huge.
-        code, output = await run_exec(
-            container, ["head", "-c", "1048576", CREDENTIALS_PATH], user=agent.user
-        )
-        if code == 0:
-            redactor.learn(output)
+        elif code == 0:  # a copy just made holds `data`, learnt above
+            redactor.learn(held)
         return copied
 
     async def _task_pids(self, container: DockerContainer) -> list[int]:

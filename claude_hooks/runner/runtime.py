@@ -7,8 +7,12 @@ without a Docker engine (claude_hooks/demo/local_runtime.py); nothing else does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar, cast
+
+from aiodocker.containers import DockerContainer
 
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner import workspace
@@ -16,6 +20,20 @@ from claude_hooks.runner.containers import ContainerManager
 from claude_hooks.runner.engines import EnginePool
 from claude_hooks.runner.execution import ClaudeExec, ExecResult, run_claude
 from claude_hooks.runner.stream import StreamEvent
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def all_of(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, the two run side by side. Unlike a bare gather, neither is left
+    running unwatched when the other fails: both end first, then the first argument's
+    error (else the second's) is raised as it is, so callers catch what they always did."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (one, two):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return cast(A, one), cast(B, two)
 
 
 class AgentRuntime(Protocol):
@@ -44,6 +62,11 @@ class AgentRuntime(Protocol):
         ...
 
 
+# A container a task's prepare exec just ran in is not inspected again for the claude exec
+# that follows it (one engine round trip less before Claude); older than this, it is.
+REUSE_FOR = 5.0
+
+
 class DockerRuntime:
     """Each agent in its own long-lived container; each task one `docker exec`.
 
@@ -51,8 +74,15 @@ class DockerRuntime:
     the container object carries its engine's client, so exec and stop go there too.
     """
 
-    def __init__(self, containers: ContainerManager | EnginePool) -> None:
+    def __init__(
+        self,
+        containers: ContainerManager | EnginePool,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.containers = containers
+        self._clock = clock
+        self._prepared: dict[str, tuple[DockerContainer, float]] = {}  # agent: container, when
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
@@ -64,18 +94,31 @@ class DockerRuntime:
     ) -> str:
         container = await self.manager(agent).ensure(agent)
         # Before each task: a newer login on the host replaces the one in the volume.
-        await self.manager(agent).sync_credentials(container, agent)
-        return await workspace.prepare(container, plan, user=agent.user, env=env)
+        # The two execs touch different paths and neither needs the other: side by side,
+        # they cost one exec's round trip on the way to Claude, not two. Both run to
+        # their end before an error of either is raised (the credentials' first).
+        _, head = await all_of(
+            self.manager(agent).sync_credentials(container, agent),
+            workspace.prepare(container, plan, user=agent.user, env=env),
+        )
+        self._prepared[agent.name] = (container, self._clock())  # it ran until just now
+        return head
 
     async def run(
         self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
     ) -> ExecResult:
-        container = await self.manager(agent).ensure(agent)
+        container = self._just_prepared(agent) or await self.manager(agent).ensure(agent)
         # Over TLS the exec's stdin cannot be half-closed: the prompt goes by its length.
         half_close = agent.engine.tls is None
         return await run_claude(
             container, claude, user=agent.user, on_event=on_event, half_close=half_close
         )
+
+    def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
+        seen = self._prepared.get(agent.name)
+        if seen is None or self._clock() - seen[1] > REUSE_FOR:
+            return None
+        return seen[0]
 
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]

@@ -159,6 +159,7 @@ class TaskQueue:
         self._queues: dict[str, deque[Task]] = {}
         self._agent_of: dict[int, str] = {}  # queued task id → its agent's queue
         self._turns: list[str] = []  # agents, least recently served first
+        self._dated = 0  # queued tasks with a not_before (deferred once), for next_wake
 
     def __contains__(self, task_id: int) -> bool:
         return task_id in self._agent_of
@@ -177,13 +178,20 @@ class TaskQueue:
         if len(queue) > 1 and queue[-2].id > task.id:  # an older task reached us late
             self._queues[agent] = deque(sorted(queue, key=lambda t: t.id))
         self._agent_of[task.id] = agent
+        self._dated += task.not_before is not None
+
+    def _forget(self, task: Task) -> None:
+        del self._agent_of[task.id]
+        self._dated -= task.not_before is not None
 
     def refresh(self, task: Task) -> None:
         """Put the store's newer view of a queued task in its place (e.g. not deferred)."""
         agent = self._agent_of.get(task.id)
         if agent is not None:
             queue = self._queues[agent]
-            queue[next(i for i, t in enumerate(queue) if t.id == task.id)] = task
+            i = next(i for i, t in enumerate(queue) if t.id == task.id)
+            self._dated += (task.not_before is not None) - (queue[i].not_before is not None)
+            queue[i] = task
 
     def take(self, task_id: int) -> Task | None:
         """Remove a queued task (None if it is not queued here)."""
@@ -193,6 +201,7 @@ class TaskQueue:
         queue = self._queues[agent]
         task = next(t for t in queue if t.id == task_id)
         queue.remove(task)
+        self._dated -= task.not_before is not None
         return task
 
     def next_task(
@@ -207,24 +216,28 @@ class TaskQueue:
         With `now`, a task deferred past it is passed over (the agent's next ready
         one runs); the agents in `paused` are passed over as a whole.
         """
-        ready = {
-            agent: [t for t in queue if now is None or not _waits(t, now)]
-            for agent, queue in self._queues.items()
-            if agent not in paused
-        }
-        waiting = {agent: len(tasks) for agent, tasks in ready.items()}
-        agent = pick_agent(self._turns, waiting, running, limits)
-        if agent is None:
-            return None
-        self._turns.remove(agent)
-        self._turns.append(agent)
-        task = ready[agent][0]
-        self._queues[agent].remove(task)
-        del self._agent_of[task.id]
-        return task
+        # Agent by agent in turn order, stopping at the first task that may run: a
+        # dispatch costs the agents ahead of it, not a walk over every queued task (with
+        # a thousand queued, that walk was most of what each start cost).
+        for agent in self._turns:
+            if agent in paused or running.get(agent, 0) >= limits.get(agent, DEFAULT_AGENT_LIMIT):
+                continue
+            queue = self._queues.get(agent)
+            task = next((t for t in queue or () if now is None or not _waits(t, now)), None)
+            if task is None:
+                continue
+            self._turns.remove(agent)
+            self._turns.append(agent)
+            assert queue is not None
+            queue.remove(task)
+            self._forget(task)
+            return task
+        return None
 
     def next_wake(self, now: float) -> float | None:
         """The earliest time a deferred task becomes ready (None: nothing is deferred)."""
+        if not self._dated:  # no walk over the queue when no queued task has a date
+            return None
         times = [t.not_before for q in self._queues.values() for t in q if _waits(t, now)]
         return min((t for t in times if t is not None), default=None)
 

@@ -40,7 +40,7 @@ from claude_hooks.runner.claude import (
 )
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.limits import zone_named
-from claude_hooks.runner.runtime import AgentRuntime
+from claude_hooks.runner.runtime import AgentRuntime, all_of
 from claude_hooks.runner.stream import RateLimit, StreamEvent, journal_level, outcome_of
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskState
@@ -182,11 +182,23 @@ class TaskWorker:
         if spec.number is None:
             return Precheck.proceed()
         client = self._client_for(spec.agent)
-        issue = await client.get_issue(spec.repo, spec.number)
+        comment_id = spec.comment_id
+        # Both reads at once: the run waits for one round trip, not two. The answers are
+        # looked at in the old order: a closed thread is skipped whatever the comment read
+        # said, and the issue's error comes first.
+        issue_read, comment_read = await asyncio.gather(
+            client.get_issue(spec.repo, spec.number),
+            client.get_comment(spec.repo, comment_id) if comment_id is not None else _none(),
+            return_exceptions=True,
+        )
+        if isinstance(issue_read, BaseException):
+            raise issue_read
+        issue = issue_read
         if issue.state != "open" and spec.kind is not TaskKind.API:
             return Precheck.skip(f"{spec.thread} is {issue.state}")
-        comment_id = spec.comment_id
-        if comment_id is not None and await client.get_comment(spec.repo, comment_id) is None:
+        if isinstance(comment_read, BaseException):
+            raise comment_read
+        if comment_id is not None and comment_read is None:
             return Precheck.skip("the comment that asked was deleted")
         if spec.kind is TaskKind.REVIEW and issue.is_pull:
             pull = await client.get_pull(spec.repo, spec.number)
@@ -325,14 +337,28 @@ class TaskWorker:
         spec = task.spec
         assert spec.number is not None
         client = self._client_for(spec.agent)
-        repo = await client.get_repo(spec.repo)
-        issue = await client.get_issue(spec.repo, spec.number)
+        # Independent reads side by side: the run waits for the slowest, not the sum.
+        repo_and_issue = all_of(
+            client.get_repo(spec.repo), client.get_issue(spec.repo, spec.number)
+        )
+        read, comment_list = await all_of(
+            repo_and_issue, client.list_comments(spec.repo, spec.number)
+        )
+        repo, issue = read
+        comments = tuple(comment_list)
         pull = await client.get_pull(spec.repo, spec.number) if issue.is_pull else None
-        comments = tuple(await client.list_comments(spec.repo, spec.number))
         authors = {issue.user.login, *(c.user.login for c in comments)}
-        writers = await self._permissions.trusted(spec.agent, spec.repo, authors)
-        diff = await client.pull_diff(spec.repo, spec.number) if pull is not None else None
-        pull_facts = await self._loop.pull_facts(task, pull) if pull is not None else None
+        trusted = self._permissions.trusted(spec.agent, spec.repo, authors)
+        diff: str | None = None
+        pull_facts: PullFacts | None = None
+        if pull is None:
+            writers = await trusted
+        else:
+            about_pull = all_of(
+                client.pull_diff(spec.repo, spec.number), self._loop.pull_facts(task, pull)
+            )
+            writers, pulled = await all_of(trusted, about_pull)
+            diff, pull_facts = pulled
         return ThreadFacts(
             issue, pull, comments, writers, diff, repo.default_branch, repo.clone_url, pull_facts
         )
@@ -420,6 +446,10 @@ def checklist_line(event: StreamEvent) -> str | None:
         return event.summary
     if isinstance(event, RateLimit) and event.is_warning:
         return event.summary
+    return None
+
+
+async def _none() -> None:
     return None
 
 
