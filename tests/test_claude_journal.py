@@ -88,7 +88,7 @@ LINES: list[tuple[str, str, bool]] = [
     ("api_error", _assistant({"type": "text", "text": "API Error: 500"}, error="server_error"),
      True),
     ("unknown", json.dumps({"type": "stream_event", "event": {}}), False),
-    ("malformed", "{not json", True),
+    ("malformed", "{oops", True),
     ("result", RESULT_LINE, True),
 ]  # fmt: skip
 

@@ -92,7 +92,7 @@ async def task_on(services: Services, agent: str, number: int) -> Task | None:
     return next((t for t in tasks if t.spec.number == number), None)
 
 
-def until(
+def task_matching(
     services: Services, agent: str, number: int, test: Callable[[Task], bool]
 ) -> Callable[[], Awaitable[Task | None]]:
     async def check() -> Task | None:
@@ -114,7 +114,7 @@ async def test_a_usage_limit_pauses_the_agent_and_the_task_resumes_its_session_a
 ) -> None:
     number = ask(forgejo_sim, DEV, f"limit-once={RESET_IN}")
     held = await wait_until(
-        until(services, DEV, number, lambda t: t.deferred),
+        task_matching(services, DEV, number, lambda t: t.deferred),
         timeout=60,
         what="the limited task back in the queue",
     )
@@ -133,7 +133,7 @@ async def test_a_usage_limit_pauses_the_agent_and_the_task_resumes_its_session_a
     # Another agent's task runs meanwhile, and ends before the pause does.
     other = ask(forgejo_sim, REVIEWER)
     done = await wait_until(
-        until(services, REVIEWER, other, lambda t: t.state is TaskState.SUCCEEDED),
+        task_matching(services, REVIEWER, other, lambda t: t.state is TaskState.SUCCEEDED),
         timeout=60,
         what="the reviewer's task done",
     )
@@ -143,7 +143,7 @@ async def test_a_usage_limit_pauses_the_agent_and_the_task_resumes_its_session_a
 
     # After the reset the task runs again, resuming the session the limit cut short.
     resumed = await wait_until(
-        until(services, DEV, number, lambda t: t.state is TaskState.SUCCEEDED),
+        task_matching(services, DEV, number, lambda t: t.state is TaskState.SUCCEEDED),
         timeout=RESET_IN + 60,
         what="the limited task done after the reset",
     )
@@ -163,13 +163,13 @@ async def test_resume_lifts_a_pause_long_before_the_reset(
 ) -> None:
     number = ask(forgejo_sim, DEV, "limit-once=3600")
     await wait_until(
-        until(services, DEV, number, lambda t: t.deferred), timeout=60, what="the task held"
+        task_matching(services, DEV, number, lambda t: t.deferred), timeout=60, what="the task held"
     )
     pause = services.scheduler.paused()[DEV]
     await wait_until(lambda: "will resume." in tracking(forgejo_sim, number, DEV))
     assert await services.scheduler.resume(DEV, by="alice")  # what the API and CLI call
     done = await wait_until(
-        until(services, DEV, number, lambda t: t.state is TaskState.SUCCEEDED),
+        task_matching(services, DEV, number, lambda t: t.state is TaskState.SUCCEEDED),
         timeout=60,
         what="the task done after the resume",
     )

@@ -56,7 +56,7 @@ from claude_hooks.demo.team import (
 )
 from claude_hooks.demo.toml import toml_table
 from claude_hooks.runner.runtime import AgentRuntime
-from claude_hooks.tasks import Task
+from claude_hooks.tasks import Task, TaskState
 
 DEMO_IMAGE = "claude-hooks-demo-host:latest"
 DEMO_LABELS = {"claude-hooks.demo": "1"}
@@ -251,7 +251,15 @@ class Watch:
             await self._tasks()
             self._pulls()
             if self.sim.issue(REPO, self.number).state == "closed":
-                await self._tasks()  # the lead's task ends right after its merge
+                return await self._all_ended(deadline)  # the lead's task ends after its merge
+            await asyncio.sleep(0.05)  # a demo's pace, not a test's wait
+        return False
+
+    async def _all_ended(self, deadline: float) -> bool:
+        """Once the issue is closed: show the tasks until every one has ended."""
+        while time.monotonic() < deadline:
+            await self._tasks()
+            if all(TaskState(state).is_final for state in self.states.values()):
                 return True
             await asyncio.sleep(0.05)  # a demo's pace, not a test's wait
         return False

@@ -192,7 +192,9 @@ async def test_a_usage_limit_429_ends_the_run_as_a_usage_limit(
     limit: UsageLimit = outcome.usage_limit
     assert (limit.limit_type, limit.resets_at) == ("five_hour", float(RESETS_AT))
     assert "limit" in limit.message and "resets" in limit.message
-    assert outcome.reason is not None and outcome.reason.startswith(
-        "Claude usage limit reached (five_hour), resets "
-    )
+    # Not a failure: the task goes back to the queue and the agent pauses until the reset.
+    assert outcome.deferred and outcome.retry_at == float(RESETS_AT) and not outcome.uses_attempt
+    assert outcome.pause is not None and outcome.pause.until == float(RESETS_AT)
+    assert outcome.reason is not None and outcome.reason.startswith("paused until ")
+    assert outcome.reason.endswith("(Claude usage limit)"), outcome.reason
     assert outcome.session_id  # kept, so the re-run after the reset resumes the session
