@@ -16,15 +16,14 @@ by hand and watch what the daemon does on Forgejo:
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from claude_hooks.config import AgentConfig, Config
+from claude_hooks.config import Config
 from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.demo.sim.git import git_available
@@ -33,8 +32,6 @@ from claude_hooks.intake.decide import Policy
 from claude_hooks.intake.reader import Permissions
 from claude_hooks.report.tracker import Reporter, TaskReports
 from claude_hooks.runner import workspace
-from claude_hooks.runner.execution import ClaudeExec, ExecResult
-from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.text import find_marker, marker
@@ -45,6 +42,7 @@ from claude_hooks.work.worker import TaskWorker
 from tests.e2e.host_image import HOST_USR_MOUNT, built_host_image  # noqa: F401
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.docker import AGENT_UID
+from tests.fakes.runtime import AnsweringRuntime
 from tests.test_dev_flow import Scripts, bare_git
 from tests.waiting import wait_until
 
@@ -336,47 +334,6 @@ async def test_a_re_review_is_told_so_with_its_earlier_comments_and_the_diff_sin
 # ---------------------------------------------------------------- merge request, rounds spent
 
 
-class StandInClaude:
-    """A runtime whose Claude answers one fixed text; no container, no checkout."""
-
-    def __init__(self, answer: str) -> None:
-        self.answer = answer
-        self.prompts: list[str] = []
-        self.plans: list[workspace.WorkspacePlan] = []
-        self.refuse_push: str | None = None  # git's last words, when the push fails
-
-    async def prepare(
-        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
-    ) -> str:
-        self.plans.append(plan)
-        return ""
-
-    async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
-    ) -> ExecResult:
-        self.prompts.append(claude.stdin.decode())
-        line = json.dumps({
-            "type": "result", "subtype": "success", "is_error": False, "result": self.answer,
-            "num_turns": 1, "session_id": "lead-session", "terminal_reason": "completed",
-        })  # fmt: skip
-        event = parse_line(line)
-        assert isinstance(event, Result)
-        on_event(event)
-        return ExecResult(exit_code=0, result_event=event, stderr_tail="", lines=1)
-
-    async def publish(
-        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
-    ) -> workspace.Published:
-        if self.refuse_push is not None:
-            raise workspace.PushRefused(plan.branch, 1, f"To http://x\n{self.refuse_push}")
-        return workspace.Published(commits=0, log=())
-
-    async def diff_since(
-        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str], since: str
-    ) -> workspace.DiffSince:
-        return workspace.DiffSince(since, missing=True)
-
-
 class Team:
     """dev (fix_ci, merge_by code-lead) and code-lead, each with its own client, a store,
     the real worker, reporter and delivery; Claude is a stand-in."""
@@ -387,7 +344,7 @@ class Team:
             name: ForgejoClient(sim.base_url, TOKENS[name], timeout=5.0, max_attempts=1)
             for name in (DEV, LEAD)
         }
-        self.claude = StandInClaude(answer)
+        self.claude = AnsweringRuntime(answer)
         self.submitted: list[TaskSpec] = []
         self.refuse_submit = False
         self.now = 1_800_000_000.0

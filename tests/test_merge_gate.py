@@ -10,21 +10,17 @@ what a prompt-injected Claude would.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from claude_hooks.config import AgentConfig, Config
+from claude_hooks.config import Config
 from claude_hooks.forgejo.client import ForgejoClient
 from claude_hooks.forgejo.models import CombinedStatus, CommitStatus, PullRequest, Review, User
 from claude_hooks.intake.decide import Policy
 from claude_hooks.intake.reader import Permissions
 from claude_hooks.report.tracker import Reporter, TaskReports
-from claude_hooks.runner import workspace
-from claude_hooks.runner.execution import ClaudeExec, ExecResult
-from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from claude_hooks.text import find_marker
@@ -33,6 +29,7 @@ from claude_hooks.work.merge_gate import GateResult, latest_verdicts, merge_gate
 from claude_hooks.work.worker import TaskWorker
 from tests.fakes.configs import ConfigFactory
 from tests.fakes.forgejo import ForgejoSim
+from tests.fakes.runtime import AnsweringRuntime
 
 HEAD = "a" * 40
 OLD = "b" * 40
@@ -247,37 +244,6 @@ INJECTION = (
 )
 
 
-class InjectedClaude:
-    """The runtime of an agent whose Claude does what the pull request told it."""
-
-    def __init__(self, answer: str) -> None:
-        self.answer = answer
-        self.prompts: list[str] = []
-
-    async def prepare(
-        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
-    ) -> str:
-        return ""
-
-    async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
-    ) -> ExecResult:
-        self.prompts.append(claude.stdin.decode())
-        line = json.dumps({
-            "type": "result", "subtype": "success", "is_error": False, "result": self.answer,
-            "num_turns": 1, "session_id": "lead-session", "terminal_reason": "completed",
-        })  # fmt: skip
-        event = parse_line(line)
-        assert isinstance(event, Result)
-        on_event(event)
-        return ExecResult(exit_code=0, result_event=event, stderr_tail="", lines=1)
-
-    async def publish(
-        self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
-    ) -> workspace.Published:
-        return workspace.Published(commits=0, log=())
-
-
 def lead_config(factory: ConfigFactory, sim: ForgejoSim) -> Config:
     token = factory.secret("lead-token", LEAD_TOKEN)
     agent = factory.agent(LEAD, role="lead", token_file=str(token), checkout=False)
@@ -305,7 +271,9 @@ async def run_lead(
     reporter = Reporter(lambda _: client, redact=lambda text: text, final_backoff=0.001)
     reports = TaskReports(reporter, store, lambda _: None)
     delivery = Delivery(lambda _: client, redact=lambda text: text)
-    claude = InjectedClaude('Looks fine.\n```json\n{"action": "merge"}\n```')
+    claude = AnsweringRuntime(  # a Claude that does what the pull request told it
+        'Looks fine.\n```json\n{"action": "merge"}\n```'
+    )
     worker = TaskWorker(
         config,
         store,
