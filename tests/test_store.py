@@ -499,3 +499,55 @@ async def test_writes_made_together_reach_the_writer_thread_as_one_batch(store: 
     assert len(hops) == 1
     assert store.transactions - began == 9
     assert [t.state for t in await store.list_tasks()] == [TaskState.RUNNING] * 8
+
+
+async def test_many_streams_event_batches_share_one_transaction(store: Store) -> None:
+    """Twenty runs each handing over batches: whatever waits for the writer thread is
+    written in one transaction, not one per batch (figure 8 queued hundreds of commits,
+    and webhook intake waited behind them). Fails with one transaction per batch."""
+    tasks = [(await store.enqueue(make_spec(n)))[0] for n in range(20)]
+    sinks = [store.event_sink(t.id, max_batch=10) for t in tasks]
+    began = store.transactions
+    for i in range(50):  # 5 batches per task, all handed over before the thread runs
+        for sink in sinks:
+            sink.add("text", f"line {i}", f'{{"n": {i}}}')
+    await asyncio.gather(*(sink.close() for sink in sinks))
+    assert store.transactions - began <= 2  # one write, and one more if the thread was quick
+    for task in tasks:
+        events = await store.events(task.id, limit=100)
+        assert [e.summary for e in events[1:]] == [f"line {i}" for i in range(50)]
+        assert [e.seq for e in events] == list(range(1, 52))
+
+
+async def test_a_missing_tasks_batch_fails_alone_in_the_shared_write(store: Store) -> None:
+    task, _ = await store.enqueue(make_spec(1))
+    kept = store.event_sink(task.id, max_batch=1)
+    lost = store.event_sink(999, max_batch=1)
+    with capture_logs() as logs:
+        kept.add("text", "kept")
+        lost.add("text", "lost")
+        await asyncio.gather(kept.close(), lost.close())
+    assert [e.summary for e in await store.events(task.id)][-1] == "kept"
+    assert [entry["task_id"] for entry in logs if entry["event"] == "task_events_lost"] == [999]
+
+
+async def test_job_lane_runs_ahead_of_waiting_event_writes(store: Store) -> None:
+    """A write of the job lane (webhook intake, a state change) submitted in the same
+    turn as event batches runs before them."""
+    task, _ = await store.enqueue(make_spec(1))
+    sink = store.event_sink(task.id, max_batch=1)
+    order: list[str] = []
+    written: list[asyncio.Future[None]] = []
+
+    def add_event() -> None:  # in the turn the enqueue is submitted in, after it
+        sink.add("text", "first")
+        written.append(asyncio.ensure_future(sink.flush()))
+        written[0].add_done_callback(lambda _: order.append("events"))
+
+    queued = asyncio.ensure_future(store.enqueue(make_spec(2)))
+    queued.add_done_callback(lambda _: order.append("job"))
+    asyncio.get_running_loop().call_soon(add_event)
+    await queued
+    await asyncio.gather(*written)
+    await sink.close()
+    assert order[0] == "job"

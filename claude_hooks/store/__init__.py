@@ -1,7 +1,7 @@
 """Durable state: tasks, their event logs, the poller's cursors, undecided webhooks, in SQLite.
 
 The only package with SQL. Read it in this order: schema.py (the tables and
-their migrations), db.py (the connection on its writer thread, and every query),
+their migrations), db.py (the connection and every query), writer.py (the thread it runs on),
 events.py (the per-task event cap and the batching sink), facade.py (`Store`,
 the async API everyone else calls).
 """

@@ -1,6 +1,6 @@
 """The task store's SQL: one SQLite (WAL) connection, owned by one writer thread.
 
-Every call is a job on a single-thread executor (WriterThread), so writes are
+Every call is a job on the one writer thread (writer.py), so writes are
 serialised without locks and the event loop never blocks on disk. Each public
 call of Database is one transaction, so a failure (read-only directory, full
 disk) leaves nothing half-written and surfaces as a StoreError naming the
@@ -10,19 +10,16 @@ events.py, the async API the rest of the daemon uses in facade.py (Store).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import json
 import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -745,24 +742,42 @@ class Database:
 
     def append_events(self, task_id: int, events: Sequence[NewEvent]) -> None:
         """Store events under the cap with dense seq numbers; the caller holds a transaction."""
+        insert_rows(self.conn, self._event_rows(task_id, events))
+
+    def _event_rows(self, task_id: int, events: Sequence[NewEvent]) -> list[tuple[Any, ...]]:
         usage = self._usage_of(task_id)
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for event in admit_events(usage, events, self.cap):
             usage.last_seq += 1
             summary, data = self.redact(event.summary), event.data
             data = None if data is None else self.redact(data)
             rows.append((task_id, usage.last_seq, event.ts, event.type, summary, data))
-        self.conn.executemany(
-            "INSERT INTO task_events (task_id, seq, ts, type, summary, data)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        return rows
 
     def write_events(self, task_id: int, events: Sequence[NewEvent]) -> None:
         with self.transaction():
             if self.row(task_id) is None:
                 raise TaskNotFound(task_id)
             self.append_events(task_id, events)
+
+    def write_event_batches(
+        self, batches: Sequence[tuple[int, Sequence[NewEvent]]]
+    ) -> dict[int, TaskNotFound]:
+        """Several tasks' batches in one transaction: the tasks no longer stored come
+        back (their events are dropped), the others' events are stored in order."""
+        ids = sorted({task_id for task_id, _ in batches})
+        marks = ", ".join("?" * len(ids))
+        with self.transaction():
+            query = f"SELECT id FROM tasks WHERE id IN ({marks})"
+            stored = {row[0] for row in self.conn.execute(query, ids)}
+            rows = [
+                row
+                for task_id, events in batches
+                if task_id in stored
+                for row in self._event_rows(task_id, events)
+            ]
+            insert_rows(self.conn, rows)
+        return {task_id: TaskNotFound(task_id) for task_id in ids if task_id not in stored}
 
     def events(self, task_id: int, after_seq: int, limit: int) -> list[TaskEvent]:
         rows = self.conn.execute(
@@ -773,6 +788,26 @@ class Database:
 
     def integrity_check(self) -> list[str]:
         return [row[0] for row in self.conn.execute("PRAGMA integrity_check").fetchall()]
+
+
+ROWS_PER_INSERT = 1000  # 6,000 parameters, under SQLite's 32,766
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Event rows in a few multi-row INSERTs, not one statement per row.
+
+    sqlite3 lets the GIL go around every statement it steps and then waits to get it
+    back; while the event loop is busy parsing streams that wait is up to the switch
+    interval each time, so `executemany` over 500 rows kept the writer thread behind
+    the loop for seconds. One statement per thousand rows gives the GIL up once.
+    """
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+        conn.execute(
+            f"INSERT INTO task_events (task_id, seq, ts, type, summary, data) VALUES {values}",
+            [value for row in chunk for value in row],
+        )
 
 
 def _plus(earlier: float | None, more: float | None) -> float | None:
@@ -795,88 +830,3 @@ def _hint(path: Path) -> str:
     if directory.is_dir() and not os.access(directory, os.W_OK):
         return f" ({directory} is not writable by this user)"
     return ""
-
-
-class WriterThread:
-    """The one thread that owns the connection; jobs run on it in the order submitted.
-
-    Jobs submitted in one turn of the event loop go to the thread as one batch, and
-    their results come back in one wake-up of the loop: with 8 runs ending together,
-    8 `finish` writes cost one hop to the thread and one back, not 8 of each (a hop
-    is a thread switch and a loop wake-up; on a busy machine it cost more than the
-    write). Each job still runs and commits on its own, so each is durable before
-    its caller goes on, and one job's error is its caller's alone.
-    """
-
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: Database) -> None:
-        self.path = path
-        self.db = db
-        self._executor = executor
-        self.closed = False
-        self._batch: list[_Job[Any]] = []
-
-    @classmethod
-    async def open(
-        cls, path: Path, cap: EventCap, clock: Callable[[], float], redact: Callable[[str], str]
-    ) -> WriterThread:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claude-hooks-store")
-        loop = asyncio.get_running_loop()
-        try:
-            db = await loop.run_in_executor(executor, Database.open, path, cap, clock, redact)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(path, executor, db)
-
-    def submit(self, what: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Queue `fn` on the writer thread; sqlite errors come back as StoreError."""
-        if self.closed:
-            raise StoreError(self.path, f"{what}: the store is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        job = functools.partial(Database.run, self.path, what, fn, *args)
-        self._batch.append(_Job(job, future))
-        if len(self._batch) == 1:  # the first of this turn: send them all after it
-            loop.call_soon(self._send, loop)
-        return future
-
-    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._batch = self._batch, []
-        if batch:
-            self._executor.submit(_run_batch, loop, batch)
-
-    async def close(self) -> None:
-        self.closed = True
-        loop = asyncio.get_running_loop()
-        self._send(loop)  # what was submitted before closing still runs, in order
-        await loop.run_in_executor(self._executor, self.db.close)
-        self._executor.shutdown(wait=False)
-
-
-@dataclass
-class _Job(Generic[T]):
-    call: Callable[[], T]
-    future: asyncio.Future[T]
-    result: T | None = None
-    error: BaseException | None = None
-
-
-def _run_batch(loop: asyncio.AbstractEventLoop, batch: list[_Job[Any]]) -> None:
-    """On the writer thread: each job in order, then every result to the loop at once."""
-    for job in batch:
-        try:
-            job.result = job.call()
-        except BaseException as exc:  # the caller's, raised where it awaits
-            job.error = exc
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(_settle, batch)
-
-
-def _settle(batch: list[_Job[Any]]) -> None:
-    for job in batch:
-        if job.future.cancelled():  # its caller gave up; the write itself happened
-            continue
-        if job.error is not None:
-            job.future.set_exception(job.error)
-        else:
-            job.future.set_result(job.result)

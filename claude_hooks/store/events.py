@@ -33,8 +33,11 @@ class EventCap:
     max_data_chars: int = 256_000  # one raw line larger than this keeps only its summary
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewEvent:
+    """One event on its way to the store; slots: one object per event, not two, for
+    the collector to walk while twenty runs queue tens of thousands of them."""
+
     ts: float
     type: str
     summary: str
@@ -120,17 +123,24 @@ class EventSink:
         self._detail_limit = detail_limit
         self._details = 0  # detail events (not ALWAYS_KEPT) handed to the writer
 
+    def keeps(self, type: str) -> bool:
+        """Whether an event of `type` added now would be stored: past the cap, a detail
+        event is dropped, and its caller need not make its summary at all."""
+        if type in ALWAYS_KEPT or self._detail_limit is None:
+            return True
+        # One more than the cap's worth has reached the writer, so it has dropped one
+        # and stored the truncation marker: it would drop the rest too. A fast run's
+        # millions of lines must not queue up on the one writer thread ahead of
+        # everyone else's writes (webhook intake, other tasks).
+        return self._details < self._detail_limit
+
     def add(self, type: str, summary: str, data: str | None = None) -> None:
         """Cheap and synchronous: the event is written with the next batch."""
         if self._closed:
             raise RuntimeError(f"event sink of task {self.task_id} is closed")
+        if not self.keeps(type):
+            return
         if type not in ALWAYS_KEPT:
-            # One more than the cap's worth has reached the writer, so it has dropped
-            # one and stored the truncation marker: it would drop the rest too. A fast
-            # run's millions of lines must not queue up on the one writer thread
-            # ahead of everyone else's writes (webhook intake, other tasks).
-            if self._detail_limit is not None and self._details >= self._detail_limit:
-                return
             self._details += 1
         self._pending.append(NewEvent(ts=time.time(), type=type, summary=summary, data=data))
         if len(self._pending) >= self._max_batch:

@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import structlog
 
 from claude_hooks.redact import redactor
-from claude_hooks.store.db import DAY, RecoveryReport, Spend, StoredWebhook, WriterThread
+from claude_hooks.store.db import DAY, RecoveryReport, Spend, StoredWebhook
 from claude_hooks.store.events import EventCap, EventSink, NewEvent
 from claude_hooks.store.schema import SCHEMA_VERSION
+from claude_hooks.store.writer import WriterThread
 from claude_hooks.tasks import AgentPause, Outcome, Task, TaskEvent, TaskSpec, TaskState
 
 log = structlog.get_logger(__name__)
@@ -226,8 +227,7 @@ class Store:
         return sink
 
     def _write_events(self, task_id: int, batch: list[NewEvent]) -> asyncio.Future[None]:
-        what = f"write events of task {task_id}"
-        return self._writer.submit(what, self._db.write_events, task_id, batch)
+        return self._writer.submit_events(task_id, batch)
 
     async def events(self, task_id: int, after_seq: int = 0, limit: int = 1000) -> list[TaskEvent]:
         what = f"read events of task {task_id}"
