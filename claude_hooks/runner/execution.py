@@ -83,9 +83,10 @@ class LineSplitter:
         self._discarding = False  # inside an overlong line, until its newline
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
-        *parts, rest = self._buffer.split(b"\n")
-        lines = [bytes(part) for part in parts]
+        if self._buffer:  # the line a frame cut short: its start, then the rest
+            data = bytes(self._buffer) + data
+        lines = data.split(b"\n")  # bytes in, bytes out: no copy per line
+        rest = lines.pop()
         if self._discarding and lines:
             lines = lines[1:]
             self._discarding = False
@@ -173,7 +174,7 @@ class _OutputReader:
             if time.perf_counter() >= self._yield_at:
                 await asyncio.sleep(0)
                 self._yield_at = time.perf_counter() + self._share.slice()
-            if not line.strip():
+            if not line or line.isspace():  # (strip() would copy every line)
                 continue
             event = parse_line(line)
             self.count += 1

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar, TypeGuard
 
+import orjson
+
 from claude_hooks.runner.limits import NO_SIGNALS, REJECTED, RunSignals, usage_limit_of
 from claude_hooks.tasks import FailureKind, Outcome, RunFailure, TaskState
 from claude_hooks.text import format_cost, format_duration, one_line
@@ -258,7 +260,7 @@ def parse_line(line: str | bytes) -> StreamEvent:
     raw = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
     raw = raw.rstrip("\r\n")
     try:
-        obj = json.loads(raw)
+        obj = orjson.loads(raw)  # ~3× json.loads; every line of every run comes here
     except (ValueError, RecursionError) as exc:
         return Malformed(raw=raw, error=f"not JSON: {exc}")
     if not isinstance(obj, dict):
@@ -329,6 +331,8 @@ def _blocks(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, 
 def _assistant(obj: dict[str, Any], raw: str) -> StreamEvent:
     # The CLI prints one content block per line; should a line ever carry more, the
     # first block decides the event and the texts of all text blocks are kept.
+    if (text := _lone_text(obj)) is not None:  # most lines of a run: the short way
+        return AssistantText(text, _str(obj["message"].get("id")), raw)
     message, blocks = _blocks(obj)
     if message is None or not blocks:
         return Unknown(type="assistant", raw=raw)
@@ -354,6 +358,21 @@ def _assistant(obj: dict[str, Any], raw: str) -> StreamEvent:
     if block_type in ("thinking", "redacted_thinking"):
         return Thinking(text=_text(first.get("thinking")), message_id=message_id, raw=raw)
     return Unknown(type=f"assistant/{_str(block_type) or '?'}", raw=raw)
+
+
+def _lone_text(obj: dict[str, Any]) -> str | None:
+    """The text of a line that is one text block and no error, else None."""
+    message = obj.get("message")
+    if "error" in obj or not isinstance(message, dict):
+        return None
+    content = message.get("content")
+    if not isinstance(content, list) or len(content) != 1:
+        return None
+    block = content[0]
+    if not isinstance(block, dict) or block.get("type") != "text":
+        return None
+    text = block.get("text")
+    return text if isinstance(text, str) else None
 
 
 def _user(obj: dict[str, Any], raw: str) -> StreamEvent:

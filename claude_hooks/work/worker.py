@@ -286,9 +286,14 @@ class TaskWorker:
         sink = self._store.event_sink(run.task.id)
 
         def on_event(event: StreamEvent) -> None:
-            summary = event.summary  # a property: made once, it is the costliest part here
-            sink.add(event.kind, summary, event.raw)
-            run.log.log(journal_level(event), "claude_event", type=event.kind, text=summary)
+            kept, level = sink.keeps(event.kind), journal_level(event)
+            logged = run.log.is_enabled_for(level)
+            if kept or logged:
+                summary = event.summary  # a property, the costliest part here: made once
+                if kept:
+                    sink.add(event.kind, summary, event.raw)
+                if logged:
+                    run.log.log(level, "claude_event", type=event.kind, text=summary)
             if (line := checklist_line(event)) is not None:
                 run.step(line)
 
