@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import structlog
 
 from claude_hooks.config import Config
+from claude_hooks.daemon.interpreter import tune_for_serving
 from claude_hooks.daemon.log import config_secret_files, redactor
 from claude_hooks.daemon.services import Services
 from claude_hooks.daemon.systemd import SystemdNotifier
@@ -92,6 +93,7 @@ async def run_daemon(config: Config, *, signals: ShutdownSignals | None = None) 
     daemon_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         services = await Services.start(config, daemon_id=daemon_id)
+        log.debug("interpreter_tuned", objects=tune_for_serving())
         try:
             cut_short = await _serve(config, services, signals, notifier)
         finally:
