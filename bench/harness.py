@@ -21,13 +21,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
+from aiodocker.containers import DockerContainer
 
 from claude_hooks.config import Config
 from claude_hooks.demo.agent_image import ensure_image
@@ -183,9 +184,9 @@ class ExecWatcher:
                 await self._task
 
 
-async def exec_floor(docker: aiodocker.Docker, runs: int = 20) -> list[float]:
-    """Round trips of a bare `docker exec true` through aiodocker, in ms, in a throwaway
-    container of the bench image (created, exec'd, removed here)."""
+@contextlib.asynccontextmanager
+async def throwaway_container(docker: aiodocker.Docker) -> AsyncIterator[DockerContainer]:
+    """A running container of the bench image, no network, removed on the way out."""
     name = f"claude-hooks-bench-floor-{uuid.uuid4().hex[:8]}"
     container = await docker.containers.create_or_replace(
         name,
@@ -198,6 +199,15 @@ async def exec_floor(docker: aiodocker.Docker, runs: int = 20) -> list[float]:
     )
     try:
         await container.start()
+        yield container
+    finally:
+        await container.delete(force=True)
+
+
+async def exec_floor(docker: aiodocker.Docker, runs: int = 20) -> list[float]:
+    """Round trips of a bare `docker exec true` through aiodocker, in ms, in a throwaway
+    container of the bench image."""
+    async with throwaway_container(docker) as container:
         times = []
         for _ in range(runs + 1):
             began = time.perf_counter()
@@ -208,8 +218,19 @@ async def exec_floor(docker: aiodocker.Docker, runs: int = 20) -> list[float]:
             await execution.inspect()
             times.append((time.perf_counter() - began) * 1000)
         return times[1:]  # the first exec warms the connection
-    finally:
-        await container.delete(force=True)
+
+
+async def read_floor(docker: aiodocker.Docker, prompt: str) -> tuple[int, float]:
+    """(lines, seconds) of reading the scripted claude's whole output for `prompt`
+    through aiodocker, counting newlines and nothing else: the stream's floor."""
+    script = f"echo '{prompt}' | claude -p --verbose --output-format stream-json"
+    async with throwaway_container(docker) as container:
+        execution = await container.exec(["/bin/sh", "-c", script])
+        lines, began = 0, time.perf_counter()
+        async with execution.start(detach=False) as stream:
+            while (message := await stream.read_out()) is not None:
+                lines += message.data.count(b"\n")
+        return lines, time.perf_counter() - began
 
 
 # --- the lab ---------------------------------------------------------------------------------

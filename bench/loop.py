@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import sys
 import time
 
 from bench.harness import Lab, mention, wait_until
 from bench.stats import Row, percentile, sample_row, value_row
 from bench.stream import CallbackClock, Ticker, _finished, _log_to, idle_lateness
 from claude_hooks.config import Config
+from claude_hooks.daemon.interpreter import tune_for_serving
 from claude_hooks.daemon.services import Services
 from claude_hooks.tasks import Task, TaskKind, TaskSpec, TriggerSource
 
@@ -70,6 +73,27 @@ async def _mentions(lab: Lab, config: Config, until: asyncio.Event) -> list[floa
     return times
 
 
+class BareTicker:
+    """bench/bare_ticker.py in its own process, beside the load: the machine's floor."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @classmethod
+    async def start(cls) -> BareTicker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.bare_ticker",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return cls(process)
+
+    async def stop(self) -> tuple[float, float]:
+        """(p99, worst) lateness in seconds while it ran."""
+        out, _ = await self._process.communicate(b"")
+        figures = json.loads(out)
+        return figures["p99"], figures["worst"]
+
+
 def _most_at_once(starts: list[float], dies: list[float]) -> int:
     edges = sorted([(t, 1) for t in starts] + [(t, -1) for t in dies])
     running = most = 0
@@ -89,6 +113,7 @@ async def loaded_loop() -> list[Row]:
         )  # fmt: skip
         restore = _log_to(config.path.parent / "daemon.log")
         services = await Services.start(config, daemon_id=f"bench-loop-{os.getpid()}")
+        tune_for_serving()  # as the daemon does once it has started
         watcher, ticker, done = lab.watcher(), Ticker(), asyncio.Event()
         await watcher.start()
         idle_p99, idle_worst = await idle_lateness()
@@ -111,10 +136,12 @@ async def loaded_loop() -> list[Row]:
             )  # fmt: skip
             ticker.reset()
             clock.reset()
+            bare = await BareTicker.start()
             cpu = time.process_time()
             acks = asyncio.create_task(_mentions(lab, config, done))
             tasks = await big
             stall, late = ticker.worst, list(ticker.late)
+            bare_p99, bare_worst = await bare.stop()
             longest, where, cpu = clock.longest, clock.where, time.process_time() - cpu
             done.set()
             eyes = await acks
@@ -134,7 +161,10 @@ async def loaded_loop() -> list[Row]:
     rate = TASKS * (LINES + 1) / seconds
     p99 = percentile(late, 99) * 1000 if late else 0.0
     load = f"load {load_start:.2f} → {os.getloadavg()[0]:.2f}"
-    floor = f"idle loop: worst {idle_worst * 1000:.1f}, p99 {idle_p99 * 1000:.1f} ms"
+    floor = (
+        f"same load, bare ticker process: worst {bare_worst * 1000:.1f}, p99 {bare_p99 * 1000:.1f}"
+        f" ms; idle loop: worst {idle_worst * 1000:.1f}, p99 {idle_p99 * 1000:.1f} ms"
+    )
     heading = f"8 loop ({TASKS}×{LINES // 1000}k)"
     return [
         value_row(heading, "event loop worst stall (5 ms ticker)", stall * 1000, "ms",
