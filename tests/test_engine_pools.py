@@ -6,15 +6,24 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from claude_hooks.config import Config, ConfigError, DockerEngine, EngineTls, load_config
+from claude_hooks.config import (
+    AgentConfig,
+    Config,
+    ConfigError,
+    DockerEngine,
+    EngineTls,
+    load_config,
+)
+from claude_hooks.forgejo.models import Comment, Issue, Repository, User
 from claude_hooks.metrics import Metrics, QueueSnapshot
 from claude_hooks.runner.engines import EngineHealth, EngineState, Seen, engine_up, engines_of
+from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.placement import (
     Decision,
     EngineLoad,
@@ -23,11 +32,14 @@ from claude_hooks.runner.placement import (
     Verdict,
     choose_engine,
 )
+from claude_hooks.runner.stream import StreamEvent
 from claude_hooks.store import Store
 from claude_hooks.tasks import Outcome, Task, TaskState
 from claude_hooks.work.outages import DOCKER_DOWN, EngineLost, outage_of
 from claude_hooks.work.scheduler import Scheduler
+from claude_hooks.work.worker import TaskWorker
 from tests.fakes.configs import ConfigFactory, toml_table
+from tests.fakes.runtime import AnsweringRuntime
 from tests.test_engines import tls_keys
 from tests.test_store import make_spec
 from tests.waiting import wait_until
@@ -230,6 +242,21 @@ async def test_a_lease_holds_a_slot_records_the_engine_and_frees_it_however_it_e
         assert placer.running() == {"build-1": 1, "build-2": 0}  # freed by the failure
     assert placer.running() == {"build-1": 0, "build-2": 0}
     assert await store.thread_engine("dev", "acme/app", 8) == "build-2"
+    # Cancelled (a stop, the timeout, the drain) while it holds the slot: freed too.
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with placer.lease(await queued_task(store, 4, number=9), agent):
+            held.set()
+            await asyncio.Event().wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.wait_for(held.wait(), 5)
+    assert sum(placer.running().values()) == 1
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    assert placer.running() == {"build-1": 0, "build-2": 0}
     # The follow-up on thread 8 goes back to build-2 though both are idle, after a restart too.
     follow_up = await queued_task(store, 3, number=8)
     restarted = EnginePlacer(config, store, EngineHealth(["build-1", "build-2"]))
@@ -344,3 +371,72 @@ def test_engine_up_is_a_gauge_per_engine() -> None:
     text = body.decode()
     assert 'claude_hooks_engine_up{engine="build-1"} 1.0' in text
     assert 'claude_hooks_engine_up{engine="build-2"} 0.0' in text
+
+
+# --- the worker holds a lease --------------------------------------------------------------
+
+
+class ThreadClient:
+    """Forgejo as the worker reads one open issue with one comment."""
+
+    async def get_repo(self, repo: str) -> Repository:
+        return Repository(1, repo, "main", "http://127.0.0.1:3000/acme/app.git", "")
+
+    async def get_issue(self, repo: str, number: int) -> Issue:
+        return Issue(number, "Crash", "", "open", User(1, "alice"), False, "")
+
+    async def list_comments(self, repo: str, number: int) -> list[Comment]:
+        return [Comment(id=3, body="@dev please", user=User(1, "alice"), html_url="")]
+
+
+class Everyone:
+    async def trusted(self, agent: str, repo: str, logins: set[str]) -> frozenset[str]:
+        return frozenset(logins)
+
+
+class NoReports:
+    def checklist(self, task: Task) -> Callable[[str], None]:
+        return lambda line: None
+
+
+class ArgvRuntime(AnsweringRuntime):
+    """Records each run's argv and the engine its agent was placed on."""
+
+    def __init__(self) -> None:
+        super().__init__("done")
+        self.runs: list[tuple[str, tuple[str, ...]]] = []
+
+    async def run(
+        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+    ) -> ExecResult:
+        self.runs.append((agent.engine.name, claude.argv))
+        return await super().run(agent, claude, on_event)
+
+
+@pytest.mark.parametrize(
+    ("two_up", "engine", "resumes"), [(True, "build-2", True), (False, "build-1", False)]
+)
+async def test_a_follow_up_resumes_only_on_the_engine_holding_its_session(
+    config_factory: ConfigFactory, store: Store, two_up: bool, engine: str, resumes: bool
+) -> None:
+    config = load(config_factory, [LOCAL, OTHER], engines=["build-1", "build-2"], checkout=False)
+    earlier = await queued_task(store, 1, number=12)
+    await store.mark_running(earlier.id)
+    await store.set_engine(earlier.id, "build-2")
+    await store.finish(earlier.id, Outcome(TaskState.SUCCEEDED, session_id="s-old"))
+    health = EngineHealth(["build-1", "build-2"])
+    if not two_up:
+        health.seen("build-2", Seen.PING_FAILED)
+    runtime = ArgvRuntime()
+    worker = TaskWorker(
+        config, store, runtime, lambda _: ThreadClient(), NoReports(), None,  # type: ignore[arg-type]
+        daemon_id="test", permissions=Everyone(),  # type: ignore[arg-type]
+        placer=EnginePlacer(config, store, health),
+    )  # fmt: skip
+    follow_up = await store.mark_running((await queued_task(store, 2, number=12)).id)
+    outcome = await worker.execute(follow_up)
+    assert outcome.state is TaskState.SUCCEEDED
+    [(placed_on, argv)] = runtime.runs
+    assert placed_on == engine
+    assert ("--resume" in argv and "s-old" in argv) is resumes
+    assert await store.thread_engine("dev", "acme/app", 12) == engine

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -19,7 +23,13 @@ import pytest
 from claude_hooks.config import Config, load_config
 from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
-from claude_hooks.runner.containers import ENGINE_LABEL, run_exec
+from claude_hooks.runner.containers import (
+    ENGINE_LABEL,
+    INSTANCE_LABEL,
+    instance_labels,
+    run_exec,
+)
+from claude_hooks.runner.engines import EnginePool
 from claude_hooks.tasks import Task, TaskState
 from tests.fakes.configs import ConfigFactory, toml_table
 from tests.fakes.docker import AGENT_UID
@@ -75,6 +85,17 @@ def pool_config(
     two["host"] = two.pop("docker_host")
     text += toml_table("[[engines]]", two)
     return load_config(factory.write(text))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "claude_hooks", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def mention(sim: ForgejoSim, title: str, directive: str = "") -> int:
@@ -188,6 +209,76 @@ async def test_a_follow_up_goes_to_the_engine_holding_its_workspace(
 async def _second_done(services: Services, number: int) -> bool:
     tasks = await tasks_on(services, number)()
     return len(tasks) == 2 and all(t.state is TaskState.SUCCEEDED for t in tasks)
+
+
+async def test_containers_up_makes_the_pooled_agents_container_on_each_engine(
+    forgejo_sim: ForgejoSim,
+    config_factory: ConfigFactory,
+    test_image: str,
+    tls_engine: TlsEngine,
+    remote: aiodocker.Docker,
+    docker: aiodocker.Docker,
+) -> None:
+    config = pool_config(config_factory, forgejo_sim, test_image, tls_engine)
+    try:
+        done = await asyncio.to_thread(run_cli, "containers", "up", "--config", str(config.path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        for engine, client in (("one", docker), ("two", remote)):
+            assert f"{AGENT} on {engine}: created: claude-hooks-{AGENT}" in done.stdout
+            container = await client.containers.get(f"claude-hooks-{AGENT}")
+            assert container["Config"]["Labels"][ENGINE_LABEL] == engine
+        refused = await asyncio.to_thread(
+            run_cli, "containers", "shell", AGENT, "--config", str(config.path)
+        )
+        assert refused.returncode != 0
+        assert "one, two: name one with --engine" in refused.stderr + refused.stdout
+    finally:  # made by the CLI: without the test labels the fixtures remove by
+        await remove_ours(docker, config)
+
+
+async def remove_ours(docker: aiodocker.Docker, config: Config) -> None:
+    """The agent's container and volume on engine one, when this test's config made them."""
+    ours = instance_labels(config.daemon.state_dir)[INSTANCE_LABEL]
+    try:
+        container = await docker.containers.get(f"claude-hooks-{AGENT}")
+    except aiodocker.exceptions.DockerError:
+        return
+    if container["Config"]["Labels"].get(INSTANCE_LABEL) == ours:
+        await container.delete(force=True)
+        await aiodocker.volumes.DockerVolume(docker, f"claude-hooks-{AGENT}-state").delete()
+
+
+async def test_an_engine_dropped_from_the_pool_loses_the_agents_container_there(
+    forgejo_sim: ForgejoSim,
+    config_factory: ConfigFactory,
+    test_image: str,
+    test_labels: dict[str, str],
+    tls_engine: TlsEngine,
+    remote: aiodocker.Docker,
+    docker: aiodocker.Docker,
+) -> None:
+    config = pool_config(config_factory, forgejo_sim, test_image, tls_engine)
+    agent = config.agents[0]
+    labels = {**instance_labels(config.daemon.state_dir), **test_labels}
+    pool = await EnginePool.open(config.agents, labels)
+    try:
+        kept = await pool.manager(agent.placed_on(agent.pool[0])).ensure(
+            agent.placed_on(agent.pool[0])
+        )
+        await pool.manager(agent.placed_on(agent.pool[1])).ensure(agent.placed_on(agent.pool[1]))
+    finally:
+        await pool.close()
+    only_one = replace(agent, engines=("one",), pool=agent.pool[:1])
+    services = await Services.start(
+        replace(config, agents=(only_one,)),
+        daemon_id="test-pool-drop",
+        extra_labels=test_labels,
+        listen=False,
+    )
+    await services.close()
+    names = [c["Names"][0].lstrip("/") for c in await remote.containers.list(all=True)]
+    assert f"claude-hooks-{AGENT}" not in names  # an orphan of engine two now
+    assert (await docker.containers.get(f"claude-hooks-{AGENT}")).id == kept.id
 
 
 async def test_an_engine_stopped_mid_run_is_down_and_its_lost_task_re_runs_on_the_other(

@@ -140,7 +140,8 @@ class Services:
         store = await Store.open(config.daemon.db_path)
         _on_close(closing, "store", store.close)
         labels = {**instance_labels(config.daemon.state_dir), **(extra_labels or {})}
-        engines = await EnginePool.open(config.agents, labels)
+        declared = [engine.engine for engine in config.engines]
+        engines = await EnginePool.open(config.agents, labels, declared)
         _on_close(closing, "docker", engines.close)
         docker, containers = engines.clients[0].docker, engines.clients[0].manager
         health = EngineHealth(client.engine.name for client in engines.clients)

@@ -121,12 +121,20 @@ class EnginePool:
         self._by_engine = {client.engine: client for client in self.clients}
 
     @classmethod
-    async def open(cls, agents: Iterable[AgentConfig], labels: Mapping[str, str]) -> EnginePool:
-        """A client and a manager (with `labels` and the engine's name) per engine; if one
-        cannot be opened, the ones opened before it are closed and the error raised."""
+    async def open(
+        cls,
+        agents: Iterable[AgentConfig],
+        labels: Mapping[str, str],
+        declared: Iterable[DockerEngine] = (),
+    ) -> EnginePool:
+        """A client and a manager (with `labels` and the engine's name) per engine the agents
+        name, and per `declared` one ([[engines]] no agent names: its housekeeping still
+        removes the containers of agents taken off it); if one cannot be opened, the ones
+        opened before it are closed and the error raised."""
         clients: list[EngineClient] = []
+        wanted = tuple(dict.fromkeys((*engines_of(agents), *declared)))
         try:
-            for engine in engines_of(agents) or (DockerEngine(),):
+            for engine in wanted or (DockerEngine(),):
                 docker = open_docker(engine)
                 engine_labels = {**labels, ENGINE_LABEL: engine.name}
                 clients.append(
