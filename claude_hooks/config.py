@@ -372,15 +372,63 @@ LOCAL_ENGINE = "local"
 @dataclass(frozen=True)
 class DockerEngine:
     """Where a container runs: `host` None is aiodocker's default (DOCKER_HOST, else the
-    local socket). Agents with equal engines share one client and one ContainerManager."""
+    local socket). Agents with equal engines share one client and one ContainerManager.
+    `named`: the name of an [[engines]] table (an engine pool's member), else None."""
 
     host: str | None = None
     tls: EngineTls | None = None
+    named: str | None = None
 
     @property
     def name(self) -> str:
-        """What labels, logs and the CLI call it: "local", else the host as written."""
+        """What labels, logs and the CLI call it: an [[engines]] name, "local", else the
+        host as written."""
+        if self.named is not None:
+            return self.named
         return LOCAL_ENGINE if self.host is None else self.host
+
+
+_ENGINE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One [[engines]] table: a Docker engine named once, for agents' `engines` lists."""
+
+    name: str = field(
+        metadata=_doc("A short slug agents.engines names it by (lower case, digits, dashes)")
+    )
+    host: str = field(metadata=_doc("The engine's API: unix:///path or tcp://host:port"))
+    max_concurrency: int = field(
+        default=4,
+        metadata=_doc("Tasks at once on this engine, all its agents together", **within(1, 1024)),
+    )
+    docker_tls: bool | None = field(
+        default=None,
+        metadata=_doc("tcp host: mutual TLS unless this is written false (as agents.docker_tls)"),
+    )
+    docker_tls_ca_file: Path | None = field(
+        default=None, metadata=_doc("tcp host: the CA that signed the engine's certificate")
+    )
+    docker_tls_cert_file: Path | None = field(
+        default=None, metadata=_doc("tcp host: the daemon's client certificate")
+    )
+    docker_tls_key_file: Path | None = field(
+        default=None, metadata=_doc("tcp host: the client certificate's key (a secret)")
+    )
+
+    @property
+    def engine(self) -> DockerEngine:
+        return DockerEngine(self.host, _tls_of(self), self.name)
+
+
+def _tls_of(keys: AgentConfig | EngineConfig) -> EngineTls | None:
+    """The three TLS files of an agent's or an [[engines]] table's keys, when all are set."""
+    if keys.docker_tls_ca_file and keys.docker_tls_cert_file and keys.docker_tls_key_file:
+        return EngineTls(
+            keys.docker_tls_ca_file, keys.docker_tls_cert_file, keys.docker_tls_key_file
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -535,6 +583,16 @@ class AgentConfig:
     docker_tls_key_file: Path | None = field(
         default=None, metadata=_doc("tcp docker_host: the client certificate's key (a secret)")
     )
+    engines: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_doc(
+            "Names of [[engines]] the agent's tasks are spread over (instead of docker_host):"
+            " one container of the agent on each"
+        ),
+    )
+    # Not a key: the loader fills it with the engines `engines` names. One engine left
+    # (Placement.agent) is the agent placed on that engine for one task.
+    pool: tuple[DockerEngine, ...] = field(default=(), metadata={"derived": True})
 
     @property
     def auth(self) -> AuthMode:
@@ -555,13 +613,25 @@ class AgentConfig:
 
     @property
     def engine(self) -> DockerEngine:
-        """The Docker engine this agent's container is on (the loader checked its keys)."""
-        tls = None
-        if self.docker_tls_ca_file and self.docker_tls_cert_file and self.docker_tls_key_file:
-            tls = EngineTls(
-                self.docker_tls_ca_file, self.docker_tls_cert_file, self.docker_tls_key_file
-            )
-        return DockerEngine(self.docker_host, tls)
+        """The Docker engine this agent's container is on (the loader checked its keys).
+        An agent with an engine pool has one only once placed on a member for a task."""
+        if len(self.pool) == 1:
+            return self.pool[0]
+        if self.pool:
+            names = ", ".join(e.name for e in self.pool)
+            raise ValueError(f"agent {self.name} runs on engines {names}: place it on one first")
+        return DockerEngine(self.docker_host, _tls_of(self))
+
+    @property
+    def on_engines(self) -> tuple[DockerEngine, ...]:
+        """Every engine this agent has a container on: its pool, else its one engine."""
+        return self.pool or (self.engine,)
+
+    def placed_on(self, engine: DockerEngine) -> AgentConfig:
+        """This agent narrowed to one engine of its pool (or itself, on its own engine)."""
+        if engine not in self.on_engines:
+            raise ValueError(f"agent {self.name} has no container on engine {engine.name}")
+        return replace(self, pool=(engine,)) if self.pool else self
 
     @property
     def container_name(self) -> str:
@@ -580,6 +650,13 @@ class Config:
     api: ApiConfig
     agents: tuple[AgentConfig, ...]
     warnings: tuple[str, ...] = ()
+    engines: tuple[EngineConfig, ...] = ()  # [[engines]]: the pool members agents name
+
+    def engine_named(self, name: str) -> EngineConfig:
+        for engine in self.engines:
+            if engine.name == name:
+                return engine
+        raise KeyError(name)
 
     def agent(self, name: str) -> AgentConfig:
         for agent in self.agents:
@@ -620,7 +697,7 @@ def load_config(path: Path | str | None = None) -> Config:
 
 def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     warnings: list[str] = []
-    _reject_unknown(raw, [*SECTIONS, "agents"], path, "")
+    _reject_unknown(raw, [*SECTIONS, "agents", "engines"], path, "")
     if "forgejo" not in raw:
         raise ConfigError(path, "forgejo", "missing section [forgejo] (it needs at least url)")
 
@@ -634,15 +711,33 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         _build(AgentConfig, _table(a, path, f"agents[{i}]"), path, f"agents[{i}]")
         for i, a in enumerate(agents_raw)
     )
+    engines_raw = raw.get("engines", [])
+    if not isinstance(engines_raw, list):
+        raise ConfigError(path, "engines", "must be an array of tables: [[engines]]")
+    engines = tuple(
+        _build(EngineConfig, _table(e, path, f"engines[{i}]"), path, f"engines[{i}]")
+        for i, e in enumerate(engines_raw)
+    )
     config = Config(
         path=path,
         forgejo=section("forgejo"),
         daemon=section("daemon"),
         api=section("api"),
         agents=agents,
+        engines=engines,
     )
     _validate(config, warnings)
-    return replace(config, warnings=tuple(warnings))
+    return replace(config, agents=_with_pools(config), warnings=tuple(warnings))
+
+
+def _with_pools(config: Config) -> tuple[AgentConfig, ...]:
+    """Each agent with the engines its `engines` names (checked by `_validate`)."""
+    return tuple(
+        replace(agent, pool=tuple(config.engine_named(n).engine for n in agent.engines))
+        if agent.engines
+        else agent
+        for agent in config.agents
+    )
 
 
 def _table(value: Any, path: Path, key: str) -> Mapping[str, Any]:
@@ -665,10 +760,10 @@ def _join(where: str, key: str) -> str:
 
 def _build(cls: type, table: Mapping[str, Any], path: Path, where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    _reject_unknown(table, known, path, where)
+    keys = config_keys(cls)
+    _reject_unknown(table, [f.name for f in keys], path, where)
     values: dict[str, Any] = {}
-    for f in fields(cls):
+    for f in keys:
         key = _join(where, f.name)
         if f.name in table:
             values[f.name] = _coerce(table[f.name], hints[f.name], f.metadata, path, key)
@@ -679,6 +774,11 @@ def _build(cls: type, table: Mapping[str, Any], path: Path, where: str) -> Any:
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(path, key, f"missing required key ({f.metadata.get('doc', '')})")
     return cls(**values)
+
+
+def config_keys(cls: type) -> list[Any]:
+    """The fields of a config dataclass that are keys of the file (not the loader's own)."""
+    return [f for f in fields(cls) if not f.metadata.get("derived")]
 
 
 def _coerce(value: Any, hint: Any, meta: Mapping[str, Any], path: Path, key: str) -> Any:
@@ -792,6 +892,7 @@ def _validate(config: Config, warnings: list[str]) -> None:
     _validate_api_timeouts(config.api, path)
     if not config.agents:
         raise ConfigError(path, "agents", "no [[agents]] configured: add at least one")
+    _validate_engines(config, warnings)
     seen: set[str] = set()
     for i, agent in enumerate(config.agents):
         _validate_agent(config, i, agent, seen, warnings)
@@ -891,6 +992,7 @@ def _validate_agent(
     )
     _validate_claude_auth(config, where, agent, warnings)
     _validate_budgets(path, where, agent)
+    _validate_agent_engines(config, where, agent)
     _validate_docker_host(path, where, agent, warnings)
     warnings.extend(agent_warnings(agent, path, where))
 
@@ -1044,25 +1146,53 @@ PORT_BOUNDS = Bounds(1, 65535)
 
 
 def _validate_docker_host(path: Path, where: str, agent: AgentConfig, warnings: list[str]) -> None:
+    """An agent's own engine: its docker_host and TLS keys (none with an engine pool)."""
+    if agent.engines is not None:
+        given = [
+            k for k in ("docker_host", "docker_tls", *TLS_KEYS) if getattr(agent, k) is not None
+        ]
+        if given:
+            raise ConfigError(
+                path,
+                f"{where}.{given[0]}",
+                "an agent with engines runs on those [[engines]]: set the engine's host and"
+                " TLS files there, not here",
+            )
+        return
+    _validate_engine_keys(
+        path, where, "docker_host", agent.docker_host, agent, f"agent {agent.name!r}", warnings
+    )
+
+
+def _validate_engine_keys(
+    path: Path,
+    where: str,
+    host_key: str,
+    host: str | None,
+    keys: AgentConfig | EngineConfig,
+    who: str,
+    warnings: list[str],
+) -> None:
     """unix:// or tcp://host:port; tcp with mutual TLS unless `docker_tls = false` is written.
 
-    Whoever reaches an engine's API is root on its host: a plain tcp engine is refused
-    by default and only warned about when the operator writes that they mean it.
+    The same rules for an agent's docker_host and an [[engines]] table's host. Whoever
+    reaches an engine's API is root on its host: a plain tcp engine is refused by default
+    and only warned about when the operator writes that they mean it.
     """
-    host, key = agent.docker_host, f"{where}.docker_host"
-    tls_given = [k for k in TLS_KEYS if getattr(agent, k) is not None]
+    key = f"{where}.{host_key}"
+    tls_given = [k for k in TLS_KEYS if getattr(keys, k) is not None]
     scheme, _, rest = (host or "").partition("://")
     if host is None or scheme == "unix":
         if host is not None and not rest.startswith("/"):
             raise ConfigError(path, key, f"{host!r}: a unix socket needs an absolute path")
-        stray = tls_given + (["docker_tls"] if agent.docker_tls is not None else [])
+        stray = tls_given + (["docker_tls"] if keys.docker_tls is not None else [])
         if stray:
-            raise ConfigError(path, f"{where}.{stray[0]}", "only for a tcp://host:port docker_host")
+            raise ConfigError(path, f"{where}.{stray[0]}", f"only for a tcp://host:port {host_key}")
         return
     if scheme != "tcp":
         raise ConfigError(path, key, f"{host!r}: must be unix:///path or tcp://host:port")
     _check_tcp_address(path, key, host)
-    if agent.docker_tls is False:
+    if keys.docker_tls is False:
         if tls_given:
             raise ConfigError(
                 path, f"{where}.{tls_given[0]}", "docker_tls = false: no TLS file is used"
@@ -1078,10 +1208,12 @@ def _validate_docker_host(path: Path, where: str, agent: AgentConfig, warnings: 
         raise ConfigError(
             path,
             f"{where}.{missing[0]}",
-            f"docker_host {host!r} is tcp: mutual TLS needs {', '.join(TLS_KEYS)}"
+            f"{host_key} {host!r} is tcp: mutual TLS needs {', '.join(TLS_KEYS)}"
             " (or write docker_tls = false to allow plain tcp, which is warned about)",
         )
-    _check_tls_files(path, where, agent, warnings)
+    engine_tls = _tls_of(keys)
+    assert engine_tls is not None  # all three are set
+    _check_tls_files(path, where, engine_tls, who, warnings)
 
 
 def _check_tcp_address(path: Path, key: str, host: str) -> None:
@@ -1095,10 +1227,10 @@ def _check_tcp_address(path: Path, key: str, host: str) -> None:
     checked_number(port, path, f"{key} port", PORT_BOUNDS, shown=host)
 
 
-def _check_tls_files(path: Path, where: str, agent: AgentConfig, warnings: list[str]) -> None:
+def _check_tls_files(
+    path: Path, where: str, engine_tls: EngineTls, who: str, warnings: list[str]
+) -> None:
     """The files exist, the key is a private secret file, and they make a TLS client."""
-    engine_tls = agent.engine.tls
-    assert engine_tls is not None  # all three are set
     for tls_key, file in (
         ("docker_tls_ca_file", engine_tls.ca_file),
         ("docker_tls_cert_file", engine_tls.cert_file),
@@ -1109,7 +1241,7 @@ def _check_tls_files(path: Path, where: str, agent: AgentConfig, warnings: list[
         engine_tls.key_file,
         path,
         f"{where}.docker_tls_key_file",
-        f"the Docker client key of agent {agent.name!r}",
+        f"the Docker client key of {who}",
         warnings,
         read=read_secret_document,
     )
@@ -1121,6 +1253,59 @@ def _check_tls_files(path: Path, where: str, agent: AgentConfig, warnings: list[
             f"{where}.docker_tls_cert_file",
             f"the CA, certificate and key do not make a TLS client: {exc}",
         ) from None
+
+
+def _validate_engines(config: Config, warnings: list[str]) -> None:
+    """[[engines]]: unique slugs, distinct hosts, each host's keys as an agent's docker_host."""
+    path = config.path
+    names: dict[str, int] = {}
+    hosts: dict[str, int] = {}
+    for i, engine in enumerate(config.engines):
+        where = f"engines[{i}]"
+        if not _ENGINE_NAME.match(engine.name):
+            raise ConfigError(
+                path,
+                f"{where}.name",
+                f"{engine.name!r} is not a short slug (lower case letters, digits and dashes,"
+                " at most 32)",
+            )
+        if engine.name == LOCAL_ENGINE:
+            raise ConfigError(
+                path,
+                f"{where}.name",
+                f"{LOCAL_ENGINE!r} names the default engine of agents without docker_host:"
+                " choose another name",
+            )
+        if engine.name in names:
+            raise ConfigError(
+                path, f"{where}.name", f"{engine.name!r} is engines[{names[engine.name]}]'s too"
+            )
+        names[engine.name] = i
+        if engine.host in hosts:  # one agent's two containers would share one name there
+            raise ConfigError(
+                path,
+                f"{where}.host",
+                f"{engine.host!r} is engines[{hosts[engine.host]}]'s host too: name an engine once",
+            )
+        hosts[engine.host] = i
+        who = f"engine {engine.name!r}"
+        _validate_engine_keys(path, where, "host", engine.host, engine, who, warnings)
+
+
+def _validate_agent_engines(config: Config, where: str, agent: AgentConfig) -> None:
+    """agents.engines: a non-empty list of distinct [[engines]] names."""
+    if agent.engines is None:
+        return
+    path, key = config.path, f"{where}.engines"
+    known = [engine.name for engine in config.engines]
+    if not agent.engines:
+        raise ConfigError(path, key, "is empty: name at least one [[engines]] table, or drop it")
+    for n, name in enumerate(agent.engines):
+        if name not in known:
+            have = ", ".join(known) if known else "there are no [[engines]] tables"
+            raise ConfigError(path, f"{key}[{n}]", f"{name!r} is not an [[engines]] name ({have})")
+        if name in agent.engines[:n]:
+            raise ConfigError(path, f"{key}[{n}]", f"{name!r} is named twice")
 
 
 def engine_tls_context(files: EngineTls) -> ssl.SSLContext:

@@ -36,6 +36,7 @@ class QueueSnapshot:
     queue_depth: int = 0
     running: int = 0
     paused: frozenset[str] = frozenset()  # agents whose queue waits (a usage limit, a budget)
+    engines: Mapping[str, bool] = field(default_factory=dict)  # each Docker engine up, by name
 
 
 def task_seconds(task: Task) -> float | None:
@@ -77,6 +78,14 @@ class _QueueCollector(Collector):
         for agent in agents:
             paused.add_metric([agent], 1 if agent in snapshot.paused else 0)
         yield paused
+        engine_up = GaugeMetricFamily(
+            f"{PREFIX}_engine_up",
+            "1 while the Docker engine answers (its agents' tasks go there), 0 while it is down",
+            labels=["engine"],
+        )
+        for engine, up in sorted(snapshot.engines.items()):
+            engine_up.add_metric([engine], 1 if up else 0)
+        yield engine_up
 
 
 class Metrics:

@@ -117,6 +117,7 @@ class ApiHarness:
     ready: dict[str, bool] = field(
         default_factory=lambda: {"store": True, "docker": True, "forgejo": True}
     )
+    engines: dict[str, bool] = field(default_factory=dict)  # each engine up (empty: unknown)
     webhooks: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
     webhook_result: int | Exception = 1
     changes: list[Task] = field(default_factory=list)
@@ -157,6 +158,7 @@ class ApiHarness:
             metrics=self.metrics,
             accepting=lambda: self.accepting,
             feed=self.feed,
+            engines=lambda: self.engines,
         )
 
     async def submit(self, prompt: str = "do it", **fields: Any) -> dict[str, Any]:
@@ -579,6 +581,7 @@ async def test_agents_lists_configured_agents_with_their_load(api: ApiHarness) -
             "running": 1,
             "queued": 1,
             "paused": None,
+            "engines": [{"name": "local", "up": True}],
         },
         {
             "name": "reviewer",
@@ -587,6 +590,7 @@ async def test_agents_lists_configured_agents_with_their_load(api: ApiHarness) -
             "running": 0,
             "queued": 0,
             "paused": None,
+            "engines": [{"name": "local", "up": True}],
         },
     ]
 

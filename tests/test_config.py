@@ -15,9 +15,11 @@ from claude_hooks.config import (
     AgentConfig,
     Bounds,
     ConfigError,
+    EngineConfig,
     Role,
     SecretFileError,
     checked_number,
+    config_keys,
     docker_socket_paths,
     expand_path,
     learn_secret_file,
@@ -235,8 +237,11 @@ def test_example_config_documents_every_key() -> None:
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert f.name in raw[section], f"[{section}] {f.name} is not in {EXAMPLE.name}"
-    for f in dataclasses.fields(AgentConfig):
+    for f in config_keys(AgentConfig):
         assert re.search(rf"^#? ?{f.name} = ", text, re.M), f"agents.{f.name} undocumented"
+    engines = text[text.index("# [[engines]]") :]
+    for f in config_keys(EngineConfig):
+        assert re.search(rf"^#? ?{f.name} = ", engines, re.M), f"engines.{f.name} undocumented"
 
 
 # --- forgejo.repositories (issue 12) ------------------------------------------------------

@@ -170,6 +170,7 @@ class ApiDeps:
     metrics: Metrics
     accepting: Callable[[], bool]  # False while the daemon drains
     feed: TaskFeed = field(default_factory=TaskFeed)
+    engines: Callable[[], Mapping[str, bool]] = lambda: {}  # each engine up, by name
 
 
 @dataclass(frozen=True)
@@ -748,7 +749,10 @@ class Api:
             body["error"] = f"{type(exc).__name__}: {exc}"
         checks["accepting"] = self.deps.accepting()
         failing = sorted(name for name, ok in checks.items() if not ok)
-        body |= {"ready": not failing, "checks": checks, "failing": failing}
+        # Each engine up or down, as the readiness ping just found: one engine of a pool
+        # down is shown here without failing `docker` while the agents have another.
+        engines = dict(self.deps.engines())
+        body |= {"ready": not failing, "checks": checks, "failing": failing, "engines": engines}
         return web.json_response(body, status=503 if failing else 200)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -765,6 +769,7 @@ class Api:
                 queue_depth=scheduler.queue_depth(),
                 running=len(scheduler.running_ids()),
                 paused=frozenset(scheduler.paused()),
+                engines=dict(self.deps.engines()),
             )
         )
         body, content_type = self.deps.metrics.render(request.headers.get("Accept"))
@@ -776,6 +781,7 @@ class Api:
         counts = await self.deps.store.counts()
         running = self.deps.scheduler.running_by_agent()
         paused = self.deps.scheduler.paused()
+        up = self.deps.engines()
         return web.json_response(
             [
                 {
@@ -785,6 +791,10 @@ class Api:
                     "running": running.get(agent.name, 0),
                     "queued": counts.get((agent.name, TaskState.QUEUED), 0),
                     "paused": pause_json(paused.get(agent.name)),
+                    "engines": [
+                        {"name": engine.name, "up": up.get(engine.name, True)}
+                        for engine in agent.on_engines
+                    ],
                 }
                 for agent in self.deps.config.agents
             ]

@@ -168,7 +168,7 @@ async def check_docker(config: Config) -> list[CheckResult]:
 
     results: list[CheckResult] = []
     for engine in engines_of(config.agents):
-        images = {a.image for a in config.agents if a.engine == engine}
+        images = {a.image for a in config.agents if engine in a.on_engines}
         results += await check_engine(engine, images, config)
     return results
 
@@ -201,7 +201,8 @@ async def check_engine(engine: DockerEngine, images: set[str], config: Config) -
 
             name = f"docker image {image}" + ("" if engine.host is None else f" on {engine.name}")
             results.append(await _guard(name, present, 10))
-        on_engine = replace(config, agents=tuple(a for a in config.agents if a.engine == engine))
+        here = tuple(a.placed_on(engine) for a in config.agents if engine in a.on_engines)
+        on_engine = replace(config, agents=here)
         labels = await agent_container_labels(docker, on_engine)
         results += [
             CheckResult("agent shared", True, f"warning: {w}")

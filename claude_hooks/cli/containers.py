@@ -108,6 +108,16 @@ def select_agents(config: Config, names: Sequence[str]) -> tuple[AgentConfig, ..
     return tuple(chosen.values())  # once each, in the order given
 
 
+def pool_member(agent: AgentConfig, name: str | None) -> AgentConfig:
+    """The agent on the engine of its pool named `name` (its one container there)."""
+    names = [engine.name for engine in agent.pool]
+    for engine in agent.pool:
+        if engine.name == name:
+            return agent.placed_on(engine)
+    asked = "name one with --engine" if name is None else f"no engine {name!r} in its pool"
+    raise UsageError(f"agent {agent.name} has a container on {', '.join(names)}: {asked}")
+
+
 def _lower(names: Sequence[str]) -> set[str]:
     return {name.lower() for name in names}
 
@@ -428,19 +438,23 @@ async def _act_on_engine(
     action = ACTIONS[options.action]
     try:
         async with connect(config, docker_engine) as engine:
-            for agent in (a for a in agents if a.engine == docker_engine):
+            for agent in (
+                a.placed_on(docker_engine) for a in agents if docker_engine in a.on_engines
+            ):
+                # An agent of an engine pool has a container on each: say which one.
+                who = f"{agent.name} on {docker_engine.name}" if agent.pool else agent.name
                 try:
                     line = await action(engine, agent, options)
                 except (Refused, ContainerError) as exc:
-                    cli_line(f"{agent.name}: FAILED: {exc}")
+                    cli_line(f"{who}: FAILED: {exc}")
                     failed = True
                     continue
                 except DockerError as exc:
-                    cli_line(f"{agent.name}: FAILED: Docker answered {exc.status}: {exc.message}")
+                    cli_line(f"{who}: FAILED: Docker answered {exc.status}: {exc.message}")
                     failed = True
                     continue
                 if line:
-                    print(f"{agent.name}: {line}", flush=True)
+                    print(f"{who}: {line}", flush=True)
     except DockerUnavailable as exc:
         cli_line(f"claude-hooks containers: {exc}")
         return EXIT_FAIL
@@ -466,6 +480,12 @@ def cmd_containers(args: argparse.Namespace) -> int:
         names = ", ".join(a.name for a in agents)
         cli_line(f"claude-hooks containers shell: name one agent (one of {names})")
         return EXIT_FAIL
+    if args.action == "shell" and agents[0].pool:
+        try:
+            agents = (pool_member(agents[0], getattr(args, "engine", None)),)
+        except UsageError as exc:
+            cli_line(f"claude-hooks containers shell: {exc}")
+            return EXIT_FAIL
     # The manager's own log lines: warnings only, unless --log-level asks for more.
     redactor.add_files(config_secret_files(config))
     setup_logging(config.daemon.log_format, args.log_level or "warning")
@@ -510,6 +530,10 @@ def register(add: AddCommand) -> None:
                 "--force",
                 action="store_true",
                 help="stop running task processes first (SIGTERM, then SIGKILL)",
+            )
+        if name == "shell":
+            action.add_argument(
+                "--engine", help="an agent with an engine pool: the engine whose container"
             )
         if name == "logs":
             action.add_argument("-f", "--follow", action="store_true", help="keep following")

@@ -56,7 +56,8 @@ from claude_hooks.intake.webhooks import WebhookHandler, WebhookInbox
 from claude_hooks.metrics import Metrics
 from claude_hooks.report.tracker import REPORTS_CLOSE_WITHIN, Reporter, TaskReports
 from claude_hooks.runner.containers import ContainerError, ContainerManager, instance_labels
-from claude_hooks.runner.engines import EnginePool
+from claude_hooks.runner.engines import EngineHealth, EnginePool
+from claude_hooks.runner.placement import EnginePlacer
 from claude_hooks.runner.runtime import AgentRuntime, DockerRuntime
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TaskSpec
@@ -71,6 +72,9 @@ log = structlog.get_logger(__name__)
 # (daemon/budget.py), which must fit the unit's TimeoutStopSec.
 HTTP_CLOSE_WITHIN = 2.0  # open requests (event streams) after the listener stops
 CLOSE_WITHIN = HTTP_CLOSE_WITHIN + STOPS_CLOSE_WITHIN + REPORTS_CLOSE_WITHIN
+# Seconds between pings of every engine: how soon an engine that went away (with no
+# task's exec on it to notice) is skipped, and one that came back is used again.
+ENGINE_PING_INTERVAL = 10.0
 
 
 class ListenError(Exception):
@@ -98,6 +102,7 @@ class Services:
     closing: AsyncExitStack  # every part's close, registered as the part was opened
     web_runner: web.AppRunner | None = None
     engines: EnginePool | None = None  # one client and manager per engine the agents name
+    health: EngineHealth | None = None  # whether each engine is up, by name
     accepting: bool = True
 
     @classmethod
@@ -135,9 +140,12 @@ class Services:
         store = await Store.open(config.daemon.db_path)
         _on_close(closing, "store", store.close)
         labels = {**instance_labels(config.daemon.state_dir), **(extra_labels or {})}
-        engines = await EnginePool.open(config.agents, labels)
+        declared = [engine.engine for engine in config.engines]
+        engines = await EnginePool.open(config.agents, labels, declared)
         _on_close(closing, "docker", engines.close)
         docker, containers = engines.clients[0].docker, engines.clients[0].manager
+        health = EngineHealth(client.engine.name for client in engines.clients)
+        placer = EnginePlacer(config, store, health)
         metrics = Metrics()
         clients: dict[str, ForgejoClient] = {}
         for agent in config.agents:
@@ -152,15 +160,17 @@ class Services:
             _on_close(closing, f"forgejo client of {agent.name}", client.close)
         runtime = runtime or DockerRuntime(engines)
         services = cls._assemble(
-            config, daemon_id, store, docker, containers, clients, metrics, runtime, closing
+            config, daemon_id, store, docker, containers, clients, metrics, runtime, closing, placer
         )
-        services.engines = engines
+        services.engines, services.health = engines, health
         _on_close(closing, "reports", services.reports.close)
         _on_close(closing, "stop commands", services.submitter.close)
         if listen:  # before the housekeeping: a port in use stops us before we touch anything
             await services._listen()
         if isinstance(runtime, DockerRuntime):
             await services._housekeeping()
+            await engines.ping(health)  # before the first placement: a down engine is skipped
+            services._watch_engines()
         _on_close(closing, "scheduler", services.scheduler.close)
         await services.scheduler.start()  # dispatches recovered tasks: the port answers now
         _on_close(closing, "webhook inbox", services.inbox.close)
@@ -180,6 +190,7 @@ class Services:
         metrics: Metrics,
         runtime: AgentRuntime,
         closing: AsyncExitStack,
+        placer: EnginePlacer | None = None,
     ) -> Services:
         def client_for(agent: str) -> ForgejoClient:
             return clients[config.agent(agent).name]
@@ -214,6 +225,7 @@ class Services:
             permissions=permissions,
             submit=submit_loop_step,
             retries=outages,  # an overloaded Claude API is waited out like an outage
+            placer=placer,
         )
         scheduler = Scheduler(
             store,
@@ -296,6 +308,33 @@ class Services:
         if removed:
             log.info("orphan_containers_removed", engine=manager.engine, containers=removed)
 
+    def _watch_engines(self) -> None:
+        """Ping every engine every ENGINE_PING_INTERVAL (up/down: EngineHealth), until close."""
+        engines, health = self.engines, self.health
+        assert engines is not None and health is not None
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(ENGINE_PING_INTERVAL)  # a period, not a wait on a condition
+                try:
+                    await engines.ping(health)
+                except Exception as exc:  # never let the watch die: the next ping tries again
+                    log.warning("engine_ping_failed", error=repr(exc))
+
+        watcher = asyncio.create_task(watch(), name="engine-health")
+
+        async def stop() -> None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+        _on_close(self.closing, "engine health", stop)
+
+    def engine_states(self) -> dict[str, bool]:
+        """Whether each engine is up, by name, as last seen (no ping)."""
+        if self.health is None:
+            return {}
+        return {name: state.up for name, state in self.health.states().items()}
+
     async def _listen(self) -> None:
         config = self.config
         deps = ApiDeps(
@@ -307,6 +346,7 @@ class Services:
             webhook_secret=self._webhook_secret,
             api_token=self._api_token,
             readiness=self.readiness,
+            engines=self.engine_states,
             metrics=self.metrics,
             accepting=lambda: self.accepting,
             feed=self.feed,
@@ -438,11 +478,17 @@ class Services:
             store_ok = False
         return {
             "store": store_ok,
-            "docker": all((await self.engines.ping()).values())
-            if self.engines is not None
-            else await self.containers.ping(),
+            "docker": await self._docker_ready(),
             "forgejo": not self.outage.down,
         }
+
+    async def _docker_ready(self) -> bool:
+        """Every agent has an engine that answers: one engine of a pool down is not enough
+        to fail readiness (its tasks go to the others); it shows in `engines`."""
+        if self.engines is None:
+            return await self.containers.ping()
+        up = await self.engines.ping(self.health)
+        return all(any(up[e.name] for e in agent.on_engines) for agent in self.config.agents)
 
     def _webhook_secret(self) -> bytes | None:
         file = self.config.forgejo.webhook_secret_file

@@ -150,6 +150,11 @@ def outage_reason(what: str, attempt: int, attempts: int) -> str:
     return f"{what}, will retry (try {attempt} of {attempts})"
 
 
+def engine_lost_reason(engine: str) -> str:
+    """A running task whose Docker engine (of an engine pool) stopped answering."""
+    return f"interrupted: Docker engine {engine} stopped answering — will re-run"
+
+
 def gave_up_reason(what: str, tries: int, seconds: float) -> str:
     """An outage that outlasted the task's retry budget."""
     return f"gave up after {tries} retries over {format_duration(seconds)}: {what}"

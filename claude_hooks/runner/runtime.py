@@ -71,7 +71,9 @@ class DockerRuntime:
     """Each agent in its own long-lived container; each task one `docker exec`.
 
     With an EnginePool, each agent's container is on the engine its docker_host names;
-    the container object carries its engine's client, so exec and stop go there too.
+    the container object carries its engine's client, so exec and stop go there too. An
+    agent with an engine pool comes here placed (Lease.agent: narrowed to the engine
+    chosen for the task), so every call of one task goes to that engine.
     """
 
     def __init__(
@@ -82,7 +84,8 @@ class DockerRuntime:
     ) -> None:
         self.containers = containers
         self._clock = clock
-        self._prepared: dict[str, tuple[DockerContainer, float]] = {}  # agent: container, when
+        # (agent, engine): the container a prepare just ran in, and when
+        self._prepared: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
@@ -101,7 +104,7 @@ class DockerRuntime:
             self.manager(agent).sync_credentials(container, agent),
             workspace.prepare(container, plan, user=agent.user, env=env),
         )
-        self._prepared[agent.name] = (container, self._clock())  # it ran until just now
+        self._prepared[agent.name, agent.engine.name] = (container, self._clock())  # ran just now
         return head
 
     async def run(
@@ -115,7 +118,7 @@ class DockerRuntime:
         )
 
     def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
-        seen = self._prepared.get(agent.name)
+        seen = self._prepared.get((agent.name, agent.engine.name))
         if seen is None or self._clock() - seen[1] > REUSE_FOR:
             return None
         return seen[0]

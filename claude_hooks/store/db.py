@@ -652,6 +652,35 @@ class Database:
         ).fetchone()
         return row["session_id"] if row is not None else None
 
+    def set_engine(self, task_id: int, engine: str) -> None:
+        """The pool engine the task runs on (its thread's working tree and session)."""
+        with self.transaction() as conn:
+            cursor = conn.execute("UPDATE tasks SET engine = ? WHERE id = ?", (engine, task_id))
+            if cursor.rowcount == 0:
+                raise TaskNotFound(task_id)
+
+    def thread_engine(self, agent: str, repo: str, number: int | None) -> str | None:
+        """The engine the agent's latest placed task on this thread ran on (None: none)."""
+        if number is None:
+            return None  # an API task without a thread: a fresh directory each time
+        row = self.conn.execute(
+            "SELECT engine FROM tasks WHERE agent = ? AND repo = ? AND number = ?"
+            " AND engine IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (agent, repo, number),
+        ).fetchone()
+        return row["engine"] if row is not None else None
+
+    def rerun_interrupted(self, task_id: int) -> Task:
+        """One interrupted task as `recover` treats it: queued again, or failed once it
+        was interrupted MAX_INTERRUPTIONS times (its engine lost twice, say)."""
+        with self.transaction():
+            row = self.row(task_id)
+            if row is None:
+                raise TaskNotFound(task_id)
+            if row["interruptions"] >= MAX_INTERRUPTIONS:
+                return self._give_up(task_id, row["error"], row["interruptions"])
+            return self._resume(task_id)
+
     def latest_on_thread(self, agent: str, repo: str, number: int) -> Task | None:
         row = self.conn.execute(
             "SELECT * FROM tasks WHERE agent = ? AND repo = ? AND number = ?"

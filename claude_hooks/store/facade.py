@@ -156,6 +156,20 @@ class Store:
         """The newest Claude session of `agent` on this thread, for --resume."""
         return await self._call("find last session", self._db.last_session, agent, repo, number)
 
+    async def set_engine(self, task_id: int, engine: str) -> None:
+        await self._call(
+            f"record the engine of task {task_id}", self._db.set_engine, task_id, engine
+        )
+
+    async def thread_engine(self, agent: str, repo: str, number: int | None) -> str | None:
+        """The pool engine holding `agent`'s working tree of this thread, if any."""
+        what = "find the engine of a thread"
+        return await self._call(what, self._db.thread_engine, agent, repo, number)
+
+    async def rerun_interrupted(self, task_id: int) -> Task:
+        """An interrupted task queued again (or failed, interrupted too often)."""
+        return await self._changed(f"re-queue task {task_id}", self._db.rerun_interrupted, task_id)
+
     async def latest_on_thread(self, agent: str, repo: str, number: int) -> Task | None:
         what = "find latest task on thread"
         return await self._call(what, self._db.latest_on_thread, agent, repo, number)

@@ -110,6 +110,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX run_costs_by_agent ON run_costs (agent, at)",
     ),
+    # 7: the engine of an engine pool a task last ran on (issue 18): the thread's working
+    # tree and Claude session are there, so a follow-up goes there too, after a restart
+    ("ALTER TABLE tasks ADD COLUMN engine TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -6,6 +6,10 @@ scheduler puts the task back in the queue with an exponential backoff instead of
 failing it, until the task has waited `OutagePolicy.attempts` times or
 `OutagePolicy.within` seconds; then it fails, saying in words what stayed down.
 
+A task of an engine pool whose engine stops answering while it runs is not waited out:
+the worker raises `EngineLost`, the scheduler records the run interrupted and queues it
+again at once (placement picks an engine that is up), once, as a restart does.
+
 Every other exception a run raises is a failure, worded by `crash_words`: the
 exception's text (paths of the host, addresses, Docker's own messages) stays in the
 journal and never reaches a comment.
@@ -27,6 +31,7 @@ from claude_hooks.report.render import (
     outage_reason,
 )
 from claude_hooks.runner.containers import ContainerError, ForeignContainer
+from claude_hooks.runner.placement import EnginesDown
 from claude_hooks.runner.workspace import WorkspaceError
 from claude_hooks.store import StoreError
 from claude_hooks.tasks import Outcome, Task, TaskState
@@ -52,6 +57,20 @@ class OutagePolicy:
         return float(min(self.max_backoff, self.backoff * 2 ** min(deferrals, 32)))
 
 
+class EngineLost(Exception):
+    """A task's pool engine stopped answering while the task held it (raised from the
+    Docker error that showed it)."""
+
+    def __init__(self, engine: str) -> None:
+        super().__init__(f"Docker engine {engine} stopped answering")
+        self.engine = engine
+
+
+def lost_engine(exc: BaseException) -> str | None:
+    """The pool engine a run lost, when `exc` says so; None otherwise."""
+    return exc.engine if isinstance(exc, EngineLost) else None
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception and what caused it (a wrapper raised `from None` still has one)."""
     seen: set[int] = set()
@@ -67,6 +86,8 @@ def outage_of(exc: BaseException) -> str | None:
     for error in _chain(exc):
         if isinstance(error, RepositoryNotServed):
             return None
+        if isinstance(error, EnginesDown):
+            return DOCKER_DOWN
         if isinstance(error, ForgejoError):
             return FORGEJO_DOWN if error.retryable else None
         if isinstance(error, DockerError):

@@ -18,6 +18,8 @@ stopped one:
 - precheck or execute raised an outage (Forgejo, Docker, the store: work/outages.py)
   → queued again after an exponential backoff, until the OutagePolicy's budget is
   spent; then failed, "gave up after N retries over …: Forgejo is unreachable"
+- execute lost its pool engine mid-run (work/outages.py's EngineLost) → interrupted, and
+  queued again at once, as a restart re-queues an interrupted task (failed the second time)
 - execute raised anything else → failed, in words (the exception goes to the journal)
 - the run (or its precheck) deferred it → queued again, not run before a time
 
@@ -54,12 +56,19 @@ import structlog
 from claude_hooks.report.render import (
     INTERRUPTED_REASON,
     cancelled_reason,
+    engine_lost_reason,
     skipped_reason,
     timeout_reason,
 )
 from claude_hooks.store import RecoveryReport, Store, StoreError, TaskNotFound
 from claude_hooks.tasks import FINAL_STATES, AgentPause, Outcome, Task, TaskSpec, TaskState
-from claude_hooks.work.outages import OutagePolicy, crash_words, outage_of, outage_outcome
+from claude_hooks.work.outages import (
+    OutagePolicy,
+    crash_words,
+    lost_engine,
+    outage_of,
+    outage_outcome,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -265,6 +274,7 @@ class _Run:
     stopped_by: str | None = None
     started: bool = False  # marked running in the store
     deferred: bool = False  # recorded as deferred: queued again once the slot is free
+    lost: bool = False  # its pool engine went away mid-run: interrupted, then re-queued
     completion: asyncio.Task[None] | None = None
 
     @property
@@ -566,6 +576,10 @@ class Scheduler:
                 raise  # not ours (loop shutdown): the record stays running; recover() re-runs it
             return self._stop_outcome(run)
         except Exception as exc:
+            if (engine := lost_engine(exc)) is not None and run.started:
+                log.warning("task_engine_lost", engine=engine, error=repr(exc.__cause__))
+                run.lost = True
+                return Outcome(TaskState.INTERRUPTED, reason=engine_lost_reason(engine))
             if (down := outage_of(exc)) is not None:
                 return self._outage(run.task, down, exc)
             log.exception("task_crashed")
@@ -636,6 +650,12 @@ class Scheduler:
                 cost_usd=outcome.cost_usd,
                 duration_ms=outcome.duration_ms,
             )
+            if run.lost:  # like recover(): the listeners see it queued again (or given up)
+                task_id = run.task.id
+                run.task = await _while_busy(
+                    lambda: self._store.rerun_interrupted(task_id), what="re-queue"
+                )
+                run.deferred = run.task.state is TaskState.QUEUED  # back in the queue on release
             await self._notify(run.task)
         except Exception:
             log.exception("task_record_failed", task_id=run.task.id, state=str(outcome.state))

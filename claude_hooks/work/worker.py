@@ -40,6 +40,7 @@ from claude_hooks.runner.claude import (
 )
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.limits import zone_named
+from claude_hooks.runner.placement import EnginePlacer, Lease
 from claude_hooks.runner.runtime import AgentRuntime, all_of
 from claude_hooks.runner.stream import RateLimit, StreamEvent, journal_level, outcome_of
 from claude_hooks.store import Store
@@ -52,7 +53,13 @@ from claude_hooks.work.loop_steps import (
     pull_push_refusal,
     status_line,
 )
-from claude_hooks.work.outages import OutagePolicy, delivery_words, outage_of
+from claude_hooks.work.outages import (
+    DOCKER_DOWN,
+    EngineLost,
+    OutagePolicy,
+    delivery_words,
+    outage_of,
+)
 from claude_hooks.work.pauses import budget_pause, run_deferral
 from claude_hooks.work.prompts import (
     PromptContext,
@@ -152,8 +159,10 @@ class TaskWorker:
         submit: Submit | None = None,
         clock: Callable[[], float] = time.time,
         retries: OutagePolicy | None = None,
+        placer: EnginePlacer | None = None,
     ) -> None:
         self._config = config
+        self._placer = placer  # None: every agent on its one engine (the demo, tests)
         self._store = store
         self._runtime = runtime
         self._client_for = client_for
@@ -219,8 +228,23 @@ class TaskWorker:
     async def execute(self, task: Task) -> Outcome:
         if task.spec.kind is TaskKind.ROUNDS_SPENT:
             return await self._loop.rounds_spent(task)  # one comment, no Claude run
-        run = await self._start(task)
+        agent = self._config.agent(task.spec.agent)
+        if self._placer is None or not agent.pool:
+            return await self._execute(task, Lease(agent))
+        async with self._placer.lease(task, agent) as lease:
+            try:
+                return await self._execute(task, lease)
+            except Exception as exc:
+                if lease.engine is None or outage_of(exc) != DOCKER_DOWN:
+                    raise
+                self._placer.lost(lease.engine)  # the scheduler re-runs it where one is up
+                raise EngineLost(lease.engine) from exc
+
+    async def _execute(self, task: Task, lease: Lease) -> Outcome:
+        run = await self._start(task, lease.agent)
         session = await self._store.last_session(run.agent.name, task.spec.repo, task.spec.number)
+        if not lease.keeps_workspace:
+            session = None  # on another engine of its pool: the session is not there
         prompt = self._prompt(run, follow_up=session is not None)
         run.log.info("claude_started", resume=session, workdir=run.plan.path)
         result = await self._claude(run, prompt, session)
@@ -254,9 +278,8 @@ class TaskWorker:
         )
         return outcome
 
-    async def _start(self, task: Task) -> TaskRun:
+    async def _start(self, task: Task, agent: AgentConfig) -> TaskRun:
         """The container, the thread's facts and the prepared working tree."""
-        agent = self._config.agent(task.spec.agent)
         # Claude reads these credentials, so they may show up in what it prints: redact
         # the values the file holds now (it may have been rewritten since the start).
         if agent.credentials_file is not None:

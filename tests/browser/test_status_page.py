@@ -165,3 +165,32 @@ async def test_a_paused_agent_is_shown_as_paused_and_a_resume_clears_it_live(
         assert await page.shown(f"{reviewer} li")  # its task shows in its place
         assert await page.evaluate("window.stillTheSamePage") is True
         assert browser.cdp.exceptions == []
+
+
+async def test_an_engine_that_is_down_is_shown_on_its_agents_and_goes_when_it_is_back(
+    api: ApiHarness, chromium: str, tmp_path: Path
+) -> None:
+    api.engines = {"local": False}
+    engine = ".agent[data-agent='dev'] .engine[data-engine='local']"
+    async with Browser.launch(chromium, tmp_path / "profile") as browser:
+        page = await browser.open(api.url + "/")
+        await page.wait_for("!document.getElementById('login').hidden")
+        assert not await page.shown(engine)  # nothing before the token
+        await sign_in(page, TOKEN)
+        await page.wait_for(f'document.querySelector("{engine}") !== null')
+        assert await page.shown(engine)
+        assert await page.evaluate(f'document.querySelector("{engine}").textContent') == (
+            "local down"
+        )
+        colour = await page.evaluate(f'getComputedStyle(document.querySelector("{engine}")).color')
+        assert colour == "rgb(179, 38, 30)"  # --failed: it reads as a fault, not a note
+        await page.screenshot(tmp_path / "screenshots" / "engine-down.png")
+
+        # Back up, live: the next change on the feed reads the agents again.
+        await page.evaluate("window.stillTheSamePage = true")
+        api.engines = {"local": True}
+        await api.submit("do it now", number=14)
+        await page.wait_for(f'document.querySelector("{engine}") === null')
+        assert await page.shown(".agent[data-agent='dev'] li")
+        assert await page.evaluate("window.stillTheSamePage") is True
+        assert browser.cdp.exceptions == []

@@ -187,6 +187,20 @@ function pausedLine(agent) {
     title: `claude-hooks resume ${agent.name} lifts it now` });
 }
 
+// The Docker engines an agent's tasks go to: shown for an engine pool, or when one is
+// down (no task is placed on it; with all of them down the agent's tasks wait).
+function enginesLine(agent) {
+  const engines = agent?.engines ?? [];
+  if (engines.length < 2 && engines.every((engine) => engine.up)) return null;
+  return el("p", { className: "engines", title: "Docker engines of this agent" },
+    ...engines.map((engine) => el("span", {
+      className: engine.up ? "engine" : "engine down",
+      "data-engine": engine.name,
+      "data-up": String(engine.up),
+      text: engine.up ? engine.name : `${engine.name} down`,
+    })));
+}
+
 function taskLink(task, text) {
   return el("a", { href: `#/tasks/${Number(task.id)}`, text: text ?? `#${task.id}` });
 }
@@ -234,12 +248,13 @@ function renderOverview() {
         taskLink(task), ` ${task.thread}${place}`));
     }
     const paused = pausedLine(byName.get(name));
+    const engines = enginesLine(byName.get(name));
     const idle = running.length + queued.length === 0 && !paused
       ? el("p", { className: "idle", text: "idle" }) : null;
     const role = byName.get(name)?.role ?? "";
     return el("div", { className: paused ? "agent paused" : "agent", "data-agent": name },
       el("h3", { text: name }, " ", el("span", { className: "role", text: role })),
-      paused, idle, list);
+      paused, engines, idle, list);
   });
   $("agents").replaceChildren(...cards);
 
