@@ -1,11 +1,5 @@
 """An agent on a remote Docker engine over mutual TLS (issue 18), against a second real
-dockerd this test starts on 127.0.0.1 with certificates it makes.
-
-The second engine has its own data root, exec root (and so its own containerd), pidfile
-and config file, listens only on tcp with --tlsverify, and has no bridge and no iptables
-rules (as .ci/start-dockerd starts the first one). The scripted test image is copied into
-it with `docker save | docker load`. Where a second dockerd cannot start (no dockerd, not
-root), the tests skip; under CI=true they fail.
+dockerd the tests start on 127.0.0.1 with certificates they make (tests/second_dockerd.py).
 """
 
 from __future__ import annotations
@@ -13,150 +7,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import aiodocker
 import pytest
 
-from claude_hooks.config import DockerEngine, EngineTls
 from claude_hooks.daemon.services import Services
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.runner.containers import ENGINE_LABEL, instance_labels
-from claude_hooks.runner.engines import EnginePool, open_docker
+from claude_hooks.runner.engines import EnginePool
 from claude_hooks.tasks import TaskState
 from tests.fakes.configs import ConfigFactory
-from tests.fakes.docker import TEST_IMAGE, docker_unavailable
+from tests.second_dockerd import TlsEngine, remote, second_dockerd, tls_engine
 from tests.test_flow import ALICE, DEV, REPO, flow_config
-from tests.tls import EngineCerts, make_engine_certs
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.docker
-
-START_WITHIN = 60.0  # seconds a fresh dockerd (and its containerd) may take to answer
-
-
-@dataclass(frozen=True)
-class TlsEngine:
-    host: str  # tcp://127.0.0.1:<port>
-    certs: EngineCerts
-
-    @property
-    def engine(self) -> DockerEngine:
-        certs = self.certs
-        return DockerEngine(self.host, EngineTls(certs.ca, certs.client_cert, certs.client_key))
-
-    def agent_keys(self) -> dict[str, str]:
-        return {
-            "docker_host": self.host,
-            "docker_tls_ca_file": str(self.certs.ca),
-            "docker_tls_cert_file": str(self.certs.client_cert),
-            "docker_tls_key_file": str(self.certs.client_key),
-        }
-
-    def cli(self) -> list[str]:
-        certs = self.certs
-        return [
-            "docker", "--host", self.host, "--tlsverify", "--tlscacert", str(certs.ca),
-            "--tlscert", str(certs.client_cert), "--tlskey", str(certs.client_key),
-        ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def dockerd_argv(root: Path, port: int, certs: EngineCerts) -> list[str]:
-    (root / "daemon.json").write_text("{}")  # not /etc/docker/daemon.json: no host of its own
-    return [
-        "dockerd",
-        "--config-file", str(root / "daemon.json"),
-        "--data-root", str(root / "data"),
-        "--exec-root", str(root / "exec"),
-        "--pidfile", str(root / "docker.pid"),
-        "-H", f"tcp://127.0.0.1:{port}",
-        "--tlsverify", "--tlscacert", str(certs.ca),
-        "--tlscert", str(certs.server_cert), "--tlskey", str(certs.server_key),
-        "--bridge=none", "--iptables=false", "--ip6tables=false",
-    ]  # fmt: skip
-
-
-async def engine_answers(engine: DockerEngine) -> bool:
-    docker = open_docker(engine)
-    try:
-        await docker.version()
-    except Exception:
-        return False
-    finally:
-        await docker.close()
-    return True
-
-
-@pytest.fixture(scope="module")
-def tls_engine() -> Iterator[TlsEngine]:
-    if shutil.which("dockerd") is None or os.geteuid() != 0:
-        docker_unavailable("a second dockerd needs the dockerd binary and root")
-    root = Path(tempfile.mkdtemp(prefix="ch-engine-"))  # short: unix socket paths are bounded
-    certs = make_engine_certs(root / "certs")
-    port = free_port()
-    log = (root / "dockerd.log").open("wb")
-    process = subprocess.Popen(
-        dockerd_argv(root, port, certs), stdout=log, stderr=log, start_new_session=True
-    )
-    engine = TlsEngine(f"tcp://127.0.0.1:{port}", certs)
-    try:
-        try:
-            asyncio.run(
-                wait_until(
-                    lambda: engine_answers(engine.engine),
-                    timeout=START_WITHIN,
-                    interval=0.5,
-                    what="the second dockerd to answer over TLS",
-                )
-            )
-        except TimeoutError:
-            tail = (root / "dockerd.log").read_text(errors="replace")[-2000:]
-            docker_unavailable(f"a second dockerd did not start here: {tail}")
-        load_test_image(engine)
-        yield engine
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def load_test_image(engine: TlsEngine) -> None:
-    """The scripted test image of the first engine, copied into the second one."""
-    save = subprocess.Popen(["docker", "save", TEST_IMAGE], stdout=subprocess.PIPE)
-    loaded = subprocess.run(
-        [*engine.cli(), "load"], stdin=save.stdout, capture_output=True, timeout=300
-    )
-    assert save.wait(timeout=60) == 0, f"docker save {TEST_IMAGE} failed"
-    assert loaded.returncode == 0, loaded.stderr.decode(errors="replace")
-
-
-@pytest.fixture
-async def remote(tls_engine: TlsEngine) -> AsyncIterator[aiodocker.Docker]:
-    """A client of the second engine; what a test left there goes (the engine is ours)."""
-    docker = open_docker(tls_engine.engine)
-    yield docker
-    for container in await docker.containers.list(all=True):
-        await container.delete(force=True)
-    await docker.close()
+__all__ = ["remote", "second_dockerd", "tls_engine"]  # fixtures, used by name
 
 
 async def test_an_agent_on_the_tls_engine_runs_its_task_there(
