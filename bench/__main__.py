@@ -4,7 +4,8 @@ Needs a running Docker engine; builds the scripted agent image and starts the
 Forgejo simulator and daemon subprocesses itself. Shorter runs for a quick look:
 BENCH_IDLE_SECONDS, BENCH_WEBHOOK_RUNS, BENCH_POLL_RUNS, BENCH_SCHED_TASKS,
 BENCH_SCHED_RUN_SECONDS, BENCH_SCHED_DOCKER_TASKS, BENCH_STREAM_LINES, BENCH_LOOP_TASKS,
-BENCH_LOOP_LINES, BENCH_DRAIN_RUNS, BENCH_DRAIN_HANG_RUNS, BENCH_SCALE_SECONDS.
+BENCH_LOOP_LINES, BENCH_DRAIN_RUNS, BENCH_DRAIN_HANG_RUNS, BENCH_SCALE_SECONDS,
+BENCH_ENGINES_RUNS, BENCH_ENGINES_TASKS. `engines` starts a second dockerd (needs root).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import drain, idle, loop, memory, reaction, scale, scheduling, stream
+from bench import drain, engines, idle, loop, memory, reaction, scale, scheduling, stream
 from bench.stats import Row, render_table
 from claude_hooks.daemon.log import setup_logging
 
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "memory": memory.memory,
     "drain": drain.drain,
     "scale": scale.scale,
+    "engines": engines.engines,
 }
 
 

@@ -4,7 +4,8 @@ A `Lab` starts the Forgejo simulator and builds the scripted agent image; each
 `deployment()` is a fresh state directory, a fresh repository and agents with
 unique names, so runs never share containers, tasks or notifications. Closing
 the lab kills what is left of its daemons and removes every container and volume
-its agents got.
+its agents got. `second_engine()` starts a second dockerd on 127.0.0.1 over mutual TLS
+(tests/second_dockerd.py) with the bench image in it, for the figures of remote engines.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +33,12 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
-from claude_hooks.config import Config
+from claude_hooks.config import Config, DockerEngine
 from claude_hooks.demo.agent_image import ensure_image
 from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.runner.engines import open_docker
 from tests.fakes.configs import ConfigFactory
+from tests.second_dockerd import SecondDockerd, TlsEngine, make_engine_certs
 
 IMAGE = "claude-hooks-bench:latest"
 AGENT_UID = 1000  # the `agent` user of the scripted image
@@ -133,6 +138,18 @@ class ExecEvent:
     at: float  # the engine's wall-clock time of the event (timeNano)
 
 
+# On a TLS engine the runner feeds claude its prompt through `head -c` (runner/containers.py
+# read_exactly): the exec's command is `sh -c 'head -c "$0" | "$@"' <bytes> claude …`.
+_BOUNDED_STDIN = re.compile(r'sh -c head -c "\$0" \| "\$@" \d+ ')
+
+
+def is_claude_exec(command: str) -> bool:
+    """Whether an exec_start event's command is the runner's claude exec."""
+    if match := _BOUNDED_STDIN.match(command):
+        command = command[match.end() :]
+    return command.startswith("claude ")
+
+
 @dataclass
 class ExecWatcher:
     """Docker's exec_start/exec_die events, as the engine timestamps them.
@@ -142,13 +159,14 @@ class ExecWatcher:
     """
 
     prefix: str = ""  # only containers whose name starts with it: other runs' are not ours
+    engine: DockerEngine = field(default_factory=DockerEngine)  # default: the local one
     events: list[ExecEvent] = field(default_factory=list)
     _client: aiodocker.Docker | None = None
     _task: asyncio.Task[None] | None = None
     _claude_ids: set[str] = field(default_factory=set)
 
     async def start(self) -> None:
-        self._client = aiodocker.Docker()
+        self._client = open_docker(self.engine)
         filters = json.dumps({"type": ["container"], "event": ["exec_start", "exec_die"]})
         subscriber = self._client.events.subscribe(filters=filters)
         self._task = asyncio.create_task(self._consume(subscriber))
@@ -161,7 +179,7 @@ class ExecWatcher:
             exec_id = attributes.get("execID", "")
             if not str(attributes.get("name", "")).startswith(self.prefix):
                 continue
-            if action == "exec_start" and command.startswith("claude "):
+            if action == "exec_start" and is_claude_exec(command):
                 self._claude_ids.add(exec_id)
             elif exec_id not in self._claude_ids:
                 continue
@@ -263,8 +281,8 @@ class Lab:
         """Every container of this lab's agents has a name starting with this."""
         return f"claude-hooks-b{self.run_id}"
 
-    def watcher(self) -> ExecWatcher:
-        return ExecWatcher(prefix=self.container_prefix)
+    def watcher(self, engine: DockerEngine | None = None) -> ExecWatcher:
+        return ExecWatcher(prefix=self.container_prefix, engine=engine or DockerEngine())
 
     @property
     def engine(self) -> aiodocker.Docker:
@@ -277,9 +295,11 @@ class Lab:
         *,
         webhook: bool = False,
         agent: dict[str, Any] | None = None,
+        per_agent: Sequence[dict[str, Any]] = (),
         **daemon: Any,
     ) -> Config:
-        """A config for `agents` fresh agents on a fresh repository and state directory."""
+        """A config for `agents` fresh agents on a fresh repository and state directory;
+        `agent` overrides every agent's keys, `per_agent[i]` the i-th agent's after it."""
         self._deployments += 1
         number = self._deployments
         factory = ConfigFactory(self.root / f"deployment-{number}")
@@ -302,7 +322,10 @@ class Lab:
                 "listen": api_listen,
                 "token_file": str(factory.secret("api-token", API_TOKEN)),
             },
-            agents=[self._agent(factory, name, agent or {}) for name in names],
+            agents=[
+                self._agent(factory, name, {**(agent or {}), **own})
+                for name, own in zip(names, [*per_agent, *[{}] * agents], strict=False)
+            ],
         )
         if webhook:
             self.sim.add_webhook(f"{config.api.base_url}/hooks/forgejo", secret=WEBHOOK_SECRET)
@@ -395,3 +418,63 @@ def mention(sim: ForgejoSim, repo: str, agent: str, directive: str) -> tuple[int
     at = time.time()
     comment = sim.add_comment(repo, number, HUMAN, f"@{agent} go\n\nfake-claude: {directive}")
     return number, comment, at
+
+
+# --- a second Docker engine ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecondEngine:
+    """The lab's second dockerd (tests/second_dockerd.py: 127.0.0.1, mutual TLS, its own
+    data and exec roots), with the bench image loaded and a client of it."""
+
+    tls: TlsEngine
+    docker: aiodocker.Docker
+
+    @property
+    def engine(self) -> DockerEngine:
+        return self.tls.engine
+
+    def agent_keys(self) -> dict[str, str]:
+        """An agent's docker_host and docker_tls_*_file keys for this engine."""
+        return self.tls.agent_keys()
+
+
+@contextlib.asynccontextmanager
+async def second_engine() -> AsyncIterator[SecondEngine]:
+    """Start a second dockerd, copy the bench image into it; on the way out remove every
+    container on it (the engine is the bench's alone), stop it, delete its data root."""
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        raise RuntimeError("a second dockerd needs the dockerd binary and root")
+    root = Path(tempfile.mkdtemp(prefix="ch-bench-engine-"))  # short: socket paths are bounded
+    dockerd = SecondDockerd(root, free_port(), make_engine_certs(root / "certs"))
+    try:
+        try:
+            await asyncio.to_thread(dockerd.start)  # it runs its own event loop while waiting
+        except TimeoutError:
+            raise RuntimeError(f"the second dockerd did not start: {dockerd.log_tail()}") from None
+        await asyncio.to_thread(load_image, dockerd.tls_engine, IMAGE)
+        docker = open_docker(dockerd.tls_engine.engine)
+        try:
+            yield SecondEngine(dockerd.tls_engine, docker)
+        finally:
+            for container in await docker.containers.list(all=True):
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.delete(force=True)
+            await docker.close()
+    finally:
+        await asyncio.to_thread(dockerd.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def load_image(engine: TlsEngine, image: str) -> None:
+    """`docker save` of the local engine's `image` into `docker load` on `engine`."""
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+    loaded = subprocess.run(
+        [*engine.cli(), "load"], stdin=save.stdout, capture_output=True, timeout=300, check=False
+    )
+    if save.wait(timeout=60) != 0 or loaded.returncode != 0:
+        raise RuntimeError(
+            f"docker save {image} | docker load on {engine.host} failed:"
+            f" {loaded.stderr.decode(errors='replace')[-500:]}"
+        )

@@ -31,11 +31,12 @@ def _all_ended(config: Config) -> bool:
     return all(row.state not in ("queued", "running") for row in task_rows(config))
 
 
-async def _one_mention(
-    lab: Lab, watcher: ExecWatcher, config: Config, *, reaction: bool
+async def one_mention(
+    lab: Lab, watcher: ExecWatcher, config: Config, *, reaction: bool, agent_index: int = 0
 ) -> tuple[float | None, float]:
-    """(ms to 👀 or None, ms to the claude exec) of one mention."""
-    repo, agent = lab.repo_of(config), config.agents[0].name
+    """(ms to 👀 or None, ms to the claude exec) of one mention of the deployment's
+    `agent_index`-th agent; `watcher` watches the engine that agent's container is on."""
+    repo, agent = lab.repo_of(config), config.agents[agent_index].name
     _, comment, asked = mention(lab.sim, repo, agent, "delay=0")
     reacted = None
     if reaction:
@@ -62,7 +63,7 @@ async def webhook_reaction() -> list[Row]:
         execs: list[float] = []
         try:
             for run in range(WEBHOOK_RUNS + 1):
-                reacted, started = await _one_mention(lab, watcher, config, reaction=True)
+                reacted, started = await one_mention(lab, watcher, config, reaction=True)
                 if run > 0 and reacted is not None:
                     reactions.append(reacted)
                     execs.append(started)
@@ -93,7 +94,7 @@ async def polling_reaction() -> list[Row]:
         try:
             for run in range(POLL_RUNS + 1):
                 await asyncio.sleep(random.uniform(0, POLL_INTERVAL))  # a random poll phase
-                _, started = await _one_mention(lab, watcher, config, reaction=False)
+                _, started = await one_mention(lab, watcher, config, reaction=False)
                 if run > 0:
                     execs.append(started)
         finally:
