@@ -42,12 +42,17 @@ from bench.harness import (
 from bench.reaction import one_mention
 from bench.stats import Row, sample_row, value_row
 from claude_hooks.config import Config
+from claude_hooks.runner.engines import EngineHealth
+from claude_hooks.runner.placement import EnginePlacer
+from claude_hooks.store import Store
+from claude_hooks.tasks import TaskKind, TaskSpec, TriggerSource
 
 RUNS = int(os.environ.get("BENCH_ENGINES_RUNS", "20"))
 TASKS = int(os.environ.get("BENCH_ENGINES_TASKS", "200"))
 FLOOR_RUNS = 20
 AGENTS, PER_AGENT = 4, 2
 SLOTS = AGENTS * PER_AGENT
+PLACEMENTS = int(os.environ.get("BENCH_ENGINES_PLACEMENTS", "500"))
 PROMPT = "fake-claude: delay=0"  # the scripted claude prints its lines and ends at once
 FIGURE = "10 engines"
 SHARED_CORES = f"both engines share this machine's {os.cpu_count()} cores"
@@ -143,13 +148,63 @@ def split_over_engines(second: SecondEngine) -> Sequence[dict[str, Any]]:
     return [{}] * (AGENTS // 2) + [second.agent_keys()] * (AGENTS - AGENTS // 2)
 
 
+LOCAL_SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def pool_tables(second: SecondEngine) -> list[dict[str, Any]]:
+    """Both engines as [[engines]] tables, each with room for every slot."""
+    remote = second.agent_keys()
+    return [
+        {"name": "here", "host": LOCAL_SOCKET, "max_concurrency": SLOTS},
+        {
+            "name": "second",
+            "host": remote.pop("docker_host"),
+            "max_concurrency": SLOTS,
+            **remote,  # the docker_tls_* files: the same keys in an [[engines]] table
+        },
+    ]
+
+
+def pool_config(lab: Lab, second: SecondEngine) -> Config:
+    """The same 4 agents × 2 slots, each with engines = ["here", "second"]: the daemon
+    places every task (runner/placement.py)."""
+    return lab.deployment(
+        AGENTS,
+        agent={"max_concurrency": PER_AGENT, "engines": ["here", "second"]},
+        engines=pool_tables(second),
+        max_concurrency=SLOTS,
+        poll_interval=600,
+    )
+
+
 async def pool_over_both_engines(lab: Lab, second: SecondEngine) -> Makespan:
-    """The pool variant, one more row once engine pools (#18, `[[engines]]` tables and
-    `agents.engines`) are merged: the same 4 agents × 2 slots, each with
-    engines = ["local", "second"] so the daemon places every task, then
-    `return await makespan(lab, second, config)`. Placement overhead per task (the
-    figure's third row) comes from the same run: the daemon's placement decision's time."""
-    raise NotImplementedError("engine pools (#18) are not on this branch yet")
+    return await makespan(lab, second, pool_config(lab, second))
+
+
+async def placement_cost(config: Config, leases: int = PLACEMENTS) -> list[float]:
+    """µs of one task's placement in the daemon's own code: EnginePlacer.lease taken
+    and given back (the thread's engine read from the store, choose_engine, the engine
+    written to the task), `leases` times over a real store, one task each."""
+    agent = config.agents[0]
+    health = EngineHealth(engine.name for engine in config.engines)
+    store = await Store.open(config.daemon.state_dir / "placement-bench.sqlite3")
+    try:
+        placer = EnginePlacer(config, store, health)
+        times = []
+        for n in range(leases):
+            spec = TaskSpec(
+                agent=agent.name, kind=TaskKind.API, repo="bench/placement", number=n % 20,
+                idempotency_key=f"place-{n}", requested_by="api", request=PROMPT,
+                source=TriggerSource.API,
+            )  # fmt: skip
+            task, _ = await store.enqueue(spec)
+            began = time.perf_counter()
+            async with placer.lease(task, agent):
+                pass
+            times.append((time.perf_counter() - began) * 1e6)
+        return times
+    finally:
+        await store.close()
 
 
 async def layout_makespan(lab: Lab, second: SecondEngine, layout: Layout) -> Makespan:
@@ -202,14 +257,26 @@ def _ended(config: Config) -> bool:
 async def throughput_rows(lab: Lab, second: SecondEngine) -> list[Row]:
     one = await layout_makespan(lab, second, all_local)
     two = await layout_makespan(lab, second, split_over_engines)
-    ratio = one.seconds / two.seconds
+    pool = await pool_over_both_engines(lab, second)
     slots = f"{AGENTS} agents × {PER_AGENT} slots"
+    spreading = f"{SHARED_CORES}: the overhead of spreading, not a second host's capacity"
     return [
         _makespan_row(f"makespan, {TASKS} tasks, one engine ({slots})", one),
         _makespan_row(f"makespan, {TASKS} tasks, two engines (half the agents each)", two),
-        value_row(FIGURE, "makespan one engine ÷ two engines", ratio, "×",
-                  floor=f"{SHARED_CORES}: the overhead of spreading, not a second host's "
-                  "capacity", target="none set (#18)"),
+        _makespan_row(f"makespan, {TASKS} tasks, every agent in a pool of both", pool),
+        value_row(FIGURE, "makespan one engine ÷ two engines", one.seconds / two.seconds, "×",
+                  floor=spreading, target="none set (#18)"),
+        value_row(FIGURE, "makespan one engine ÷ pool of both", one.seconds / pool.seconds,
+                  "×", floor=spreading, target="none set (#18)"),
+    ]  # fmt: skip
+
+
+async def placement_rows(lab: Lab, second: SecondEngine) -> list[Row]:
+    times = await placement_cost(pool_config(lab, second))
+    return [
+        sample_row(FIGURE, "placement per task (lease taken and given back)", times, "µs",
+                   floor="two store round trips (read the thread's engine, write the task's)"
+                   " + choose_engine", target="none set (#18)"),
     ]  # fmt: skip
 
 
@@ -228,12 +295,11 @@ def _makespan_row(metric: str, result: Makespan) -> Row:
 
 # --- the figure --------------------------------------------------------------------------------
 
-# Each part is one group of rows, measured in this order on the same two engines. The
-# third, placement overhead per task, joins once engine pools are merged
-# (see pool_over_both_engines).
+# Each part is one group of rows, measured in this order on the same two engines.
 PARTS: tuple[Callable[[Lab, SecondEngine], Awaitable[list[Row]]], ...] = (
     reaction_rows,
     throughput_rows,
+    placement_rows,
 )
 
 

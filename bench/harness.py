@@ -33,11 +33,11 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
-from claude_hooks.config import Config, DockerEngine
+from claude_hooks.config import Config, DockerEngine, load_config
 from claude_hooks.demo.agent_image import ensure_image
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.runner.engines import open_docker
-from tests.fakes.configs import ConfigFactory
+from tests.fakes.configs import ConfigFactory, toml_table
 from tests.second_dockerd import SecondDockerd, TlsEngine, make_engine_certs
 
 IMAGE = "claude-hooks-bench:latest"
@@ -296,10 +296,12 @@ class Lab:
         webhook: bool = False,
         agent: dict[str, Any] | None = None,
         per_agent: Sequence[dict[str, Any]] = (),
+        engines: Sequence[dict[str, Any]] = (),
         **daemon: Any,
     ) -> Config:
         """A config for `agents` fresh agents on a fresh repository and state directory;
-        `agent` overrides every agent's keys, `per_agent[i]` the i-th agent's after it."""
+        `agent` overrides every agent's keys, `per_agent[i]` the i-th agent's after it;
+        `engines` are its [[engines]] tables."""
         self._deployments += 1
         number = self._deployments
         factory = ConfigFactory(self.root / f"deployment-{number}")
@@ -315,7 +317,7 @@ class Lab:
             secret = factory.secret("webhook-secret", WEBHOOK_SECRET)
             forgejo["webhook_secret_file"] = str(secret)
         api_listen = f"127.0.0.1:{free_port()}"
-        config = factory.load(
+        text = factory.text(
             forgejo=forgejo,
             daemon={"log_format": "json", "drain_timeout": 30, **daemon},
             api={
@@ -327,6 +329,8 @@ class Lab:
                 for name, own in zip(names, [*per_agent, *[{}] * agents], strict=False)
             ],
         )
+        text += "".join(toml_table("[[engines]]", table) for table in engines)
+        config = load_config(factory.write(text))
         if webhook:
             self.sim.add_webhook(f"{config.api.base_url}/hooks/forgejo", secret=WEBHOOK_SECRET)
         return config
