@@ -153,15 +153,9 @@ LOCAL_SOCKET = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 def pool_tables(second: SecondEngine) -> list[dict[str, Any]]:
     """Both engines as [[engines]] tables, each with room for every slot."""
-    remote = second.agent_keys()
     return [
         {"name": "here", "host": LOCAL_SOCKET, "max_concurrency": SLOTS},
-        {
-            "name": "second",
-            "host": remote.pop("docker_host"),
-            "max_concurrency": SLOTS,
-            **remote,  # the docker_tls_* files: the same keys in an [[engines]] table
-        },
+        second.engine_table("second", max_concurrency=SLOTS),
     ]
 
 

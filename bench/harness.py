@@ -443,6 +443,9 @@ class SecondEngine:
         """An agent's docker_host and docker_tls_*_file keys for this engine."""
         return self.tls.agent_keys()
 
+    def engine_table(self, name: str, max_concurrency: int) -> dict[str, object]:
+        return self.tls.engine_table(name, max_concurrency)
+
 
 @contextlib.asynccontextmanager
 async def second_engine() -> AsyncIterator[SecondEngine]:

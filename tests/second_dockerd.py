@@ -47,13 +47,23 @@ class TlsEngine:
         certs = self.certs
         return DockerEngine(self.host, EngineTls(certs.ca, certs.client_cert, certs.client_key))
 
-    def agent_keys(self) -> dict[str, str]:
+    def tls_keys(self) -> dict[str, str]:
+        """The docker_tls_*_file keys (the same in an agent and in an [[engines]] table)."""
         return {
-            "docker_host": self.host,
             "docker_tls_ca_file": str(self.certs.ca),
             "docker_tls_cert_file": str(self.certs.client_cert),
             "docker_tls_key_file": str(self.certs.client_key),
         }
+
+    def agent_keys(self) -> dict[str, str]:
+        return {"docker_host": self.host, **self.tls_keys()}
+
+    def engine_table(self, name: str, max_concurrency: int) -> dict[str, object]:
+        """This engine as an [[engines]] table."""
+        return {
+            "name": name, "host": self.host, "max_concurrency": max_concurrency,
+            **self.tls_keys(),
+        }  # fmt: skip
 
     def cli(self) -> list[str]:
         certs = self.certs

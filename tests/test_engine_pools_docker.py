@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -41,6 +38,7 @@ from tests.second_dockerd import (
     second_dockerd,
     tls_engine,
 )
+from tests.test_engine_tls import run_cli
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.docker
@@ -81,21 +79,8 @@ def pool_config(
         agents=[agent],
     )
     text += toml_table("[[engines]]", {"name": "one", "host": LOCAL_HOST, "max_concurrency": 1})
-    two = {"name": "two", "max_concurrency": 1, **tls.agent_keys()}
-    two["host"] = two.pop("docker_host")
-    text += toml_table("[[engines]]", two)
+    text += toml_table("[[engines]]", tls.engine_table("two", max_concurrency=1))
     return load_config(factory.write(text))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run(
-        [sys.executable, "-m", "claude_hooks", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def mention(sim: ForgejoSim, title: str, directive: str = "") -> int:
