@@ -819,7 +819,7 @@ class Database:
         return [row[0] for row in self.conn.execute("PRAGMA integrity_check").fetchall()]
 
 
-ROWS_PER_INSERT = 1000  # 6,000 parameters, under SQLite's 32,766
+ROWS_PER_INSERT = 256  # a power of two: see insert_rows
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -828,15 +828,29 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
     sqlite3 lets the GIL go around every statement it steps and then waits to get it
     back; while the event loop is busy parsing streams that wait is up to the switch
     interval each time, so `executemany` over 500 rows kept the writer thread behind
-    the loop for seconds. One statement per thousand rows gives the GIL up once.
+    the loop for seconds. Here a statement carries up to ROWS_PER_INSERT rows, and a
+    remainder goes in power-of-two pieces (200 = 128 + 64 + 8): sqlite3 keeps every
+    distinct statement it prepared, a big one for each row count it saw, and a free
+    row count made a hundred of them (~20 MB of the daemon's memory); now there are
+    at most nine.
     """
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start : start + ROWS_PER_INSERT]
-        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+    start = 0
+    for size in insert_sizes(len(rows)):
+        chunk = rows[start : start + size]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * size)
         conn.execute(
             f"INSERT INTO task_events (task_id, seq, ts, type, summary, data) VALUES {values}",
             [value for row in chunk for value in row],
         )
+        start += size
+
+
+def insert_sizes(rows: int) -> list[int]:
+    """The row counts of the INSERTs for `rows` rows: ROWS_PER_INSERT while that many
+    are left, then the powers of two of the rest, largest first."""
+    sizes = [ROWS_PER_INSERT] * (rows // ROWS_PER_INSERT)
+    rest = rows % ROWS_PER_INSERT
+    return sizes + [1 << bit for bit in reversed(range(rest.bit_length())) if rest >> bit & 1]
 
 
 def _plus(earlier: float | None, more: float | None) -> float | None:
