@@ -783,12 +783,6 @@ class Database:
             rows.append((task_id, usage.last_seq, event.ts, event.type, summary, data))
         return rows
 
-    def write_events(self, task_id: int, events: Sequence[NewEvent]) -> None:
-        with self.transaction():
-            if self.row(task_id) is None:
-                raise TaskNotFound(task_id)
-            self.append_events(task_id, events)
-
     def write_event_batches(
         self, batches: Sequence[tuple[int, Sequence[NewEvent]]]
     ) -> dict[int, TaskNotFound]:
