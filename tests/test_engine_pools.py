@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from claude_hooks.config import (
     AgentConfig,
@@ -265,11 +264,6 @@ async def test_a_lease_holds_a_slot_records_the_engine_and_frees_it_however_it_e
         assert again.engine == "build-2" and again.keeps_workspace is True
 
 
-def waits_for_engine(logs: list[dict[str, Any]]) -> bool:
-    """The placer has looked and found every engine that is up full."""
-    return any(entry["event"] == "task_waits_for_engine" for entry in logs)
-
-
 async def test_a_full_pool_waits_for_a_slot_and_a_dead_one_defers_like_docker_down(
     config_factory: ConfigFactory, store: Store
 ) -> None:
@@ -286,12 +280,12 @@ async def test_a_full_pool_waits_for_a_slot_and_a_dead_one_defers_like_docker_do
         async with placer.lease(waiting, agent) as lease:
             got.append(lease.engine)
 
-    with capture_logs() as logs:
-        async with placer.lease(holding, agent):
-            later = asyncio.create_task(second())
-            await wait_until(lambda: waits_for_engine(logs), what="the second to find all full")
-            assert not later.done() and got == []
-        await asyncio.wait_for(later, 5)
+    async with placer.lease(holding, agent):
+        later = asyncio.create_task(second())
+        await wait_until(lambda: placer.waiting == 1, what="the second to find all full")
+        assert not later.done() and got == []
+    await asyncio.wait_for(later, 5)
+    assert placer.waiting == 0
     assert got == ["build-1"]  # the slot freed, never the engine that is down
     health.seen("build-1", Seen.EXEC_LOST)
     with pytest.raises(EnginesDown) as down:
@@ -318,9 +312,8 @@ async def test_a_waiting_task_takes_an_engine_that_comes_back(
                 entered.set()
                 return lease.engine
 
-        with capture_logs() as logs:
-            later = asyncio.create_task(second())
-            await wait_until(lambda: waits_for_engine(logs), what="the second to find all full")
+        later = asyncio.create_task(second())
+        await wait_until(lambda: placer.waiting == 1, what="the second to find all full")
         assert not entered.is_set()
         health.seen("build-2", Seen.PING_OK)
         assert await asyncio.wait_for(later, 5) == "build-2"

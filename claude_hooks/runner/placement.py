@@ -102,6 +102,7 @@ class EnginePlacer:
         self._health = health
         self._running: Counter[str] = Counter()
         self._change = asyncio.Event()
+        self.waiting = 0  # tasks waiting for room on their pool now
         health.subscribe(lambda name, state: self.changed())
 
     def lost(self, engine: str) -> None:
@@ -155,4 +156,8 @@ class EnginePlacer:
             if not waited:
                 log.info("task_waits_for_engine", engines=[e.name for e in agent.pool])
                 waited = True
-            await self._change.wait()
+            self.waiting += 1
+            try:
+                await self._change.wait()
+            finally:
+                self.waiting -= 1
