@@ -264,16 +264,24 @@ async def test_a_lease_holds_a_slot_records_the_engine_and_frees_it_however_it_e
         assert again.engine == "build-2" and again.keeps_workspace is True
 
 
-async def test_a_full_pool_waits_for_a_slot_and_a_dead_one_defers_like_docker_down(
-    config_factory: ConfigFactory, store: Store
-) -> None:
-    config = two_engine_config(config_factory)
-    agent = config.agents[0]
+async def one_engine_down(
+    factory: ConfigFactory, store: Store
+) -> tuple[AgentConfig, EngineHealth, EnginePlacer, Task, Task]:
+    """A pool of build-1 and build-2, one slot each, build-2 down; two queued tasks on
+    two threads: the first to hold build-1, the second to wait for room."""
+    config = two_engine_config(factory)
     health = EngineHealth(["build-1", "build-2"])
     placer = EnginePlacer(config, store, health)
     health.seen("build-2", Seen.PING_FAILED)
     holding = await queued_task(store, 1, number=1)
     waiting = await queued_task(store, 2, number=2)
+    return config.agents[0], health, placer, holding, waiting
+
+
+async def test_a_full_pool_waits_for_a_slot_and_a_dead_one_defers_like_docker_down(
+    config_factory: ConfigFactory, store: Store
+) -> None:
+    agent, health, placer, holding, waiting = await one_engine_down(config_factory, store)
     got: list[str | None] = []
 
     async def second() -> None:
@@ -298,12 +306,7 @@ async def test_a_full_pool_waits_for_a_slot_and_a_dead_one_defers_like_docker_do
 async def test_a_waiting_task_takes_an_engine_that_comes_back(
     config_factory: ConfigFactory, store: Store
 ) -> None:
-    config = two_engine_config(config_factory)
-    agent = config.agents[0]
-    health = EngineHealth(["build-1", "build-2"])
-    placer = EnginePlacer(config, store, health)
-    health.seen("build-2", Seen.PING_FAILED)
-    holding, waiting = await queued_task(store, 1, number=1), await queued_task(store, 2, number=2)
+    agent, health, placer, holding, waiting = await one_engine_down(config_factory, store)
     async with placer.lease(holding, agent):
         entered = asyncio.Event()
 
