@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -311,8 +311,7 @@ class Database:
         try:
             return fn(*args)
         except sqlite3.Error as exc:
-            busy = is_busy(exc)
-            raise StoreError(path, f"{what} failed: {exc}{_hint(path)}", busy=busy) from exc
+            raise store_error(path, what, exc) from exc
 
     # --- tasks ---
 
@@ -784,23 +783,20 @@ class Database:
         return rows
 
     def write_event_batches(
-        self, batches: Sequence[tuple[int, Sequence[NewEvent]]]
+        self, batches: Iterable[tuple[int, Sequence[NewEvent]]]
     ) -> dict[int, TaskNotFound]:
-        """Several tasks' batches in one transaction: the tasks no longer stored come
-        back (their events are dropped), the others' events are stored in order."""
-        ids = sorted({task_id for task_id, _ in batches})
-        marks = ", ".join("?" * len(ids))
+        """Several tasks' batches in one transaction, each inserted as it is taken from
+        `batches` (the writer stops taking when a job waits): the tasks no longer stored
+        come back (their events are dropped), the others' events are stored in order."""
+        stored: dict[int, bool] = {}
         with self.transaction():
-            query = f"SELECT id FROM tasks WHERE id IN ({marks})"
-            stored = {row[0] for row in self.conn.execute(query, ids)}
-            rows = [
-                row
-                for task_id, events in batches
-                if task_id in stored
-                for row in self._event_rows(task_id, events)
-            ]
-            insert_rows(self.conn, rows)
-        return {task_id: TaskNotFound(task_id) for task_id in ids if task_id not in stored}
+            for task_id, events in batches:
+                if task_id not in stored:
+                    found = self.conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,))
+                    stored[task_id] = found.fetchone() is not None
+                if stored[task_id]:
+                    insert_rows(self.conn, self._event_rows(task_id, events))
+        return {task_id: TaskNotFound(task_id) for task_id, kept in stored.items() if not kept}
 
     def events(self, task_id: int, after_seq: int, limit: int) -> list[TaskEvent]:
         rows = self.conn.execute(
@@ -860,6 +856,11 @@ def _changed_fields(old: TaskSpec, new: TaskSpec) -> list[str]:
         for name in old_columns
         if old_columns[name] != new_columns[name]
     ]
+
+
+def store_error(path: Path, what: str, exc: sqlite3.Error) -> StoreError:
+    """What failed, in the words of the store's errors (busy: another process holds it)."""
+    return StoreError(path, f"{what} failed: {exc}{_hint(path)}", busy=is_busy(exc))
 
 
 def _hint(path: Path) -> str:

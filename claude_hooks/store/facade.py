@@ -65,6 +65,10 @@ class Store:
             await sink.close()
         await self._writer.close()
 
+    def jobs_waiting(self) -> bool:
+        """Whether calls wait for the writer thread to begin them."""
+        return self._writer.jobs_waiting()
+
     @property
     def transactions(self) -> int:
         """Transactions begun so far (tests and benchmarks measure batching with it)."""
