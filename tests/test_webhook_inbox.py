@@ -168,3 +168,63 @@ async def test_a_failed_decision_is_retried_and_the_delivery_dropped_once_decide
 
 def test_retries_back_off_up_to_a_ceiling() -> None:
     assert [retry_delay(n) for n in (1, 2, 3, 9, 20)] == [2.0, 4.0, 8.0, 300.0, 300.0]
+
+
+class CountingStore:
+    """The store, counting how often the inbox reads all kept deliveries back."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.reads = 0
+
+    async def pending_webhooks(self) -> list[Any]:
+        self.reads += 1
+        return await self._store.pending_webhooks()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def comment_hook(comment_id: int) -> dict[str, Any]:
+    return COMMENT_HOOK | {"comment": COMMENT_HOOK["comment"] | {"id": comment_id}}
+
+
+async def test_a_delivery_just_kept_is_decided_without_reading_the_store_back(
+    tmp_path: Path,
+) -> None:
+    """Under load each store round trip costs tens of milliseconds of the 👀's wait
+    (bench figure 8): the inbox reads the kept rows at start, not again for each
+    delivery the API hands it. Fails when every delivery is read back (4 reads)."""
+    store = await Store.open(tmp_path / "store.sqlite3")
+    counting, handler = CountingStore(store), FlakyHandler(failures=0)
+    inbox = WebhookInbox(handler, counting, first_retry=0.01)  # type: ignore[arg-type]
+    try:
+        inbox.start()
+        await wait_until(lambda: counting.reads == 1, what="the look at start")
+        for n in range(3):
+            assert await inbox.take("issue_comment", comment_hook(10 + n), f"d-{n}") == 1
+            await wait_until(lambda n=n: handler.calls == n + 1, what=f"delivery {n} decided")
+        await wait_until(lambda: kept_deliveries(tmp_path / "store.sqlite3") == 0)
+        assert counting.reads == 1
+    finally:
+        await inbox.close()
+        await store.close()
+
+
+async def test_a_due_retry_is_made_while_new_deliveries_keep_coming(tmp_path: Path) -> None:
+    """A delivery whose decision failed is retried when due from the store, even though
+    the deliveries handed over meanwhile need no look at the store."""
+    store = await Store.open(tmp_path / "store.sqlite3")
+    handler = FlakyHandler(failures=1)
+    inbox = WebhookInbox(handler, store, first_retry=0.05)  # type: ignore[arg-type]
+    try:
+        inbox.start()
+        assert await inbox.take("issue_comment", comment_hook(20), "d-failing") == 1
+        await wait_until(lambda: handler.calls == 1, what="the first, failing decision")
+        assert await inbox.take("issue_comment", comment_hook(21), "d-next") == 1
+        await wait_until(lambda: handler.calls >= 3, what="the retry and the next delivery")
+        await wait_until(lambda: kept_deliveries(tmp_path / "store.sqlite3") == 0)
+        assert await store.pending_webhooks() == []
+    finally:
+        await inbox.close()
+        await store.close()
