@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import random
 import sqlite3
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -457,6 +458,84 @@ async def test_a_slot_is_freed_only_once_the_previous_run_is_recorded(
     runner.release(follow_up.id)
     await until_state(store, follow_up.id, TaskState.SUCCEEDED)
     assert sessions == {first.id: None, follow_up.id: "sess-1"}  # a follow-up can --resume
+    started = changes.index((follow_up.id, TaskState.RUNNING))
+    assert changes.index((first.id, TaskState.SUCCEEDED)) < started
+
+
+async def test_a_freed_slot_starts_its_next_task_while_the_last_record_is_still_written(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    # Bench figure 4: each freed slot waited for its run's record to come back from the
+    # store's thread before the next task could even ask to start: ~1 ms × 2 per task.
+    writer_held = threading.Event()
+    prechecked: list[int] = []
+    changes: list[tuple[int, TaskState]] = []
+
+    async def hold_the_writer(task: Task) -> None:
+        if task.id == first.id:  # the record of this run queues behind a held writer
+            store._writer.submit("hold", writer_held.wait, 5)
+
+    async def precheck(task: Task) -> Precheck:
+        prechecked.append(task.id)
+        return Precheck.proceed()
+
+    runner.before_run = hold_the_writer
+    scheduler = await make_scheduler(agent_limits={"dev": 1}, precheck=precheck)
+    scheduler.subscribe(lambda task: changes.append((task.id, task.state)))
+    first, _ = await scheduler.submit(make_spec(1))
+    follow_up, _ = await scheduler.submit(make_spec(2))
+    runner.outcomes[first.id] = Outcome(TaskState.SUCCEEDED, session_id="sess-1")
+    runner.release(first.id)
+    runner.release(follow_up.id)
+    try:
+        await wait_until(lambda: follow_up.id in prechecked)
+        assert (first.id, TaskState.SUCCEEDED) not in changes  # its record is still on the way
+        assert runner.started_ids == [first.id]  # but the follow-up runs only after it
+    finally:
+        writer_held.set()
+    await until_state(store, follow_up.id, TaskState.SUCCEEDED)
+    assert runner.peak["dev"] == 1
+    started = changes.index((follow_up.id, TaskState.RUNNING))
+    assert changes.index((first.id, TaskState.SUCCEEDED)) < started
+
+
+async def test_a_follow_up_waits_for_a_record_that_waits_out_a_locked_store(
+    make_scheduler: Callable[..., Awaitable[Scheduler]],
+    runner: FakeRunner,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The freed slot's next task may be marked running before its predecessor's record
+    # (which met a lock another process held) is written; it must not run before it.
+    monkeypatch.setattr(scheduler_module, "RECORD_RETRY_FIRST", 0.2)
+    await store._call("shorten", lambda: store._db.conn.execute("PRAGMA busy_timeout = 50"))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    sessions: dict[int, str | None] = {}
+    changes: list[tuple[int, TaskState]] = []
+
+    async def before_run(task: Task) -> None:
+        if task.id == first.id:  # another process takes the lock as the run ends
+            other.execute("BEGIN EXCLUSIVE")
+        sessions[task.id] = await store.last_session("dev", "acme/app", 7)
+
+    async def precheck(task: Task) -> Precheck:
+        if task.id == follow_up.id:  # the lock ends once the first record met it
+            await wait_until(lambda: any(e["event"] == "task_record_busy" for e in logs))
+            other.execute("ROLLBACK")
+        return Precheck.proceed()
+
+    with capture_logs() as logs:
+        runner.before_run = before_run
+        scheduler = await make_scheduler(agent_limits={"dev": 1}, precheck=precheck)
+        scheduler.subscribe(lambda task: changes.append((task.id, task.state)))
+        first, _ = await scheduler.submit(make_spec(1))
+        follow_up, _ = await scheduler.submit(make_spec(2))
+        runner.outcomes[first.id] = Outcome(TaskState.SUCCEEDED, session_id="sess-1")
+        runner.release(first.id)
+        runner.release(follow_up.id)
+        await until_state(store, follow_up.id, TaskState.SUCCEEDED)
+    other.close()
+    assert sessions == {first.id: None, follow_up.id: "sess-1"}
     started = changes.index((follow_up.id, TaskState.RUNNING))
     assert changes.index((first.id, TaskState.SUCCEEDED)) < started
 
