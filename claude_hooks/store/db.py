@@ -2,9 +2,10 @@
 
 Every call is a job on the one writer thread (writer.py), so writes are
 serialised without locks and the event loop never blocks on disk. Each public
-call of Database is one transaction, so a failure (read-only directory, full
-disk) leaves nothing half-written and surfaces as a StoreError naming the
-database file. The schema is in schema.py, the event cap and batching in
+call of Database is one transaction (a savepoint, when the writer runs several
+calls in one transaction), so a failure (read-only directory, full disk) leaves
+nothing half-written and surfaces as a StoreError naming the database file.
+The schema is in schema.py, the event cap and batching in
 events.py, the async API the rest of the daemon uses in facade.py (Store).
 """
 
@@ -268,6 +269,7 @@ class Database:
         self.clock = clock
         self.redact = redact  # every text stored passes through it, here in the worker thread
         self.transactions = 0
+        self.batching = False  # inside begin_batch: each job's transaction is a savepoint
         self._usage: dict[int, EventUsage] = {}
 
     @classmethod
@@ -292,6 +294,10 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.batching:
+            with self._savepoint():
+                yield self.conn
+            return
         self.transactions += 1
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -301,6 +307,48 @@ class Database:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             self._usage.clear()  # the cached counts may include rolled-back events
+            raise
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        """One job inside a batch's transaction: its error undoes its own writes only."""
+        self.conn.execute("SAVEPOINT job")
+        try:
+            yield
+            self.conn.execute("RELEASE job")
+        except BaseException:
+            if self.conn.in_transaction:  # some errors (a full disk) end the whole batch
+                self.conn.execute("ROLLBACK TO job")
+                self.conn.execute("RELEASE job")
+            self._usage.clear()
+            raise
+
+    def begin_batch(self) -> bool:
+        """One transaction for the jobs that follow, until end_batch. False when the store
+        is locked past its busy timeout: the jobs then take a transaction each, and each
+        caller hears of the lock as before."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return False
+        self.transactions += 1
+        self.batching = True
+        return True
+
+    def batch_lost(self) -> bool:
+        """SQLite rolled the batch's transaction back on an error (a full disk, I/O)."""
+        return self.batching and not self.conn.in_transaction
+
+    def end_batch(self) -> None:
+        """Commit the batch; on an error it is rolled back and the error raised."""
+        self.batching = False
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self._usage.clear()
             raise
 
     def close(self) -> None:
@@ -631,6 +679,8 @@ class Database:
 
     def try_write(self, busy_timeout_ms: int) -> None:
         """Take the write lock and let go (readiness): a locked store raises."""
+        if self.conn.in_transaction:
+            return  # a batch's transaction holds the write lock already
         self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
