@@ -546,6 +546,23 @@ async def test_a_batch_sqlite_rolls_back_is_an_error_for_every_write_it_took(
     assert [await store.get_cursor(n) for n in ("before", "after")] == [None, "2"]
 
 
+async def test_reads_made_together_do_not_wait_for_a_lock_another_process_holds(
+    store: Store,
+) -> None:
+    # A turn's jobs share one transaction, begun by the first that writes: reads alone
+    # take no lock, as before (an SSE feed must not wait out another writer's lock).
+    task, _ = await store.enqueue(make_spec(1))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        async with asyncio.timeout(2):  # the busy timeout is 5 s
+            read, cursor = await asyncio.gather(store.get(task.id), store.get_cursor("none"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert read == task and cursor is None
+
+
 async def test_many_streams_event_batches_share_one_transaction(store: Store) -> None:
     """Twenty runs each handing over batches: whatever waits for the writer thread is
     written in one transaction, not one per batch (figure 8 queued hundreds of commits,

@@ -269,7 +269,8 @@ class Database:
         self.clock = clock
         self.redact = redact  # every text stored passes through it, here in the worker thread
         self.transactions = 0
-        self.batching = False  # inside begin_batch: each job's transaction is a savepoint
+        self.batching = False  # from begin_batch: the jobs' transactions are savepoints
+        self.batch_began = False  # ... of the batch's one transaction, begun at its first write
         self._usage: dict[int, EventUsage] = {}
 
     @classmethod
@@ -295,6 +296,10 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         if self.batching:
+            if not self.conn.in_transaction:  # the batch's first write takes the lock
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.transactions += 1
+                self.batch_began = True
             with self._savepoint():
                 yield self.conn
             return
@@ -323,25 +328,22 @@ class Database:
             self._usage.clear()
             raise
 
-    def begin_batch(self) -> bool:
-        """One transaction for the jobs that follow, until end_batch. False when the store
-        is locked past its busy timeout: the jobs then take a transaction each, and each
-        caller hears of the lock as before."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error:
-            return False
-        self.transactions += 1
+    def begin_batch(self) -> None:
+        """The jobs that follow, until end_batch, share one transaction, begun by the
+        first that writes: reads before it take no lock, and a store locked past its
+        busy timeout is that write's error, as it was with a transaction of its own."""
         self.batching = True
-        return True
 
     def batch_lost(self) -> bool:
         """SQLite rolled the batch's transaction back on an error (a full disk, I/O)."""
-        return self.batching and not self.conn.in_transaction
+        lost = self.batch_began and not self.conn.in_transaction
+        if lost:
+            self.batch_began = False  # the next write begins another
+        return lost
 
     def end_batch(self) -> None:
         """Commit the batch; on an error it is rolled back and the error raised."""
-        self.batching = False
+        self.batching = self.batch_began = False
         try:
             if self.conn.in_transaction:
                 self.conn.execute("COMMIT")

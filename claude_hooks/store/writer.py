@@ -192,9 +192,11 @@ class _Job(Generic[T]):
 def _run_batch(
     loop: asyncio.AbstractEventLoop, db: Database, path: Path, batch: list[_Job[Any]]
 ) -> None:
-    """On the writer thread: each job in order, in one transaction (when there are
-    several and the store is not locked), then every result to the loop at once."""
-    batched = len(batch) > 1 and db.begin_batch()
+    """On the writer thread: each job in order, several in one transaction, then
+    every result to the loop at once."""
+    batched = len(batch) > 1
+    if batched:
+        db.begin_batch()
     inside: list[_Job[Any]] = []  # done within the open transaction: lost if it is
     for job in batch:
         try:
@@ -202,10 +204,9 @@ def _run_batch(
         except BaseException as exc:  # the caller's, raised where it awaits
             job.error = exc
         if batched and db.batch_lost():  # its error rolled back the jobs before it too
-            db.batching = batched = False
             _undone(inside, path, job.error)
             inside = []
-        elif batched and job.error is None:
+        elif batched and job.error is None and db.conn.in_transaction:
             inside.append(job)
     if batched:
         try:
