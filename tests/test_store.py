@@ -8,7 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,35 @@ async def test_last_session_is_the_newest_of_that_agent_on_that_thread(store: St
     assert await store.last_session("dev", "acme/app", None) is None
     latest = await store.latest_on_thread("dev", "acme/app", 7)
     assert latest.spec.idempotency_key == "comment-dev-4"
+
+
+async def test_each_state_change_returns_the_task_as_stored(store: Store) -> None:
+    # A state change builds the task it returns from the row it read and the columns it
+    # set, not from a second read: what it returns is what a read finds.
+    task, _ = await store.enqueue(make_spec(1))
+    ended = Outcome(
+        TaskState.SUCCEEDED, result="done", session_id="s-1", cost_usd=0.25, num_turns=3,
+        duration_ms=1500, links=("https://forgejo.example/acme/app/pulls/8",),
+    )  # fmt: skip
+    changes: list[Callable[[], Awaitable[Task]]] = [
+        lambda: store.mark_running(task.id),
+        lambda: store.defer(task.id, Outcome(TaskState.QUEUED, reason="CI", retry_at=9e9)),
+        lambda: store.mark_running(task.id),
+        lambda: store.finish(task.id, ended),
+        lambda: store.requeue(task.id, "retry requested by @alice"),
+        lambda: store.mark_running(task.id),
+        lambda: store.finish(task.id, Outcome(TaskState.INTERRUPTED, reason="drain")),
+        lambda: store.rerun_interrupted(task.id),
+    ]
+    returned = []
+    for change in changes:
+        returned.append(await change())
+        assert returned[-1] == await store.get(task.id)
+    assert [t.state for t in returned] == [
+        TaskState.RUNNING, TaskState.QUEUED, TaskState.RUNNING, TaskState.SUCCEEDED,
+        TaskState.QUEUED, TaskState.RUNNING, TaskState.INTERRUPTED, TaskState.QUEUED,
+    ]  # fmt: skip
+    assert returned[3].links == ended.links and returned[3].cost_usd == 0.25
 
 
 async def test_finishing_twice_or_starting_a_finished_task_is_refused(store: Store) -> None:
