@@ -499,6 +499,22 @@ async def test_a_freed_slot_starts_its_next_task_while_the_last_record_is_still_
     assert changes.index((first.id, TaskState.SUCCEEDED)) < started
 
 
+async def test_a_finished_runs_record_and_its_slots_next_start_share_one_transaction(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    # One trip to the store's thread, and one commit, for "A succeeded" and "B running".
+    scheduler = await make_scheduler(agent_limits={"dev": 1})
+    first, _ = await scheduler.submit(make_spec(1))
+    follow_up, _ = await scheduler.submit(make_spec(2))
+    await wait_until(lambda: runner.started_ids == [first.id])
+    began = store.transactions
+    runner.release(first.id)
+    await wait_until(lambda: runner.started_ids == [first.id, follow_up.id])
+    assert store.transactions - began == 1
+    assert await state_of(store, first.id) is TaskState.SUCCEEDED
+    runner.release(follow_up.id)
+
+
 async def test_a_follow_up_waits_for_a_record_that_waits_out_a_locked_store(
     make_scheduler: Callable[..., Awaitable[Scheduler]],
     runner: FakeRunner,

@@ -664,9 +664,12 @@ class Scheduler:
             if outcome.deferred:
                 await self._defer(run, outcome)
                 return
-            written = self._store.finish_soon(run.task.id, outcome)
-            self._free_slot(run)  # the run is over; what the next task reads queues behind
+            # The run is over: its slot takes the next task now. That task's first step
+            # runs after this one, so its store calls queue behind the record below, often
+            # in the same batch (one trip to the writer thread for both).
+            self._free_slot(run)
             self._dispatch()
+            written = self._store.finish_soon(run.task.id, outcome)
             run.task = await _while_busy(
                 lambda: self._store.finish(run.task.id, outcome), what="finish", first=written
             )
