@@ -462,6 +462,31 @@ async def test_a_slot_is_freed_only_once_the_previous_run_is_recorded(
     assert changes.index((first.id, TaskState.SUCCEEDED)) < started
 
 
+async def test_a_new_run_waits_only_for_its_own_agents_records_still_on_their_way() -> None:
+    loop = asyncio.get_running_loop()
+
+    def run(
+        n: int, agent: str, *, holds_slot: bool, recorded: bool = False
+    ) -> scheduler_module._Run:
+        made = scheduler_module._Run(
+            task=Task(id=n, spec=make_spec(n, agent=agent), state=TaskState.RUNNING),
+            released=loop.create_future(),
+            holds_slot=holds_slot,
+        )
+        if recorded:
+            made.released.set_result(None)
+        return made
+
+    runs = [
+        run(1, "dev", holds_slot=False),  # over, its record on the way: wait for it
+        run(2, "dev", holds_slot=True),  # still running: its slot is not free
+        run(3, "dev", holds_slot=False, recorded=True),  # over and recorded
+        run(4, "reviewer", holds_slot=False),  # another agent's
+    ]
+    assert scheduler_module.records_in_flight("dev", runs) == (runs[0].released,)
+    assert scheduler_module.records_in_flight("lead", runs) == ()
+
+
 async def test_a_freed_slot_starts_its_next_task_while_the_last_record_is_still_written(
     make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
 ) -> None:
