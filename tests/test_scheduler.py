@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import random
 import sqlite3
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -457,6 +458,125 @@ async def test_a_slot_is_freed_only_once_the_previous_run_is_recorded(
     runner.release(follow_up.id)
     await until_state(store, follow_up.id, TaskState.SUCCEEDED)
     assert sessions == {first.id: None, follow_up.id: "sess-1"}  # a follow-up can --resume
+    started = changes.index((follow_up.id, TaskState.RUNNING))
+    assert changes.index((first.id, TaskState.SUCCEEDED)) < started
+
+
+async def test_a_new_run_waits_only_for_its_own_agents_records_still_on_their_way() -> None:
+    loop = asyncio.get_running_loop()
+
+    def run(
+        n: int, agent: str, *, holds_slot: bool, recorded: bool = False
+    ) -> scheduler_module._Run:
+        made = scheduler_module._Run(
+            task=Task(id=n, spec=make_spec(n, agent=agent), state=TaskState.RUNNING),
+            released=loop.create_future(),
+            holds_slot=holds_slot,
+        )
+        if recorded:
+            made.released.set_result(None)
+        return made
+
+    runs = [
+        run(1, "dev", holds_slot=False),  # over, its record on the way: wait for it
+        run(2, "dev", holds_slot=True),  # still running: its slot is not free
+        run(3, "dev", holds_slot=False, recorded=True),  # over and recorded
+        run(4, "reviewer", holds_slot=False),  # another agent's
+    ]
+    assert scheduler_module.records_in_flight("dev", runs) == (runs[0].released,)
+    assert scheduler_module.records_in_flight("lead", runs) == ()
+
+
+async def test_a_freed_slot_starts_its_next_task_while_the_last_record_is_still_written(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    # Bench figure 4: each freed slot waited for its run's record to come back from the
+    # store's thread before the next task could even ask to start: ~1 ms × 2 per task.
+    writer_held = threading.Event()
+    prechecked: list[int] = []
+    changes: list[tuple[int, TaskState]] = []
+
+    async def hold_the_writer(task: Task) -> None:
+        if task.id == first.id:  # the record of this run queues behind a held writer
+            store._writer.submit("hold", writer_held.wait, 5)
+
+    async def precheck(task: Task) -> Precheck:
+        prechecked.append(task.id)
+        return Precheck.proceed()
+
+    runner.before_run = hold_the_writer
+    scheduler = await make_scheduler(agent_limits={"dev": 1}, precheck=precheck)
+    scheduler.subscribe(lambda task: changes.append((task.id, task.state)))
+    first, _ = await scheduler.submit(make_spec(1))
+    follow_up, _ = await scheduler.submit(make_spec(2))
+    runner.outcomes[first.id] = Outcome(TaskState.SUCCEEDED, session_id="sess-1")
+    runner.release(first.id)
+    runner.release(follow_up.id)
+    try:
+        await wait_until(lambda: follow_up.id in prechecked)
+        assert (first.id, TaskState.SUCCEEDED) not in changes  # its record is still on the way
+        assert runner.started_ids == [first.id]  # but the follow-up runs only after it
+    finally:
+        writer_held.set()
+    await until_state(store, follow_up.id, TaskState.SUCCEEDED)
+    assert runner.peak["dev"] == 1
+    started = changes.index((follow_up.id, TaskState.RUNNING))
+    assert changes.index((first.id, TaskState.SUCCEEDED)) < started
+
+
+async def test_a_finished_runs_record_and_its_slots_next_start_share_one_transaction(
+    make_scheduler: Callable[..., Awaitable[Scheduler]], runner: FakeRunner, store: Store
+) -> None:
+    # One trip to the store's thread, and one commit, for "A succeeded" and "B running".
+    scheduler = await make_scheduler(agent_limits={"dev": 1})
+    first, _ = await scheduler.submit(make_spec(1))
+    follow_up, _ = await scheduler.submit(make_spec(2))
+    await wait_until(lambda: runner.started_ids == [first.id])
+    began = store.transactions
+    runner.release(first.id)
+    await wait_until(lambda: runner.started_ids == [first.id, follow_up.id])
+    assert store.transactions - began == 1
+    assert await state_of(store, first.id) is TaskState.SUCCEEDED
+    runner.release(follow_up.id)
+
+
+async def test_a_follow_up_waits_for_a_record_that_waits_out_a_locked_store(
+    make_scheduler: Callable[..., Awaitable[Scheduler]],
+    runner: FakeRunner,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The freed slot's next task may be marked running before its predecessor's record
+    # (which met a lock another process held) is written; it must not run before it.
+    monkeypatch.setattr(scheduler_module, "RECORD_RETRY_FIRST", 0.2)
+    await store._call("shorten", lambda: store._db.conn.execute("PRAGMA busy_timeout = 50"))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    sessions: dict[int, str | None] = {}
+    changes: list[tuple[int, TaskState]] = []
+
+    async def before_run(task: Task) -> None:
+        if task.id == first.id:  # another process takes the lock as the run ends
+            other.execute("BEGIN EXCLUSIVE")
+        sessions[task.id] = await store.last_session("dev", "acme/app", 7)
+
+    async def precheck(task: Task) -> Precheck:
+        if task.id == follow_up.id:  # the lock ends once the first record met it
+            await wait_until(lambda: any(e["event"] == "task_record_busy" for e in logs))
+            other.execute("ROLLBACK")
+        return Precheck.proceed()
+
+    with capture_logs() as logs:
+        runner.before_run = before_run
+        scheduler = await make_scheduler(agent_limits={"dev": 1}, precheck=precheck)
+        scheduler.subscribe(lambda task: changes.append((task.id, task.state)))
+        first, _ = await scheduler.submit(make_spec(1))
+        follow_up, _ = await scheduler.submit(make_spec(2))
+        runner.outcomes[first.id] = Outcome(TaskState.SUCCEEDED, session_id="sess-1")
+        runner.release(first.id)
+        runner.release(follow_up.id)
+        await until_state(store, follow_up.id, TaskState.SUCCEEDED)
+    other.close()
+    assert sessions == {first.id: None, follow_up.id: "sess-1"}
     started = changes.index((follow_up.id, TaskState.RUNNING))
     assert changes.index((first.id, TaskState.SUCCEEDED)) < started
 

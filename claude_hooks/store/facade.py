@@ -121,6 +121,19 @@ class Store:
         """Record how a run ended (a final state, or interrupted by shutdown)."""
         return await self._changed(f"finish task {task_id}", self._db.finish, task_id, outcome)
 
+    def finish_soon(self, task_id: int, outcome: Outcome) -> asyncio.Future[Task]:
+        """`finish`, in the writer's job order from now: any store call made after this
+        returns runs after the record is written, and so reads it. The future ends when
+        the record is durable."""
+        what = f"finish task {task_id}"
+        written = self._writer.submit(what, self._db.finish, task_id, outcome)
+        written.add_done_callback(self._notify_written)
+        return written
+
+    def _notify_written(self, written: asyncio.Future[Task]) -> None:
+        if not written.cancelled() and written.exception() is None:
+            self._notify(written.result().id)
+
     async def requeue(self, task_id: int, reason: str) -> Task:
         return await self._changed(f"re-queue task {task_id}", self._db.requeue, task_id, reason)
 

@@ -31,8 +31,13 @@ dispatcher at the earliest such time (`wake` does it at once, for an injected cl
 (the words are report/render.py's, as everywhere people read them).
 
 Recording (store.finish, then telling the listeners) runs in its own task, shielded
-from the run's cancellation, and the run's slot is freed only once the record is
-written: a follow-up on the same thread always sees its predecessor's session.
+from the run's cancellation. The run's slot is free for the next task as soon as the
+record is handed to the store's writer (the run itself is over): the next task's precheck
+and start write queue behind that record, so they read it, and the freed slot does not
+wait for the write's round trip to the store's thread and back. The next task of the same
+agent is told running and executed only once its predecessors' records are written and
+told: a follow-up on the same thread always sees its predecessor's session, even when
+that record had to wait out a locked store.
 
 Every state change is published to the listeners added with `subscribe`, in the order
 they were added; the reports, the API's event feed and the metrics listen. The queue
@@ -47,7 +52,7 @@ import functools
 import inspect
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -147,6 +152,16 @@ def pick_agent(
         if waiting.get(agent, 0) > 0 and running.get(agent, 0) < limit:
             return agent
     return None
+
+
+def records_in_flight(agent: str, runs: Iterable[_Run]) -> tuple[asyncio.Future[None], ...]:
+    """What a new run of `agent` waits for before it is told running: its agent's runs
+    that are over (their slot is free) but not yet recorded and told."""
+    return tuple(
+        run.released
+        for run in runs
+        if run.agent == agent and not run.holds_slot and not run.released.done()
+    )
 
 
 def checked_outcome(outcome: object) -> Outcome:
@@ -273,6 +288,8 @@ class _Run:
     stop: StopReason | None = None
     stopped_by: str | None = None
     started: bool = False  # marked running in the store
+    holds_slot: bool = True  # counts against the limits (until its outcome is handed on)
+    after: tuple[asyncio.Future[None], ...] = ()  # its agent's records still being written
     deferred: bool = False  # recorded as deferred: queued again once the slot is free
     lost: bool = False  # its pool engine went away mid-run: interrupted, then re-queued
     completion: asyncio.Task[None] | None = None
@@ -306,8 +323,9 @@ class Scheduler:
         self._timeouts = dict(timeouts or {})
         self._listeners: list[Listener] = []
         self._queue = queue if queue is not None else TaskQueue()
-        self._running: dict[int, _Run] = {}
-        self._running_by_agent: Counter[str] = Counter()
+        self._running: dict[int, _Run] = {}  # from launch until recorded
+        self._slots_used = 0  # the runs of _running that still hold a slot
+        self._running_by_agent: Counter[str] = Counter()  # slots held, by agent
         self._started = False
         self._draining = False
         self._clock = clock
@@ -501,7 +519,7 @@ class Scheduler:
         now = self._clock()
         self._expire_pauses(now)
         paused = frozenset(self._pauses)
-        while len(self._running) < self._max_concurrency:
+        while self._slots_used < self._max_concurrency:
             task = self._queue.next_task(self._running_by_agent, self._agent_limits, now, paused)
             if task is None:
                 break
@@ -525,16 +543,24 @@ class Scheduler:
 
     def _launch(self, task: Task) -> None:
         run = _Run(task=task, released=asyncio.get_running_loop().create_future())
+        run.after = records_in_flight(run.agent, self._running.values())
         self._running[task.id] = run
+        self._slots_used += 1
         self._running_by_agent[run.agent] += 1
         run.job = asyncio.create_task(self._run(run), name=f"claude-hooks-task-{task.id}")
         run.job.add_done_callback(functools.partial(self._job_ended, run))
+
+    def _free_slot(self, run: _Run) -> None:
+        if run.holds_slot:
+            run.holds_slot = False
+            self._slots_used -= 1
+            self._running_by_agent[run.agent] -= 1
 
     def _release(self, run: _Run) -> None:
         if run.released.done():
             return
         del self._running[run.task.id]
-        self._running_by_agent[run.agent] -= 1
+        self._free_slot(run)
         if run.deferred:
             self._queue.add(run.task)
         run.released.set_result(None)
@@ -568,6 +594,8 @@ class Scheduler:
                 run.task = await self._store.update_spec(run.task.id, check.spec)
             run.task = await self._store.mark_running(run.task.id)
             run.started = True
+            if pending := [f for f in run.after if not f.done()]:
+                await asyncio.wait(pending)  # only when a predecessor's record was held up
             log.info("task_started", attempt=run.task.attempts)
             await self._notify(run.task)
             outcome = await self._execute_within_timeout(run.task)
@@ -636,8 +664,14 @@ class Scheduler:
             if outcome.deferred:
                 await self._defer(run, outcome)
                 return
+            # The run is over: its slot takes the next task now. That task's first step
+            # runs after this one, so its store calls queue behind the record below, often
+            # in the same batch (one trip to the writer thread for both).
+            self._free_slot(run)
+            self._dispatch()
+            written = self._store.finish_soon(run.task.id, outcome)
             run.task = await _while_busy(
-                lambda: self._store.finish(run.task.id, outcome), what="finish"
+                lambda: self._store.finish(run.task.id, outcome), what="finish", first=written
             )
             # A failure is worth an operator's look: `journalctl -p warning` shows it.
             emit = log.warning if outcome.state is TaskState.FAILED else log.info
@@ -694,11 +728,17 @@ class Scheduler:
         return task
 
 
-async def _while_busy(write: Callable[[], Awaitable[Task]], *, what: str) -> Task:
-    """`write()`, tried again while the store is locked by another process (bounded)."""
+async def _while_busy(
+    write: Callable[[], Awaitable[Task]], *, what: str, first: Awaitable[Task] | None = None
+) -> Task:
+    """`write()`, tried again while the store is locked by another process (bounded);
+    `first`, when given, is the first try, already on its way."""
     waited, delay = 0.0, RECORD_RETRY_FIRST
     while True:
         try:
+            if first is not None:
+                attempt, first = first, None
+                return await attempt
             return await write()
         except StoreError as exc:
             if not exc.busy or waited >= RECORD_RETRY_FOR:
