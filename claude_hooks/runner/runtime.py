@@ -37,6 +37,11 @@ async def all_of(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
 
 
 class AgentRuntime(Protocol):
+    async def ready(self, agent: AgentConfig) -> None:
+        """Make the agent's container ready for a task (before its working tree is known:
+        the worker reads the thread meanwhile); `prepare` then goes on from there."""
+        ...
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
@@ -86,15 +91,28 @@ class DockerRuntime:
         self._clock = clock
         # (agent, engine): the container a prepare just ran in, and when
         self._prepared: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
+        # (agent, engine): the container `ready` just made current, its login copied, and when
+        self._readied: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
             return self.containers.manager(agent)
         return self.containers
 
+    async def ready(self, agent: AgentConfig) -> None:
+        """The container, current and running, with a newer login on the host copied in:
+        what `prepare` would do first, done while the worker reads the thread."""
+        container = await self.manager(agent).ensure(agent)
+        await self.manager(agent).sync_credentials(container, agent)
+        self._readied[agent.name, agent.engine.name] = (container, self._clock())
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
+        if (readied := self._recent(self._readied, agent, take=True)) is not None:
+            head = await workspace.prepare(readied, plan, user=agent.user, env=env)
+            self._prepared[agent.name, agent.engine.name] = (readied, self._clock())
+            return head
         container = await self.manager(agent).ensure(agent)
         # Before each task: a newer login on the host replaces the one in the volume.
         # The two execs touch different paths and neither needs the other: side by side,
@@ -118,10 +136,20 @@ class DockerRuntime:
         )
 
     def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
-        seen = self._prepared.get((agent.name, agent.engine.name))
-        if seen is None or self._clock() - seen[1] > REUSE_FOR:
+        return self._recent(self._prepared, agent)
+
+    def _recent(
+        self,
+        seen: dict[tuple[str, str], tuple[DockerContainer, float]],
+        agent: AgentConfig,
+        *,
+        take: bool = False,
+    ) -> DockerContainer | None:
+        key = (agent.name, agent.engine.name)
+        found = seen.pop(key, None) if take else seen.get(key)
+        if found is None or self._clock() - found[1] > REUSE_FOR:
             return None
-        return seen[0]
+        return found[0]
 
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
