@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
 from aiodocker.containers import DockerContainer
@@ -67,6 +68,20 @@ class AgentRuntime(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class _Readied:
+    """A container `ready` just looked at, when, and the copy of the login begun there."""
+
+    container: DockerContainer
+    at: float
+    sync: asyncio.Future[bool]
+
+
+def _looked_at(done: asyncio.Future[bool]) -> None:
+    if not done.cancelled():
+        done.exception()  # prepare raises it; unawaited, it is not "never retrieved"
+
+
 # A container a task's prepare exec just ran in is not inspected again for the claude exec
 # that follows it (one engine round trip less before Claude); older than this, it is.
 REUSE_FOR = 5.0
@@ -91,8 +106,8 @@ class DockerRuntime:
         self._clock = clock
         # (agent, engine): the container a prepare just ran in, and when
         self._prepared: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
-        # (agent, engine): the container `ready` just made current, its login copied, and when
-        self._readied: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
+        # (agent, engine): the container `ready` just made current, and its login's copy
+        self._readied: dict[tuple[str, str], _Readied] = {}
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
@@ -100,18 +115,26 @@ class DockerRuntime:
         return self.containers
 
     async def ready(self, agent: AgentConfig) -> None:
-        """The container, current and running, with a newer login on the host copied in:
-        what `prepare` would do first, done while the worker reads the thread."""
-        container = await self.manager(agent).ensure(agent)
-        await self.manager(agent).sync_credentials(container, agent)
-        self._readied[agent.name, agent.engine.name] = (container, self._clock())
+        """The container, current and running, while the worker reads the thread; the
+        copy of a newer login begins, and goes on beside the workspace exec (`prepare`)."""
+        manager = self.manager(agent)
+        container = await manager.ensure(agent)
+        sync = asyncio.ensure_future(manager.sync_credentials(container, agent))
+        sync.add_done_callback(_looked_at)  # a run that never prepares raises nothing of it
+        self._readied[agent.name, agent.engine.name] = _Readied(container, self._clock(), sync)
 
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
-        if (readied := self._recent(self._readied, agent, take=True)) is not None:
-            head = await workspace.prepare(readied, plan, user=agent.user, env=env)
-            self._prepared[agent.name, agent.engine.name] = (readied, self._clock())
+        readied = self._readied.pop((agent.name, agent.engine.name), None)
+        if readied is not None and self._clock() - readied.at <= REUSE_FOR:
+            # As below, on the container `ready` just looked at: the login's copy, begun
+            # there, and the workspace exec side by side, the copy's error first.
+            container = readied.container
+            _, head = await all_of(
+                readied.sync, workspace.prepare(container, plan, user=agent.user, env=env)
+            )
+            self._prepared[agent.name, agent.engine.name] = (container, self._clock())
             return head
         container = await self.manager(agent).ensure(agent)
         # Before each task: a newer login on the host replaces the one in the volume.
@@ -136,20 +159,10 @@ class DockerRuntime:
         )
 
     def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
-        return self._recent(self._prepared, agent)
-
-    def _recent(
-        self,
-        seen: dict[tuple[str, str], tuple[DockerContainer, float]],
-        agent: AgentConfig,
-        *,
-        take: bool = False,
-    ) -> DockerContainer | None:
-        key = (agent.name, agent.engine.name)
-        found = seen.pop(key, None) if take else seen.get(key)
-        if found is None or self._clock() - found[1] > REUSE_FOR:
+        seen = self._prepared.get((agent.name, agent.engine.name))
+        if seen is None or self._clock() - seen[1] > REUSE_FOR:
             return None
-        return found[0]
+        return seen[0]
 
     async def publish(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]

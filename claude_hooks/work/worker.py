@@ -263,8 +263,7 @@ class TaskWorker:
         return Precheck.proceed(), issue
 
     def _keep_reads(self, task_id: int, reads: ReadAhead) -> None:
-        if (earlier := self._read_ahead.pop(task_id, None)) is not None:
-            earlier.rest.cancel()
+        self._forget_reads(task_id)  # an earlier precheck's, never taken
         self._read_ahead[task_id] = reads
 
     def _take_reads(self, task_id: int) -> ReadAhead | None:
@@ -275,6 +274,10 @@ class TaskWorker:
             reads.rest.cancel()
             return None
         return reads
+
+    def _forget_reads(self, task_id: int) -> None:
+        if (reads := self._read_ahead.pop(task_id, None)) is not None:
+            reads.rest.cancel()
 
     def _drop_stale_reads(self) -> None:
         """Forget reads no run took (the task was cancelled or drained after its precheck)."""
@@ -287,6 +290,12 @@ class TaskWorker:
     # --- execute ----------------------------------------------------------------------------
 
     async def execute(self, task: Task) -> Outcome:
+        try:
+            return await self._execute_placed(task)
+        finally:
+            self._forget_reads(task.id)  # the run did not take them (it ended before)
+
+    async def _execute_placed(self, task: Task) -> Outcome:
         if task.spec.kind is TaskKind.ROUNDS_SPENT:
             return await self._loop.rounds_spent(task)  # one comment, no Claude run
         agent = self._config.agent(task.spec.agent)
