@@ -660,12 +660,12 @@ async def test_the_claude_exec_reuses_the_container_its_prepare_exec_just_ran_in
 
 
 @pytest.mark.docker
-async def test_a_prepare_right_after_ready_runs_only_the_workspace_exec(
+async def test_a_prepare_right_after_ready_does_not_inspect_the_container_again(
     manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The worker makes the container ready (inspect, login copy) while it reads the thread:
-    # the prepare that follows does neither again, nor does the claude exec; a ready
-    # longer ago than REUSE_FOR is not relied on.
+    # The worker makes the container ready (its inspect) while it reads the thread: the
+    # prepare that follows (the login's copy beside the workspace exec) and the claude exec
+    # do not look again; a ready longer ago than REUSE_FOR is not relied on.
     a = make_agent()
     now = [1000.0]
     runtime = DockerRuntime(manager, clock=lambda: now[0])
@@ -697,4 +697,4 @@ async def test_a_prepare_right_after_ready_runs_only_the_workspace_exec(
     await runtime.ready(a)
     now[0] += REUSE_FOR + 1
     await runtime.prepare(a, plan, [])
-    assert sorted(calls) == ["ensure"] * 3 + ["sync"] * 3  # its own look, and copy
+    assert sorted(calls) == ["ensure"] * 3 + ["sync"] * 2  # prepare looks again itself

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
 from aiodocker.containers import DockerContainer
@@ -68,20 +67,6 @@ class AgentRuntime(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class _Readied:
-    """A container `ready` just looked at, when, and the copy of the login begun there."""
-
-    container: DockerContainer
-    at: float
-    sync: asyncio.Future[bool]
-
-
-def _looked_at(done: asyncio.Future[bool]) -> None:
-    if not done.cancelled():
-        done.exception()  # prepare raises it; unawaited, it is not "never retrieved"
-
-
 # A container a task's prepare exec just ran in is not inspected again for the claude exec
 # that follows it (one engine round trip less before Claude); older than this, it is.
 REUSE_FOR = 5.0
@@ -106,8 +91,8 @@ class DockerRuntime:
         self._clock = clock
         # (agent, engine): the container a prepare just ran in, and when
         self._prepared: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
-        # (agent, engine): the container `ready` just made current, and its login's copy
-        self._readied: dict[tuple[str, str], _Readied] = {}
+        # (agent, engine): the container `ready` just made current, and when
+        self._readied: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
@@ -115,28 +100,19 @@ class DockerRuntime:
         return self.containers
 
     async def ready(self, agent: AgentConfig) -> None:
-        """The container, current and running, while the worker reads the thread; the
-        copy of a newer login begins, and goes on beside the workspace exec (`prepare`)."""
-        manager = self.manager(agent)
-        container = await manager.ensure(agent)
-        sync = asyncio.ensure_future(manager.sync_credentials(container, agent))
-        sync.add_done_callback(_looked_at)  # a run that never prepares raises nothing of it
-        self._readied[agent.name, agent.engine.name] = _Readied(container, self._clock(), sync)
+        """The container, current and running: looked at while the worker reads the
+        thread, so that `prepare` goes straight to its execs."""
+        container = await self.manager(agent).ensure(agent)
+        self._readied[agent.name, agent.engine.name] = (container, self._clock())
 
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
         readied = self._readied.pop((agent.name, agent.engine.name), None)
-        if readied is not None and self._clock() - readied.at <= REUSE_FOR:
-            # As below, on the container `ready` just looked at: the login's copy, begun
-            # there, and the workspace exec side by side, the copy's error first.
-            container = readied.container
-            _, head = await all_of(
-                readied.sync, workspace.prepare(container, plan, user=agent.user, env=env)
-            )
-            self._prepared[agent.name, agent.engine.name] = (container, self._clock())
-            return head
-        container = await self.manager(agent).ensure(agent)
+        if readied is not None and self._clock() - readied[1] <= REUSE_FOR:
+            container = readied[0]
+        else:
+            container = await self.manager(agent).ensure(agent)
         # Before each task: a newer login on the host replaces the one in the volume.
         # The two execs touch different paths and neither needs the other: side by side,
         # they cost one exec's round trip on the way to Claude, not two. Both run to
