@@ -222,20 +222,28 @@ async def throwaway_container(docker: aiodocker.Docker) -> AsyncIterator[DockerC
         await container.delete(force=True)
 
 
-async def exec_floor(docker: aiodocker.Docker, runs: int = 20) -> list[float]:
+async def exec_floor(
+    docker: aiodocker.Docker, runs: int = 20, *, in_sequence: int = 1
+) -> list[float]:
     """Round trips of a bare `docker exec true` through aiodocker, in ms, in a throwaway
-    container of the bench image."""
+    container of the bench image; with `in_sequence` n, each sample is n of them, one after
+    another (a task's path has two: the workspace's, then claude's)."""
     async with throwaway_container(docker) as container:
         times = []
         for _ in range(runs + 1):
             began = time.perf_counter()
-            execution = await container.exec(["true"])
-            async with execution.start(detach=False) as stream:
-                while await stream.read_out() is not None:
-                    pass
-            await execution.inspect()
+            for _ in range(in_sequence):
+                await _bare_exec(container)
             times.append((time.perf_counter() - began) * 1000)
         return times[1:]  # the first exec warms the connection
+
+
+async def _bare_exec(container: DockerContainer) -> None:
+    execution = await container.exec(["true"])
+    async with execution.start(detach=False) as stream:
+        while await stream.read_out() is not None:
+            pass
+    await execution.inspect()
 
 
 async def read_floor(docker: aiodocker.Docker, prompt: str) -> tuple[int, float]:

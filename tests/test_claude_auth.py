@@ -211,6 +211,9 @@ class RecordingRuntime:
         self.prepare_env: list[str] = []
         self.claude_env: list[str] = []
 
+    async def ready(self, agent: AgentConfig) -> None:
+        return None
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:

@@ -130,6 +130,9 @@ class StreamingRuntime:
         self.lines = lines
         self.parsed = 0
 
+    async def ready(self, agent: AgentConfig) -> None:
+        return None
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:

@@ -657,3 +657,44 @@ async def test_the_claude_exec_reuses_the_container_its_prepare_exec_just_ran_in
     now[0] += REUSE_FOR + 1
     assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
     assert len(ensured) == 2
+
+
+@pytest.mark.docker
+async def test_a_prepare_right_after_ready_does_not_inspect_the_container_again(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker makes the container ready (its inspect) while it reads the thread: the
+    # prepare that follows (the login's copy beside the workspace exec) and the claude exec
+    # do not look again; a ready longer ago than REUSE_FOR is not relied on.
+    a = make_agent()
+    now = [1000.0]
+    runtime = DockerRuntime(manager, clock=lambda: now[0])
+    calls: list[str] = []
+    real_ensure, real_sync = manager.ensure, manager.sync_credentials
+
+    async def ensure(agent: AgentConfig) -> DockerContainer:
+        calls.append("ensure")
+        return await real_ensure(agent)
+
+    async def sync(container: DockerContainer, agent: AgentConfig) -> bool:
+        calls.append("sync")
+        return await real_sync(container, agent)
+
+    monkeypatch.setattr(manager, "ensure", ensure)
+    monkeypatch.setattr(manager, "sync_credentials", sync)
+    plan = WorkspacePlan(path=task_directory("acme/app", 1, 1), checkout=Checkout.NONE)
+    claude = ClaudeExec(
+        task_id=1,
+        argv=tuple(claude_argv(a, session_id=None, system_prompt="")),
+        env=tuple(exec_env(a, task_id=1, daemon_id="d")),
+        stdin=b"fake-claude: scenario=tool-run-success",
+        workdir=plan.path,
+    )
+    await runtime.ready(a)
+    await runtime.prepare(a, plan, [])
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    assert calls == ["ensure", "sync"]
+    await runtime.ready(a)
+    now[0] += REUSE_FOR + 1
+    await runtime.prepare(a, plan, [])
+    assert sorted(calls) == ["ensure"] * 3 + ["sync"] * 2  # prepare looks again itself

@@ -67,6 +67,9 @@ class HeldRuntime:
         self.release = asyncio.Event()
         self.cancelled: list[int] = []
 
+    async def ready(self, agent: AgentConfig) -> None:
+        return None
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:

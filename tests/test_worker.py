@@ -203,3 +203,148 @@ async def test_the_precheck_reads_the_issue_and_the_comment_side_by_side(config:
         await worker_of(PrecheckClient(comment_error=RuntimeError("comment read broke"))).precheck(
             asked
         )
+
+
+class ReadAheadClient(OverlapClient):
+    """The precheck's issue read waits until the run's repository and comments reads have
+    begun too: with those only read after the precheck, the precheck never returns. Counts
+    every read."""
+
+    def __init__(self, *, state: str = "open", comments_error: Exception | None = None) -> None:
+        super().__init__()
+        self.state, self.comments_error = state, comments_error
+        self.reads: list[str] = []
+
+    async def _read(self, what: str) -> None:
+        self.reads.append(what)
+        await super()._read(what)
+
+    async def get_issue(self, repo: str, number: int) -> Issue:
+        await self._read("issue")
+        return dataclasses.replace(facts().issue, state=self.state)
+
+    async def get_comment(self, repo: str, comment_id: int) -> Comment | None:
+        self.reads.append("comment")
+        return Comment(id=comment_id, body="@dev please", user=ALICE, html_url="")
+
+    async def list_comments(self, repo: str, number: int) -> list[Comment]:
+        await self._read("comments")
+        if self.comments_error is not None:
+            raise self.comments_error
+        return [Comment(id=3, body="@dev please", user=ALICE, html_url="")]
+
+
+def asked_by_comment() -> Task:
+    return dataclasses.replace(
+        task("dev"), spec=dataclasses.replace(task("dev").spec, comment_id=3)
+    )
+
+
+def worker_with(config: Config, client: object, clock: list[float] | None = None) -> TaskWorker:
+    now = clock if clock is not None else [1000.0]
+    return TaskWorker(
+        config, None, None, lambda _: client, None, None,  # type: ignore[arg-type]
+        daemon_id="test", permissions=AllTrusted(),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )  # fmt: skip
+
+
+async def test_the_precheck_begins_the_runs_thread_reads_and_the_issue_is_read_once(
+    config: Config,
+) -> None:
+    # webhook → claude: the repository and comments come in with the precheck's own
+    # round trip, not one after it; the run uses the issue the precheck read.
+    client = ReadAheadClient()
+    worker = worker_with(config, client)
+    asked = asked_by_comment()
+    assert (await worker.precheck(asked)).skip_reason is None
+    read = await worker._thread_facts(asked)
+    assert sorted(client.reads) == ["comment", "comments", "issue", "repo"]
+    assert (read.issue.number, [c.id for c in read.comments]) == (12, [3])
+    assert (read.default_branch, read.clone_url) == ("trunk", CLONE_URL)
+
+
+async def test_a_skipped_or_stale_precheck_leaves_the_run_to_read_its_thread_anew(
+    config: Config,
+) -> None:
+    closed = ReadAheadClient(state="closed")
+    worker = worker_with(config, closed)
+    assert (await worker.precheck(asked_by_comment())).skip_reason == "acme/app#12 is closed"
+    await worker._thread_facts(asked_by_comment())
+    assert closed.reads.count("issue") == closed.reads.count("repo") == 2
+    # A run that starts long after its precheck (it waited for room on an engine) reads
+    # the thread as it is then.
+    clock = [1000.0]
+    later = ReadAheadClient()
+    worker = worker_with(config, later, clock)
+    assert (await worker.precheck(asked_by_comment())).skip_reason is None
+    clock[0] += 60
+    await worker._thread_facts(asked_by_comment())
+    assert later.reads.count("issue") == later.reads.count("comments") == 2
+
+
+async def test_a_failing_comments_read_begun_by_the_precheck_fails_the_run_not_the_precheck(
+    config: Config,
+) -> None:
+    client = ReadAheadClient(comments_error=RuntimeError("comments read broke"))
+    worker = worker_with(config, client)
+    assert (await worker.precheck(asked_by_comment())).skip_reason is None
+    with pytest.raises(RuntimeError, match="comments read broke"):
+        await worker._thread_facts(asked_by_comment())
+
+
+class ReadyRuntime:
+    """A container that is only ready once the thread's comments read has begun: made
+    ready after the thread is read, the run never starts."""
+
+    def __init__(self) -> None:
+        self.began = asyncio.Event()
+        self.comments_began = asyncio.Event()
+        self.prepared: list[WorkspacePlan] = []
+
+    async def ready(self, agent: object) -> None:
+        self.began.set()
+        async with asyncio.timeout(5):
+            await self.comments_began.wait()
+
+    async def prepare(self, agent: object, plan: WorkspacePlan, env: object) -> str:
+        self.prepared.append(plan)
+        return ""
+
+
+class ThreadWaitsForReady(OverlapClient):
+    """Comments that only come once the container is being made ready."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runtime = ReadyRuntime()
+
+    async def list_comments(self, repo: str, number: int) -> list[Comment]:
+        self.runtime.comments_began.set()
+        async with asyncio.timeout(5):
+            await self.runtime.began.wait()
+        return [Comment(id=3, body="@dev please", user=ALICE, html_url="")]
+
+    async def _read(self, what: str) -> None:
+        self.begun.add(what)
+
+
+class Checklist:
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def checklist(self, task: Task) -> object:
+        return self.steps.append
+
+
+async def test_the_container_is_made_ready_while_the_thread_is_read(config: Config) -> None:
+    client = ThreadWaitsForReady()
+    reports = Checklist()
+    worker = TaskWorker(
+        config, None, client.runtime, lambda _: client, reports, None,  # type: ignore[arg-type]
+        daemon_id="test", permissions=AllTrusted(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    run = await worker._start(task("dev"), config.agent("dev"))
+    assert client.runtime.prepared == [run.plan] and run.plan.branch == "dev/12"
+    # What the tracking comment lists is in the order it was.
+    assert reports.steps == ["starting the agent's container", f"preparing {PATH}"]

@@ -55,6 +55,9 @@ class LocalRuntime:
         out, _ = await process.communicate()
         return process.returncode or 0, out.decode(errors="replace")
 
+    async def ready(self, agent: AgentConfig) -> None:
+        """No container here: nothing to make ready."""
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:

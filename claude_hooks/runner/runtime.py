@@ -37,6 +37,11 @@ async def all_of(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
 
 
 class AgentRuntime(Protocol):
+    async def ready(self, agent: AgentConfig) -> None:
+        """Make the agent's container ready for a task (before its working tree is known:
+        the worker reads the thread meanwhile); `prepare` then goes on from there."""
+        ...
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
@@ -86,16 +91,28 @@ class DockerRuntime:
         self._clock = clock
         # (agent, engine): the container a prepare just ran in, and when
         self._prepared: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
+        # (agent, engine): the container `ready` just made current, and when
+        self._readied: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
             return self.containers.manager(agent)
         return self.containers
 
+    async def ready(self, agent: AgentConfig) -> None:
+        """The container, current and running: looked at while the worker reads the
+        thread, so that `prepare` goes straight to its execs."""
+        container = await self.manager(agent).ensure(agent)
+        self._readied[agent.name, agent.engine.name] = (container, self._clock())
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
-        container = await self.manager(agent).ensure(agent)
+        readied = self._readied.pop((agent.name, agent.engine.name), None)
+        if readied is not None and self._clock() - readied[1] <= REUSE_FOR:
+            container = readied[0]
+        else:
+            container = await self.manager(agent).ensure(agent)
         # Before each task: a newer login on the host replaces the one in the volume.
         # The two execs touch different paths and neither needs the other: side by side,
         # they cost one exec's round trip on the way to Claude, not two. Both run to

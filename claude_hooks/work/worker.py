@@ -19,7 +19,7 @@ import structlog
 
 from claude_hooks.config import AgentConfig, Config, Role, learn_secret_file, read_secret
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
-from claude_hooks.forgejo.models import Comment, Issue, PullRequest
+from claude_hooks.forgejo.models import Comment, Issue, PullRequest, Repository
 from claude_hooks.intake.reader import Permissions
 from claude_hooks.report.render import (
     failure_reason,
@@ -89,6 +89,20 @@ class ThreadFacts:
     default_branch: str
     clone_url: str
     pull_facts: PullFacts | None = None  # a pull request's status, reviews, loop context
+
+
+# Seconds the thread reads a precheck began stand for the run right after it.
+READ_AHEAD_FOR = 5.0
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """The thread reads a task's precheck began for its run: the issue the precheck read,
+    the repository and the comments in flight (each a result or the error it raised)."""
+
+    began: float
+    issue: Issue
+    rest: asyncio.Future[tuple[Repository | BaseException, list[Comment] | BaseException]]
 
 
 def workspace_plan(
@@ -178,6 +192,7 @@ class TaskWorker:
         self._loop = LoopSteps(
             config, store, runtime, client_for, delivery, submit=submit, clock=clock
         )
+        self._read_ahead: dict[int, ReadAhead] = {}  # task id: the thread reads its precheck began
 
     # --- precheck ---------------------------------------------------------------------------
 
@@ -190,7 +205,31 @@ class TaskWorker:
                 return Precheck.later(pause.until, pause.reason, uses_attempt=False, pause=pause)
         if spec.number is None:
             return Precheck.proceed()
+        self._drop_stale_reads()
         client = self._client_for(spec.agent)
+        # The run's own thread reads (repository, comments) begin with the precheck's: the
+        # run then waits for no second round trip, and the issue is read once. They only
+        # ever answer the run; the precheck looks at its own reads alone, as before.
+        began = self._clock()
+        rest = asyncio.gather(
+            client.get_repo(spec.repo),
+            client.list_comments(spec.repo, spec.number),
+            return_exceptions=True,
+        )
+        check: Precheck | None = None
+        try:
+            check, issue = await self._check_thread(task, client)
+        finally:
+            if check is not None and check.skip_reason is None and check.deferral is None:
+                self._keep_reads(task.id, ReadAhead(began, issue, rest))
+            else:
+                rest.cancel()  # skipped, deferred or failed: no run reads them
+        return check
+
+    async def _check_thread(self, task: Task, client: ForgejoClient) -> tuple[Precheck, Issue]:
+        """Whether the thread still wants the task; and the issue as read for that."""
+        spec = task.spec
+        assert spec.number is not None
         comment_id = spec.comment_id
         # Both reads at once: the run waits for one round trip, not two. The answers are
         # looked at in the old order: a closed thread is skipped whatever the comment read
@@ -204,28 +243,59 @@ class TaskWorker:
             raise issue_read
         issue = issue_read
         if issue.state != "open" and spec.kind is not TaskKind.API:
-            return Precheck.skip(f"{spec.thread} is {issue.state}")
+            return Precheck.skip(f"{spec.thread} is {issue.state}"), issue
         if isinstance(comment_read, BaseException):
             raise comment_read
         if comment_id is not None and comment_read is None:
-            return Precheck.skip("the comment that asked was deleted")
+            return Precheck.skip("the comment that asked was deleted"), issue
         if spec.kind is TaskKind.REVIEW and issue.is_pull:
             pull = await client.get_pull(spec.repo, spec.number)
             if spec.head_sha and pull.head_sha != spec.head_sha:
                 log.info("review_head_moved", task_id=task.id, old=spec.head_sha, new=pull.head_sha)
-                return Precheck.proceed(replace(spec, head_sha=pull.head_sha))
+                return Precheck.proceed(replace(spec, head_sha=pull.head_sha)), issue
         if spec.kind is TaskKind.MERGE_REQUEST and issue.is_pull:
             pull = await client.get_pull(spec.repo, spec.number)
-            return await self._loop.merge_precheck(task, pull)
+            return await self._loop.merge_precheck(task, pull), issue
         if spec.kind is TaskKind.CI_FIX and issue.is_pull and spec.head_sha:
             pull = await client.get_pull(spec.repo, spec.number)
             if pull.head_sha != spec.head_sha:  # a newer head gets its own status, and fix
-                return Precheck.skip(head_moved_reason(spec.head_sha, pull.head_sha))
-        return Precheck.proceed()
+                return Precheck.skip(head_moved_reason(spec.head_sha, pull.head_sha)), issue
+        return Precheck.proceed(), issue
+
+    def _keep_reads(self, task_id: int, reads: ReadAhead) -> None:
+        self._forget_reads(task_id)  # an earlier precheck's, never taken
+        self._read_ahead[task_id] = reads
+
+    def _take_reads(self, task_id: int) -> ReadAhead | None:
+        """The reads the task's precheck began, if recent enough to stand for "just
+        before the run" (a task may wait for room on an engine after its precheck)."""
+        reads = self._read_ahead.pop(task_id, None)
+        if reads is not None and self._clock() - reads.began > READ_AHEAD_FOR:
+            reads.rest.cancel()
+            return None
+        return reads
+
+    def _forget_reads(self, task_id: int) -> None:
+        if (reads := self._read_ahead.pop(task_id, None)) is not None:
+            reads.rest.cancel()
+
+    def _drop_stale_reads(self) -> None:
+        """Forget reads no run took (the task was cancelled or drained after its precheck)."""
+        now = self._clock()
+        for task_id, reads in list(self._read_ahead.items()):
+            if now - reads.began > READ_AHEAD_FOR:
+                reads.rest.cancel()
+                del self._read_ahead[task_id]
 
     # --- execute ----------------------------------------------------------------------------
 
     async def execute(self, task: Task) -> Outcome:
+        try:
+            return await self._execute_placed(task)
+        finally:
+            self._forget_reads(task.id)  # the run did not take them (it ended before)
+
+    async def _execute_placed(self, task: Task) -> Outcome:
         if task.spec.kind is TaskKind.ROUNDS_SPENT:
             return await self._loop.rounds_spent(task)  # one comment, no Claude run
         agent = self._config.agent(task.spec.agent)
@@ -241,8 +311,12 @@ class TaskWorker:
                 raise EngineLost(lease.engine) from exc
 
     async def _execute(self, task: Task, lease: Lease) -> Outcome:
-        run = await self._start(task, lease.agent)
-        session = await self._store.last_session(run.agent.name, task.spec.repo, task.spec.number)
+        spec = task.spec
+        # The session to resume is the store's answer alone: looked up during the start.
+        run, session = await all_of(
+            self._start(task, lease.agent),
+            self._store.last_session(lease.agent.name, spec.repo, spec.number),
+        )
         if not lease.keeps_workspace:
             session = None  # on another engine of its pool: the session is not there
         prompt = self._prompt(run, follow_up=session is not None)
@@ -289,7 +363,10 @@ class TaskWorker:
         )
         step = self._reports.checklist(task)
         step("starting the agent's container")
-        facts = await self._thread_facts(task) if task.spec.number is not None else None
+        # The container (and its login) while the thread is read: neither needs the other.
+        # The thread's errors come first, as when the container came after.
+        reading = self._thread_facts(task) if task.spec.number is not None else _none()
+        facts, _ = await all_of(reading, self._runtime.ready(agent))
         env = exec_env(
             agent, task_id=task.id, daemon_id=self._daemon_id, extra=_git_identity(agent)
         )
@@ -365,15 +442,7 @@ class TaskWorker:
         spec = task.spec
         assert spec.number is not None
         client = self._client_for(spec.agent)
-        # Independent reads side by side: the run waits for the slowest, not the sum.
-        repo_and_issue = all_of(
-            client.get_repo(spec.repo), client.get_issue(spec.repo, spec.number)
-        )
-        read, comment_list = await all_of(
-            repo_and_issue, client.list_comments(spec.repo, spec.number)
-        )
-        repo, issue = read
-        comments = tuple(comment_list)
+        repo, issue, comments = await self._thread_reads(task, client)
         pull = await client.get_pull(spec.repo, spec.number) if issue.is_pull else None
         authors = {issue.user.login, *(c.user.login for c in comments)}
         trusted = self._permissions.trusted(spec.agent, spec.repo, authors)
@@ -390,6 +459,30 @@ class TaskWorker:
         return ThreadFacts(
             issue, pull, comments, writers, diff, repo.default_branch, repo.clone_url, pull_facts
         )
+
+    async def _thread_reads(
+        self, task: Task, client: ForgejoClient
+    ) -> tuple[Repository, Issue, tuple[Comment, ...]]:
+        """Repository, issue and comments: those the precheck began, else read now. Errors
+        come in the old order: the repository's, then the issue's, then the comments'."""
+        spec = task.spec
+        assert spec.number is not None
+        ahead = self._take_reads(task.id)
+        if ahead is None:
+            # Independent reads side by side: the run waits for the slowest, not the sum.
+            repo_and_issue = all_of(
+                client.get_repo(spec.repo), client.get_issue(spec.repo, spec.number)
+            )
+            read, comment_list = await all_of(
+                repo_and_issue, client.list_comments(spec.repo, spec.number)
+            )
+            return read[0], read[1], tuple(comment_list)
+        repo_read, comments_read = await ahead.rest
+        if isinstance(repo_read, BaseException):
+            raise repo_read
+        if isinstance(comments_read, BaseException):
+            raise comments_read
+        return repo_read, ahead.issue, tuple(comments_read)
 
     # --- delivery ---------------------------------------------------------------------------
 

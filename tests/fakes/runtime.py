@@ -24,6 +24,9 @@ class AnsweringRuntime:
         self.plans: list[workspace.WorkspacePlan] = []
         self.refuse_push: str | None = None  # git's last words, when the push fails
 
+    async def ready(self, agent: AgentConfig) -> None:
+        return None
+
     async def prepare(
         self, agent: AgentConfig, plan: workspace.WorkspacePlan, env: Sequence[str]
     ) -> str:
