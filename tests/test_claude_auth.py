@@ -221,7 +221,11 @@ class RecordingRuntime:
         return ""
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: object = None,
     ) -> ExecResult:
         self.claude_env = list(claude.env)
         return ExecResult(exit_code=1, result_event=None, stderr_tail="", lines=0)
@@ -232,6 +236,8 @@ class RecordingRuntime:
 
 class _Sink:
     def add(self, *args: object) -> None: ...
+
+    async def room(self) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -139,7 +139,11 @@ class StreamingRuntime:
         return ""
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: object = None,
     ) -> ExecResult:
         reader = _OutputReader(on_event)
         await reader.pump(FramedStream(frames(self.lines())))  # type: ignore[arg-type]

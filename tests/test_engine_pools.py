@@ -411,7 +411,11 @@ class ArgvRuntime(AnsweringRuntime):
         self.runs: list[tuple[str, tuple[str, ...]]] = []
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: object = None,
     ) -> ExecResult:
         self.runs.append((agent.engine.name, claude.argv))
         return await super().run(agent, claude, on_event)

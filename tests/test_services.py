@@ -78,7 +78,11 @@ class HeldRuntime:
         return ""
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: object = None,
     ) -> ExecResult:
         self.started.set()
         try:

@@ -19,7 +19,7 @@ from claude_hooks.config import AgentConfig
 from claude_hooks.demo.agent_image import INPUTS
 from claude_hooks.runner import workspace
 from claude_hooks.runner.claude import HOME_DIR, STATE_DIR
-from claude_hooks.runner.execution import ClaudeExec, ExecResult, LineSplitter, TailBuffer
+from claude_hooks.runner.execution import ClaudeExec, ExecResult, LineSplitter, Room, TailBuffer
 from claude_hooks.runner.stream import Result, StreamEvent, parse_line
 
 FAKE_CLAUDE = INPUTS / "fake-claude.sh"
@@ -87,7 +87,11 @@ class LocalRuntime:
         return workspace.parse_diff_since(since, output)
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: Room | None = None,
     ) -> ExecResult:
         command = claude.argv[0]
         argv = ("sh", str(FAKE_CLAUDE)) if command == "claude" else (command,)
@@ -98,14 +102,14 @@ class LocalRuntime:
             start_new_session=True,
         )  # fmt: skip
         try:
-            return await self._communicate(process, claude.stdin, on_event)
+            return await self._communicate(process, claude.stdin, on_event, room)
         except BaseException:
             await asyncio.shield(_stop(process, claude.stop_grace))
             raise
 
     async def _communicate(
         self, process: asyncio.subprocess.Process, stdin: bytes,
-        on_event: Callable[[StreamEvent], None],
+        on_event: Callable[[StreamEvent], None], room: Room | None,
     ) -> ExecResult:  # fmt: skip
         assert process.stdin and process.stdout and process.stderr
         process.stdin.write(stdin)
@@ -124,6 +128,8 @@ class LocalRuntime:
 
         while chunk := await process.stdout.read(65536):
             deliver(splitter.feed(chunk))
+            if room is not None:
+                await room()
         deliver(splitter.flush())  # a last line without its newline
         await drain_stderr
         return ExecResult(await process.wait(), result, stderr.text(), count)

@@ -46,6 +46,10 @@ STREAM_TURN = 0.001
 LEAST_SLICE = 0.00005
 KILL_SETTLE = 5.0  # seconds for the exec's stream to end, and the kernel to reap, after SIGKILL
 
+# Awaited between output frames: until whoever takes the events has room for more (the
+# store's sink, when its writer is behind). Meanwhile Docker holds the output back.
+Room = Callable[[], Awaitable[None]]
+
 
 def stop_within(grace: float) -> float:
     """The longest `_stop_task` waits: `grace` after SIGTERM, then KILL_SETTLE for the
@@ -145,8 +149,14 @@ SHARE = StreamShare()  # one per process: the daemon runs one event loop
 class _OutputReader:
     """Consumes an exec's output frames: events to `on_event`, stderr to a tail."""
 
-    def __init__(self, on_event: Callable[[StreamEvent], None], share: StreamShare = SHARE) -> None:
+    def __init__(
+        self,
+        on_event: Callable[[StreamEvent], None],
+        share: StreamShare = SHARE,
+        room: Room | None = None,
+    ) -> None:
         self._on_event = on_event
+        self._room = room
         self._lines = LineSplitter()
         self._share = share
         self._yield_at = 0.0  # perf_counter() time at which this run lets the loop go on
@@ -165,6 +175,8 @@ class _OutputReader:
                     self.stderr.write(message.data)
                 else:
                     await self._deliver(self._lines.feed(message.data))
+                    if self._room is not None:
+                        await self._room()
             await self._deliver(self._lines.flush())
         finally:
             self._share.streaming -= 1
@@ -190,11 +202,12 @@ async def run_claude(
     *,
     user: str,
     on_event: Callable[[StreamEvent], None],
+    room: Room | None = None,
     half_close: bool = True,
 ) -> ExecResult:
     """Run claude in the container until it exits; stop all its processes if cancelled.
     `half_close` False (a TLS engine): the prompt's end is its length, not end of input."""
-    reader = _OutputReader(on_event)
+    reader = _OutputReader(on_event, room=room)
     task_id = claude.task_id
     argv = list(claude.argv) if half_close else read_exactly(claude.argv, len(claude.stdin))
     execution = await container.exec(

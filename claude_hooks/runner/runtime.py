@@ -18,7 +18,7 @@ from claude_hooks.config import AgentConfig
 from claude_hooks.runner import workspace
 from claude_hooks.runner.containers import ContainerManager
 from claude_hooks.runner.engines import EnginePool
-from claude_hooks.runner.execution import ClaudeExec, ExecResult, run_claude
+from claude_hooks.runner.execution import ClaudeExec, ExecResult, Room, run_claude
 from claude_hooks.runner.stream import StreamEvent
 
 A = TypeVar("A")
@@ -49,9 +49,14 @@ class AgentRuntime(Protocol):
         ...
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: Room | None = None,
     ) -> ExecResult:
-        """Run claude to its end; when cancelled, stop every process of the task first."""
+        """Run claude to its end; when cancelled, stop every process of the task first.
+        `room` is awaited between output frames (see execution.Room)."""
         ...
 
     async def publish(
@@ -125,13 +130,17 @@ class DockerRuntime:
         return head
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: Room | None = None,
     ) -> ExecResult:
         container = self._just_prepared(agent) or await self.manager(agent).ensure(agent)
         # Over TLS the exec's stdin cannot be half-closed: the prompt goes by its length.
         half_close = agent.engine.tls is None
         return await run_claude(
-            container, claude, user=agent.user, on_event=on_event, half_close=half_close
+            container, claude, user=agent.user, on_event=on_event, room=room, half_close=half_close
         )
 
     def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:

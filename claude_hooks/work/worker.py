@@ -410,7 +410,7 @@ class TaskWorker:
             stop_grace=self._stop_grace,
         )
         try:
-            return await self._runtime.run(agent, claude, on_event)
+            return await self._runtime.run(agent, claude, on_event, room=sink.room)
         finally:
             await asyncio.shield(sink.close())
 

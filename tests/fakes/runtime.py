@@ -34,7 +34,11 @@ class AnsweringRuntime:
         return ""
 
     async def run(
-        self, agent: AgentConfig, claude: ClaudeExec, on_event: Callable[[StreamEvent], None]
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: object = None,
     ) -> ExecResult:
         self.prompts.append(claude.stdin.decode())
         line = json.dumps({
