@@ -540,6 +540,16 @@ async def test_a_finished_runs_record_and_its_slots_next_start_share_one_transac
     runner.release(follow_up.id)
 
 
+async def lockable_by_another_process(
+    store: Store, monkeypatch: pytest.MonkeyPatch, *, record_retry: float
+) -> sqlite3.Connection:
+    """A second connection to the store, for the test to take its write lock with; the
+    store waits only 50 ms for a lock, and a record retries first after `record_retry` s."""
+    monkeypatch.setattr(scheduler_module, "RECORD_RETRY_FIRST", record_retry)
+    await store._call("shorten", lambda: store._db.conn.execute("PRAGMA busy_timeout = 50"))
+    return sqlite3.connect(store.path, isolation_level=None)
+
+
 async def test_a_follow_up_waits_for_a_record_that_waits_out_a_locked_store(
     make_scheduler: Callable[..., Awaitable[Scheduler]],
     runner: FakeRunner,
@@ -548,9 +558,7 @@ async def test_a_follow_up_waits_for_a_record_that_waits_out_a_locked_store(
 ) -> None:
     # The freed slot's next task may be marked running before its predecessor's record
     # (which met a lock another process held) is written; it must not run before it.
-    monkeypatch.setattr(scheduler_module, "RECORD_RETRY_FIRST", 0.2)
-    await store._call("shorten", lambda: store._db.conn.execute("PRAGMA busy_timeout = 50"))
-    other = sqlite3.connect(store.path, isolation_level=None)
+    other = await lockable_by_another_process(store, monkeypatch, record_retry=0.2)
     sessions: dict[int, str | None] = {}
     changes: list[tuple[int, TaskState]] = []
 
@@ -896,9 +904,7 @@ async def test_a_store_locked_past_its_busy_timeout_defers_the_start_and_the_rec
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Issue 16: "StoreError: <host path>: start task 64 failed: database is locked", failed.
-    monkeypatch.setattr(scheduler_module, "RECORD_RETRY_FIRST", 0.01)
-    await store._call("shorten", lambda: store._db.conn.execute("PRAGMA busy_timeout = 50"))
-    other = sqlite3.connect(store.path, isolation_level=None)
+    other = await lockable_by_another_process(store, monkeypatch, record_retry=0.01)
     locked = [False]
 
     async def precheck(task: Task) -> Precheck:
