@@ -626,6 +626,19 @@ async def test_another_instance_never_recreates_rebuilds_stops_or_kills_into_a_c
     assert len(await signal_processes(after, "list", their_task, user=agent.user)) == 1
 
 
+def succeeding_run(agent: AgentConfig) -> tuple[WorkspacePlan, ClaudeExec]:
+    """A task's tree (no checkout) and a scripted claude run in it that succeeds."""
+    plan = WorkspacePlan(path=task_directory("acme/app", 1, 1), checkout=Checkout.NONE)
+    claude = ClaudeExec(
+        task_id=1,
+        argv=tuple(claude_argv(agent, session_id=None, system_prompt="")),
+        env=tuple(exec_env(agent, task_id=1, daemon_id="d")),
+        stdin=b"fake-claude: scenario=tool-run-success",
+        workdir=plan.path,
+    )
+    return plan, claude
+
+
 @pytest.mark.docker
 async def test_the_claude_exec_reuses_the_container_its_prepare_exec_just_ran_in(
     manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
@@ -643,14 +656,7 @@ async def test_the_claude_exec_reuses_the_container_its_prepare_exec_just_ran_in
         return await real_ensure(agent)
 
     monkeypatch.setattr(manager, "ensure", counted)
-    plan = WorkspacePlan(path=task_directory("acme/app", 1, 1), checkout=Checkout.NONE)
-    claude = ClaudeExec(
-        task_id=1,
-        argv=tuple(claude_argv(a, session_id=None, system_prompt="")),
-        env=tuple(exec_env(a, task_id=1, daemon_id="d")),
-        stdin=b"fake-claude: scenario=tool-run-success",
-        workdir=plan.path,
-    )
+    plan, claude = succeeding_run(a)
     await runtime.prepare(a, plan, [])
     assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
     assert len(ensured) == 1
@@ -682,14 +688,7 @@ async def test_a_prepare_right_after_ready_does_not_inspect_the_container_again(
 
     monkeypatch.setattr(manager, "ensure", ensure)
     monkeypatch.setattr(manager, "sync_credentials", sync)
-    plan = WorkspacePlan(path=task_directory("acme/app", 1, 1), checkout=Checkout.NONE)
-    claude = ClaudeExec(
-        task_id=1,
-        argv=tuple(claude_argv(a, session_id=None, system_prompt="")),
-        env=tuple(exec_env(a, task_id=1, daemon_id="d")),
-        stdin=b"fake-claude: scenario=tool-run-success",
-        workdir=plan.path,
-    )
+    plan, claude = succeeding_run(a)
     await runtime.ready(a)
     await runtime.prepare(a, plan, [])
     assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
