@@ -23,7 +23,6 @@ from claude_hooks.store import (
     Store,
     StoreError,
     TaskNotFound,
-    writer,
 )
 from claude_hooks.store.db import ROWS_PER_INSERT, insert_sizes
 from claude_hooks.store.schema import migrate
@@ -595,15 +594,10 @@ async def test_reads_made_together_do_not_wait_for_a_lock_another_process_holds(
     assert read == task and cursor is None
 
 
-async def test_many_streams_event_batches_share_one_transaction(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_many_streams_event_batches_share_one_transaction(store: Store) -> None:
     """Twenty runs each handing over batches: whatever waits for the writer thread is
     written in one transaction, not one per batch (figure 8 queued hundreds of commits,
-    and webhook intake waited behind them). Fails with one transaction per batch. (The
-    write's time slice, which a loaded machine can spend before the 1,000 events are
-    in, is out of this test's way.)"""
-    monkeypatch.setattr(writer, "EVENT_WRITE_SLICE", 60.0)
+    and webhook intake waited behind them). Fails with one transaction per batch."""
     tasks = [(await store.enqueue(make_spec(n)))[0] for n in range(20)]
     sinks = [store.event_sink(t.id, max_batch=10) for t in tasks]
     began = store.transactions

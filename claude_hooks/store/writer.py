@@ -10,10 +10,11 @@ giving up the GIL and waiting to get it back while the event loop parsed, and th
 queue they built held webhook intake back for seconds (bench figure 8).
 
 The job lane goes first. An event write is made of pieces of at most ROWS_PER_INSERT
-events and stops after the piece during which a job came in, or once it has written
-for EVENT_WRITE_SLICE; the rest waits behind that job. With twenty streams a write
-of 2,000 events took up to half a second on a loaded machine, and every webhook's
-store write waited for it (p95 0.4 s a write, bench figure 8).
+events and stops after the piece during which a job came in; the rest waits behind
+that job. With twenty streams a write of 2,000 events took up to half a second on a
+loaded machine, and every webhook's store write waited for it (p95 0.4 s a write,
+bench figure 8). (A time slice as well only split a loaded machine's writes into
+more commits, when there was no job to let in.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import contextlib
 import functools
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,7 +132,7 @@ class WriterThread:
 
     def _write_events(self, loop: asyncio.AbstractEventLoop, *, again: bool = True) -> None:
         """On the writer thread: the event pieces waiting now, in one transaction, until
-        a job waits, the slice is spent or EVENTS_PER_WRITE are written; then the next
+        a job waits or EVENTS_PER_WRITE are written; then the next
         write queues behind the jobs that came in meanwhile (a webhook's write waits for
         one piece, not a backlog)."""
         taken: list[_EventPiece] = []
@@ -149,7 +149,7 @@ class WriterThread:
                 loop.call_soon_threadsafe(_settle_events, taken, errors)
 
     def _write_pieces(self, taken: list[_EventPiece]) -> dict[int, BaseException]:
-        pairs = self._next_pieces(taken, time.perf_counter() + EVENT_WRITE_SLICE)
+        pairs = self._next_pieces(taken)
         try:
             return dict(self.db.write_event_batches(pairs))
         except sqlite3.Error as exc:  # say whose events, now that the pieces taken are known
@@ -157,11 +157,9 @@ class WriterThread:
             what = f"write events of task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
             raise store_error(self.path, what, exc) from exc
 
-    def _next_pieces(
-        self, taken: list[_EventPiece], deadline: float
-    ) -> Iterator[tuple[int, list[NewEvent]]]:
-        """The lane's pieces one at a time, each kept in `taken`, until a job waits, the
-        deadline passes or EVENTS_PER_WRITE events are out."""
+    def _next_pieces(self, taken: list[_EventPiece]) -> Iterator[tuple[int, list[NewEvent]]]:
+        """The lane's pieces one at a time, each kept in `taken`, until a job waits or
+        EVENTS_PER_WRITE events are out."""
         count = 0
         while count < EVENTS_PER_WRITE:
             with self._event_lock:
@@ -171,7 +169,7 @@ class WriterThread:
             taken.append(piece)
             count += len(piece.events)
             yield piece.batch.task_id, piece.events
-            if self.jobs_waiting() or time.perf_counter() >= deadline:
+            if self.jobs_waiting():
                 return
 
     async def close(self) -> None:
@@ -189,9 +187,8 @@ class WriterThread:
 
 
 # About 30 ms of writing on a quiet machine (redacted, ~15 µs an event); a write
-# stops sooner when a job comes in or the slice is spent.
+# stops sooner when a job comes in.
 EVENTS_PER_WRITE = 2000
-EVENT_WRITE_SLICE = 0.010  # seconds an event write goes on taking pieces
 # At most this many jobs share a transaction (~0.25 ms each): the write lock is let go
 # within a few milliseconds, and a job waits for the commit of few others.
 JOBS_PER_TRANSACTION = 32
