@@ -126,7 +126,6 @@ class EventSink:
         self._detail_limit = detail_limit
         self._details = 0  # detail events (not ALWAYS_KEPT) handed to the writer
         self._unstored = 0  # events handed to the writer and not yet stored
-        self._drained = asyncio.Event()  # set each time a batch comes back from the writer
 
     def keeps(self, type: str) -> bool:
         """Whether an event of `type` added now would be stored: past the cap, a detail
@@ -173,14 +172,14 @@ class EventSink:
         twenty streams, the streams wait (Docker holds their output, claude's writes
         block) rather than their events piling up in the daemon's memory, up to the
         cap's 5,000 a task (bench figure 6: 30,000 events, ~12 MB, at the peak)."""
-        while self._unstored >= UNSTORED_LIMIT:
-            self._drained.clear()
-            await self._drained.wait()
+        while self._unstored >= UNSTORED_LIMIT and self._inflight:
+            # `_written` (the futures' first callback) has counted a batch back by the
+            # time this wait ends.
+            await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
 
     def _written(self, count: int, future: asyncio.Future[None]) -> None:
         self._inflight.discard(future)
         self._unstored -= count
-        self._drained.set()
         if future.cancelled():
             return
         if (exc := future.exception()) is not None:

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ class WriterThread:
         self._batch: list[_Job[Any]] = []
         self._sending = False  # a _send is due in this turn of the loop
         self._event_lock = threading.Lock()  # the event lane is taken on the thread
-        self._event_batches: list[_EventPiece] = []
+        self._event_batches: deque[_EventPiece] = deque()
         self._events_queued = False  # an event write waits in the executor's queue or runs
         # Job batches handed to the thread, and begun there: each count is written by one
         # thread only, so their difference (jobs waiting) needs no lock.
@@ -165,7 +166,7 @@ class WriterThread:
             with self._event_lock:
                 if not self._event_batches:
                     return
-                piece = self._event_batches.pop(0)
+                piece = self._event_batches.popleft()
             taken.append(piece)
             count += len(piece.events)
             yield piece.batch.task_id, piece.events
