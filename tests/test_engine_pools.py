@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiodocker.exceptions import DockerError
 
 from claude_hooks.config import (
     AgentConfig,
@@ -22,6 +23,7 @@ from claude_hooks.config import (
 )
 from claude_hooks.forgejo.models import Comment, Issue, Repository, User
 from claude_hooks.metrics import Metrics, QueueSnapshot
+from claude_hooks.runner.containers import ContainerStopped
 from claude_hooks.runner.engines import EngineHealth, EngineState, Seen, engine_up, engines_of
 from claude_hooks.runner.execution import ClaudeExec, ExecResult
 from claude_hooks.runner.placement import (
@@ -448,3 +450,83 @@ async def test_a_follow_up_resumes_only_on_the_engine_holding_its_session(
     assert placed_on == engine
     assert ("--resume" in argv and "s-old" in argv) is resumes
     assert await store.thread_engine("dev", "acme/app", 12) == engine
+
+
+class FailingRuntime(ArgvRuntime):
+    """Its container step (`ready`) or its Claude exec (`run`) fails with `failure`."""
+
+    def __init__(self, failure: Exception, *, at: str) -> None:
+        super().__init__()
+        self.failure, self.at = failure, at
+
+    async def ready(self, agent: AgentConfig) -> None:
+        if self.at == "ready":
+            raise self.failure
+
+    async def run(
+        self,
+        agent: AgentConfig,
+        claude: ClaudeExec,
+        on_event: Callable[[StreamEvent], None],
+        room: object = None,
+    ) -> ExecResult:
+        if self.at == "run":
+            raise self.failure
+        return await super().run(agent, claude, on_event)
+
+
+# What a dockerd stopping on SIGTERM gives a task on it (issue 18's CI, Docker 20.10): it
+# stops its containers first, so the claude exec ends "killed" in a stopped container, and
+# it still answers, 500, on the connections it holds ("failed to update store for object
+# type *libnetwork.endpoint" as the next task's container started). Both failed the tasks.
+ENGINE_GOING_DOWN = [
+    pytest.param(ContainerStopped("2ff57c0278c3"), "run", id="container-stopped-under-claude"),
+    pytest.param(
+        DockerError(500, "failed to update store for object type *libnetwork.endpoint"),
+        "ready",
+        id="500-starting-the-container",
+    ),
+    pytest.param(DockerError(900, "Cannot connect to the Docker daemon"), "run", id="unreachable"),
+]
+
+
+@pytest.mark.parametrize(("failure", "at"), ENGINE_GOING_DOWN)
+async def test_an_engine_failing_a_pool_run_loses_it_and_is_down(
+    config_factory: ConfigFactory, store: Store, failure: Exception, at: str
+) -> None:
+    config = load(config_factory, [LOCAL, OTHER], engines=["build-1", "build-2"], checkout=False)
+    health = EngineHealth(["build-1", "build-2"])
+    worker = TaskWorker(
+        config, store, FailingRuntime(failure, at=at), lambda _: ThreadClient(), NoReports(),
+        None, daemon_id="test", permissions=Everyone(),  # type: ignore[arg-type]
+        placer=EnginePlacer(config, store, health),
+    )  # fmt: skip
+    task = await store.mark_running((await queued_task(store, 1, number=12)).id)
+    with pytest.raises(EngineLost) as lost:
+        await worker.execute(task)
+    assert lost.value.__cause__ is failure
+    assert not health.is_up(lost.value.engine)  # no other task is placed there meanwhile
+    other = {"build-1": "build-2", "build-2": "build-1"}[lost.value.engine]
+    assert health.is_up(other)  # where the re-run goes
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [DockerError(404, "No such image: agent:gone"), DockerError(400, "invalid mount config")],
+)
+async def test_a_refused_request_is_the_runs_failure_not_the_engines(
+    config_factory: ConfigFactory, store: Store, failure: Exception
+) -> None:
+    """A 4xx is the same on every engine: no other engine is tried, none is marked down."""
+    config = load(config_factory, [LOCAL, OTHER], engines=["build-1", "build-2"], checkout=False)
+    health = EngineHealth(["build-1", "build-2"])
+    worker = TaskWorker(
+        config, store, FailingRuntime(failure, at="ready"), lambda _: ThreadClient(),
+        NoReports(), None, daemon_id="test", permissions=Everyone(),  # type: ignore[arg-type]
+        placer=EnginePlacer(config, store, health),
+    )  # fmt: skip
+    task = await store.mark_running((await queued_task(store, 1, number=12)).id)
+    with pytest.raises(DockerError) as refused:
+        await worker.execute(task)
+    assert refused.value is failure
+    assert all(state.up for state in health.states().values())

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiodocker
 import pytest
 from aiodocker.containers import DockerContainer
+from structlog.testing import capture_logs
 
 from claude_hooks.config import AgentConfig
 from claude_hooks.runner.claude import (
@@ -24,6 +25,7 @@ from claude_hooks.runner.claude import (
 from claude_hooks.runner.containers import (
     ANY_TASK,
     ContainerManager,
+    ContainerStopped,
     run_exec,
     signal_processes,
     task_processes,
@@ -396,6 +398,22 @@ async def test_token_is_not_in_docker_inspect_of_the_container_or_the_exec(
     assert any("claude" in json.dumps(e["ProcessConfig"]) for e in exec_infos)
     for document in [info, *exec_infos, await container.show()]:
         assert TOKEN not in json.dumps(document)
+
+
+@pytest.mark.docker
+async def test_a_container_stopped_under_the_run_raises_container_stopped_not_a_result(
+    container: DockerContainer,
+) -> None:
+    """What a dockerd stopping on SIGTERM does first (issue 18's CI): it stops the
+    containers, and the exec ends "killed" while the engine still answers. That is the
+    container's end, not Claude's failure: no exit code to report, nothing to sweep."""
+    task = asyncio.create_task(run(container, "fake-claude: hang=1 scenario=none", task_id=16))
+    await wait_until(lambda: _count_is(task_pids(container, 16), 2), timeout=5)
+    with capture_logs() as logs:
+        await container.stop(t=1)
+        with pytest.raises(ContainerStopped, match="stopped during the run"):
+            await task
+    assert [entry for entry in logs if entry["log_level"] in ("error", "critical")] == []
 
 
 async def _count_is(pids: Awaitable[list[int]], count: int) -> bool:

@@ -13,18 +13,20 @@ import pytest
 from aiodocker.exceptions import DockerError
 
 from claude_hooks.forgejo.client import ForgejoError, RepositoryNotServed
-from claude_hooks.runner.containers import ContainerError
+from claude_hooks.runner.containers import ContainerError, ContainerStopped
 from claude_hooks.runner.workspace import WorkspaceError
 from claude_hooks.store import StoreError
 from claude_hooks.store.db import Database
 from claude_hooks.tasks import Task, TaskState
 from claude_hooks.work.outages import (
+    CONTAINER_STOPPED,
     DOCKER_DOWN,
     FORGEJO_DOWN,
     STORE_BUSY,
     OutagePolicy,
     crash_words,
     delivery_words,
+    engine_failed,
     outage_of,
     outage_outcome,
 )
@@ -72,6 +74,7 @@ def _raise(exc: Exception) -> None:
         (wrapped(ContainerError("cannot create"), DockerError(900, "no engine")), DOCKER_DOWN),
         (wrapped(ContainerError("image missing"), DockerError(404, "missing")), None),
         (aiohttp.ServerDisconnectedError(), DOCKER_DOWN),
+        (ContainerStopped("2ff57c0278c3"), CONTAINER_STOPPED),  # its next try starts it again
         (store_error("database is locked"), STORE_BUSY),
         (store_error("attempt to write a readonly database"), None),
         (RuntimeError("a bug"), None),
@@ -80,6 +83,28 @@ def _raise(exc: Exception) -> None:
 )
 def test_an_exception_says_what_is_down_or_nothing(exc: Exception, down: str | None) -> None:
     assert outage_of(exc) == down
+
+
+@pytest.mark.parametrize(
+    ("exc", "failed"),
+    [
+        (ContainerStopped("2ff57c0278c3"), True),
+        (DockerError(900, "Cannot connect to the Docker daemon"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (DockerError(500, "Container 2ff57c is not running: Exited (143)"), True),
+        (wrapped(ContainerError("cannot start"), DockerError(500, "failed to update store")), True),
+        (DockerError(404, "No such image: agent:gone"), False),
+        (DockerError(400, "invalid mount config"), False),
+        (ForgejoError("GET", "/repos/acme/app", 502, "bad gateway"), False),
+        (RuntimeError("a bug"), False),
+    ],
+)
+def test_an_engine_failed_a_run_when_it_is_gone_stopped_the_container_or_answers_5xx(
+    exc: Exception, failed: bool
+) -> None:
+    """What makes a pool try another engine (the 5xx only there: alone, an agent's task
+    fails on it in words, as before)."""
+    assert engine_failed(exc) is failed
 
 
 def task(deferrals: int = 0, since: float | None = None) -> Task:

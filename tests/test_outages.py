@@ -20,10 +20,13 @@ from pathlib import Path
 import aiodocker
 import aiohttp
 import pytest
+from aiodocker.containers import DockerContainer
 
 from claude_hooks.demo.sim.forgejo import ForgejoSim
+from claude_hooks.runner.containers import ANY_TASK, signal_processes
 from tests.chaos.driver import REPO, ChaosDriver, TaskRow, chaos_config
 from tests.fakes.configs import ConfigFactory
+from tests.fakes.docker import AGENT_UID
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -173,6 +176,38 @@ async def test_an_unreachable_docker_engine_fails_readiness_and_the_task_waits_f
     assert [r.state for r in driver.rows()] == ["succeeded"]
     await wait_until(lambda: "Done" in agent_comments(driver, row.number)[0], timeout=30)
     assert (await readyz(driver))[0] == 200
+    assert leaked(driver) == []
+    assert await driver.stop() == 0
+
+
+async def test_a_container_stopped_under_a_run_is_waited_out_and_the_task_done(
+    driver: ChaosDriver, docker: aiodocker.Docker
+) -> None:
+    # Issue 18's CI: a dockerd stopping on SIGTERM stops the agent's container under the
+    # run first (as `docker stop` or `systemctl restart docker` do); the task failed,
+    # "claude exited 137 without a result (killed)".
+    log = await driver.start()
+    await wait_until(lambda: logged(log, "daemon_ready"), timeout=30)
+    number = driver.sim.create_issue(REPO, "alice", "Stopped", "Please work.")
+    driver.sim.add_comment(REPO, number, "alice", f"@{driver.agent} go\n\nfake-claude: delay=0.5")
+    name = driver.config.agents[0].container_name
+
+    async def claude_runs() -> DockerContainer | None:
+        with contextlib.suppress(aiodocker.DockerError):  # not created, or not started yet
+            container = await docker.containers.get(name)
+            if await signal_processes(container, "list", ANY_TASK, user=str(AGENT_UID)):
+                return container
+        return None
+
+    container = await wait_until(claude_runs, timeout=30, what="claude to run in its container")
+    await container.stop(t=1)
+
+    await wait_until(lambda: len(finished_rows(driver)) == 1, timeout=60)
+    assert [r.state for r in driver.rows()] == ["succeeded"]
+    deferrals = [e["reason"] for e in events(log) if e.get("event") == "task_deferred"]
+    assert deferrals == ["the agent's container stopped during the run, will retry (try 1 of 8)"]
+    assert not logged(log, "task_leftovers_sweep_failed")
+    await wait_until(lambda: "Done" in agent_comments(driver, number)[0], timeout=30)
     assert leaked(driver) == []
     assert await driver.stop() == 0
 

@@ -158,6 +158,27 @@ class ForeignContainer(ContainerError):
         self.container = container
 
 
+class ContainerStopped(ContainerError):
+    """The agent's container stopped while a task ran in it: stopped from outside, or by
+    its engine shutting down (a dockerd stopping on SIGTERM stops its containers first, and
+    still answers on the connections it holds)."""
+
+    def __init__(self, container: str) -> None:
+        super().__init__(f"container {container} stopped during the run")
+        self.container = container
+
+
+async def is_running(container: DockerContainer) -> bool:
+    """Whether the container is running now (False when it is gone)."""
+    try:
+        info = await container.show()
+    except DockerError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return bool(info.get("State", {}).get("Running"))
+
+
 def foreign_owner(name: str, labels: Mapping[str, str], instance: str | None) -> str | None:
     """Why the container `name` (with these labels) is not ours to touch, or None.
 

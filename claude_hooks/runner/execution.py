@@ -11,6 +11,10 @@ children in their own session carry too. They get SIGTERM (Claude Code then stop
 its tools and exits 143), `stop_grace` seconds to end, then SIGKILL. The stop runs
 to its end even when cancelled again, so that when `run_claude` raises, nothing
 of the task runs any more.
+
+A run that ends without a result in a container that is no longer running raises
+`ContainerStopped`: the container was stopped under it (from outside, or by its engine
+shutting down), which is not Claude's failure and is retried (work/outages.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from aiodocker.execs import Exec
 from aiodocker.stream import Stream
 
 from claude_hooks.runner.containers import (
+    ContainerStopped,
     close_stdin,
+    is_running,
     read_exactly,
     signal_processes,
     task_processes,
@@ -38,6 +44,7 @@ from claude_hooks.runner.stream import Result, StreamEvent, observe, parse_line
 log = structlog.get_logger(__name__)
 
 STDERR_TAIL_BYTES = 8192
+CONTAINER_SETTLE = 2.0  # seconds for the engine to show a container stopped under a run
 MAX_LINE_BYTES = 64 << 20  # a longer "line" is not stream-json; it is cut and reported
 STDOUT, STDERR = 1, 2  # docker's stream ids in exec output frames
 # Stream parsing per turn of the event loop, all runs together, and the least one run
@@ -223,9 +230,13 @@ async def run_claude(
         close_stdin(stream)
         await reader.pump(stream)
         exit_code = await _exit_code(execution)
-        # Claude is gone; what it started in the background must not outlive it (it
-        # would run beside the push exec, whose environment holds the Forgejo token).
-        await _run_to_end(_kill_leftovers(container, task_id=task_id, user=user))
+        # Killed without a result: by its container stopping under it, perhaps (then
+        # nothing of the task is left to sweep, and the run is not Claude's failure).
+        stopped = reader.result is None and await _stopped_under(container, exit_code)
+        if not stopped:
+            # Claude is gone; what it started in the background must not outlive it (it
+            # would run beside the push exec, whose environment holds the Forgejo token).
+            await _run_to_end(_kill_leftovers(container, task_id=task_id, user=user))
     except BaseException:
         # Cancelled (cancel, timeout, drain) or the stream broke: nothing may keep running.
         await _run_to_end(
@@ -236,6 +247,8 @@ async def run_claude(
         raise
     finally:
         await stream.close()
+    if stopped:
+        raise ContainerStopped(container.id[:12])
     return ExecResult(
         exit_code=exit_code,
         result_event=reader.result,
@@ -254,6 +267,20 @@ async def _exit_code(execution: Exec, settle: float = 2.0) -> int | None:
         if not info.get("Running") or loop.time() >= deadline:
             return info.get("ExitCode")
         await asyncio.sleep(0.02)
+
+
+async def _stopped_under(container: DockerContainer, exit_code: int | None) -> bool:
+    """Whether a run that ended by a signal (or with no exit code) did so because its
+    container stopped: the engine records the container's end a moment after the exec's."""
+    if exit_code is not None and exit_code <= 128:
+        return False  # Claude exited by itself
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONTAINER_SETTLE
+    while await is_running(container):
+        if loop.time() >= deadline:
+            return False  # killed alone (out of memory, say): the container is up
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def _stop_task(

@@ -6,9 +6,13 @@ scheduler puts the task back in the queue with an exponential backoff instead of
 failing it, until the task has waited `OutagePolicy.attempts` times or
 `OutagePolicy.within` seconds; then it fails, saying in words what stayed down.
 
-A task of an engine pool whose engine stops answering while it runs is not waited out:
-the worker raises `EngineLost`, the scheduler records the run interrupted and queues it
-again at once (placement picks an engine that is up), once, as a restart does.
+A container stopped under a run (from outside, or by its engine shutting down) is such
+an outage too: the next try starts it again.
+
+A task of an engine pool whose engine fails it (`engine_failed`: it stops answering, the
+container stops under the run, or it answers 5xx) is not waited out: the worker raises
+`EngineLost`, the scheduler records the run interrupted and queues it again at once
+(placement picks an engine that is up), once, as a restart does.
 
 Every other exception a run raises is a failure, worded by `crash_words`: the
 exception's text (paths of the host, addresses, Docker's own messages) stays in the
@@ -30,7 +34,7 @@ from claude_hooks.report.render import (
     gave_up_reason,
     outage_reason,
 )
-from claude_hooks.runner.containers import ContainerError, ForeignContainer
+from claude_hooks.runner.containers import ContainerError, ContainerStopped, ForeignContainer
 from claude_hooks.runner.placement import EnginesDown
 from claude_hooks.runner.workspace import WorkspaceError
 from claude_hooks.store import StoreError
@@ -40,6 +44,7 @@ DOCKER_UNREACHABLE = 900  # aiodocker's status for "cannot connect to the Docker
 
 FORGEJO_DOWN = "Forgejo is unreachable"
 DOCKER_DOWN = "Docker is unreachable"
+CONTAINER_STOPPED = "the agent's container stopped during the run"
 STORE_BUSY = "the task store is busy"
 
 
@@ -88,6 +93,8 @@ def outage_of(exc: BaseException) -> str | None:
             return None
         if isinstance(error, EnginesDown):
             return DOCKER_DOWN
+        if isinstance(error, ContainerStopped):
+            return CONTAINER_STOPPED
         if isinstance(error, ForgejoError):
             return FORGEJO_DOWN if error.retryable else None
         if isinstance(error, DockerError):
@@ -99,6 +106,20 @@ def outage_of(exc: BaseException) -> str | None:
         if isinstance(error, aiohttp.ClientConnectionError):
             return DOCKER_DOWN
     return None
+
+
+def engine_failed(exc: BaseException) -> bool:
+    """Whether `exc` says the engine failed the run rather than the run itself: it is
+    unreachable, the container stopped under the run, or the engine answered 5xx. (A
+    dockerd on its way down stops its containers and still answers on the connections it
+    holds, "container is not running" or "failed to update store": a pool tries another
+    engine on those, which it would not on a refusal of the request itself, a 4xx.)"""
+    if outage_of(exc) in (DOCKER_DOWN, CONTAINER_STOPPED):
+        return True
+    return any(
+        isinstance(error, DockerError) and 500 <= error.status < DOCKER_UNREACHABLE
+        for error in _chain(exc)
+    )
 
 
 def outage_outcome(task: Task, what: str, now: float, policy: OutagePolicy) -> Outcome:

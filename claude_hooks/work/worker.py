@@ -54,10 +54,10 @@ from claude_hooks.work.loop_steps import (
     status_line,
 )
 from claude_hooks.work.outages import (
-    DOCKER_DOWN,
     EngineLost,
     OutagePolicy,
     delivery_words,
+    engine_failed,
     outage_of,
 )
 from claude_hooks.work.pauses import budget_pause, run_deferral
@@ -305,7 +305,7 @@ class TaskWorker:
             try:
                 return await self._execute(task, lease)
             except Exception as exc:
-                if lease.engine is None or outage_of(exc) != DOCKER_DOWN:
+                if lease.engine is None or not engine_failed(exc):
                     raise
                 self._placer.lost(lease.engine)  # the scheduler re-runs it where one is up
                 raise EngineLost(lease.engine) from exc
