@@ -424,9 +424,12 @@ async def submit(
         return int(body["task_id"])
 
 
-def mention(sim: ForgejoSim, repo: str, agent: str, directive: str) -> tuple[int, int, float]:
-    """An issue, then a comment mentioning the agent: (number, comment id, wall time)."""
+async def mention(sim: ForgejoSim, repo: str, agent: str, directive: str) -> tuple[int, int, float]:
+    """An issue, then a comment mentioning the agent: (number, comment id, wall time of
+    the comment). The comment comes once the issue's own webhook is delivered: the
+    simulator delivers one at a time, and a sample times the comment's webhook."""
     number = sim.create_issue(repo, HUMAN, "Work", "Please work.")
+    await sim.webhooks_idle()
     at = time.time()
     comment = sim.add_comment(repo, number, HUMAN, f"@{agent} go\n\nfake-claude: {directive}")
     return number, comment, at

@@ -9,8 +9,9 @@ counted from the first of their claude execs starting (Docker's exec_start) to t
 last of them stored as finished; "streaming at once" is how many claude execs were
 running together at most (exec_start/exec_die).
 
-Meanwhile a person mentions an 11th agent every 100 ms through the webhook; each
-comment → 👀 visible on the simulator (checked every 2 ms) is one sample. The
+Meanwhile a person mentions an 11th agent every 100 ms through the webhook (on a new
+issue, whose own webhook is delivered first); each comment → 👀 visible on the simulator
+(checked every 2 ms) is one sample. The
 simulator runs in this process too, so its work is on the same loop: the figure
 is, if anything, pessimistic.
 
@@ -60,7 +61,7 @@ async def _mentions(lab: Lab, config: Config, until: asyncio.Event) -> list[floa
     repo, agent = lab.repo_of(config), config.agents[-1].name
     times: list[float] = []
     while not until.is_set():
-        _, comment, asked = mention(lab.sim, repo, agent, "delay=0")
+        _, comment, asked = await mention(lab.sim, repo, agent, "delay=0")
 
         def eyes(comment: int = comment) -> bool:
             return any(r.content == "eyes" for r in lab.sim.reactions(repo, comment_id=comment))

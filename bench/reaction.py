@@ -39,7 +39,7 @@ async def one_mention(
     """(ms to 👀 or None, ms to the claude exec) of one mention of the deployment's
     `agent_index`-th agent; `watcher` watches the engine that agent's container is on."""
     repo, agent = lab.repo_of(config), config.agents[agent_index].name
-    _, comment, asked = mention(lab.sim, repo, agent, "delay=0")
+    _, comment, asked = await mention(lab.sim, repo, agent, "delay=0")
     reacted = None
     if reaction:
 

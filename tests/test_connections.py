@@ -35,6 +35,7 @@ from claude_hooks.api.connections import (
 from claude_hooks.config import Config, ConfigError, load_config
 from claude_hooks.daemon.main import EXIT_CONFIG
 from claude_hooks.daemon.services import Services
+from claude_hooks.precedence import PRECEDENCE
 from tests.fakes.configs import ConfigFactory
 from tests.test_services import FakeDocker, HeldRuntime, free_port
 from tests.waiting import wait_until
@@ -137,6 +138,32 @@ async def test_an_idle_connection_is_closed_before_and_after_a_request(
         writer.close()
     assert answered.startswith(b"HTTP/1.1 200 OK") and answered.endswith(b'{"status": "ok"}')
     assert took >= 0.45, took
+
+
+async def test_a_request_holds_the_streams_from_its_connection_to_its_answer(
+    config_factory: ConfigFactory,
+) -> None:
+    """claude_hooks/precedence.py: the agents' output waits while a request is on its way
+    and in its handler; every hold is let go again, whatever the connection did."""
+    config = timeouts_config(config_factory, header_timeout=0.3, idle_timeout=30)
+    before = PRECEDENCE.open_holds
+    async with daemon(config):
+        reader, writer = await connect(config)  # accepted: a request is on its way
+        await wait_until(lambda: PRECEDENCE.open_holds == before + 1, what="the accept's hold")
+        for _ in range(2):  # keep-alive: the second request holds from its first byte
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b'{"status": "ok"}'), WITHIN)
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            await wait_until(lambda: PRECEDENCE.open_holds == before, what="the answer's end")
+        writer.close()
+
+        _, silent = await connect(config)  # closed without a byte
+        silent.close()
+        timed_out, writer = await connect(config)  # a head that never ends: 408
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        await until_closed(timed_out)
+        writer.close()
+        await wait_until(lambda: PRECEDENCE.open_holds == before, what="every hold let go")
 
 
 @pytest.mark.parametrize("key", ["header_timeout", "body_timeout", "idle_timeout"])

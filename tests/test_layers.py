@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "claude_hooks"
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(("tasks", "config", "text", "redact", "metrics", "__init__"), 0),
+    **dict.fromkeys(("tasks", "config", "text", "redact", "metrics", "precedence", "__init__"), 0),
     **dict.fromkeys(("forgejo", "store"), 1),
     **dict.fromkeys(("intake", "runner", "report"), 2),
     "work": 3,

@@ -25,6 +25,7 @@ from claude_hooks.daemon.services import Services
 from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.intake.decide import Decision
 from claude_hooks.intake.webhooks import WebhookInbox, retry_delay
+from claude_hooks.precedence import PRECEDENCE
 from claude_hooks.store import Store
 from claude_hooks.tasks import Task, TriggerSource
 from tests.fakes.configs import ConfigFactory
@@ -228,3 +229,32 @@ async def test_a_due_retry_is_made_while_new_deliveries_keep_coming(tmp_path: Pa
     finally:
         await inbox.close()
         await store.close()
+
+
+class HoldWatchingHandler(FlakyHandler):
+    """Notes, while it decides, how many precedence holds are open."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+        self.holds: list[int] = []
+
+    async def handle(self, event: object) -> Decision:
+        self.holds.append(PRECEDENCE.open_holds)
+        return await super().handle(event)
+
+
+async def test_deciding_a_delivery_holds_the_agents_streams(tmp_path: Path) -> None:
+    """Its way to the 👀 goes before the agents' output (claude_hooks/precedence.py)."""
+    store = await Store.open(tmp_path / "store.sqlite3")
+    handler = HoldWatchingHandler()
+    inbox = WebhookInbox(handler, store, first_retry=0.01)  # type: ignore[arg-type]
+    before = PRECEDENCE.open_holds
+    try:
+        inbox.start()
+        await inbox.take("issue_comment", COMMENT_HOOK, "d-1")
+        await wait_until(lambda: handler.calls >= 1)
+    finally:
+        await inbox.close()
+        await store.close()
+    assert set(handler.holds) == {before + 1}  # (decided once or, harmlessly, twice)
+    assert PRECEDENCE.open_holds == before

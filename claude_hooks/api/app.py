@@ -45,6 +45,7 @@ from claude_hooks.forgejo.client import RepositoryNotServed
 from claude_hooks.forgejo.models import ForgejoDataError
 from claude_hooks.forgejo.webhook import delivery_id, event_name, verify_signature
 from claude_hooks.metrics import Metrics, QueueSnapshot
+from claude_hooks.precedence import PRECEDENCE
 from claude_hooks.store import Store, StoreError
 from claude_hooks.tasks import (
     AgentPause,
@@ -946,7 +947,8 @@ class Api:
 
     async def forgejo_webhook(self, request: web.Request) -> web.Response:
         try:
-            accepted = await self._webhook(request)
+            with PRECEDENCE.first():  # a person waits for its 👀: the streams wait
+                accepted = await self._webhook(request)
         except ApiError as exc:
             self.deps.metrics.webhook(_WEBHOOK_RESULTS.get(exc.status, "error"))
             log.info("webhook_refused", status=exc.status, reason=exc.message)

@@ -11,7 +11,9 @@ Here each connection of the listener is a `GuardedRequestHandler`:
 - between requests, aiohttp's keep-alive timer closes it after `api.idle_timeout`;
 - beyond `ConnectionLimits.max_connections` (derived from RLIMIT_NOFILE) a new
   connection is closed at once, before anything is read from it;
-- the body timeout lives with the request handlers (`Api._body`): aiohttp has none.
+- the body timeout lives with the request handlers (`Api._body`): aiohttp has none;
+- from its first byte to its answer, a request holds the agents' streams back
+  (claude_hooks/precedence.py): the API is how people and Forgejo reach the daemon.
 
 `AcceptErrorLog` turns asyncio's one-record-per-failed-accept() into one record per
 interval with a count, should the descriptors run out anyway (another part of the
@@ -24,13 +26,17 @@ import asyncio
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from claude_hooks.precedence import PRECEDENCE
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +119,7 @@ class GuardedRequestHandler(RequestHandler):
         self._header_timeout = header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._admitted = False
+        self._precedence: Callable[[], None] | None = None  # ends this request's hold
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard.admit():
@@ -120,6 +127,7 @@ class GuardedRequestHandler(RequestHandler):
             cast(asyncio.Transport, transport).abort()
             return
         self._admitted = True
+        self._precedence = PRECEDENCE.take()  # a request on its way (see data_received)
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -127,16 +135,37 @@ class GuardedRequestHandler(RequestHandler):
             self._admitted = False
             self._guard.release()
         self._cancel_head_timer()
+        self._end_precedence()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         waiting = self._waiter is not None  # between requests: these bytes begin a head
+        if waiting and self._precedence is None:
+            # From its connection or first byte to its answer, a request goes before the
+            # agents' output: the turns until its handler runs are ones a 👀 waited out.
+            self._precedence = PRECEDENCE.take()
         super().data_received(data)
         if self._messages:
             self._cancel_head_timer()  # a whole head arrived
         elif waiting and self._head_timer is None:
             loop = asyncio.get_running_loop()
             self._head_timer = loop.call_later(self._header_timeout, self._head_timed_out)
+
+    async def _handle_request(
+        self,
+        request: BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[BaseRequest], Awaitable[StreamResponse]],
+    ) -> tuple[StreamResponse, bool]:
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._end_precedence()
+
+    def _end_precedence(self) -> None:
+        if self._precedence is not None:
+            release, self._precedence = self._precedence, None
+            release()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

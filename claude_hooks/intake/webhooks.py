@@ -43,6 +43,7 @@ from claude_hooks.intake.decide import Decision, Policy, propose
 from claude_hooks.intake.intake import Intake
 from claude_hooks.intake.mentions import find_mentions
 from claude_hooks.intake.thread import Post, PostKind, ReviewRequest, ThreadContext, ThreadEvent
+from claude_hooks.precedence import PRECEDENCE
 from claude_hooks.store import Store, StoredWebhook
 from claude_hooks.tasks import TriggerSource
 
@@ -247,7 +248,8 @@ class WebhookInbox:
         fields = {"webhook_event": stored.event, "delivery": stored.delivery}
         try:
             parsed = parse_webhook(stored.event, json.loads(stored.payload), stored.delivery)
-            triggers = len((await self._handler.handle(parsed)).triggers) if parsed else 0
+            with PRECEDENCE.first():  # on the way to the delivery's 👀
+                triggers = len((await self._handler.handle(parsed)).triggers) if parsed else 0
         except (ForgejoDataError, ValueError) as exc:  # the same row fails the same way again
             log.error("webhook_dropped", error=str(exc), **fields)
         except Exception as exc:  # Forgejo slow or down, the store busy: try again later

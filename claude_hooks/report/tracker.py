@@ -32,6 +32,7 @@ from tenacity import (
 )
 
 from claude_hooks.forgejo.client import ForgejoClient, ForgejoError
+from claude_hooks.precedence import PRECEDENCE
 from claude_hooks.report.render import (
     INTERRUPTED_REASON,
     MAX_STEPS,
@@ -375,7 +376,8 @@ class TaskReports:
         return step
 
     async def _acknowledge(self, task: Task) -> None:
-        comment_id = await self._reporter.acknowledge(task, self._position(task.id))
+        with PRECEDENCE.first():  # the 👀 and the tracking comment a person waits for
+            comment_id = await self._reporter.acknowledge(task, self._position(task.id))
         if comment_id is not None and comment_id != task.tracking_comment_id:
             await self._store.set_tracking_comment(task.id, comment_id)
 

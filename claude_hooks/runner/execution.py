@@ -29,6 +29,7 @@ from aiodocker.containers import DockerContainer
 from aiodocker.execs import Exec
 from aiodocker.stream import Stream
 
+from claude_hooks.precedence import PRECEDENCE, Precedence
 from claude_hooks.runner.containers import (
     ContainerStopped,
     close_stdin,
@@ -161,9 +162,11 @@ class _OutputReader:
         on_event: Callable[[StreamEvent], None],
         share: StreamShare = SHARE,
         room: Room | None = None,
+        precedence: Precedence = PRECEDENCE,
     ) -> None:
         self._on_event = on_event
         self._room = room
+        self._precedence = precedence
         self._lines = LineSplitter()
         self._share = share
         self._yield_at = 0.0  # perf_counter() time at which this run lets the loop go on
@@ -191,7 +194,10 @@ class _OutputReader:
     async def _deliver(self, lines: list[bytes]) -> None:
         for line in lines:
             if time.perf_counter() >= self._yield_at:
-                await asyncio.sleep(0)
+                if self._precedence.held():
+                    await self._precedence.step_aside()  # a person waits: the streams wait
+                else:
+                    await asyncio.sleep(0)
                 self._yield_at = time.perf_counter() + self._share.slice()
             if not line or line.isspace():  # (strip() would copy every line)
                 continue
