@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiodocker
 import pytest
+import structlog
 from aiodocker.stream import Message
 
 from claude_hooks.config import AgentConfig, Config, LogFormat
@@ -165,9 +166,14 @@ def fake_docker(monkeypatch: pytest.MonkeyPatch) -> None:
 def journal() -> Iterator[io.StringIO]:
     """The daemon's log output, as it would reach journald (JSON, level info)."""
     stream = io.StringIO()
+    structlog_config, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     setup_logging(LogFormat.JSON, "info", stream)
     yield stream
-    setup_logging(LogFormat.CONSOLE, "warning")
+    # As it was: a filter left at warning hid the next tests' info records from
+    # capture_logs (test_scheduler's task_finished at info, run right after this file).
+    structlog.configure(**structlog_config)
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture
