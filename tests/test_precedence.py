@@ -14,18 +14,11 @@ from claude_hooks.precedence import Precedence
 from claude_hooks.runner.execution import StreamShare, _OutputReader
 from claude_hooks.runner.stream import StreamEvent
 from tests.test_claude_journal import FramedStream, _assistant, frames
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.test_scheduler import FakeClock
 
 
 def test_a_hold_holds_until_released_or_lapsed() -> None:
-    clock = Clock()
+    clock = FakeClock()
     precedence = Precedence(hold_for=1.0, clock=clock)
     assert not precedence.held()
     with precedence.first():
@@ -45,7 +38,7 @@ def test_a_hold_holds_until_released_or_lapsed() -> None:
 def test_a_lapsed_hold_left_open_does_not_keep_a_new_one_open() -> None:
     """An idle connection holds from its accept until it closes: a webhook's hold taken
     later must still end with the webhook's work, not with the idle connection."""
-    clock = Clock()
+    clock = FakeClock()
     precedence = Precedence(hold_for=1.0, clock=clock)
     idle = precedence.take()
     clock.now += 5
