@@ -26,6 +26,7 @@ from claude_hooks.intake.webhooks import WebhookHandler
 from claude_hooks.metrics import Metrics
 from claude_hooks.store import Store
 from claude_hooks.tasks import ControlAction, ControlCommand, TaskKind, TaskSpec, Trigger
+from tests.fakes.clock import FakeClock
 from tests.waiting import wait_until
 
 REPO = "acme/app"
@@ -569,16 +570,8 @@ async def test_an_unreadable_token_backs_off_one_poller_not_every_one(
 # --- pure parts: shared backoff, permission cache ---------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_shared_backoff_doubles_caps_and_logs_once_each_way() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     outage = SharedBackoff(initial=1.0, maximum=4.0, clock=clock, jitter=lambda: 1.0)
     with capture_logs() as logs:
         waits = [outage.failure(RuntimeError("502")) for _ in range(4)]
@@ -595,12 +588,12 @@ def test_the_shared_backoff_doubles_caps_and_logs_once_each_way() -> None:
 
 
 def test_the_shared_backoff_jitter_never_halves_more_than_once() -> None:
-    outage = SharedBackoff(initial=8.0, clock=FakeClock(), jitter=lambda: 0.0)
+    outage = SharedBackoff(initial=8.0, clock=FakeClock(100.0), jitter=lambda: 0.0)
     assert outage.failure(RuntimeError("down")) == 4.0
 
 
 async def test_permissions_are_cached_and_a_refusal_counts_as_no() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     asked: list[str] = []
     levels = {"alice": "write", "olga": "owner", "rita": "read"}
 

@@ -13,8 +13,8 @@ import asyncio
 from claude_hooks.precedence import Precedence
 from claude_hooks.runner.execution import StreamShare, _OutputReader
 from claude_hooks.runner.stream import StreamEvent
+from tests.fakes.clock import FakeClock
 from tests.test_claude_journal import FramedStream, _assistant, frames
-from tests.test_scheduler import FakeClock
 
 
 def test_a_hold_holds_until_released_or_lapsed() -> None:

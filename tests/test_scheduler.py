@@ -29,6 +29,7 @@ from claude_hooks.work.scheduler import (
     TaskQueue,
     pick_agent,
 )
+from tests.fakes.clock import FakeClock
 from tests.test_store import make_spec
 from tests.waiting import wait_until
 
@@ -626,14 +627,6 @@ async def test_a_failed_task_is_logged_at_warning_so_journalctl_p_warning_shows_
 
 
 # --- deferrals and paused agents --------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_a_deferred_run_waits_its_time_without_holding_up_the_agents_next_task(

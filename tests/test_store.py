@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from claude_hooks.precedence import Precedence
 from claude_hooks.store import (
     SCHEMA_VERSION,
     EventCap,
@@ -28,6 +29,7 @@ from claude_hooks.store.db import ROWS_PER_INSERT, insert_sizes
 from claude_hooks.store.schema import migrate
 from claude_hooks.tasks import Outcome, Task, TaskKind, TaskSpec, TaskState, TriggerSource
 from tests.conftest import REPO_ROOT
+from tests.fakes.clock import FakeClock
 from tests.fakes.leaks import leaks
 from tests.waiting import wait_until
 
@@ -692,3 +694,32 @@ def test_event_inserts_come_in_few_distinct_sizes() -> None:
     assert len({size for parts in sizes.values() for size in parts}) <= 9
     assert insert_sizes(200) == [128, 64, 8]
     assert insert_sizes(2 * ROWS_PER_INSERT + 1) == [ROWS_PER_INSERT, ROWS_PER_INSERT, 1]
+
+
+async def test_the_event_lane_waits_while_a_persons_work_holds_precedence(tmp_path: Path) -> None:
+    """A webhook's store writes, and the main thread's GIL, are not shared with the
+    runs' event writes while its way to the 👀 holds precedence (precedence.py)."""
+    clock = FakeClock()
+    precedence = Precedence(hold_for=60.0, clock=clock)
+    store = await Store.open(tmp_path / "tasks.sqlite3", precedence=precedence)
+    task, _ = await store.enqueue(make_spec(1))
+    sink = store.event_sink(task.id, max_batch=1)
+    release = precedence.take()
+    sink.add("text", "held back")
+    flushed = asyncio.ensure_future(sink.flush())
+    other, _ = await store.enqueue(make_spec(2))  # the job lane goes on meanwhile
+    # A read queued after the event write: it would see the event, had it been written.
+    assert "held back" not in [e.summary for e in await store.events(task.id)]
+    assert not flushed.done() and other.state is TaskState.QUEUED
+    release()
+    await asyncio.wait_for(flushed, 10)
+    assert [e.summary for e in await store.events(task.id)][-1] == "held back"
+    precedence.take()  # never let go (a Forgejo that does not answer): it lapses
+    sink.add("text", "after the lapse")
+    flushed = asyncio.ensure_future(sink.flush())
+    assert "after the lapse" not in [e.summary for e in await store.events(task.id)]
+    clock.now += 61
+    await asyncio.wait_for(flushed, 10)
+    assert [e.summary for e in await store.events(task.id)][-1] == "after the lapse"
+    await sink.close()
+    await store.close()

@@ -9,17 +9,10 @@ import pytest
 
 from claude_hooks.store import Spend, Store
 from claude_hooks.tasks import Outcome, TaskState
+from tests.fakes.clock import FakeClock
 from tests.test_store import make_spec
 
 HOUR = 3600.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def finish(store: Store, n: int, agent: str, cost: float | None, state: TaskState) -> None:
@@ -29,7 +22,7 @@ async def finish(store: Store, n: int, agent: str, cost: float | None, state: Ta
 
 
 async def test_spend_sums_the_agent_s_costs_of_the_last_24_hours(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = await Store.open(tmp_path / "s.sqlite3", clock=clock)
     try:
         await finish(store, 1, "dev", 4.0, TaskState.SUCCEEDED)  # at t0: ages out at t0+24h
@@ -56,7 +49,7 @@ async def test_spend_sums_the_agent_s_costs_of_the_last_24_hours(tmp_path: Path)
 async def test_a_run_cut_short_by_a_usage_limit_still_counts_and_so_does_a_retried_task(
     tmp_path: Path,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = await Store.open(tmp_path / "s.sqlite3", clock=clock)
     try:
         task, _ = await store.enqueue(make_spec(1, agent="dev"))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from claude_hooks.precedence import PRECEDENCE, Precedence
 from claude_hooks.redact import redactor
 from claude_hooks.store.db import DAY, RecoveryReport, Spend, StoredWebhook
 from claude_hooks.store.events import EventCap, EventSink, NewEvent
@@ -50,10 +51,12 @@ class Store:
         event_cap: EventCap | None = None,
         clock: Callable[[], float] = time.time,
         redact: Callable[[str], str] = redactor,
+        precedence: Precedence = PRECEDENCE,
     ) -> Store:
-        """`redact` hides secrets in every text before it is stored (the shared redactor)."""
+        """`redact` hides secrets in every text before it is stored (the shared redactor);
+        the event lane waits while `precedence` is held."""
         path = Path(path)
-        writer = await WriterThread.open(path, event_cap or EventCap(), clock, redact)
+        writer = await WriterThread.open(path, event_cap or EventCap(), clock, redact, precedence)
         log.info("store_opened", path=str(path), schema_version=SCHEMA_VERSION)
         return cls(writer)
 

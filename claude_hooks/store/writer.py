@@ -14,7 +14,9 @@ events and stops after the piece during which a job came in; the rest waits behi
 that job. With twenty streams a write of 2,000 events took up to half a second on a
 loaded machine, and every webhook's store write waited for it (p95 0.4 s a write,
 bench figure 8). (A time slice as well only split a loaded machine's writes into
-more commits, when there was no job to let in.)
+more commits, when there was no job to let in.) While work a person waits for holds
+precedence (claude_hooks/precedence.py) the lane writes no piece: the webhook's own
+writes find the thread free, and the main thread the GIL.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from claude_hooks.precedence import PRECEDENCE, Precedence
 from claude_hooks.store.db import ROWS_PER_INSERT, Database, StoreError, is_busy, store_error
 from claude_hooks.store.events import EventCap, NewEvent
 
@@ -52,10 +55,18 @@ class WriterThread:
     batches (`submit_events`) go after the turn's jobs, all waiting ones in one write.
     """
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: Database) -> None:
+    def __init__(
+        self,
+        path: Path,
+        executor: ThreadPoolExecutor,
+        db: Database,
+        precedence: Precedence = PRECEDENCE,
+    ) -> None:
         self.path = path
         self.db = db
         self._executor = executor
+        self._precedence = precedence
+        self._resuming = False  # (the loop's thread only) a look at the holds is due
         self.closed = False
         self._batch: list[_Job[Any]] = []
         self._sending = False  # a _send is due in this turn of the loop
@@ -69,7 +80,12 @@ class WriterThread:
 
     @classmethod
     async def open(
-        cls, path: Path, cap: EventCap, clock: Callable[[], float], redact: Callable[[str], str]
+        cls,
+        path: Path,
+        cap: EventCap,
+        clock: Callable[[], float],
+        redact: Callable[[str], str],
+        precedence: Precedence = PRECEDENCE,
     ) -> WriterThread:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claude-hooks-store")
         loop = asyncio.get_running_loop()
@@ -78,7 +94,7 @@ class WriterThread:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(path, executor, db)
+        return cls(path, executor, db, precedence)
 
     def submit(self, what: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue `fn` on the writer thread; sqlite errors come back as StoreError."""
@@ -137,20 +153,42 @@ class WriterThread:
         write queues behind the jobs that came in meanwhile (a webhook's write waits for
         one piece, not a backlog)."""
         taken: list[_EventPiece] = []
-        try:
-            errors = self._write_pieces(taken)
-        except BaseException as exc:  # each waiting caller gets it
-            errors = {piece.batch.task_id: exc for piece in taken}
+        errors: dict[int, BaseException] = {}
+        if not (again and self._precedence.held()):  # (held: not even a transaction)
+            try:
+                errors = self._write_pieces(taken, give_way=again)
+            except BaseException as exc:  # each waiting caller gets it
+                errors = {piece.batch.task_id: exc for piece in taken}
+        held = again and self._precedence.held()
         with self._event_lock:
-            self._events_queued = bool(self._event_batches) and again
+            left = bool(self._event_batches) and again
+            self._events_queued = left and not held
         if self._events_queued:
             self._executor.submit(self._write_events, loop)
+        elif left:  # the rest once the holds are let go: asked of the loop's thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._resume_later, loop)
         if taken:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_settle_events, taken, errors)
 
-    def _write_pieces(self, taken: list[_EventPiece]) -> dict[int, BaseException]:
-        pairs = self._next_pieces(taken)
+    def _resume_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop's thread: the event lane again once no hold is left."""
+        if not self._resuming:
+            self._resuming = True
+            loop.call_later(RESUME_EVERY, self._resume, loop)
+
+    def _resume(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._resuming = False
+        if self._precedence.held():
+            self._resume_later(loop)
+        elif not self.closed:
+            self._send(loop)  # (closing writes what is left itself)
+
+    def _write_pieces(
+        self, taken: list[_EventPiece], *, give_way: bool = True
+    ) -> dict[int, BaseException]:
+        pairs = self._next_pieces(taken, give_way=give_way)
         try:
             return dict(self.db.write_event_batches(pairs))
         except sqlite3.Error as exc:  # say whose events, now that the pieces taken are known
@@ -158,11 +196,15 @@ class WriterThread:
             what = f"write events of task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
             raise store_error(self.path, what, exc) from exc
 
-    def _next_pieces(self, taken: list[_EventPiece]) -> Iterator[tuple[int, list[NewEvent]]]:
-        """The lane's pieces one at a time, each kept in `taken`, until a job waits or
-        EVENTS_PER_WRITE events are out."""
+    def _next_pieces(
+        self, taken: list[_EventPiece], *, give_way: bool = True
+    ) -> Iterator[tuple[int, list[NewEvent]]]:
+        """The lane's pieces one at a time, each kept in `taken`, until a job waits,
+        EVENTS_PER_WRITE events are out, or (`give_way`) a person's work holds precedence."""
         count = 0
         while count < EVENTS_PER_WRITE:
+            if give_way and self._precedence.held():
+                return  # its GIL and its store are the person's meanwhile
             with self._event_lock:
                 if not self._event_batches:
                     return
@@ -190,6 +232,9 @@ class WriterThread:
 # About 30 ms of writing on a quiet machine (redacted, ~15 µs an event); a write
 # stops sooner when a job comes in.
 EVENTS_PER_WRITE = 2000
+# Seconds between two looks at the holds while the event lane waits them out (they
+# lapse within claude_hooks/precedence.py's HOLD_FOR).
+RESUME_EVERY = 0.005
 # At most this many jobs share a transaction (~0.25 ms each): the write lock is let go
 # within a few milliseconds, and a job waits for the commit of few others.
 JOBS_PER_TRANSACTION = 32
