@@ -178,6 +178,7 @@ class WebhookInbox:
         self._look_at: float | None = 0.0  # when to read the store's rows (None: no need)
         self._not_before: dict[int, float] = {}  # row id → when to try it again
         self._drops: set[asyncio.Task[None]] = set()
+        self._dropping: set[int] = set()  # rows decided, their drop not yet written
         self._task: asyncio.Task[None] | None = None
 
     async def take(self, event: str, payload: dict[str, Any], delivery: str | None) -> int:
@@ -227,7 +228,10 @@ class WebhookInbox:
 
     async def _next_rows(self) -> list[StoredWebhook]:
         """The deliveries handed over, and the store's rows when a look is due; in order."""
-        taken, self._taken = self._taken, []
+        # A row decided and not yet dropped is not decided again: one the API handed over
+        # that the start's read of the store had already brought, or read back meanwhile.
+        taken = [row for row in self._taken if row.id not in self._dropping]
+        self._taken = []
         if self._look_at is None or self._clock() < self._look_at:
             return taken
         self._look_at = None
@@ -237,7 +241,7 @@ class WebhookInbox:
             self._taken[:0] = taken  # not lost: the next turn has them again
             raise
         by_id = {row.id: row for row in taken} | {row.id: row for row in stored}
-        return [by_id[row_id] for row_id in sorted(by_id)]
+        return [by_id[row_id] for row_id in sorted(by_id) if row_id not in self._dropping]
 
     def _look_again(self, within: float) -> None:
         at = self._clock() + within
@@ -270,6 +274,7 @@ class WebhookInbox:
         else:
             log.info("webhook_decided", tasks=triggers, **fields)
         self._not_before.pop(stored.id, None)
+        self._dropping.add(stored.id)
         drop = asyncio.create_task(self._drop(stored.id), name=f"webhook-drop-{stored.id}")
         self._drops.add(drop)
         drop.add_done_callback(self._drops.discard)
@@ -280,6 +285,8 @@ class WebhookInbox:
             await self._store.webhook_decided(row)
         except Exception as exc:  # kept: decided again at the next look, harmlessly
             log.warning("webhook_drop_failed", row=row, error=str(exc))
+        finally:
+            self._dropping.discard(row)
 
 
 def delivered_thread(
