@@ -53,7 +53,7 @@ async def test_a_stream_steps_aside_until_the_hold_is_released() -> None:
     precedence = Precedence(hold_for=60.0)
     release = precedence.take()
     waiting = [asyncio.create_task(precedence.step_aside()) for _ in range(3)]
-    await asyncio.sleep(0)  # one turn: each is parked on the shared future
+    await asyncio.sleep(0)  # not a wait: one turn, to show nothing moved in it
     assert not any(task.done() for task in waiting)
     release()
     await asyncio.wait_for(asyncio.gather(*waiting), 5)
@@ -75,7 +75,7 @@ def test_one_precedence_serves_one_event_loop_after_another() -> None:
     async def one_round() -> None:
         release = precedence.take()
         aside = asyncio.create_task(precedence.step_aside())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # not a wait: one turn, to show nothing moved in it
         release()
         await asyncio.wait_for(aside, 5)
 
@@ -92,7 +92,7 @@ async def test_the_output_reader_parses_nothing_more_while_a_hold_is_open() -> N
     release = precedence.take()
     pump = asyncio.create_task(reader.pump(FramedStream(frames(iter(lines)))))  # type: ignore[arg-type]
     for _ in range(10):  # turns of the loop in which the reader could have gone on
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # not a wait: one turn, to show nothing moved in it
     assert events == [] and not pump.done()
     release()
     await asyncio.wait_for(pump, 5)
