@@ -3,10 +3,11 @@
 The daemon runs one event loop. While twenty runs stream, each turn of it parses their
 lines (runner/execution.py gives each run a slice of the turn), and every await of a
 webhook's way to its 👀 waits out such a turn: a dozen awaits, a dozen turns. A hold
-(`with PRECEDENCE.first():`, around taking a webhook, deciding it, acknowledging the
-task) makes the streams step aside at their next slice until no hold is left, so the
-turns meanwhile are the person's work and the I/O under it. Claude's output waits in
-Docker's pipe; nothing of it is lost or reordered.
+(an API request from its accept to its answer, api/connections.py; `with
+PRECEDENCE.first():` around deciding a webhook and acknowledging a task) makes the
+streams step aside at their next slice, and the store's event lane between two pieces,
+until no hold is left: the turns meanwhile are the person's work and the I/O under it.
+Claude's output waits in Docker's pipe; nothing of it is lost or reordered.
 
 A hold lapses after HOLD_FOR seconds: one that waits on a slow Forgejo, or an idle
 connection, must not stop the streams for as long as that takes. Taking a hold needs no

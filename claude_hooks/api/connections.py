@@ -12,8 +12,9 @@ Here each connection of the listener is a `GuardedRequestHandler`:
 - beyond `ConnectionLimits.max_connections` (derived from RLIMIT_NOFILE) a new
   connection is closed at once, before anything is read from it;
 - the body timeout lives with the request handlers (`Api._body`): aiohttp has none;
-- from its first byte to its answer, a request holds the agents' streams back
-  (claude_hooks/precedence.py): the API is how people and Forgejo reach the daemon.
+- from its accept (on a kept-alive connection: its first byte) to its answer, a
+  request holds the agents' streams back (claude_hooks/precedence.py): the API is how
+  people and Forgejo reach the daemon.
 
 `AcceptErrorLog` turns asyncio's one-record-per-failed-accept() into one record per
 interval with a count, should the descriptors run out anyway (another part of the
