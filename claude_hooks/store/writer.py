@@ -156,7 +156,7 @@ class WriterThread:
         errors: dict[int, BaseException] = {}
         if not (again and self._precedence.held()):  # (held: not even a transaction)
             try:
-                errors = self._write_pieces(taken, give_way=again)
+                errors = self._write_pieces(taken)
             except BaseException as exc:  # each waiting caller gets it
                 errors = {piece.batch.task_id: exc for piece in taken}
         held = again and self._precedence.held()
@@ -185,10 +185,8 @@ class WriterThread:
         elif not self.closed:
             self._send(loop)  # (closing writes what is left itself)
 
-    def _write_pieces(
-        self, taken: list[_EventPiece], *, give_way: bool = True
-    ) -> dict[int, BaseException]:
-        pairs = self._next_pieces(taken, give_way=give_way)
+    def _write_pieces(self, taken: list[_EventPiece]) -> dict[int, BaseException]:
+        pairs = self._next_pieces(taken)
         try:
             return dict(self.db.write_event_batches(pairs))
         except sqlite3.Error as exc:  # say whose events, now that the pieces taken are known
@@ -196,15 +194,12 @@ class WriterThread:
             what = f"write events of task{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
             raise store_error(self.path, what, exc) from exc
 
-    def _next_pieces(
-        self, taken: list[_EventPiece], *, give_way: bool = True
-    ) -> Iterator[tuple[int, list[NewEvent]]]:
-        """The lane's pieces one at a time, each kept in `taken`, until a job waits,
-        EVENTS_PER_WRITE events are out, or (`give_way`) a person's work holds precedence."""
+    def _next_pieces(self, taken: list[_EventPiece]) -> Iterator[tuple[int, list[NewEvent]]]:
+        """The lane's pieces one at a time, each kept in `taken`, until a job waits, a
+        person's work holds precedence (its GIL and its store are the person's meanwhile),
+        or EVENTS_PER_WRITE events are out."""
         count = 0
         while count < EVENTS_PER_WRITE:
-            if give_way and self._precedence.held():
-                return  # its GIL and its store are the person's meanwhile
             with self._event_lock:
                 if not self._event_batches:
                     return
@@ -212,7 +207,7 @@ class WriterThread:
             taken.append(piece)
             count += len(piece.events)
             yield piece.batch.task_id, piece.events
-            if self.jobs_waiting():
+            if self.jobs_waiting() or self._precedence.held():
                 return
 
     async def close(self) -> None:
