@@ -37,6 +37,7 @@ from claude_hooks.config import Config, DockerEngine, load_config
 from claude_hooks.demo.agent_image import ensure_image
 from claude_hooks.demo.sim.forgejo import ForgejoSim
 from claude_hooks.runner.engines import open_docker
+from claude_hooks.runner.workspace import ENTER_SCRIPT
 from tests.fakes.configs import ConfigFactory, toml_table
 from tests.second_dockerd import SecondDockerd, TlsEngine, make_engine_certs
 
@@ -141,12 +142,16 @@ class ExecEvent:
 # On a TLS engine the runner feeds claude its prompt through `head -c` (runner/containers.py
 # read_exactly): the exec's command is `sh -c 'head -c "$0" | "$@"' <bytes> claude …`.
 _BOUNDED_STDIN = re.compile(r'sh -c head -c "\$0" \| "\$@" \d+ ')
+# With nothing to check out, claude's exec makes its directory (runner/workspace.py
+# entering): `sh -c '<ENTER_SCRIPT>' enter-workspace <directory> claude …`.
+_ENTERING = re.compile(rf"sh -c {re.escape(ENTER_SCRIPT)} enter-workspace \S+ ")
 
 
 def is_claude_exec(command: str) -> bool:
     """Whether an exec_start event's command is the runner's claude exec."""
-    if match := _BOUNDED_STDIN.match(command):
-        command = command[match.end() :]
+    for wrapper in (_BOUNDED_STDIN, _ENTERING):  # the outer one first
+        if match := wrapper.match(command):
+            command = command[match.end() :]
     return command.startswith("claude ")
 
 

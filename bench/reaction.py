@@ -2,10 +2,14 @@
 
 Webhook: comment created on the simulator → webhook → 👀 on the comment (seen in the
 simulator's state, checked every 2 ms), and → the `claude` exec started (Docker's
-exec_start event, timestamped by the engine). Its floors: a bare `docker exec true`, and
-two of them in sequence (the workspace exec, which holds the Forgejo token, ends before
-the claude exec, which never holds it, starts). Polling: the same without a webhook,
-poll_interval = 2 s, comments at a random phase of the poll cycle.
+exec_start event, timestamped by the engine). The agent checks nothing out (checkout =
+false): its path to Claude is one exec, which makes the task's directory and becomes
+claude, and the login's copy needs no exec when the last run left it as new as the host
+file. Its floor is a bare `docker exec true`. An agent that checks out has the workspace
+exec first (it holds the Forgejo token and ends before the claude exec, which never
+holds it, starts): two of them in sequence is that path's floor, shown beside it.
+Polling: the same without a webhook, poll_interval = 2 s, comments at a random phase of
+the poll cycle.
 
 Each run waits for its task to end before the next; the first run, which creates
 the agent's container, is a warm-up and is not counted.
@@ -76,9 +80,9 @@ async def webhook_reaction() -> list[Row]:
     floor_p50 = statistics.median(floor)
     floor_text = f"docker exec true p50 {floor_p50:.0f} ms"
     ratio = statistics.median(execs) / floor_p50 if execs else float("inf")
-    # The workspace exec (it holds the Forgejo token) must end before the claude exec
-    # (which never does) starts: two execs in sequence is the path's own floor. It counts
-    # the second exec's whole round trip, the figure only up to its exec_start.
+    # For an agent that checks out, the workspace exec (it holds the Forgejo token) must
+    # end before the claude exec (which never does) starts: two execs in sequence is that
+    # path's floor. It counts the second exec's whole round trip.
     two_p50 = statistics.median(two_floor)
     two_text = f"two docker exec true in sequence p50 {two_p50:.0f} ms"
     two_ratio = statistics.median(execs) / two_p50 if execs else float("inf")
@@ -92,7 +96,8 @@ async def webhook_reaction() -> list[Row]:
         sample_row("1 webhook", "floor: bare docker exec true", floor, "ms"),
         value_row("1 webhook", "exec_start p50 ÷ two-exec floor p50", two_ratio, "×",
                   floor=two_text),
-        sample_row("1 webhook", "floor: two bare docker exec true in sequence (prepare + claude)",
+        sample_row("1 webhook",
+                   "floor of an agent that checks out: two bare docker exec true in sequence",
                    two_floor, "ms"),
     ]  # fmt: skip
 

@@ -35,7 +35,9 @@ from claude_hooks.runner.containers import (
     memory_bytes,
     parse_state_facts,
     run_exec,
+    signal_processes,
     state_problem,
+    task_processes,
 )
 from claude_hooks.runner.execution import ClaudeExec
 from claude_hooks.runner.runtime import REUSE_FOR, DockerRuntime
@@ -52,6 +54,7 @@ from tests.fakes.docker import (  # noqa: F401  (fixtures)
     docker_unavailable,
     labels_removed_after_test,
 )
+from tests.waiting import wait_until
 
 
 class _NoDocker:
@@ -282,30 +285,80 @@ async def test_container_runs_as_non_root_with_writable_state_and_a_copy_of_the_
     assert (code, text) == (0, "")
 
 
+def _credential_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The execs that look at the credentials copy from now on (the container's ids)."""
+    reads: list[str] = []
+    real_exec = DockerContainer.exec
+
+    async def counted(self: DockerContainer, cmd: list[str], **kwargs: object) -> object:
+        if "read-credentials" in cmd:
+            reads.append(self.id)
+        return await real_exec(self, cmd, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DockerContainer, "exec", counted)
+    return reads
+
+
 @pytest.mark.docker
-async def test_each_task_looks_at_the_credentials_copy_in_one_exec_and_learns_a_refresh(
+async def test_a_refresh_is_learnt_when_the_run_ends_and_the_next_task_makes_no_exec_for_it(
     manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every task syncs the credentials on its way to Claude: one exec (its round trip
-    # is a floor of the reaction time), not a stat and a read one after the other.
+    # Every task syncs the credentials on its way to Claude, whose exec waits for it.
+    # Only a run changes the copy, so it is looked at once when the run ends (a token
+    # Claude refreshed is learnt then), and the next task needs no exec for it.
     a = make_agent()
+    assert a.credentials_file is not None
+    runtime = DockerRuntime(manager)
     container = await manager.ensure(a)
-    assert await manager.sync_credentials(container, a)
+    reads = _credential_reads(monkeypatch)
+    plan, claude = succeeding_run(a)
+    await runtime.prepare(a, plan, [])  # the first task: the copy is made
+    assert len(reads) == 1
     token = f"refreshed-token-{uuid.uuid4().hex}"
     refreshed = json.dumps({"claudeAiOauth": {"accessToken": token}})
     write = f"echo '{refreshed}' > {CREDENTIALS_PATH} && touch -d @{2**31 - 10} {CREDENTIALS_PATH}"
-    assert await run_exec(container, ["sh", "-c", write], user=a.user) == (0, "")
-    commands: list[list[str]] = []
-    real_exec = container.exec
+    refreshing = dataclasses.replace(claude, argv=("sh", "-c", write))  # what Claude Code does
+    assert (await runtime.run(a, refreshing, lambda _: None)).exit_code == 0
+    assert len(reads) == 2  # when the run ended
+    assert token not in redactor(f"claude printed {token}")  # what Claude may print next
+    await runtime.prepare(a, plan, [])
+    assert len(reads) == 2  # the next task: no exec
+    code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
+    assert (code, token in text) == (0, True)  # the refreshed copy is kept
 
-    async def counted(cmd: list[str], **kwargs: object) -> object:
-        commands.append(cmd)
-        return await real_exec(cmd, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(container, "exec", counted)
-    assert not await manager.sync_credentials(container, a)  # the copy is newer: kept
-    assert len(commands) == 1
-    assert token not in redactor(f"claude printed {token}")  # what Claude may print
+@pytest.mark.docker
+async def test_after_a_stopped_run_or_a_new_host_login_the_next_task_looks_at_the_copy(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = make_agent()
+    assert a.credentials_file is not None
+    runtime = DockerRuntime(manager)
+    container = await manager.ensure(a)
+    reads = _credential_reads(monkeypatch)
+    plan, claude = succeeding_run(a)
+    await runtime.prepare(a, plan, [])
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    assert len(reads) == 2
+    # A run stopped (cancelled here) may have left anything: not relied on.
+    hanging = dataclasses.replace(claude, argv=("sleep", "60"), stop_grace=1.0)
+    running = asyncio.create_task(runtime.run(a, hanging, lambda _: None))
+    await wait_until(
+        lambda: signal_processes(container, "list", task_processes(1), user=a.user),
+        what="the hanging run to start",
+    )
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await runtime.prepare(a, plan, [])
+    assert len(reads) == 3
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    # The operator logs in again on the host: the newer file is copied.
+    a.credentials_file.write_text('{"claudeAiOauth": {"accessToken": "new-login"}}\n')
+    os.utime(a.credentials_file, (2**31 - 1, 2**31 - 1))
+    assert await manager.sync_credentials(container, a)
+    code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
+    assert (code, "new-login" in text) == (0, True)
 
 
 @pytest.mark.docker
@@ -635,8 +688,64 @@ def succeeding_run(agent: AgentConfig) -> tuple[WorkspacePlan, ClaudeExec]:
         env=tuple(exec_env(agent, task_id=1, daemon_id="d")),
         stdin=b"fake-claude: scenario=tool-run-success",
         workdir=plan.path,
+        makes_workdir=True,  # as the worker says for a tree with nothing checked out
     )
     return plan, claude
+
+
+def _exec_commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every exec's command from now on, in every container."""
+    commands: list[list[str]] = []
+    real_exec = DockerContainer.exec
+
+    async def counted(self: DockerContainer, cmd: list[str], **kwargs: object) -> object:
+        commands.append(list(cmd))
+        return await real_exec(self, cmd, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DockerContainer, "exec", counted)
+    return commands
+
+
+@pytest.mark.docker
+async def test_with_nothing_to_check_out_the_claude_exec_makes_its_directory_itself(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The workspace exec would only `mkdir -p`: one engine round trip on the way to Claude
+    # that the claude exec does without. Claude runs in the directory, made as the agent
+    # user, with the exec's own pid (found by its marker) and exit code.
+    a = make_agent()
+    runtime = DockerRuntime(manager)
+    await runtime.prepare(a, *succeeding_run(a)[:1], [])  # the copy of the login is made
+    await runtime.run(a, succeeding_run(a)[1], lambda _: None)
+    commands = _exec_commands(monkeypatch)
+    plan, claude = succeeding_run(a)
+    plan = dataclasses.replace(plan, path=task_directory("acme/app", 2, 2))
+    script = 'stat -c "%u $$ %n" "$PWD"; grep -c CLAUDE_HOOKS_TASK=1 /proc/$$/environ; exit 3'
+    here = dataclasses.replace(claude, argv=("sh", "-c", script), workdir=plan.path)
+    lines: list[str] = []
+    await runtime.prepare(a, plan, [])
+    result = await runtime.run(a, here, lambda event: lines.append(event.raw))
+    assert result.exit_code == 3
+    uid, _, cwd = lines[0].split()
+    assert (uid, cwd, lines[1]) == (str(AGENT_UID), plan.path, "1")
+    # Besides the sweep for leftovers and the look at the login's copy after the run,
+    # the task made one exec: claude's.
+    bookkeeping = ("signal-processes", "read-credentials")
+    task_execs = [c for c in commands if not any(name in c for name in bookkeeping)]
+    assert len(task_execs) == 1 and task_execs[0][-3:] == list(here.argv)
+
+
+@pytest.mark.docker
+async def test_a_directory_the_claude_exec_cannot_make_fails_the_run_saying_why(
+    manager: ContainerManager, make_agent: MakeAgent
+) -> None:
+    a = make_agent()
+    runtime = DockerRuntime(manager)
+    _, claude = succeeding_run(a)
+    blocked = dataclasses.replace(claude, workdir="/proc/no-such-place/work")
+    result = await runtime.run(a, blocked, lambda _: None)
+    assert result.result_event is None and result.exit_code not in (0, None)
+    assert "mkdir" in result.stderr_tail and "/proc/no-such-place" in result.stderr_tail
 
 
 @pytest.mark.docker

@@ -276,6 +276,9 @@ class ContainerManager:
         self.engine = self._extra_labels.get(ENGINE_LABEL, "local")  # for the logs
         self._locks: dict[str, asyncio.Lock] = {}
         self._checked: set[str] = set()  # container ids whose /state this process checked
+        # container id → the credentials copy's (mtime, size) when the last run ended,
+        # read then (nothing of a task runs between runs to change it)
+        self._copies: dict[str, tuple[int, int]] = {}
 
     # --- pure: what the container should be -------------------------------------------
 
@@ -498,23 +501,56 @@ class ContainerManager:
         newer than the copy there; whether it copied. Teaches the redactor what the
         copy holds (Claude Code may have refreshed it since the last task).
 
+        Every task calls this on its way to Claude. When the last run in this container
+        ended with a copy as new as the host file (`read_back_credentials`), that copy
+        is still there and learnt: no exec. Otherwise one exec looks at the copy.
+
         Everything runs as the agent user, who owns the copy: the daemon never writes
         where the agent could steer it, and the host file is only read.
         """
         if agent.credentials_file is None:
             return False
-        try:
-            data = agent.credentials_file.read_bytes()
-            host_mtime = int(agent.credentials_file.stat().st_mtime)
-        except OSError as exc:
-            raise ContainerError(
-                f"agent {agent.name}: cannot read credentials_file "
-                f"{agent.credentials_file}: {exc.strerror or exc}"
-            ) from None
+        data, host_mtime = _host_credentials(agent)
         redactor.learn(data.decode("utf-8", errors="replace"))
-        # One exec, not two, on every task's way to Claude: the copy's (mtime, size),
-        # then what it holds (bounded: the agent owns the path and could make it a link
-        # to something huge).
+        seen = self._copies.get(container.id)
+        if seen is not None and not credentials_copy_needed(host_mtime, seen):
+            return False
+        code, facts, held = await self._look_at_copy(container, agent)
+        copied = credentials_copy_needed(host_mtime, facts)
+        if copied:
+            await self._install_credentials(container, agent, data, host_mtime)
+            self._copies[container.id] = (host_mtime, len(data))
+        elif code == 0 and facts is not None:  # a copy just made holds `data`, learnt above
+            redactor.learn(held)
+            self._copies[container.id] = facts
+        return copied
+
+    async def read_back_credentials(self, container: DockerContainer, agent: AgentConfig) -> None:
+        """After a run: learn what Claude Code left in the copy (a token it refreshed)
+        and keep the copy's (mtime, size) for the next task's `sync_credentials`. A copy
+        that cannot be read is forgotten: the next task looks at it again."""
+        self.forget_credentials(container)
+        if agent.credentials_file is None:
+            return
+        try:
+            code, facts, held = await self._look_at_copy(container, agent)
+        except (DockerError, aiohttp.ClientError, OSError) as exc:
+            # The run's result stands (its engine may have just gone): the next task looks.
+            log.warning("credentials_read_back_failed", agent=agent.name, error=repr(exc))
+            return
+        if code == 0 and facts is not None:
+            redactor.learn(held)
+            self._copies[container.id] = facts
+
+    def forget_credentials(self, container: DockerContainer) -> None:
+        """What the copy holds is unknown now (a run was stopped): the next task looks."""
+        self._copies.pop(container.id, None)
+
+    async def _look_at_copy(
+        self, container: DockerContainer, agent: AgentConfig
+    ) -> tuple[int | None, tuple[int, int] | None, str]:
+        """The read's exit code, the copy's (mtime, size) and what it holds, in one exec
+        (bounded: the agent owns the path and could make it a link to something huge)."""
         code, output = await run_exec(
             container,
             ["sh", "-c", READ_COPY_SCRIPT, "read-credentials", CREDENTIALS_PATH],
@@ -523,31 +559,31 @@ class ContainerManager:
         facts_line, _, held = output.partition("\n")
         words = facts_line.split()
         facts = (int(words[0]), int(words[1])) if _digits(words, 2) else None
-        copied = credentials_copy_needed(host_mtime, facts)
-        if copied:
-            code, output = await _exec_with_input(
-                container,
-                [
-                    "sh",
-                    "-c",
-                    INSTALL_SCRIPT,
-                    "install-credentials",
-                    CREDENTIALS_PATH,
-                    str(host_mtime),
-                    str(len(data)),
-                ],
-                data,
-                user=agent.user,
+        return code, facts, held
+
+    async def _install_credentials(
+        self, container: DockerContainer, agent: AgentConfig, data: bytes, host_mtime: int
+    ) -> None:
+        code, output = await _exec_with_input(
+            container,
+            [
+                "sh",
+                "-c",
+                INSTALL_SCRIPT,
+                "install-credentials",
+                CREDENTIALS_PATH,
+                str(host_mtime),
+                str(len(data)),
+            ],
+            data,
+            user=agent.user,
+        )
+        if code != 0:
+            raise ContainerError(
+                f"agent {agent.name}: cannot copy {agent.credentials_file} to "
+                f"{CREDENTIALS_PATH} in {agent.container_name}: {output.strip()}"
             )
-            if code != 0:
-                raise ContainerError(
-                    f"agent {agent.name}: cannot copy {agent.credentials_file} to "
-                    f"{CREDENTIALS_PATH} in {agent.container_name}: {output.strip()}"
-                )
-            log.info("credentials_copied", agent=agent.name, file=str(agent.credentials_file))
-        elif code == 0:  # a copy just made holds `data`, learnt above
-            redactor.learn(held)
-        return copied
+        log.info("credentials_copied", agent=agent.name, file=str(agent.credentials_file))
 
     async def _task_pids(self, container: DockerContainer) -> list[int]:
         # As the user the container was created with: the tasks run as that uid,
@@ -578,6 +614,20 @@ async def run_exec(
             output += message.data
     info = await execution.inspect()
     return info["ExitCode"], output.decode("utf-8", errors="replace")
+
+
+def _host_credentials(agent: AgentConfig) -> tuple[bytes, int]:
+    """The host's credentials file: what it holds and its mtime."""
+    assert agent.credentials_file is not None
+    try:
+        data = agent.credentials_file.read_bytes()
+        host_mtime = int(agent.credentials_file.stat().st_mtime)
+    except OSError as exc:
+        raise ContainerError(
+            f"agent {agent.name}: cannot read credentials_file "
+            f"{agent.credentials_file}: {exc.strerror or exc}"
+        ) from None
+    return data, host_mtime
 
 
 def _digits(words: list[str], count: int) -> bool:

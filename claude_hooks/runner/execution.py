@@ -41,6 +41,7 @@ from claude_hooks.runner.containers import (
 )
 from claude_hooks.runner.limits import NO_SIGNALS, RunSignals
 from claude_hooks.runner.stream import Result, StreamEvent, observe, parse_line
+from claude_hooks.runner.workspace import entering
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +76,8 @@ class ClaudeExec:
     stdin: bytes  # the prompt
     workdir: str
     stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when it is stopped
+    # No workspace exec made `workdir` (nothing to check out): this exec makes it.
+    makes_workdir: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,12 +225,14 @@ async def run_claude(
     `half_close` False (a TLS engine): the prompt's end is its length, not end of input."""
     reader = _OutputReader(on_event, room=room)
     task_id = claude.task_id
-    argv = list(claude.argv) if half_close else read_exactly(claude.argv, len(claude.stdin))
+    argv = entering(claude.workdir, claude.argv) if claude.makes_workdir else list(claude.argv)
+    if not half_close:
+        argv = read_exactly(argv, len(claude.stdin))
     execution = await container.exec(
         argv,
         stdin=True,
         environment=list(claude.env),
-        workdir=claude.workdir,
+        workdir=None if claude.makes_workdir else claude.workdir,
         user=user,
     )
     stream = execution.start(detach=False)

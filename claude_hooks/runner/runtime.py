@@ -118,14 +118,18 @@ class DockerRuntime:
             container = readied[0]
         else:
             container = await self.manager(agent).ensure(agent)
-        # Before each task: a newer login on the host replaces the one in the volume.
-        # The two execs touch different paths and neither needs the other: side by side,
-        # they cost one exec's round trip on the way to Claude, not two. Both run to
-        # their end before an error of either is raised (the credentials' first).
-        _, head = await all_of(
-            self.manager(agent).sync_credentials(container, agent),
-            workspace.prepare(container, plan, user=agent.user, env=env),
-        )
+        # Before each task: a newer login on the host replaces the one in the volume
+        # (no exec when the last run here left a copy as new). The two touch different
+        # paths and neither needs the other: side by side. Both run to their end before
+        # an error of either is raised (the credentials' first).
+        sync = self.manager(agent).sync_credentials(container, agent)
+        if workspace.claude_makes_directory(plan):  # nothing to check out: no workspace exec
+            await sync
+            head = ""
+        else:
+            _, head = await all_of(
+                sync, workspace.prepare(container, plan, user=agent.user, env=env)
+            )
         self._prepared[agent.name, agent.engine.name] = (container, self._clock())  # ran just now
         return head
 
@@ -136,12 +140,22 @@ class DockerRuntime:
         on_event: Callable[[StreamEvent], None],
         room: Room | None = None,
     ) -> ExecResult:
-        container = self._just_prepared(agent) or await self.manager(agent).ensure(agent)
+        manager = self.manager(agent)
+        container = self._just_prepared(agent) or await manager.ensure(agent)
         # Over TLS the exec's stdin cannot be half-closed: the prompt goes by its length.
         half_close = agent.engine.tls is None
-        return await run_claude(
-            container, claude, user=agent.user, on_event=on_event, room=room, half_close=half_close
-        )
+        try:
+            result = await run_claude(
+                container, claude, user=agent.user, on_event=on_event, room=room,
+                half_close=half_close,
+            )  # fmt: skip
+        except BaseException:
+            manager.forget_credentials(container)  # stopped: what it left is not known
+            raise
+        # Nothing of the task runs now: what Claude left in the credentials copy stays
+        # until the next task, which then needs no exec for it on its way to Claude.
+        await manager.read_back_credentials(container, agent)
+        return result
 
     def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
         seen = self._prepared.get((agent.name, agent.engine.name))

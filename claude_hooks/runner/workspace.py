@@ -202,6 +202,24 @@ def parse_diff_since(since: str, output: str) -> DiffSince:
     return DiffSince(since, text=output)
 
 
+def claude_makes_directory(plan: WorkspacePlan) -> bool:
+    """Whether claude's own exec makes the task's directory (`entering`), with no
+    workspace exec before it: with nothing to check out that exec would only run
+    `mkdir -p`, one more engine round trip on every such task's way to Claude."""
+    return plan.checkout is Checkout.NONE
+
+
+# $0 a name for ps, $1 the directory, then the command. It replaces the shell (one pid:
+# the task's marker finds it, its exit code is the exec's); if mkdir fails, sh says why
+# on stderr and the command never starts.
+ENTER_SCRIPT = 'mkdir -p -- "$1" && cd -- "$1" && shift && exec "$@"'
+
+
+def entering(directory: str, argv: Sequence[str]) -> list[str]:
+    """`argv` run in `directory`, made first (as the exec's user) if it is not there."""
+    return ["sh", "-c", ENTER_SCRIPT, "enter-workspace", directory, *argv]
+
+
 def prepare_args(plan: WorkspacePlan) -> list[str]:
     return [
         "sh", "-c", PREPARE_SCRIPT, "prepare-workspace", plan.path, plan.clone_url,

@@ -408,6 +408,7 @@ class TaskWorker:
             stdin=prompt.encode(),
             workdir=run.plan.path,
             stop_grace=self._stop_grace,
+            makes_workdir=workspace.claude_makes_directory(run.plan),
         )
         try:
             return await self._runtime.run(agent, claude, on_event, room=sink.room)
