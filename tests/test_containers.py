@@ -319,12 +319,47 @@ async def test_a_refresh_is_learnt_when_the_run_ends_and_the_next_task_makes_no_
     write = f"echo '{refreshed}' > {CREDENTIALS_PATH} && touch -d @{2**31 - 10} {CREDENTIALS_PATH}"
     refreshing = dataclasses.replace(claude, argv=("sh", "-c", write))  # what Claude Code does
     assert (await runtime.run(a, refreshing, lambda _: None)).exit_code == 0
-    assert len(reads) == 2  # when the run ended
+    await runtime.prepare(a, plan, [])  # the next task: waits for the look the run's end began
+    assert len(reads) == 2  # that look, and none of its own
     assert token not in redactor(f"claude printed {token}")  # what Claude may print next
-    await runtime.prepare(a, plan, [])
-    assert len(reads) == 2  # the next task: no exec
     code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
     assert (code, token in text) == (0, True)  # the refreshed copy is kept
+
+
+@pytest.mark.docker
+async def test_the_look_at_the_copy_waits_for_no_task_but_the_next_one_in_that_container(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run's end (its report, a drain) does not wait for the look; the next task's
+    # prepare does, so what the run left is learnt before the next claude starts.
+    a = make_agent()
+    runtime = DockerRuntime(manager)
+    plan, claude = succeeding_run(a)
+    await runtime.prepare(a, plan, [])
+    looked, release = asyncio.Event(), asyncio.Event()
+    real_read_back = manager.read_back_credentials
+
+    async def slow(container: DockerContainer, agent: AgentConfig) -> None:
+        looked.set()
+        await release.wait()
+        await real_read_back(container, agent)
+
+    monkeypatch.setattr(manager, "read_back_credentials", slow)
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0  # while it waits
+    await wait_until(looked.is_set, what="the look at the copy to begin")
+    preparing = asyncio.create_task(runtime.prepare(a, plan, []))
+    await asyncio.sleep(0.05)  # not a wait: time for prepare to run ahead, if it would
+    assert not preparing.done()
+    release.set()
+    await preparing
+    # At shutdown a look under way is dropped.
+    looked.clear()
+    release.clear()
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    await wait_until(looked.is_set, what="the second look to begin")
+    async with asyncio.timeout(10):  # (were it not dropped, both would wait for ever)
+        await runtime.close()
+        await runtime.prepare(a, plan, [])  # nothing left to wait for
 
 
 @pytest.mark.docker
@@ -339,7 +374,8 @@ async def test_after_a_stopped_run_or_a_new_host_login_the_next_task_looks_at_th
     plan, claude = succeeding_run(a)
     await runtime.prepare(a, plan, [])
     assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
-    assert len(reads) == 2
+    await runtime.prepare(a, plan, [])
+    assert len(reads) == 2  # the look when the run ended
     # A run stopped (cancelled here) may have left anything: not relied on.
     hanging = dataclasses.replace(claude, argv=("sleep", "60"), stop_grace=1.0)
     running = asyncio.create_task(runtime.run(a, hanging, lambda _: None))

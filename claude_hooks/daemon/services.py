@@ -158,7 +158,9 @@ class Services:
                 token_file=agent.token_file,
             )
             _on_close(closing, f"forgejo client of {agent.name}", client.close)
-        runtime = runtime or DockerRuntime(engines)
+        if runtime is None:
+            runtime = DockerRuntime(engines)
+            _on_close(closing, "runtime", runtime.close)
         services = cls._assemble(
             config, daemon_id, store, docker, containers, clients, metrics, runtime, closing, placer
         )

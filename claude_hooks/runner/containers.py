@@ -517,10 +517,10 @@ class ContainerManager:
             return False
         code, facts, held = await self._look_at_copy(container, agent)
         copied = credentials_copy_needed(host_mtime, facts)
-        if copied:
+        if copied:  # the copy now holds `data`, learnt above, with the host file's mtime
             await self._install_credentials(container, agent, data, host_mtime)
             self._copies[container.id] = (host_mtime, len(data))
-        elif code == 0 and facts is not None:  # a copy just made holds `data`, learnt above
+        elif code == 0 and facts is not None:
             redactor.learn(held)
             self._copies[container.id] = facts
         return copied

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar, cast
 
+import structlog
 from aiodocker.containers import DockerContainer
 
 from claude_hooks.config import AgentConfig
@@ -20,6 +21,8 @@ from claude_hooks.runner.containers import ContainerManager
 from claude_hooks.runner.engines import EnginePool
 from claude_hooks.runner.execution import ClaudeExec, ExecResult, Room, run_claude
 from claude_hooks.runner.stream import StreamEvent
+
+log = structlog.get_logger(__name__)
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -98,6 +101,8 @@ class DockerRuntime:
         self._prepared: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
         # (agent, engine): the container `ready` just made current, and when
         self._readied: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
+        # container id: the look at the login's copy after its last run, while it lasts
+        self._reading_back: dict[str, asyncio.Task[None]] = {}
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
@@ -122,6 +127,9 @@ class DockerRuntime:
         # (no exec when the last run here left a copy as new). The two touch different
         # paths and neither needs the other: side by side. Both run to their end before
         # an error of either is raised (the credentials' first).
+        # What the last run here left in the login's copy is learnt before this run.
+        if (reading := self._reading_back.get(container.id)) is not None:
+            await asyncio.wait([reading])  # (its failure is its own: logged, then looked at)
         sync = self.manager(agent).sync_credentials(container, agent)
         if workspace.claude_makes_directory(plan):  # nothing to check out: no workspace exec
             await sync
@@ -152,10 +160,34 @@ class DockerRuntime:
         except BaseException:
             manager.forget_credentials(container)  # stopped: what it left is not known
             raise
-        # Nothing of the task runs now: what Claude left in the credentials copy stays
-        # until the next task, which then needs no exec for it on its way to Claude.
-        await manager.read_back_credentials(container, agent)
+        self._read_back(manager, container, agent)
         return result
+
+    def _read_back(
+        self, manager: ContainerManager, container: DockerContainer, agent: AgentConfig
+    ) -> None:
+        """Nothing of the task runs now: what Claude left in the login's copy stays until
+        the next task, which then needs no exec for it on its way to Claude. Looked at
+        beside the task's report, not before it (an exec's round trip on every task's
+        end, and on a drain); the next prepare in this container waits for it."""
+        reading = asyncio.create_task(manager.read_back_credentials(container, agent))
+        self._reading_back[container.id] = reading
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self._reading_back.get(container.id) is reading:
+                del self._reading_back[container.id]
+            if not reading.cancelled() and (error := reading.exception()) is not None:
+                manager.forget_credentials(container)
+                log.error("credentials_read_back_failed", agent=agent.name, error=repr(error))
+
+        reading.add_done_callback(done)
+
+    async def close(self) -> None:
+        """At shutdown: a look still under way is dropped (it is only a cache)."""
+        readings = list(self._reading_back.values())
+        for reading in readings:
+            reading.cancel()
+        await asyncio.gather(*readings, return_exceptions=True)
 
     def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
         seen = self._prepared.get((agent.name, agent.engine.name))
