@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiodocker
@@ -360,6 +361,32 @@ async def test_the_look_at_the_copy_waits_for_no_task_but_the_next_one_in_that_c
     async with asyncio.timeout(10):  # (were it not dropped, both would wait for ever)
         await runtime.close()
         await runtime.prepare(a, plan, [])  # nothing left to wait for
+
+
+@pytest.mark.docker
+async def test_once_the_daemon_stops_accepting_work_the_runs_that_end_leave_the_copy_alone(
+    manager: ContainerManager, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a drain no task follows: a look would only load the engine the drain waits on.
+    a = make_agent()
+    runtime = DockerRuntime(manager)
+    reads = _credential_reads(monkeypatch)
+    plan, claude = succeeding_run(a)
+    await runtime.prepare(a, plan, [])
+    assert len(reads) == 1
+    looks: list[str] = []
+    real_read_back = manager.read_back_credentials
+
+    def recorded(container: DockerContainer, agent: AgentConfig) -> Awaitable[None]:
+        looks.append(container.id)
+        return real_read_back(container, agent)
+
+    monkeypatch.setattr(manager, "read_back_credentials", recorded)
+    runtime.stop_reading_back()
+    assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
+    assert looks == []
+    await runtime.prepare(a, plan, [])  # were a task to follow: it looks itself
+    assert len(reads) == 2
 
 
 @pytest.mark.docker

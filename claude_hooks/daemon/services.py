@@ -103,6 +103,7 @@ class Services:
     web_runner: web.AppRunner | None = None
     engines: EnginePool | None = None  # one client and manager per engine the agents name
     health: EngineHealth | None = None  # whether each engine is up, by name
+    runtime: DockerRuntime | None = None  # None: the demo's or a test's runtime
     accepting: bool = True
 
     @classmethod
@@ -165,6 +166,7 @@ class Services:
             config, daemon_id, store, docker, containers, clients, metrics, runtime, closing, placer
         )
         services.engines, services.health = engines, health
+        services.runtime = runtime if isinstance(runtime, DockerRuntime) else None
         _on_close(closing, "reports", services.reports.close)
         _on_close(closing, "stop commands", services.submitter.close)
         if listen:  # before the housekeeping: a port in use stops us before we touch anything
@@ -502,6 +504,8 @@ class Services:
 
     def stop_accepting(self) -> None:
         self.accepting = False
+        if self.runtime is not None:
+            self.runtime.stop_reading_back()  # no task follows the runs that end now
 
     async def close(self) -> None:
         """Close every part, the last opened first; closing again does nothing."""

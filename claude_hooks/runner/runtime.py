@@ -103,6 +103,7 @@ class DockerRuntime:
         self._readied: dict[tuple[str, str], tuple[DockerContainer, float]] = {}
         # container id: the look at the login's copy after its last run, while it lasts
         self._reading_back: dict[str, asyncio.Task[None]] = {}
+        self._reads_back = True  # False once no task will follow (the daemon stops)
 
     def manager(self, agent: AgentConfig) -> ContainerManager:
         if isinstance(self.containers, EnginePool):
@@ -160,7 +161,10 @@ class DockerRuntime:
         except BaseException:
             manager.forget_credentials(container)  # stopped: what it left is not known
             raise
-        self._read_back(manager, container, agent)
+        if self._reads_back:
+            self._read_back(manager, container, agent)
+        else:
+            manager.forget_credentials(container)  # not looked at: what it left is not known
         return result
 
     def _read_back(
@@ -182,11 +186,17 @@ class DockerRuntime:
 
         reading.add_done_callback(done)
 
-    async def close(self) -> None:
-        """At shutdown: a look still under way is dropped (it is only a cache)."""
-        readings = list(self._reading_back.values())
-        for reading in readings:
+    def stop_reading_back(self) -> None:
+        """The daemon takes no more work: the runs ending in its drain have no next task
+        to save an exec for, so they leave the copy alone (it is only a cache)."""
+        self._reads_back = False
+        for reading in self._reading_back.values():
             reading.cancel()
+
+    async def close(self) -> None:
+        """At shutdown: a look still under way is dropped."""
+        readings = list(self._reading_back.values())
+        self.stop_reading_back()
         await asyncio.gather(*readings, return_exceptions=True)
 
     def _just_prepared(self, agent: AgentConfig) -> DockerContainer | None:
