@@ -286,18 +286,22 @@ async def test_container_runs_as_non_root_with_writable_state_and_a_copy_of_the_
     assert (code, text) == (0, "")
 
 
-def _credential_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The execs that look at the credentials copy from now on (the container's ids)."""
-    reads: list[str] = []
+def _exec_commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every exec's command from now on, in every container."""
+    commands: list[list[str]] = []
     real_exec = DockerContainer.exec
 
     async def counted(self: DockerContainer, cmd: list[str], **kwargs: object) -> object:
-        if "read-credentials" in cmd:
-            reads.append(self.id)
+        commands.append(list(cmd))
         return await real_exec(self, cmd, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(DockerContainer, "exec", counted)
-    return reads
+    return commands
+
+
+def _looks_at_the_copy(commands: list[list[str]]) -> int:
+    """How many of the execs `_exec_commands` saw looked at the credentials copy."""
+    return sum("read-credentials" in command for command in commands)
 
 
 @pytest.mark.docker
@@ -311,17 +315,17 @@ async def test_a_refresh_is_learnt_when_the_run_ends_and_the_next_task_makes_no_
     assert a.credentials_file is not None
     runtime = DockerRuntime(manager)
     container = await manager.ensure(a)
-    reads = _credential_reads(monkeypatch)
+    commands = _exec_commands(monkeypatch)
     plan, claude = succeeding_run(a)
     await runtime.prepare(a, plan, [])  # the first task: the copy is made
-    assert len(reads) == 1
+    assert _looks_at_the_copy(commands) == 1
     token = f"refreshed-token-{uuid.uuid4().hex}"
     refreshed = json.dumps({"claudeAiOauth": {"accessToken": token}})
     write = f"echo '{refreshed}' > {CREDENTIALS_PATH} && touch -d @{2**31 - 10} {CREDENTIALS_PATH}"
     refreshing = dataclasses.replace(claude, argv=("sh", "-c", write))  # what Claude Code does
     assert (await runtime.run(a, refreshing, lambda _: None)).exit_code == 0
     await runtime.prepare(a, plan, [])  # the next task: waits for the look the run's end began
-    assert len(reads) == 2  # that look, and none of its own
+    assert _looks_at_the_copy(commands) == 2  # that look, and none of its own
     assert token not in redactor(f"claude printed {token}")  # what Claude may print next
     code, text = await run_exec(container, ["cat", CREDENTIALS_PATH], user=a.user)
     assert (code, token in text) == (0, True)  # the refreshed copy is kept
@@ -370,10 +374,10 @@ async def test_once_the_daemon_stops_accepting_work_the_runs_that_end_leave_the_
     # In a drain no task follows: a look would only load the engine the drain waits on.
     a = make_agent()
     runtime = DockerRuntime(manager)
-    reads = _credential_reads(monkeypatch)
+    commands = _exec_commands(monkeypatch)
     plan, claude = succeeding_run(a)
     await runtime.prepare(a, plan, [])
-    assert len(reads) == 1
+    assert _looks_at_the_copy(commands) == 1
     looks: list[str] = []
     real_read_back = manager.read_back_credentials
 
@@ -386,7 +390,7 @@ async def test_once_the_daemon_stops_accepting_work_the_runs_that_end_leave_the_
     assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
     assert looks == []
     await runtime.prepare(a, plan, [])  # were a task to follow: it looks itself
-    assert len(reads) == 2
+    assert _looks_at_the_copy(commands) == 2
 
 
 @pytest.mark.docker
@@ -397,12 +401,12 @@ async def test_after_a_stopped_run_or_a_new_host_login_the_next_task_looks_at_th
     assert a.credentials_file is not None
     runtime = DockerRuntime(manager)
     container = await manager.ensure(a)
-    reads = _credential_reads(monkeypatch)
+    commands = _exec_commands(monkeypatch)
     plan, claude = succeeding_run(a)
     await runtime.prepare(a, plan, [])
     assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
     await runtime.prepare(a, plan, [])
-    assert len(reads) == 2  # the look when the run ended
+    assert _looks_at_the_copy(commands) == 2  # the look when the run ended
     # A run stopped (cancelled here) may have left anything: not relied on.
     hanging = dataclasses.replace(claude, argv=("sleep", "60"), stop_grace=1.0)
     running = asyncio.create_task(runtime.run(a, hanging, lambda _: None))
@@ -414,7 +418,7 @@ async def test_after_a_stopped_run_or_a_new_host_login_the_next_task_looks_at_th
     with pytest.raises(asyncio.CancelledError):
         await running
     await runtime.prepare(a, plan, [])
-    assert len(reads) == 3
+    assert _looks_at_the_copy(commands) == 3
     assert (await runtime.run(a, claude, lambda _: None)).exit_code == 0
     # The operator logs in again on the host: the newer file is copied.
     a.credentials_file.write_text('{"claudeAiOauth": {"accessToken": "new-login"}}\n')
@@ -754,19 +758,6 @@ def succeeding_run(agent: AgentConfig) -> tuple[WorkspacePlan, ClaudeExec]:
         makes_workdir=True,  # as the worker says for a tree with nothing checked out
     )
     return plan, claude
-
-
-def _exec_commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Every exec's command from now on, in every container."""
-    commands: list[list[str]] = []
-    real_exec = DockerContainer.exec
-
-    async def counted(self: DockerContainer, cmd: list[str], **kwargs: object) -> object:
-        commands.append(list(cmd))
-        return await real_exec(self, cmd, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(DockerContainer, "exec", counted)
-    return commands
 
 
 @pytest.mark.docker

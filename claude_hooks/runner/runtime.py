@@ -124,13 +124,13 @@ class DockerRuntime:
             container = readied[0]
         else:
             container = await self.manager(agent).ensure(agent)
+        # What the last run here left in the login's copy is learnt before this run.
+        if (reading := self._reading_back.get(container.id)) is not None:
+            await asyncio.wait([reading])  # (its failure is its own: logged, then looked at)
         # Before each task: a newer login on the host replaces the one in the volume
         # (no exec when the last run here left a copy as new). The two touch different
         # paths and neither needs the other: side by side. Both run to their end before
         # an error of either is raised (the credentials' first).
-        # What the last run here left in the login's copy is learnt before this run.
-        if (reading := self._reading_back.get(container.id)) is not None:
-            await asyncio.wait([reading])  # (its failure is its own: logged, then looked at)
         sync = self.manager(agent).sync_credentials(container, agent)
         if workspace.claude_makes_directory(plan):  # nothing to check out: no workspace exec
             await sync
